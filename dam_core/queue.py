@@ -1,0 +1,399 @@
+"""Upload queue: one interface, RabbitMQ through pika and a durable embedded queue (SQLite)."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dam_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class QueueError(RuntimeError):
+    """The queue could not be reached, or did not confirm a message."""
+
+
+@dataclass
+class Delivery:
+    """One message taken from the queue and not yet acknowledged."""
+
+    tag: Any
+    body: bytes
+    headers: dict = field(default_factory=dict)
+
+
+class Consumer(abc.ABC):
+    """A session that takes messages; whatever it has not acked comes back when it closes or dies."""
+
+    @abc.abstractmethod
+    def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+        """Up to max_messages, waiting at most wait_seconds for the first."""
+
+    @abc.abstractmethod
+    def ack(self, deliveries: list[Delivery]) -> None: ...
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a message to the dead-letter queue with the reason, then ack it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the session; unacknowledged messages return to the queue."""
+
+
+class UploadQueue(abc.ABC):
+    """What the producer and the sensor need from the queue."""
+
+    name: str
+
+    @abc.abstractmethod
+    def publish(self, body: bytes) -> None:
+        """Publish a persistent message and return only once the queue confirmed it."""
+
+    @contextlib.contextmanager
+    def consumer(self) -> Iterator[Consumer]:
+        c = self._open_consumer()
+        try:
+            yield c
+        finally:
+            c.close()
+
+    @abc.abstractmethod
+    def _open_consumer(self) -> Consumer: ...
+
+    @abc.abstractmethod
+    def depth(self) -> int:
+        """Messages waiting (ready) in the main queue."""
+
+    @abc.abstractmethod
+    def dead_letters(self) -> list[Delivery]:
+        """Peek at the dead-letter queue (for tests and operators); leaves it unchanged."""
+
+    @abc.abstractmethod
+    def ping(self) -> None: ...
+
+    def close(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def describe(self) -> str: ...
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+def _queue_arguments(dead_letter_queue: str) -> dict:
+    # Messages rejected by a consumer route to the dead-letter queue via the default exchange.
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue}
+
+
+class RabbitQueue(UploadQueue):
+    """A durable RabbitMQ queue with publisher confirms and a dead-letter queue."""
+
+    def __init__(self, url: str, name: str, dead_letter_queue: str | None = None):
+        self.url = url
+        self.name = name
+        self.dlq = dead_letter_queue or f"{name}.dead"
+        self._lock = threading.Lock()
+        self._conn = None
+        self._channel = None
+
+    def _params(self, heartbeat: int | None = None):
+        import pika
+
+        params = pika.URLParameters(self.url)
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        params.blocked_connection_timeout = 10
+        params.stack_timeout = 10
+        if heartbeat is not None:
+            params.heartbeat = heartbeat
+        return params
+
+    def _connect(self, heartbeat: int | None = None):
+        import pika
+
+        try:
+            conn = pika.BlockingConnection(self._params(heartbeat))
+            ch = conn.channel()
+            ch.queue_declare(self.dlq, durable=True)
+            ch.queue_declare(self.name, durable=True, arguments=_queue_arguments(self.dlq))
+            ch.confirm_delivery()
+            return conn, ch
+        except Exception as err:
+            raise QueueError(f"RabbitMQ at {self.describe()} unreachable: {type(err).__name__}") from err
+
+    def _drop(self):
+        with contextlib.suppress(Exception):
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+        self._conn = self._channel = None
+
+    def publish(self, body: bytes) -> None:
+        import pika
+
+        props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
+        with self._lock:  # one connection shared by all request threads; pika is not thread-safe
+            for attempt in (1, 2):
+                try:
+                    if self._channel is None or not self._channel.is_open:
+                        self._drop()
+                        # No heartbeats: this connection sits idle between requests and a
+                        # dead one is detected by the failed publish and replaced.
+                        self._conn, self._channel = self._connect(heartbeat=0)
+                    self._channel.basic_publish("", self.name, body, props, mandatory=True)
+                    return
+                except pika.exceptions.UnroutableError as err:
+                    raise QueueError(f"queue {self.name!r} did not route the message") from err
+                except pika.exceptions.NackError as err:
+                    raise QueueError(f"queue {self.name!r} refused the message") from err
+                except (QueueError, pika.exceptions.AMQPError, OSError) as err:
+                    # A stale connection fails on first use after the broker restarted: retry once
+                    # on a fresh one. Publishing twice is safe; the pipeline is idempotent by id.
+                    self._drop()
+                    if attempt == 2:
+                        raise err if isinstance(err, QueueError) else QueueError(
+                            f"RabbitMQ at {self.describe()} failed: {type(err).__name__}"
+                        ) from err
+
+    def _open_consumer(self) -> Consumer:
+        conn, ch = self._connect()
+        return _RabbitConsumer(self, conn, ch)
+
+    def depth(self) -> int:
+        conn, ch = self._connect()
+        try:
+            return ch.queue_declare(self.name, passive=True).method.message_count
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def dead_letters(self) -> list[Delivery]:
+        conn, ch = self._connect()
+        out = []
+        try:
+            while True:
+                method, props, body = ch.basic_get(self.dlq, auto_ack=False)
+                if method is None:
+                    break
+                out.append(Delivery(method.delivery_tag, body, dict(props.headers or {})))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()  # closing without ack puts them all back
+        return out
+
+    def ping(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._conn.is_open:
+                try:
+                    self._conn.process_data_events(0)
+                    return
+                except Exception:
+                    self._drop()
+            self._conn, self._channel = self._connect(heartbeat=0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def describe(self) -> str:
+        from urllib.parse import urlparse
+
+        u = urlparse(self.url)
+        return f"{u.scheme}://{u.hostname}:{u.port or 5672}{u.path or '/'} queue={self.name}"
+
+
+class _RabbitConsumer(Consumer):
+    def __init__(self, queue: RabbitQueue, conn, channel):
+        self.queue = queue
+        self.conn = conn
+        self.channel = channel
+        self._prefetch = 0
+        self._gen = None
+        self._wait = None
+
+    def take(self, max_messages, wait_seconds):
+        if self._gen is None or self._prefetch != max_messages or self._wait != wait_seconds:
+            if self._gen is not None:
+                self.channel.cancel()
+            self.channel.basic_qos(prefetch_count=max_messages)
+            self._prefetch, self._wait = max_messages, wait_seconds
+            self._gen = self.channel.consume(self.queue.name, auto_ack=False, inactivity_timeout=wait_seconds)
+        out: list[Delivery] = []
+        for method, props, body in self._gen:
+            if method is None:  # nothing arrived within wait_seconds
+                break
+            out.append(Delivery(method.delivery_tag, body, dict((props.headers if props else None) or {})))
+            if len(out) >= max_messages:
+                break
+        return out
+
+    def ack(self, deliveries):
+        if deliveries:
+            # Tags on one channel grow monotonically: one multiple-ack covers the batch.
+            self.channel.basic_ack(max(d.tag for d in deliveries), multiple=True)
+
+    def dead_letter(self, delivery, reason):
+        import pika
+
+        headers = dict(delivery.headers)
+        headers.update({"x-dam-reason": reason[:1000], "x-dam-queue": self.queue.name, "x-dam-failed-at": int(time.time())})
+        props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+        self.channel.basic_publish("", self.queue.dlq, delivery.body, props, mandatory=True)
+        self.channel.basic_ack(delivery.tag)
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            if self._gen is not None:
+                self.channel.cancel()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+class EmbeddedQueue(UploadQueue):
+    """A durable local queue in SQLite (persist-queue); survives restarts, one consumer at a time."""
+
+    def __init__(self, directory: Path, name: str):
+        self.directory = Path(directory)
+        self.name = name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._producer = None
+
+    def _open(self, name: str, resume: bool):
+        import persistqueue
+        from persistqueue.serializers import json as json_serializer
+
+        try:
+            return persistqueue.SQLiteAckQueue(
+                str(self.directory),
+                db_file_name=f"{name}.sqlite",
+                auto_resume=resume,
+                multithreading=True,
+                serializer=json_serializer,
+                timeout=30,
+            )
+        except Exception as err:
+            raise QueueError(f"embedded queue at {self.directory} unusable: {type(err).__name__}: {err}") from err
+
+    def publish(self, body: bytes) -> None:
+        with self._lock:
+            try:
+                if self._producer is None:
+                    # The producer never resumes unacked messages: that is the consumer's job.
+                    self._producer = self._open(self.name, resume=False)
+                # SQLite commits (and syncs) the insert before put() returns: that is our confirm.
+                self._producer.put({"body": body.decode("utf-8"), "headers": {}})
+            except QueueError:
+                raise
+            except Exception as err:
+                self._producer = None
+                raise QueueError(f"embedded queue write failed: {type(err).__name__}") from err
+
+    def _open_consumer(self) -> Consumer:
+        # Opening with resume=True returns messages a crashed consumer had taken but not acked.
+        return _EmbeddedConsumer(self, self._open(self.name, resume=True))
+
+    def depth(self) -> int:
+        q = self._open(self.name, resume=False)
+        try:
+            return q.qsize()  # counted from SQLite when opened: includes other processes' puts
+        finally:
+            q.close()
+
+    def dead_letters(self) -> list[Delivery]:
+        q = self._open(f"{self.name}.dead", resume=False)
+        try:
+            rows = q.queue()
+            out = []
+            for row in rows:
+                data = row["data"]
+                out.append(Delivery(row["id"], data["body"].encode(), data.get("headers", {})))
+            return out
+        finally:
+            q.close()
+
+    def ping(self) -> None:
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._open(self.name, resume=False)
+            try:
+                self._producer.qsize()
+            except Exception as err:
+                self._producer = None
+                raise QueueError(f"embedded queue unreadable: {type(err).__name__}") from err
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                with contextlib.suppress(Exception):
+                    self._producer.close()
+                self._producer = None
+
+    def describe(self) -> str:
+        return f"sqlite://{self.directory}/{self.name}.sqlite"
+
+
+class _EmbeddedConsumer(Consumer):
+    def __init__(self, queue: EmbeddedQueue, q):
+        self.queue = queue
+        self.q = q
+        self._dead = None
+
+    def take(self, max_messages, wait_seconds):
+        from persistqueue.exceptions import Empty
+
+        out: list[Delivery] = []
+        deadline = time.monotonic() + wait_seconds
+        while len(out) < max_messages:
+            try:
+                row = self.q.get(block=False, raw=True)
+            except Empty:
+                if out or time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                continue
+            data = row["data"]
+            body = data.get("body", "") if isinstance(data, dict) else json.dumps(data)
+            out.append(Delivery(row["pqid"], body.encode(), data.get("headers", {}) if isinstance(data, dict) else {}))
+        return out
+
+    def ack(self, deliveries):
+        for d in deliveries:
+            self.q.ack(id=d.tag)
+        self.q.clear_acked_data(keep_latest=0)
+
+    def dead_letter(self, delivery, reason):
+        if self._dead is None:
+            self._dead = self.queue._open(f"{self.queue.name}.dead", resume=False)
+        headers = dict(delivery.headers)
+        headers.update({"x-dam-reason": reason[:1000], "x-dam-queue": self.queue.name, "x-dam-failed-at": int(time.time())})
+        self._dead.put({"body": delivery.body.decode("utf-8", "replace"), "headers": headers})
+        self.q.ack(id=delivery.tag)
+
+    def close(self):
+        # Unacked rows stay 'unack' in SQLite; the next consumer resumes them on open.
+        for q in (self.q, self._dead):
+            if q is not None:
+                with contextlib.suppress(Exception):
+                    q.close()
+
+
+def make_queue(settings: "Settings") -> UploadQueue:
+    """The queue the settings ask for: RabbitMQ when AMQP_URL is set, else the embedded one."""
+    if settings.uses_rabbitmq:
+        return RabbitQueue(settings.amqp_url.get_secret_value(), settings.dam_queue, settings.dead_letter_queue)
+    return EmbeddedQueue(settings.data_dir / "queue", settings.dam_queue)

@@ -1,0 +1,132 @@
+"""The one settings object, read from the environment by the API, Dagster and the CLI."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class SettingsError(RuntimeError):
+    """Configuration is missing or contradictory; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of dam-pipeline; field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True, case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    # Object store: the seed's variables. Unset -> a local folder under DAM_DATA_DIR.
+    r2_endpoint: str | None = None
+    r2_access_key_id: SecretStr | None = None
+    r2_secret_access_key: SecretStr | None = None
+    r2_bucket: str | None = None
+    r2_region: str = "auto"
+
+    # Queue: unset -> a durable embedded queue under DAM_DATA_DIR.
+    amqp_url: SecretStr | None = None
+    dam_queue: str = Field(default="uploads", min_length=1, max_length=200)
+
+    dam_data_dir: Path = Path("./.dam")
+    dam_max_upload_bytes: int = Field(default=25 * MiB, gt=0)
+    dam_max_files_per_request: int = Field(default=32, gt=0, le=1000)
+    dam_max_image_pixels: int = Field(default=100_000_000, gt=0)
+    dam_max_frames: int = Field(default=1000, gt=0)
+    dam_api_key: SecretStr | None = None
+    dam_cors_origins: str = ""  # comma-separated; empty means CORS stays off
+
+    # Pipeline.
+    dam_batch_size: int = Field(default=64, gt=0, le=10_000)
+    dam_sensor_budget_seconds: float = Field(default=20.0, gt=0, le=50)
+    dam_caption_model: str = "Salesforce/blip-image-captioning-base"
+    dam_embedding_model: str = "openai/clip-vit-base-patch32"
+    dam_caption_max_tokens: int = Field(default=30, gt=0, le=512)
+    dam_device: str = "auto"
+    dam_dtype: str = "auto"
+
+    @field_validator("r2_endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parsed = urlparse(v)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError("must be an http(s) URL such as https://<account>.r2.cloudflarestorage.com")
+        return v
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_is_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and urlparse(v.get_secret_value()).scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return v
+
+    @field_validator("dam_device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v == "mps" or v.startswith("cuda")):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("dam_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("must be auto, float32, bfloat16 or float16")
+        return v
+
+    @model_validator(mode="after")
+    def _store_is_complete(self) -> "Settings":
+        if self.r2_endpoint or self.r2_access_key_id or self.r2_secret_access_key:
+            if not self.r2_bucket:
+                raise ValueError("R2_BUCKET: required when R2_ENDPOINT or R2 credentials are set")
+        if bool(self.r2_access_key_id) != bool(self.r2_secret_access_key):
+            raise ValueError(
+                "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither"
+            )
+        return self
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.r2_bucket)
+
+    @property
+    def uses_rabbitmq(self) -> bool:
+        return self.amqp_url is not None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dam_data_dir.expanduser().resolve()
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.dam_queue}.dead"
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]).upper()
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings from the environment, raising SettingsError that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,282 @@
+"""Object store: one interface, a local folder (default) and the S3 API (R2, MinIO, AWS)."""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dam_core.settings import Settings
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=/-]{0,1000}$")
+
+
+class StoreError(RuntimeError):
+    """The object store could not be reached or refused the operation."""
+
+
+class KeyNotFound(KeyError):
+    """No object under that key."""
+
+
+def check_key(key: str) -> str:
+    """Keys are built by the pipeline from ids; refuse anything that could escape a folder."""
+    if not _KEY_RE.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid object key: {key!r}")
+    return key
+
+
+class ObjectStore(abc.ABC):
+    """What the API and the pipeline need from an object store."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
+        """Write (or overwrite) an object atomically: readers see the old or the new bytes."""
+
+    @abc.abstractmethod
+    def create(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> bool:
+        """Write an object only if the key is free; False when it already exists."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read a whole object; KeyNotFound when absent."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete an object; absent keys are fine."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Keys under a prefix in lexicographic order, optionally after a given key."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the objects live, for logs and metadata (never credentials)."""
+
+
+def _chunks(data: bytes | IO[bytes]) -> Iterator[bytes]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        yield bytes(data)
+        return
+    while chunk := data.read(1024 * 1024):
+        yield chunk
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under a folder; writes go to a temp file and are renamed into place."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_temp(self, data: bytes | IO[bytes]) -> Path:
+        tmp = self._tmp / uuid.uuid4().hex
+        with open(tmp, "wb") as f:
+            for chunk in _chunks(data):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def put(self, key, data, content_type=None):
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_temp(data)
+        os.replace(tmp, dest)
+
+    def create(self, key, data, content_type=None):
+        dest = self.path(key)
+        if dest.exists():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_temp(data)
+        try:
+            os.link(tmp, dest)  # atomic and exclusive: fails if another writer won
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get(self, key):
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyNotFound(key) from None
+
+    def exists(self, key):
+        return self.path(key).is_file()
+
+    def delete(self, key):
+        self.path(key).unlink(missing_ok=True)
+
+    def list(self, prefix, start_after=None):
+        base = self.root / prefix.rstrip("/") if prefix.endswith("/") else (self.root / prefix).parent
+        if not base.is_dir():
+            return iter(())
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                key = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if key.startswith(prefix) and (start_after is None or key > start_after):
+                    keys.append(key)
+        return iter(sorted(keys))
+
+    def ping(self):
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"local store {self.root} is not writable")
+
+    def describe(self):
+        return f"file://{self.root}"
+
+    def clear_temp(self) -> None:
+        """Remove temp files left by a crash mid-write (they are never visible as objects)."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+
+class S3Store(ObjectStore):
+    """Objects in a bucket through the S3 API (Cloudflare R2, MinIO, AWS S3, moto)."""
+
+    def __init__(self, client, bucket: str, endpoint: str | None = None):
+        self.client = client
+        self.bucket = bucket
+        self.endpoint = endpoint
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "S3Store":
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.r2_endpoint,
+            region_name=settings.r2_region,
+            aws_access_key_id=settings.r2_access_key_id.get_secret_value() if settings.r2_access_key_id else None,
+            aws_secret_access_key=(
+                settings.r2_secret_access_key.get_secret_value() if settings.r2_secret_access_key else None
+            ),
+            config=Config(
+                connect_timeout=3,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+                max_pool_connections=32,
+                signature_version="s3v4",
+            ),
+        )
+        return cls(client, settings.r2_bucket, settings.r2_endpoint)
+
+    def _wrap(self, err: Exception) -> StoreError:
+        return StoreError(f"object store {self.describe()} failed: {type(err).__name__}")
+
+    def put(self, key, data, content_type=None):
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=bytes(data), **extra)
+            else:
+                self.client.upload_fileobj(data, self.bucket, check_key(key), ExtraArgs=extra or None)
+        except Exception as err:  # botocore raises many unrelated types
+            raise self._wrap(err) from err
+
+    def create(self, key, data, content_type=None):
+        from botocore.exceptions import ClientError
+
+        extra = {"ContentType": content_type} if content_type else {}
+        body = data if isinstance(data, (bytes, bytearray)) else data.read()
+        try:
+            # A conditional put: the store decides atomically which of two writers wins.
+            self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=body, IfNoneMatch="*", **extra)
+            return True
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def get(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise KeyNotFound(key) from None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def exists(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=check_key(key))
+            return True
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def delete(self, key):
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def list(self, prefix, start_after=None):
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"]
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def ping(self):
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def describe(self):
+        return f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
+
+    def presigned_url(self, key: str, expires: int = 300) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=expires
+        )
+
+
+def make_store(settings: "Settings") -> ObjectStore:
+    """The store the settings ask for: S3 API when R2_BUCKET is set, else a local folder."""
+    if settings.uses_s3:
+        return S3Store.from_settings(settings)
+    return LocalStore(settings.data_dir / "store")
+
+
+__all__ = ["ObjectStore", "LocalStore", "S3Store", "StoreError", "KeyNotFound", "make_store", "check_key"]

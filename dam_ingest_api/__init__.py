@@ -1,0 +1,1 @@
+"""FastAPI producer: validates uploads, stores originals, queues them for the pipeline."""

@@ -1,0 +1,77 @@
+"""Multipart parsing that stops reading at the size limit and times out stalled clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.datastructures import FormData, Headers
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+
+class BodyTooLarge(Exception):
+    """A file part or the whole body went over its limit; reading stopped there."""
+
+
+class ClientTooSlow(Exception):
+    """The client stopped sending the body."""
+
+
+class LimitedMultiPartParser(MultiPartParser):
+    """Starlette's parser with a per-file byte limit (Starlette only limits non-file fields)."""
+
+    def __init__(self, headers: Headers, stream: AsyncIterator[bytes], *, max_file_bytes: int, max_files: int):
+        super().__init__(headers, stream, max_files=max_files, max_fields=100, max_part_size=64 * 1024)
+        self.max_file_bytes = max_file_bytes
+        self._sizes: dict[int, int] = {}
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is not None:
+            size = self._sizes.get(id(part), 0) + (end - start)
+            if size > self.max_file_bytes:
+                raise BodyTooLarge(f"a file is larger than the limit of {self.max_file_bytes} bytes")
+            self._sizes[id(part)] = size
+        super().on_part_data(data, start, end)
+
+
+async def limited_stream(
+    stream: AsyncIterator[bytes], max_body_bytes: int, idle_timeout: float
+) -> AsyncIterator[bytes]:
+    """Yield body chunks; stop at max_body_bytes, and give up if a chunk takes idle_timeout."""
+    total = 0
+    it = stream.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), timeout=idle_timeout)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise ClientTooSlow(f"no body data for {idle_timeout:g} seconds") from None
+        total += len(chunk)
+        if total > max_body_bytes:
+            raise BodyTooLarge(f"the request body is larger than the limit of {max_body_bytes} bytes")
+        yield chunk
+
+
+async def parse_upload_form(
+    headers: Headers,
+    stream: AsyncIterator[bytes],
+    *,
+    max_file_bytes: int,
+    max_files: int,
+    idle_timeout: float,
+) -> FormData:
+    """Parse a multipart body into spooled files, enforcing every limit while reading."""
+    # Multipart framing adds a few hundred bytes per part.
+    max_body = max_files * (max_file_bytes + 16 * 1024) + 64 * 1024
+    parser = LimitedMultiPartParser(
+        headers,
+        limited_stream(stream, max_body, idle_timeout),
+        max_file_bytes=max_file_bytes,
+        max_files=max_files,
+    )
+    return await parser.parse()
+
+
+__all__ = ["BodyTooLarge", "ClientTooSlow", "MultiPartException", "parse_upload_form"]
