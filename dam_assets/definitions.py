@@ -1,0 +1,17 @@
+"""The Dagster code location loaded by workspace.yaml."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from dam_assets.assets import asset_metadata, image_enrichment, upload_batch
+from dam_assets.jobs import enrich_batch_job
+from dam_assets.resources import DamResource, ModelsResource
+from dam_assets.sensors import upload_queue_sensor
+
+defs = Definitions(
+    assets=[upload_batch, image_enrichment, asset_metadata],
+    jobs=[enrich_batch_job],
+    sensors=[upload_queue_sensor],
+    resources={"dam": DamResource(), "models": ModelsResource()},
+)

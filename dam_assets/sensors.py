@@ -1,0 +1,47 @@
+"""The upload-queue sensor: queue -> batch manifests -> dynamic partitions + run requests."""
+
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
+
+from dam_assets.draining import drain, pending_batches
+from dam_assets.jobs import enrich_batch_job
+from dam_assets.partitions import batches_partitions_def
+from dam_assets.resources import DamResource
+
+MAX_BATCHES_PER_TICK = 50
+
+
+@sensor(
+    job=enrich_batch_job,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Drains the upload queue into batch manifests, one partition and run per batch.",
+)
+def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> SensorResult:
+    """Drain the queue, then request a run for every manifest after the cursor."""
+    settings = dam.settings
+    report = drain(
+        dam.queue,
+        dam.store,
+        batch_size=settings.dam_batch_size,
+        budget_seconds=settings.dam_sensor_budget_seconds,
+        max_batches=MAX_BATCHES_PER_TICK,
+    )
+    for reason in report.dead_lettered:
+        context.log.warning(f"dead-lettered: {reason}")
+    # Reconcile: every manifest after the cursor gets its partition and a run. Dagster stores
+    # partitions, runs and the cursor only after this returns, so a crash in between leaves
+    # manifests after the old cursor: the next tick requests them again; run_key dedups runs.
+    pending = pending_batches(dam.store, context.cursor)
+    if not pending:
+        return SensorResult(skip_reason=f"queue empty; {report.messages} message(s) handled")
+    missing = [k for k in pending if not context.instance.has_dynamic_partition(batches_partitions_def.name, k)]
+    context.log.info(
+        f"drained {report.messages} message(s) into {len(report.batches)} batch(es); "
+        f"{len(pending)} batch(es) pending, {len(missing)} new partition(s)"
+    )
+    return SensorResult(
+        run_requests=[RunRequest(partition_key=k, run_key=k, tags={"dam/batch": k}) for k in pending],
+        dynamic_partitions_requests=[batches_partitions_def.build_add_request(missing)] if missing else [],
+        cursor=pending[-1],
+    )

@@ -1,0 +1,129 @@
+"""Shared fixtures: real RabbitMQ, moto's S3 server over HTTP, tiny models, image bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import uuid
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RABBIT_URL = os.environ.get("DAM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+S3_REGION = "us-east-1"  # moto rejects R2's "auto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def jpeg_bytes(width=320, height=240, color=(200, 40, 40), quality=90, seed=None) -> bytes:
+    """A real JPEG with some texture so it compresses like a photo."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), color)
+    d = ImageDraw.Draw(img)
+    s = seed if seed is not None else (hash(color) & 0xFFFF)
+    for i in range(12):
+        x, y = (s * (i + 3) * 37) % width, (s * (i + 7) * 53) % height
+        d.ellipse([x, y, x + width // 5, y + height // 5], fill=((s + 60 * i) % 256, (90 * i) % 256, (s * i) % 256))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bytes(width=64, height=64, mode="RGBA") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), (10, 200, 30, 128) if mode == "RGBA" else 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> str:
+    """The machine's RabbitMQ; the suite fails (not skips) when it is missing."""
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(RABBIT_URL)).close()
+    except Exception as err:  # pragma: no cover - environment problem
+        pytest.fail(f"RabbitMQ is not reachable at {RABBIT_URL}: {err}")
+    return RABBIT_URL
+
+
+@pytest.fixture
+def queue_name(rabbit_url):
+    """A unique RabbitMQ queue name for one test, deleted (with its dead-letter queue) afterwards."""
+    import pika
+
+    name = f"test-uploads-{uuid.uuid4().hex[:10]}"
+    yield name
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+    ch = conn.channel()
+    for q in (name, f"{name}.dead"):
+        ch.queue_delete(q)
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's S3 server on a free port, spoken to over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_endpoint) -> dict:
+    """Environment for the S3 store: a fresh bucket on the moto server."""
+    import boto3
+
+    bucket = f"dam-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3", endpoint_url=moto_endpoint, region_name=S3_REGION, aws_access_key_id="test", aws_secret_access_key="test"
+    ).create_bucket(Bucket=bucket)
+    return {
+        "R2_ENDPOINT": moto_endpoint,
+        "R2_ACCESS_KEY_ID": "test",
+        "R2_SECRET_ACCESS_KEY": "test",
+        "R2_BUCKET": bucket,
+        "R2_REGION": S3_REGION,
+    }
+
+
+@pytest.fixture
+def make_settings(tmp_path, monkeypatch):
+    """Build Settings from a clean environment plus the given variables."""
+    from dam_core.settings import load_settings
+
+    for var in list(os.environ):
+        if var.startswith(("R2_", "DAM_")) or var == "AMQP_URL":
+            monkeypatch.delenv(var, raising=False)
+
+    def build(**env):
+        env.setdefault("DAM_DATA_DIR", str(tmp_path / "data"))
+        for k, v in env.items():
+            monkeypatch.setenv(k, str(v))
+        return load_settings()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random BLIP and CLIP models written once per session through `dam models tiny`."""
+    from dam_assets.models.tiny import write_tiny_models
+
+    blip, clip = write_tiny_models(tmp_path_factory.mktemp("models"))
+    return {"DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip)}

@@ -1,0 +1,191 @@
+"""Upload over the API -> sensor -> materialized batch -> rows through `dam sql`, on both backends."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from datetime import UTC, datetime
+
+import pytest
+from dagster import DagsterInstance
+from fastapi.testclient import TestClient
+
+from dam_assets.draining import write_manifest
+from dam_assets.partitions import batches_partitions_def, is_batch_key
+from dam_assets_tests.conftest import jpeg_bytes, png_bytes
+from dam_assets_tests.pipeline_harness import dam_sql, materialize_batch, run_pending, tick
+from dam_core.messages import UploadMessage, manifest_key
+from dam_core.queue import make_queue
+from dam_core.store import make_store
+from dam_core.table import connect
+from dam_ingest_api.main import create_app
+
+
+@pytest.fixture(params=["embedded", "rabbitmq+s3"])
+def env(request, make_settings, tiny_models):
+    """Settings for one backend, with the tiny models; returns the Settings."""
+    extra = dict(tiny_models, DAM_BATCH_SIZE="8")
+    if request.param == "rabbitmq+s3":
+        extra.update(request.getfixturevalue("s3_env"))
+        extra["AMQP_URL"] = request.getfixturevalue("rabbit_url")
+        extra["DAM_QUEUE"] = request.getfixturevalue("queue_name")
+    return make_settings(**extra)
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def upload(client, data: bytes, name: str):
+    r = client.post("/upload", files={"file": (name, data, "application/octet-stream")})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def rows(query: str) -> list[dict]:
+    proc = dam_sql(query, dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_upload_to_sql_end_to_end(env, instance):
+    client = TestClient(create_app(env))
+    sent = [
+        upload(client, jpeg_bytes(640, 480, (200, 30, 30)), "red.jpg"),
+        upload(client, jpeg_bytes(300, 500, (30, 30, 200)), "blue portrait.jpg"),
+        upload(client, png_bytes(96, 64), "green.png"),
+    ]
+    batches, cursor = run_pending(instance)
+    assert len(batches) == 1 and is_batch_key(batches[0])
+    assert instance.has_dynamic_partition(batches_partitions_def.name, batches[0])
+    assert make_queue(env).depth() == 0
+
+    got = rows("SELECT id, filename, caption, error, len(embedding) AS dim, width, height, batch FROM assets ORDER BY filename")
+    assert sorted(r["id"] for r in got) == sorted(s["id"] for s in sent)
+    for r in got:
+        assert r["error"] is None
+        assert r["caption"] and r["caption"].strip()
+        assert r["dim"] > 0
+        assert r["batch"] == batches[0]
+    assert {r["filename"] for r in got} == {"red.jpg", "blue portrait.jpg", "green.png"}
+
+    store = make_store(env)
+    for s in sent:
+        vec = json.loads(store.get(s["vector_key"]))
+        assert vec["id"] == s["id"] and len(vec["embedding"]) == got[0]["dim"]
+    assert store.exists(manifest_key(batches[0]))
+
+    # A second tick with an empty queue requests nothing new.
+    again = tick(instance, cursor)
+    assert not again.run_requests
+
+
+def test_rematerialize_and_redelivery_keep_one_row_per_id(env, instance):
+    client = TestClient(create_app(env))
+    first = upload(client, jpeg_bytes(200, 200, (10, 120, 10)), "a.jpg")
+    upload(client, jpeg_bytes(200, 200, (120, 10, 10)), "b.jpg")
+    (batch,), cursor = run_pending(instance)
+
+    # Re-materializing overwrites the batch's file instead of appending to it.
+    materialize_batch(instance, batch)
+    con = connect(env)
+    assert con.sql("SELECT count(*) FROM assets_all").fetchone()[0] == 2
+
+    # A redelivered message (same upload again) lands in a second batch.
+    make_queue(env).publish(_message_for(env, first["id"]))
+    batches, cursor = run_pending(instance, cursor)
+    assert len(batches) == 1 and batches[0] != batch
+    con = connect(env)
+    assert con.sql("SELECT count(*) FROM assets_all").fetchone()[0] == 3
+    assert con.sql("SELECT count(*), count(DISTINCT id) FROM assets").fetchone() == (2, 2)
+
+
+def _message_for(settings, asset_id: str) -> bytes:
+    """The manifest's copy of an upload's message, re-published as a redelivery would."""
+    store = make_store(settings)
+    for key in store.list("batches/"):
+        manifest = json.loads(store.get(key))
+        for u in manifest["uploads"]:
+            if u["id"] == asset_id:
+                return UploadMessage.model_validate(u).to_json()
+    raise AssertionError("upload not found in any manifest")
+
+
+def test_corrupt_and_missing_images_give_error_rows_and_a_successful_run(env, instance):
+    client = TestClient(create_app(env))
+    good = upload(client, jpeg_bytes(320, 240), "good.jpg")
+    store, queue = make_store(env), make_queue(env)
+    corrupt_id, missing_id = "c" * 32, "d" * 32
+    store.put(f"assets/{corrupt_id}.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    for asset_id in (corrupt_id, missing_id):
+        queue.publish(
+            UploadMessage(
+                id=asset_id, filename=f"{asset_id[:4]}.jpg", r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
+                bytes=10, sha256="0" * 64, width=10, height=10, uploaded_at=datetime.now(UTC),
+            ).to_json()
+        )
+    (batch,), _ = run_pending(instance)  # raises if the run failed
+    got = {r["id"]: r for r in rows("SELECT id, caption, error FROM assets")}
+    assert got[good["id"]]["error"] is None and got[good["id"]]["caption"]
+    assert "decode" in got[corrupt_id]["error"]
+    assert "not found" in got[missing_id]["error"]
+    assert got[corrupt_id]["caption"] is None
+
+
+def test_malformed_messages_are_dead_lettered_and_do_not_block(env, instance):
+    client = TestClient(create_app(env))
+    queue = make_queue(env)
+    queue.publish(b"this is not json")
+    queue.publish(json.dumps({"id": "e" * 32, "filename": "x.jpg"}).encode())
+    good = upload(client, jpeg_bytes(128, 128), "after.jpg")
+    batches, _ = run_pending(instance)
+    assert len(batches) == 1
+    assert [r["id"] for r in rows("SELECT id FROM assets")] == [good["id"]]
+    dead = queue.dead_letters()
+    assert len(dead) == 2
+    reasons = [d.headers["x-dam-reason"] for d in dead]
+    assert all("unparseable upload message" in r for r in reasons)
+    assert any("r2_key" in r for r in reasons)  # names the missing field
+    assert queue.depth() == 0
+
+
+def test_manifest_without_partition_is_reconciled(env, instance):
+    """A crash after the ack but before Dagster stored the partition loses nothing."""
+    store = make_store(env)
+    client = TestClient(create_app(env))
+    sent = upload(client, jpeg_bytes(64, 64), "orphan.jpg")
+    # Simulate the crashed tick: the queue is drained and the manifest written, nothing else.
+    from dam_assets.draining import drain
+
+    report = drain(make_queue(env), store, batch_size=8, budget_seconds=5)
+    (orphan,) = [b.batch for b in report.batches]
+    assert not instance.has_dynamic_partition(batches_partitions_def.name, orphan)
+    batches, _ = run_pending(instance)
+    assert batches == [orphan]
+    assert [r["id"] for r in rows("SELECT id FROM assets")] == [sent["id"]]
+    # Run keys make a repeated request harmless: the daemon skips a run_key it has seen.
+    assert all(r.run_key == r.partition_key for r in tick(instance, None).run_requests)
+
+
+def test_write_manifest_never_overwrites(env):
+    store = make_store(env)
+    keys = {write_manifest(store, []).batch for _ in range(50)}
+    assert len(keys) == 50 and keys == set(sorted(keys))
+
+
+def test_changing_caption_model_changes_code_version(make_settings, monkeypatch):
+    import dam_assets.assets as assets_module
+
+    make_settings(DAM_CAPTION_MODEL="Salesforce/blip-image-captioning-base")
+    before = importlib.reload(assets_module).image_enrichment.code_versions_by_key
+    monkeypatch.setenv("DAM_CAPTION_MODEL", "Salesforce/blip-image-captioning-large")
+    after = importlib.reload(assets_module).image_enrichment.code_versions_by_key
+    monkeypatch.setenv("DAM_CAPTION_MODEL", "Salesforce/blip-image-captioning-base")
+    importlib.reload(assets_module)
+    cap, emb = assets_module.CAPTIONS, assets_module.EMBEDDINGS
+    assert before[cap] != after[cap]
+    assert "blip-image-captioning-large" in after[cap]
+    assert before[emb] == after[emb]
