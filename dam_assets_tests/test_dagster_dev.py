@@ -1,0 +1,103 @@
+"""`dam dev` as a user runs it: API + `dagster dev`, the daemon's sensor and runs, then Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dam_assets_tests.conftest import free_port, jpeg_bytes
+from dam_assets_tests.pipeline_harness import dam_sql
+
+REPO = Path(__file__).resolve().parent.parent
+
+GRAPHQL = """
+{
+  assetNodes { assetKey { path } }
+  repositoriesOrError {
+    ... on RepositoryConnection {
+      nodes { name sensors { name sensorState { status } } }
+    }
+  }
+}
+"""
+
+
+def _wait(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited early with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.timeout(420)
+def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, make_settings):
+    make_settings(**tiny_models, DAM_DATA_DIR=str(tmp_path / "data"))
+    env = dict(os.environ)
+    api_port, ui_port = free_port(), free_port()
+    log = open(tmp_path / "dam-dev.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dam"), "dev", "--port", str(api_port), "--dagster-port", str(ui_port)],
+        env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{api_port}/healthz", 60, proc)
+        _wait(f"http://127.0.0.1:{ui_port}/server_info", 180, proc)
+
+        # The UI's GraphQL endpoint lists the four assets and the running sensor.
+        deadline = time.monotonic() + 120
+        while True:
+            data = httpx.post(f"http://127.0.0.1:{ui_port}/graphql", json={"query": GRAPHQL}, timeout=30).json()["data"]
+            if data["assetNodes"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        keys = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
+        assert {"upload_batch", "image_captions", "image_embeddings", "asset_metadata"} <= keys
+        sensors = {s["name"]: s["sensorState"]["status"] for r in data["repositoriesOrError"]["nodes"] for s in r["sensors"]}
+        assert sensors.get("upload_queue_sensor") == "RUNNING"
+
+        # Upload over HTTP; the daemon's sensor and a real run turn it into a row.
+        r = httpx.post(
+            f"http://127.0.0.1:{api_port}/upload", files={"file": ("cat.jpg", jpeg_bytes(400, 300), "image/jpeg")}
+        )
+        assert r.status_code == 202, r.text
+        asset_id = r.json()["id"]
+        deadline = time.monotonic() + 240
+        found = []
+        while time.monotonic() < deadline and not found:
+            time.sleep(3)
+            proc_sql = dam_sql("SELECT id, caption, error FROM assets", env)
+            assert proc_sql.returncode == 0, proc_sql.stderr
+            found = json.loads(proc_sql.stdout)
+        assert [row["id"] for row in found] == [asset_id], (tmp_path / "dam-dev.log").read_text()[-3000:]
+        assert found[0]["error"] is None and found[0]["caption"]
+
+        # Ctrl-C stops both children and `dam dev` itself.
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        for port in (api_port, ui_port):
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+    finally:
+        _stop(proc)
+        log.close()

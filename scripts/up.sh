@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install, then run the whole pipeline on the embedded default: API on :8000, Dagster UI on :3000.
+#   bash scripts/up.sh           real BLIP/CLIP from the Hugging Face hub (tiny offline models if unreachable)
+#   bash scripts/up.sh --tiny    tiny random models, fully offline
+# Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export DAM_DATA_DIR="${DAM_DATA_DIR:-$PWD/.dam}"
+want_tiny=0
+[ "${1:-}" = "--tiny" ] && { want_tiny=1; shift; }
+if [ $want_tiny = 0 ] && [ -z "${DAM_CAPTION_MODEL:-}" ] && [ -z "${HF_HUB_OFFLINE:-}" ]; then
+  if ! python - <<'PY' 2>/dev/null
+import socket; socket.create_connection(("huggingface.co", 443), timeout=3).close()
+PY
+  then
+    echo "!! huggingface.co is unreachable: using TINY RANDOM models (captions are noise)." >&2
+    echo "!! Set DAM_CAPTION_MODEL / DAM_EMBEDDING_MODEL to local model folders for real ones." >&2
+    want_tiny=1
+  fi
+fi
+if [ $want_tiny = 1 ]; then
+  eval "$(dam models tiny "$DAM_DATA_DIR/models")"
+  export DAM_CAPTION_MODEL DAM_EMBEDDING_MODEL HF_HUB_OFFLINE=1
+fi
+exec dam dev "$@"
