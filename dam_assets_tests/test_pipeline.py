@@ -92,15 +92,15 @@ def test_rematerialize_and_redelivery_keep_one_row_per_id(env, instance):
     # Re-materializing overwrites the batch's file instead of appending to it.
     materialize_batch(instance, batch)
     con = connect(env)
-    assert con.sql("SELECT count(*) FROM assets_all").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == 2
 
     # A redelivered message (same upload again) lands in a second batch.
     make_queue(env).publish(_message_for(env, first["id"]))
     batches, cursor = run_pending(instance, cursor)
     assert len(batches) == 1 and batches[0] != batch
     con = connect(env)
-    assert con.sql("SELECT count(*) FROM assets_all").fetchone()[0] == 3
-    assert con.sql("SELECT count(*), count(DISTINCT id) FROM assets").fetchone() == (2, 2)
+    assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == 3
+    assert con.execute("SELECT count(*), count(DISTINCT id) FROM assets").fetchone() == (2, 2)
 
 
 def _message_for(settings, asset_id: str) -> bytes:

@@ -18,6 +18,7 @@ from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 PG = "postgresql://postgres@127.0.0.1:5432"
+PG_DAGSTER = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 defaults to psycopg 3
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def pg_url():
         pytest.fail(f"PostgreSQL is not reachable at {PG}: {err}")
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG}/{name}"
+    yield f"{PG_DAGSTER}/{name}"
     admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
 

@@ -135,9 +135,10 @@ def connect(settings: "Settings | None" = None, database: str = ":memory:") -> "
     else:
         pattern, found = _local_files(settings)
         if found:
+            quoted = "'" + pattern.replace("'", "''") + "'"  # DDL cannot take parameters
             con.execute(
-                "CREATE OR REPLACE VIEW assets_all AS SELECT * FROM read_parquet(?, hive_partitioning=false, union_by_name=true)",
-                [pattern],
+                "CREATE OR REPLACE VIEW assets_all AS SELECT * FROM "
+                f"read_parquet({quoted}, hive_partitioning=false, union_by_name=true)"
             )
         else:
             _empty(con)

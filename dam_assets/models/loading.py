@@ -1,0 +1,152 @@
+"""Shared model plumbing: device/dtype resolution, a process-wide model cache, image normalisation.
+
+Settings arrive as plain strings (``DAM_DEVICE``, ``DAM_DTYPE``) so the same values work from the
+environment, Dagster resource config and the CLI.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+T = TypeVar("T")
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+_SHORT: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def resolve_device(setting: str | None) -> str:
+    """``"auto"``/``""``/None -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else is validated."""
+    s = (setting or "").strip().lower()
+    if s in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if s == "gpu":
+        s = "cuda"
+    try:
+        dev = torch.device(s)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"unknown device {setting!r} (use auto, cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {setting!r} was requested but CUDA is not available in this process")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {setting!r} was requested but MPS is not available")
+    return str(dev)
+
+
+def resolve_dtype(setting: str | None, device: str | torch.device) -> torch.dtype:
+    """``"auto"``/``""`` -> bfloat16 on a GPU that supports it (else float16), float32 elsewhere."""
+    s = (setting or "").strip().lower()
+    if s in ("", "auto"):
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if s.startswith("torch."):
+        s = s[len("torch.") :]
+    try:
+        return _DTYPES[s]
+    except KeyError:
+        raise ValueError(f"unknown dtype {setting!r} (use auto, float32, bfloat16 or float16)") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Short stable name used in code versions: fp32, bf16, fp16."""
+    return _SHORT.get(dtype, str(dtype).removeprefix("torch."))
+
+
+# ----------------------------------------------------------------------------- process-wide cache
+
+_cache: dict[Hashable, Any] = {}
+_key_locks: dict[Hashable, threading.Lock] = {}
+_cache_lock = threading.Lock()
+
+
+def cached(key: Hashable, factory: Callable[[], T]) -> T:
+    """Return the value cached under ``key``, building it with ``factory`` exactly once per process.
+
+    Thread-safe: concurrent callers with the same key wait for one load; different keys load in parallel.
+    A factory that raises caches nothing, so a later call retries.
+    """
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        value = factory()
+        with _cache_lock:
+            _cache[key] = value
+            _key_locks.pop(key, None)
+        return value
+
+
+def clear_cache() -> None:
+    """Drop every cached model (tests; freeing memory). Objects already handed out keep working."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def model_key(kind: str, model_id: str, device: str, dtype: torch.dtype) -> tuple:
+    return (kind, normalize_model_id(model_id), device, dtype)
+
+
+def normalize_model_id(model_id: str) -> str:
+    m = str(model_id).strip()
+    if not m:
+        raise ValueError("empty model id")
+    return m.rstrip("/") or m
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode (L, P, RGBA, LA, CMYK, I;16, I, F, 1, ...) to 8-bit RGB.
+
+    Transparency is composited on white; 16-bit and 32-bit greyscale are scaled down to 8 bits
+    rather than clipped (Pillow's own ``convert`` would saturate them to white).
+    """
+    if img.mode == "RGB":
+        return img
+    mode = img.mode
+    if mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.uint32) >> 8
+        img = Image.fromarray(arr.astype(np.uint8), "L")
+    elif mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and arr.max() > 255:
+            arr = np.clip(arr, 0, 65535) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError):  # e.g. LAB/HSV without a direct path
+        return img.convert("RGBA").convert("RGB")
