@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from dam_assets.assets import asset_metadata, image_enrichment, upload_batch
 from dam_assets.jobs import enrich_batch_job
@@ -14,4 +14,6 @@ defs = Definitions(
     jobs=[enrich_batch_job],
     sensors=[upload_queue_sensor],
     resources={"dam": DamResource(), "models": ModelsResource()},
+    # Materializations started from the UI also run in one process: models load once per run.
+    executor=in_process_executor,
 )
