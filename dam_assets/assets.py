@@ -25,13 +25,16 @@ from dagster import (
 from dam_assets.draining import read_manifest
 from dam_assets.imaging import decode_batch
 from dam_assets.partitions import batches_partitions_def
+from dam_assets.renditions import THUMBNAIL_LONG_EDGE, thumbnail
 from dam_assets.resources import DamResource, ModelsResource
-from dam_core.messages import vector_key
+from dam_assets.tagging import load_vocabulary, tag_images
+from dam_core.messages import thumbnail_key, vector_key
 from dam_core.settings import Settings, load_settings
 from dam_core.table import table_key, write_batch
 
 CAPTIONS = AssetKey("image_captions")
 EMBEDDINGS = AssetKey("image_embeddings")
+THUMBNAILS = AssetKey("image_thumbnails")
 
 
 def captions_stage_key(batch: str) -> str:
@@ -48,7 +51,9 @@ def caption_code_version(settings: Settings) -> str:
 
 
 def embedding_code_version(settings: Settings) -> str:
-    return f"clip:{settings.dam_embedding_model}:l2norm:v1"
+    """Model id and tag settings: tags are computed from the embeddings in the same step."""
+    tags = f"{settings.dam_tags_file or 'default'}:{settings.dam_tag_threshold}:{settings.dam_tags_top_k}"
+    return f"clip:{settings.dam_embedding_model}:l2norm:tags={tags}:v2"
 
 
 def _settings_for_definitions() -> Settings:
@@ -101,12 +106,21 @@ def upload_batch(context: AssetExecutionContext, dam: DamResource) -> Materializ
             code_version=embedding_code_version(_SETTINGS),
             skippable=True,
         ),
+        AssetSpec(
+            THUMBNAILS,
+            deps=[upload_batch],
+            description="A 256 px WebP thumbnail for every image: thumbnails/{id}.webp.",
+            kinds={"webp", "pillow"},
+            group_name="enrichment",
+            code_version="webp256:v1",
+            skippable=True,
+        ),
     ],
     partitions_def=batches_partitions_def,
     can_subset=True,
 )
 def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: ModelsResource):
-    """Decode each image once, then caption and embed the whole batch."""
+    """Decode each image once, then caption, embed, tag and thumbnail the whole batch."""
     batch = context.partition_key
     store = dam.store
     manifest = read_manifest(store, batch)
@@ -142,6 +156,14 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
         embedder = models.embedder()
         vectors = embedder.embed_images(images) if images else np.zeros((0, embedder.dim), np.float32)
         by_id = {d.upload.id: v for d, v in zip(ok, vectors)}
+        settings = dam.settings
+        labels = load_vocabulary(settings.dam_tags_file)
+        tags = dict(
+            zip(
+                (d.upload.id for d in ok),
+                tag_images(embedder, vectors, labels, settings.dam_tag_threshold, settings.dam_tags_top_k),
+            )
+        )
         for uid, v in by_id.items():
             store.put(
                 vector_key(uid),
@@ -156,6 +178,7 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
                     type=pa.list_(pa.float32(), embedder.dim),
                 ),
                 "error": [d.error for d in decoded],
+                "tags": pa.array([tags.get(d.upload.id) for d in decoded], type=pa.list_(pa.string())),
             }
         ).replace_schema_metadata({"model": embedder.model_id, "version": embedder.version})
         buf = io.BytesIO()
@@ -168,7 +191,21 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
                 "errors": len(decoded) - len(ok),
                 "model": embedder.model_id,
                 "dim": embedder.dim,
+                "tag_vocabulary": len(labels),
+                "tagged_images": sum(1 for t in tags.values() if t),
             },
+        )
+
+    if THUMBNAILS in selected:
+        written = 0
+        for d in decoded:
+            data = thumbnail(store, d)
+            if data is not None:
+                store.put(thumbnail_key(d.upload.id), data, content_type="image/webp")
+                written += 1
+        yield MaterializeResult(
+            asset_key=THUMBNAILS,
+            metadata={"thumbnails": written, "errors": len(decoded) - written, "long_edge_px": THUMBNAIL_LONG_EDGE},
         )
 
 
@@ -226,7 +263,7 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
                 "embedding_model": emb_meta,
                 "batch": batch,
                 "error": error,
-                "tags": None,
+                "tags": None if error else e.get("tags"),
             }
         )
     key = write_batch(store, batch, rows, dim)

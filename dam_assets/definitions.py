@@ -7,12 +7,13 @@ from dagster import Definitions, in_process_executor
 from dam_assets.assets import asset_metadata, image_enrichment, upload_batch
 from dam_assets.jobs import enrich_batch_job
 from dam_assets.resources import DamResource, ModelsResource
+from dam_assets.search_index import search_index, search_index_job, search_index_sensor
 from dam_assets.sensors import upload_queue_sensor
 
 defs = Definitions(
-    assets=[upload_batch, image_enrichment, asset_metadata],
-    jobs=[enrich_batch_job],
-    sensors=[upload_queue_sensor],
+    assets=[upload_batch, image_enrichment, asset_metadata, search_index],
+    jobs=[enrich_batch_job, search_index_job],
+    sensors=[upload_queue_sensor, search_index_sensor],
     resources={"dam": DamResource(), "models": ModelsResource()},
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,

@@ -28,6 +28,11 @@ def thumbnail_key(asset_id: str) -> str:
     return f"thumbnails/{asset_id}.webp"
 
 
+def upload_marker_key(asset_id: str) -> str:
+    """Written once an upload's message is confirmed: the same bytes again are a duplicate."""
+    return f"uploads/{asset_id}.json"
+
+
 class UploadMessage(BaseModel):
     """One accepted upload, as published to the queue and stored in a batch manifest."""
 

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     dam_device: str = "auto"
     dam_dtype: str = "auto"
 
+    # Finding images: zero-shot tags, near duplicates, the vector index.
+    dam_tags_file: Path | None = None  # one label per line; default: the list shipped in the package
+    dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # softmax probability over the vocabulary
+    dam_tags_top_k: int = Field(default=5, ge=0, le=50)
+    dam_near_duplicate: float = Field(default=0.95, ge=-1, le=1)
+    dam_exact_search_max: int = Field(default=50_000, ge=0)  # above this many vectors, search uses HNSW
+    dam_index_poll_seconds: float = Field(default=5.0, gt=0)
+
     @field_validator("r2_endpoint")
     @classmethod
     def _endpoint_is_url(cls, v: str | None) -> str | None:
@@ -79,6 +87,13 @@ class Settings(BaseSettings):
     def _dtype(cls, v: str) -> str:
         if v not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("must be auto, float32, bfloat16 or float16")
+        return v
+
+    @field_validator("dam_tags_file")
+    @classmethod
+    def _tags_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
         return v
 
     @model_validator(mode="after")

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import IO
 
 from dam_core.images import ImageRejected, inspect_image
-from dam_core.messages import UploadMessage, clean_filename, original_key, vector_key
+from dam_core.messages import UploadMessage, clean_filename, original_key, upload_marker_key, vector_key
 from dam_core.queue import QueueError, UploadQueue
 from dam_core.settings import Settings
-from dam_core.store import ObjectStore, StoreError
+from dam_core.store import KeyNotFound, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,52 @@ def _sha256(fp: IO[bytes]) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def _body(message: UploadMessage, status: str) -> dict:
+    return {
+        "id": message.id,
+        "filename": message.filename,
+        "r2_key": message.r2_key,
+        "vector_key": vector_key(message.id),
+        "mime_type": message.mime_type,
+        "bytes": message.bytes,
+        "sha256": message.sha256,
+        "width": message.width,
+        "height": message.height,
+        "status": status,
+    }
+
+
+def find_upload(store: ObjectStore, asset_id: str) -> UploadMessage | None:
+    """The confirmed upload with this id, if any (its marker holds the message)."""
+    try:
+        return UploadMessage.from_json(store.get(upload_marker_key(asset_id)))
+    except KeyNotFound:
+        return None
+
+
 def accept_upload(
     fp: IO[bytes], filename: str | None, settings: Settings, store: ObjectStore, queue: UploadQueue
-) -> dict:
-    """Store and queue one file; ImageRejected for bad bytes, ServiceUnavailable when a service is down.
+) -> tuple[bool, dict]:
+    """Store and queue one file; returns (is_new, body).
 
-    The id is derived from the content, so the same bytes always map to the same key and
-    the pipeline's one-row-per-id rule makes a repeated upload harmless.
+    Raises ImageRejected for bad bytes and ServiceUnavailable when a service is down.
+    The id is derived from the content: the same bytes map to the same key. Once an
+    upload's message is confirmed, a marker `uploads/{id}.json` records it, and the same
+    bytes again are answered as a duplicate with nothing stored or queued. Two copies
+    racing past the marker check both publish; the pipeline's one-row-per-id rule still
+    makes them one asset.
     """
     info = inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
     sha, size = _sha256(fp)
     asset_id = sha[:32]
+    try:
+        existing = find_upload(store, asset_id)
+    except StoreError as err:
+        log.warning("store failed for %s: %s", asset_id, err)
+        raise ServiceUnavailable("the object store is unavailable; nothing was stored, try again") from None
+    if existing is not None:
+        return False, {**_body(existing, "queued"), "duplicate": True}
+
     key = original_key(asset_id, info.ext)
     message = UploadMessage(
         id=asset_id,
@@ -69,18 +104,13 @@ def accept_upload(
             with contextlib.suppress(StoreError):
                 store.delete(key)
         raise ServiceUnavailable("the queue is unavailable; nothing was stored, try again") from None
-    return {
-        "id": asset_id,
-        "filename": message.filename,
-        "r2_key": key,
-        "vector_key": vector_key(asset_id),
-        "mime_type": info.mime_type,
-        "bytes": size,
-        "sha256": sha,
-        "width": info.width,
-        "height": info.height,
-        "status": "queued",
-    }
+    try:
+        store.put(upload_marker_key(asset_id), message.to_json(), content_type="application/json")
+    except StoreError as err:
+        # The message is confirmed, so the upload will be processed: answer 202. Without the
+        # marker a repeat of these bytes is queued again, which the pipeline deduplicates.
+        log.warning("could not write the upload marker for %s: %s", asset_id, err)
+    return True, _body(message, "queued")
 
 
-__all__ = ["accept_upload", "ServiceUnavailable", "ImageRejected"]
+__all__ = ["accept_upload", "find_upload", "ServiceUnavailable", "ImageRejected"]

@@ -78,11 +78,11 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
 
     if len(results) == 1:
         status, body = results[0]
-        if status != 202:
+        if status >= 400:
             return _error(status, body["detail"])
-        return JSONResponse(body, status_code=202)
-    accepted = [b for s, b in results if s == 202]
-    status = 202 if accepted else results[0][0]
+        return JSONResponse(body, status_code=status)
+    accepted = [b for s, b in results if s < 400]
+    status = (202 if any(s == 202 for s, _ in results) else 200) if accepted else results[0][0]
     body = {
         "accepted": len(accepted),
         "rejected": len(results) - len(accepted),
@@ -97,7 +97,8 @@ def _accept_all(files: list[UploadFile], settings, store, queue) -> list[tuple[i
     out = []
     for f in files:
         try:
-            out.append((202, accept_upload(f.file, f.filename, settings, store, queue)))
+            is_new, body = accept_upload(f.file, f.filename, settings, store, queue)
+            out.append((202 if is_new else 200, body))
         except ImageRejected as err:
             out.append((err.status, {"filename": f.filename, "status": "rejected", "detail": err.message}))
         except ServiceUnavailable as err:

@@ -1,0 +1,61 @@
+"""Zero-shot tags: image embeddings against the CLIP text embeddings of a label vocabulary."""
+
+from __future__ import annotations
+
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = "a photo of a {}"
+_cache: dict[tuple, np.ndarray] = {}
+_lock = threading.Lock()
+
+
+def load_vocabulary(path: Path | None = None) -> list[str]:
+    """Labels from DAM_TAGS_FILE, or the list shipped in the package; blank lines and # comments skipped."""
+    text = (
+        Path(path).expanduser().read_text(encoding="utf-8")
+        if path
+        else resources.files("dam_assets").joinpath("data/tags.txt").read_text(encoding="utf-8")
+    )
+    labels, seen = [], set()
+    for line in text.splitlines():
+        label = line.split("#", 1)[0].strip()
+        if label and label not in seen:
+            seen.add(label)
+            labels.append(label)
+    return labels
+
+
+def label_embeddings(embedder, labels: list[str]) -> np.ndarray:
+    """Text embeddings of the vocabulary, computed once per model and vocabulary per process."""
+    key = (embedder.version, tuple(labels))
+    with _lock:
+        if key not in _cache:
+            _cache[key] = embedder.embed_texts([PROMPT.format(label) for label in labels])
+        return _cache[key]
+
+
+def logit_scale(embedder) -> float:
+    scale = getattr(getattr(embedder, "model", None), "logit_scale", None)
+    return float(scale.exp().item()) if scale is not None else 100.0
+
+
+def tag_images(
+    embedder, image_vectors: np.ndarray, labels: list[str], threshold: float, top_k: int
+) -> list[list[str]]:
+    """For each image, up to top_k labels whose softmax probability over the vocabulary is >= threshold."""
+    if len(image_vectors) == 0 or not labels or top_k == 0:
+        return [[] for _ in range(len(image_vectors))]
+    text = label_embeddings(embedder, labels)
+    logits = logit_scale(embedder) * (image_vectors @ text.T)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = []
+    for row in probs:
+        best = np.argsort(-row)[:top_k]
+        out.append([labels[i] for i in best if row[i] >= threshold])
+    return out
