@@ -204,6 +204,41 @@ def cmd_sql(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- search
+
+
+def cmd_search(args) -> int:
+    settings = _settings_or_exit()
+    from dam_core.store import make_store
+    from dam_ingest_api.catalog import Catalog, SearchUnavailable
+
+    text = args.text.strip()
+    if not text:
+        print("dam search: the query is empty", file=sys.stderr)
+        return 2
+    if not 1 <= args.k <= 1000:
+        print("dam search: --k must be between 1 and 1000", file=sys.stderr)
+        return 2
+    catalog = Catalog(settings, make_store(settings))
+    if catalog.snapshot is None:
+        print("dam search: no search index yet (it is built after the first batch is processed)", file=sys.stderr)
+        return 1
+    try:
+        items = catalog.search_text(text, args.k)
+    except SearchUnavailable as err:
+        print(f"dam search: {err}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(items, indent=1, ensure_ascii=False))
+        return 0
+    for rank, it in enumerate(items, 1):
+        tags = ", ".join(it["tags"])
+        print(f"{rank:>3}  {it['score']:.4f}  {it['id']}  {it['filename']}\n       {it['caption'] or ''}" + (f"  [{tags}]" if tags else ""))
+    if not items:
+        print("no results")
+    return 0
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -244,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.set_defaults(func=cmd_sql)
+
+    s = sub.add_parser("search", help="find images by meaning, from the search index")
+    s.add_argument("text")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("models", help="model utilities")
     msub = s.add_subparsers(dest="models_command", required=True)

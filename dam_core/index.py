@@ -58,7 +58,7 @@ def build_index(
     params = {} if model is None else {"model": model}
     table: pa.Table = con.execute(
         f"SELECT {cols}, embedding FROM assets {where} ORDER BY uploaded_at DESC, id", params
-    ).fetch_arrow_table()
+    ).to_arrow_table()
     if model is None:
         # Vectors are comparable only within one model: index the newest row's model.
         with_vec = table.filter(pa.compute.is_valid(table.column("embedding")))
@@ -75,7 +75,7 @@ def build_index(
     if len(vector_rows):
         picked = emb.filter(pa.array(valid))
         dim = picked.type.list_size if pa.types.is_fixed_size_list(picked.type) else len(picked[0])
-        vectors = np.asarray(picked.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+        vectors = np.array(picked.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors /= np.where(norms == 0, 1, norms)
     else:

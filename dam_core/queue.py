@@ -97,18 +97,51 @@ def _queue_arguments(dead_letter_queue: str) -> dict:
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue}
 
 
+@contextlib.contextmanager
+def _abort_at(conn, deadline: float | None):
+    """Abort `conn` if the block is still waiting on the broker at `deadline` (monotonic).
+
+    pika's blocking calls (a publisher confirm, a declare) wait for the broker without a
+    timeout, and the publishing connection has no heartbeats: a broker that stops answering
+    without closing the socket would hold the caller, and everyone behind the lock, forever.
+    This arms the same stream abort pika's heartbeat checker uses; the blocked call then
+    raises AMQPConnectionError.
+    """
+    impl = getattr(conn, "_impl", None)
+    handle = None
+    if deadline is not None and impl is not None and hasattr(impl, "_terminate_stream"):
+        import pika
+
+        def abort():
+            with contextlib.suppress(Exception):
+                impl._terminate_stream(pika.exceptions.AMQPConnectionError("no answer from RabbitMQ in time"))
+
+        handle = impl._adapter_call_later(max(0.0, deadline - time.monotonic()), abort)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                impl._adapter_remove_timeout(handle)
+
+
 class RabbitQueue(UploadQueue):
     """A durable RabbitMQ queue with publisher confirms and a dead-letter queue."""
 
-    def __init__(self, url: str, name: str, dead_letter_queue: str | None = None):
+    def __init__(
+        self, url: str, name: str, dead_letter_queue: str | None = None, publish_timeout: float = 10.0
+    ):
         self.url = url
         self.name = name
         self.dlq = dead_letter_queue or f"{name}.dead"
+        # The longest publish() may take, waiting for the lock included: a broker that stops
+        # answering (a partition, a frozen node) gives the caller a QueueError, never a hang.
+        self.publish_timeout = publish_timeout
         self._lock = threading.Lock()
         self._conn = None
         self._channel = None
 
-    def _params(self, heartbeat: int | None = None):
+    def _params(self, heartbeat: int | None = None, deadline: float | None = None):
         import pika
 
         params = pika.URLParameters(self.url)
@@ -116,19 +149,24 @@ class RabbitQueue(UploadQueue):
         params.socket_timeout = 5
         params.blocked_connection_timeout = 10
         params.stack_timeout = 10
+        if deadline is not None:
+            left = max(0.1, deadline - time.monotonic())
+            params.socket_timeout = min(5, left)
+            params.stack_timeout = min(10, left)
         if heartbeat is not None:
             params.heartbeat = heartbeat
         return params
 
-    def _connect(self, heartbeat: int | None = None):
+    def _connect(self, heartbeat: int | None = None, deadline: float | None = None):
         import pika
 
         try:
-            conn = pika.BlockingConnection(self._params(heartbeat))
-            ch = conn.channel()
-            ch.queue_declare(self.dlq, durable=True)
-            ch.queue_declare(self.name, durable=True, arguments=_queue_arguments(self.dlq))
-            ch.confirm_delivery()
+            conn = pika.BlockingConnection(self._params(heartbeat, deadline))
+            with _abort_at(conn, deadline):
+                ch = conn.channel()
+                ch.queue_declare(self.dlq, durable=True)
+                ch.queue_declare(self.name, durable=True, arguments=_queue_arguments(self.dlq))
+                ch.confirm_delivery()
             return conn, ch
         except Exception as err:
             raise QueueError(f"RabbitMQ at {self.describe()} unreachable: {type(err).__name__}") from err
@@ -143,15 +181,25 @@ class RabbitQueue(UploadQueue):
         import pika
 
         props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
-        with self._lock:  # one connection shared by all request threads; pika is not thread-safe
+        deadline = time.monotonic() + self.publish_timeout
+        # One connection shared by all request threads (pika is not thread-safe); a request
+        # waits for it only until its own deadline.
+        if not self._lock.acquire(timeout=self.publish_timeout):
+            raise QueueError(f"RabbitMQ at {self.describe()} did not confirm within {self.publish_timeout:g} s")
+        try:
             for attempt in (1, 2):
                 try:
+                    if time.monotonic() >= deadline:
+                        raise QueueError(
+                            f"RabbitMQ at {self.describe()} did not confirm within {self.publish_timeout:g} s"
+                        )
                     if self._channel is None or not self._channel.is_open:
                         self._drop()
                         # No heartbeats: this connection sits idle between requests and a
                         # dead one is detected by the failed publish and replaced.
-                        self._conn, self._channel = self._connect(heartbeat=0)
-                    self._channel.basic_publish("", self.name, body, props, mandatory=True)
+                        self._conn, self._channel = self._connect(heartbeat=0, deadline=deadline)
+                    with _abort_at(self._conn, deadline):  # the confirm wait has no timeout of its own
+                        self._channel.basic_publish("", self.name, body, props, mandatory=True)
                     return
                 except pika.exceptions.UnroutableError as err:
                     raise QueueError(f"queue {self.name!r} did not route the message") from err
@@ -161,10 +209,12 @@ class RabbitQueue(UploadQueue):
                     # A stale connection fails on first use after the broker restarted: retry once
                     # on a fresh one. Publishing twice is safe; the pipeline is idempotent by id.
                     self._drop()
-                    if attempt == 2:
+                    if attempt == 2 or time.monotonic() >= deadline:
                         raise err if isinstance(err, QueueError) else QueueError(
                             f"RabbitMQ at {self.describe()} failed: {type(err).__name__}"
                         ) from err
+        finally:
+            self._lock.release()
 
     def _open_consumer(self) -> Consumer:
         conn, ch = self._connect()

@@ -89,6 +89,20 @@ SELECT * EXCLUDE (_rank) FROM (
 """
 
 
+def _near_duplicates_view(threshold: float) -> str:
+    # Every pair once (a < b) whose embeddings, from the same model, are at least `threshold` alike.
+    return f"""
+CREATE OR REPLACE VIEW near_duplicates AS
+SELECT a, b, score FROM (
+    SELECT x.id AS a, y.id AS b,
+           list_cosine_similarity(CAST(x.embedding AS FLOAT[]), CAST(y.embedding AS FLOAT[])) AS score
+    FROM assets x JOIN assets y
+      ON x.id < y.id AND x.embedding_model = y.embedding_model
+    WHERE x.embedding IS NOT NULL AND y.embedding IS NOT NULL
+) WHERE score >= {float(threshold)!r}
+"""
+
+
 def _local_files(settings: "Settings") -> tuple[str, bool]:
     root = settings.data_dir / "store" / TABLE_PREFIX
     pattern = str(root / "batch=*" / "*.parquet")
@@ -117,7 +131,8 @@ def _s3_dataset(settings: "Settings"):
 
 
 def connect(settings: "Settings | None" = None, database: str = ":memory:") -> "duckdb.DuckDBPyConnection":
-    """A DuckDB connection with views `assets_all` (every row) and `assets` (one row per id)."""
+    """A DuckDB connection with views `assets` (one row per id), `assets_all` (every row of every
+    batch) and `near_duplicates(a, b, score)` (pairs at or above DAM_NEAR_DUPLICATE)."""
     import duckdb
 
     if settings is None:
@@ -143,6 +158,7 @@ def connect(settings: "Settings | None" = None, database: str = ":memory:") -> "
         else:
             _empty(con)
     con.execute(_ASSETS_VIEW)
+    con.execute(_near_duplicates_view(settings.dam_near_duplicate))
     return con
 
 

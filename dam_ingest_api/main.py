@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from dam_core.queue import UploadQueue, make_queue
 from dam_core.settings import Settings, get_settings
 from dam_core.store import ObjectStore, make_store
-from dam_ingest_api.routes import health, upload
+from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.routes import assets, health, page, search, upload
 
 log = logging.getLogger("dam_ingest_api")
 
@@ -26,13 +27,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.catalog.start()
         yield
+        app.state.catalog.stop()
         app.state.queue.close()
 
     app = FastAPI(title="dam-pipeline ingest API", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store or make_store(settings)
     app.state.queue = queue or make_queue(settings)
+    app.state.catalog = Catalog(settings, app.state.store)
 
     origins = [o.strip() for o in settings.dam_cors_origins.split(",") if o.strip()]
     if origins:  # CORS stays off unless configured
@@ -54,6 +58,9 @@ def create_app(
 
     app.include_router(health.router)
     app.include_router(upload.router)
+    app.include_router(assets.router)
+    app.include_router(search.router)
+    app.include_router(page.router)
     return app
 
 

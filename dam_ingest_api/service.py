@@ -42,6 +42,7 @@ def _body(message: UploadMessage, status: str) -> dict:
         "sha256": message.sha256,
         "width": message.width,
         "height": message.height,
+        "uploaded_at": message.uploaded_at.isoformat(),
         "status": status,
     }
 

@@ -72,7 +72,9 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
         files = [f for name in FILE_FIELDS for f in form.getlist(name) if isinstance(f, UploadFile)]
         if not files:
             return _error(400, "no file: send the image in a multipart field named 'file'")
-        results = await run_in_threadpool(_accept_all, files, settings, store, queue)
+        results = await run_in_threadpool(
+            _accept_all, files, settings, store, queue, getattr(request.app.state, "catalog", None)
+        )
     finally:
         await form.close()
 
@@ -93,11 +95,16 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
     return JSONResponse(body, status_code=status)
 
 
-def _accept_all(files: list[UploadFile], settings, store, queue) -> list[tuple[int, dict]]:
+def _accept_all(files: list[UploadFile], settings, store, queue, catalog=None) -> list[tuple[int, dict]]:
     out = []
     for f in files:
         try:
             is_new, body = accept_upload(f.file, f.filename, settings, store, queue)
+            if catalog is not None:
+                if is_new:
+                    catalog.note_upload(body)
+                else:
+                    body["status"] = catalog.status(body["id"]) or body["status"]
             out.append((202 if is_new else 200, body))
         except ImageRejected as err:
             out.append((err.status, {"filename": f.filename, "status": "rejected", "detail": err.message}))
