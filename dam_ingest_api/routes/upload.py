@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["upload"])
 
 FILE_FIELDS = ("file", "files")
-READ_IDLE_TIMEOUT = 30.0
+READ_IDLE_TIMEOUT = 30.0  # the default of DAM_READ_TIMEOUT_SECONDS
 
 
 def _error(status: int, detail: str, **extra) -> JSONResponse:
@@ -57,7 +57,7 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
             request.stream(),
             max_file_bytes=settings.dam_max_upload_bytes,
             max_files=settings.dam_max_files_per_request,
-            idle_timeout=READ_IDLE_TIMEOUT,
+            idle_timeout=settings.dam_read_timeout_seconds,
         )
     except BodyTooLarge as err:
         return _error(413, f"{err}; nothing was stored")
