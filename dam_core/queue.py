@@ -243,14 +243,19 @@ class RabbitQueue(UploadQueue):
         return out
 
     def ping(self) -> None:
-        with self._lock:
+        deadline = time.monotonic() + self.publish_timeout
+        if not self._lock.acquire(timeout=self.publish_timeout):
+            raise QueueError(f"RabbitMQ at {self.describe()} is busy: no answer within {self.publish_timeout:g} s")
+        try:
             if self._conn is not None and self._conn.is_open:
                 try:
                     self._conn.process_data_events(0)
                     return
                 except Exception:
                     self._drop()
-            self._conn, self._channel = self._connect(heartbeat=0)
+            self._conn, self._channel = self._connect(heartbeat=0, deadline=deadline)
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:

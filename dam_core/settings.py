@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     dam_max_files_per_request: int = Field(default=32, gt=0, le=1000)
     dam_max_image_pixels: int = Field(default=100_000_000, gt=0)
     dam_max_frames: int = Field(default=1000, gt=0)
+    dam_read_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)  # a stalled upload body gets 408
     dam_api_key: SecretStr | None = None
     dam_cors_origins: str = ""  # comma-separated; empty means CORS stays off
 

@@ -88,11 +88,15 @@ class LocalStore(ObjectStore):
 
     def _write_temp(self, data: bytes | IO[bytes]) -> Path:
         tmp = self._tmp / uuid.uuid4().hex
-        with open(tmp, "wb") as f:
-            for chunk in _chunks(data):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in _chunks(data):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+            raise
         return tmp
 
     def put(self, key, data, content_type=None):
@@ -128,7 +132,8 @@ class LocalStore(ObjectStore):
         self.path(key).unlink(missing_ok=True)
 
     def list(self, prefix, start_after=None):
-        base = self.root / prefix.rstrip("/") if prefix.endswith("/") else (self.root / prefix).parent
+        # The folder holding every key with this prefix; never above the root (prefix "" is the root).
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return iter(())
         keys = []
@@ -188,6 +193,7 @@ class S3Store(ObjectStore):
         return StoreError(f"object store {self.describe()} failed: {type(err).__name__}")
 
     def put(self, key, data, content_type=None):
+        check_key(key)  # a bad key is the caller's ValueError, not a store outage
         extra = {"ContentType": content_type} if content_type else {}
         try:
             if isinstance(data, (bytes, bytearray, memoryview)):
@@ -200,6 +206,7 @@ class S3Store(ObjectStore):
     def create(self, key, data, content_type=None):
         from botocore.exceptions import ClientError
 
+        check_key(key)
         extra = {"ContentType": content_type} if content_type else {}
         body = data if isinstance(data, (bytes, bytearray)) else data.read()
         try:
@@ -218,6 +225,7 @@ class S3Store(ObjectStore):
     def get(self, key):
         from botocore.exceptions import ClientError
 
+        check_key(key)
         try:
             return self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
         except ClientError as err:
@@ -230,6 +238,7 @@ class S3Store(ObjectStore):
     def exists(self, key):
         from botocore.exceptions import ClientError
 
+        check_key(key)
         try:
             self.client.head_object(Bucket=self.bucket, Key=check_key(key))
             return True
@@ -241,6 +250,7 @@ class S3Store(ObjectStore):
             raise self._wrap(err) from err
 
     def delete(self, key):
+        check_key(key)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
         except Exception as err:
