@@ -103,6 +103,7 @@ def test_gallery_search_detail_and_upload(served):
             expect(page.locator('[data-testid="gallery"] [data-testid="card"][data-status="queued"]')).to_have_count(1, timeout=15_000)
             process()
             expect(page.locator('[data-testid="gallery"] [data-testid="card"][data-status="processed"]')).to_have_count(4, timeout=30_000)
+            expect(page.locator("#more")).to_be_hidden()  # four items fit on one page
             page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
             assert (tmp_path / "gallery.png").stat().st_size > 0
             assert not errors, errors

@@ -80,7 +80,21 @@ def build_index(
         vectors /= np.where(norms == 0, 1, norms)
     else:
         vectors = np.zeros((0, 0), np.float32)
-    items = table.drop(["embedding"]).append_column("vector_row", pa.array(
+    return write_index(store, table.drop(["embedding"]), vectors, valid, exact_max, model, version)
+
+
+def write_index(
+    store: ObjectStore,
+    items: pa.Table,
+    vectors: np.ndarray,
+    valid: np.ndarray,
+    exact_max: int,
+    model: str | None,
+    version: str | None = None,
+) -> dict:
+    """Write one index version (items newest first; vectors for the rows where `valid`), then CURRENT."""
+    table = items
+    items = items.append_column("vector_row", pa.array(
         np.where(valid, np.cumsum(valid) - 1, -1).astype(np.int64) if len(valid) else np.zeros(0, np.int64)
     ))
     version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -150,7 +164,12 @@ class Snapshot:
     vector_rows: np.ndarray  # vector i belongs to items[vector_rows[i]]
     by_id: dict[str, int]
     hnsw: object | None = None
+    quantized: np.ndarray | None = None  # int8 copy for the exact scan of larger tables
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if self.hnsw is None and len(self.vectors) > NUMPY_EXACT_MAX:
+            self.quantized = quantize(self.vectors)
 
     @property
     def size(self) -> int:
@@ -180,6 +199,16 @@ class Snapshot:
             rows = np.asarray(matches.keys, dtype=np.int64)
             # Re-score exactly from the stored vectors: scores are true cosines, order is exact.
             scores = self.vectors[rows] @ q
+        elif self.quantized is not None:
+            # Exact scan of int8 vectors (SIMD, both cores), then exact f32 re-scoring of a
+            # generous candidate set: recall stays ~1.0 at a quarter of the bytes scanned.
+            from usearch.index import MetricKind
+            from usearch.index import search as usearch_exact
+
+            cand = min(max(want * 8, 128), len(self.vectors))
+            found = usearch_exact(self.quantized, quantize(q[None, :])[0], cand, MetricKind.Cos, exact=True, threads=0)
+            rows = np.asarray(found.keys, dtype=np.int64).ravel()
+            scores = self.vectors[rows] @ q
         else:
             all_scores = self.vectors @ q
             rows = np.argpartition(-all_scores, want - 1)[:want] if want < len(all_scores) else np.arange(len(all_scores))
@@ -194,6 +223,14 @@ class Snapshot:
             if len(out) == k:
                 break
         return out
+
+
+NUMPY_EXACT_MAX = 20_000
+
+
+def quantize(vectors: np.ndarray) -> np.ndarray:
+    """Unit vectors to int8 (components of unit vectors lie in [-1, 1])."""
+    return np.clip(np.rint(vectors * 127.0), -127, 127).astype(np.int8)
 
 
 def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot | None:
