@@ -330,7 +330,6 @@ class EmbeddedQueue(UploadQueue):
 
     def _open(self, name: str, resume: bool):
         import persistqueue
-        from persistqueue.serializers import json as json_serializer
 
         try:
             return persistqueue.SQLiteAckQueue(
@@ -338,7 +337,7 @@ class EmbeddedQueue(UploadQueue):
                 db_file_name=f"{name}.sqlite",
                 auto_resume=resume,
                 multithreading=True,
-                serializer=json_serializer,
+                serializer=_TolerantJson,
                 timeout=30,
             )
         except Exception as err:
@@ -402,6 +401,32 @@ class EmbeddedQueue(UploadQueue):
         return f"sqlite://{self.directory}/{self.name}.sqlite"
 
 
+class _TolerantJson:
+    """persist-queue's JSON serializer, except that a row it cannot decode becomes a value the
+    consumer dead-letters instead of an exception that would stop the queue at that row forever."""
+
+    @staticmethod
+    def dumps(value) -> bytes:
+        return json.dumps(value).encode("utf-8")
+
+    @staticmethod
+    def loads(blob):
+        try:
+            return json.loads(blob)
+        except Exception:
+            raw = blob if isinstance(blob, (bytes, bytearray)) else str(blob).encode("utf-8", "surrogatepass")
+            return {"body": bytes(raw).decode("utf-8", "replace"), "headers": {"x-dam-undecodable-row": True}}
+
+
+def _row_message(data) -> tuple[bytes, dict]:
+    """A stored row as (body, headers). publish() writes {"body": str, "headers": {}}; anything
+    else (a foreign writer, a damaged row) becomes a body that fails to parse, never an exception."""
+    if isinstance(data, dict) and isinstance(data.get("body"), str):
+        headers = data.get("headers")
+        return data["body"].encode("utf-8", "surrogatepass"), headers if isinstance(headers, dict) else {}
+    return json.dumps(data, default=str).encode("utf-8"), {}
+
+
 class _EmbeddedConsumer(Consumer):
     def __init__(self, queue: EmbeddedQueue, q):
         self.queue = queue
@@ -421,9 +446,8 @@ class _EmbeddedConsumer(Consumer):
                     break
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
                 continue
-            data = row["data"]
-            body = data.get("body", "") if isinstance(data, dict) else json.dumps(data)
-            out.append(Delivery(row["pqid"], body.encode(), data.get("headers", {}) if isinstance(data, dict) else {}))
+            body, headers = _row_message(row["data"])
+            out.append(Delivery(row["pqid"], body, headers))
         return out
 
     def ack(self, deliveries):
@@ -440,7 +464,10 @@ class _EmbeddedConsumer(Consumer):
         self.q.ack(id=delivery.tag)
 
     def close(self):
-        # Unacked rows stay 'unack' in SQLite; the next consumer resumes them on open.
+        # As with RabbitMQ, what this session took and did not ack is ready again (and counted by
+        # depth()) once it closes. After a crash the rows stay 'unack' until the next consumer opens.
+        with contextlib.suppress(Exception):
+            self.q.resume_unack_tasks()
         for q in (self.q, self._dead):
             if q is not None:
                 with contextlib.suppress(Exception):
