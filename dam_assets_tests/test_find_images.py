@@ -240,3 +240,22 @@ def test_new_index_version_is_picked_up_without_restart(make_settings, tiny_mode
         # Re-materialized rows never appear twice.
         ids = [i["id"] for i in client.get("/assets").json()["items"]]
         assert sorted(ids) == sorted({a["id"], b["id"]})
+
+
+def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instance):
+    """Above DAM_EXACT_SEARCH_MAX the index is an HNSW graph; results keep the same contract."""
+    env = make_settings(**tiny_models, DAM_EXACT_SEARCH_MAX="0")
+    app = create_app(env)
+    with TestClient(app) as client:
+        original = jpeg_bytes(400, 300, (220, 30, 30), seed=7)
+        first = post(client, original, "a.jpg").json()
+        edit = post(client, edited_copy(original), "b.jpg").json()
+        for i, c in enumerate(((20, 40, 230), (30, 200, 60))):
+            post(client, jpeg_bytes(400, 300, c, seed=100 + i), f"o{i}.jpg")
+        run_pending(instance)
+        build_index(instance)
+        app.state.catalog.index.refresh()
+        assert app.state.catalog.snapshot.hnsw is not None
+        sim = client.get(f"/assets/{first['id']}/similar", params={"k": 3}).json()["items"]
+        assert [s["id"] for s in sim][0] == edit["id"] and first["id"] not in [s["id"] for s in sim]
+        assert len(client.get("/search", params={"q": "red", "k": 10}).json()["items"]) == 4

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # softmax probability over the vocabulary
     dam_tags_top_k: int = Field(default=5, ge=0, le=50)
     dam_near_duplicate: float = Field(default=0.95, ge=-1, le=1)
-    dam_exact_search_max: int = Field(default=50_000, ge=0)  # above this many vectors, search uses HNSW
+    dam_exact_search_max: int = Field(default=2_000_000, ge=0)  # above this many vectors, search uses HNSW
     dam_index_poll_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("r2_endpoint")

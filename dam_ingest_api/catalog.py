@@ -239,7 +239,14 @@ class Catalog:
         with self._lock:
             if self._embedder is None or self._embedder.model_id != model:
                 try:
+                    import torch
+
                     from dam_assets.models.embedder import get_embedder
+
+                    # A query is a few tokens: one intra-op thread per request is fastest, and
+                    # OpenMP threads spinning against the other requests' threads (and the
+                    # broker, and the pipeline on a small machine) made it 40x slower.
+                    torch.set_num_threads(1)
 
                     self._embedder = get_embedder(model, device=self.settings.dam_device, dtype=self.settings.dam_dtype)
                 except Exception as err:
