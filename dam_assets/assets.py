@@ -30,7 +30,7 @@ from dam_assets.resources import DamResource, ModelsResource
 from dam_assets.tagging import load_vocabulary, tag_images
 from dam_core.messages import thumbnail_key, vector_key
 from dam_core.settings import Settings, load_settings
-from dam_core.table import table_key, write_batch
+from dam_core.table import write_batch
 
 CAPTIONS = AssetKey("image_captions")
 EMBEDDINGS = AssetKey("image_embeddings")

@@ -127,3 +127,27 @@ def tiny_models(tmp_path_factory):
 
     blip, clip = write_tiny_models(tmp_path_factory.mktemp("models"))
     return {"DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip)}
+
+
+@pytest.fixture(params=["embedded", "rabbitmq+s3"])
+def backend(request, make_settings, tiny_models):
+    """Settings builder for one backend: the embedded default, or RabbitMQ + the S3 API (moto)."""
+
+    def build(**extra):
+        env = dict(tiny_models, **extra)
+        if request.param == "rabbitmq+s3":
+            env.update(request.getfixturevalue("s3_env"))
+            env["AMQP_URL"] = request.getfixturevalue("rabbit_url")
+            env["DAM_QUEUE"] = request.getfixturevalue("queue_name")
+        return make_settings(**env)
+
+    return build
+
+
+@pytest.fixture
+def instance():
+    """A real, ephemeral Dagster instance."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.ephemeral() as inst:
+        yield inst

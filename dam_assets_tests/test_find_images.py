@@ -10,7 +10,7 @@ import sys
 import threading
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import materialize
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -24,20 +24,10 @@ from dam_core.table import connect
 from dam_ingest_api.main import create_app
 
 
-@pytest.fixture(params=["embedded", "rabbitmq+s3"])
-def env(request, make_settings, tiny_models):
-    extra = dict(tiny_models, DAM_BATCH_SIZE="16", DAM_TAG_THRESHOLD="0", DAM_TAGS_TOP_K="3")
-    if request.param == "rabbitmq+s3":
-        extra.update(request.getfixturevalue("s3_env"))
-        extra["AMQP_URL"] = request.getfixturevalue("rabbit_url")
-        extra["DAM_QUEUE"] = request.getfixturevalue("queue_name")
-    return make_settings(**extra)
-
-
 @pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
+def env(backend):
+    """Settings for one backend, with the tiny models."""
+    return backend(DAM_BATCH_SIZE="16", DAM_TAG_THRESHOLD="0", DAM_TAGS_TOP_K="3")
 
 
 def post(client, data, name="x.jpg"):

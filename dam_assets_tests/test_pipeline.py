@@ -8,7 +8,6 @@ import os
 from datetime import UTC, datetime
 
 import pytest
-from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
 from dam_assets.draining import write_manifest
@@ -22,21 +21,10 @@ from dam_core.table import connect
 from dam_ingest_api.main import create_app
 
 
-@pytest.fixture(params=["embedded", "rabbitmq+s3"])
-def env(request, make_settings, tiny_models):
-    """Settings for one backend, with the tiny models; returns the Settings."""
-    extra = dict(tiny_models, DAM_BATCH_SIZE="8")
-    if request.param == "rabbitmq+s3":
-        extra.update(request.getfixturevalue("s3_env"))
-        extra["AMQP_URL"] = request.getfixturevalue("rabbit_url")
-        extra["DAM_QUEUE"] = request.getfixturevalue("queue_name")
-    return make_settings(**extra)
-
-
 @pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
+def env(backend):
+    """Settings for one backend, with the tiny models."""
+    return backend(DAM_BATCH_SIZE="8")
 
 
 def upload(client, data: bytes, name: str):
