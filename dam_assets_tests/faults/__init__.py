@@ -1,0 +1,1 @@
+"""Fault-injection helpers for the fault tests: a TCP proxy that can be cut, crash scripts."""
