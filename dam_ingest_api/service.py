@@ -104,7 +104,10 @@ def accept_upload(
             # Nothing half-done: an original whose message was not confirmed is removed.
             with contextlib.suppress(StoreError):
                 store.delete(key)
-        raise ServiceUnavailable("the queue is unavailable; nothing was stored, try again") from None
+        raise ServiceUnavailable(
+            "the queue did not confirm the upload and the original was removed; send it again "
+            "(repeating the same file is safe)"
+        ) from None
     try:
         store.put(upload_marker_key(asset_id), message.to_json(), content_type="application/json")
     except StoreError as err:
