@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from dam_core.store import KeyNotFound, ObjectStore
+from dam_core.store import KeyNotFound, LocalStore, ObjectStore
 
 if TYPE_CHECKING:
     from dam_core.settings import Settings
@@ -152,6 +152,30 @@ def _prune(store: ObjectStore, keep: set[str]) -> None:
 # ----------------------------------------------------------------------------- read
 
 
+class Rows:
+    """The items of a snapshot, kept columnar in Arrow; a row becomes a dict only when asked for.
+
+    At a million assets a list of dicts costs gigabytes; a page or a top-k needs a few dozen rows.
+    """
+
+    def __init__(self, table: pa.Table):
+        self.table = table.combine_chunks()
+        self.ids: list[str] = self.table.column("id").to_pylist()
+        self.vector_row = self.table.column("vector_row").to_numpy().astype(np.int64)
+        us = pa.compute.cast(self.table.column("uploaded_at"), pa.int64()).to_numpy(zero_copy_only=False)
+        self.uploaded_ts = np.nan_to_num(us.astype(np.float64) / 1e6)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i: int) -> dict:
+        return self.table.slice(int(i), 1).to_pylist()[0]
+
+    @classmethod
+    def from_dicts(cls, rows: list[dict]) -> "Rows":
+        return cls(pa.Table.from_pylist(rows))
+
+
 @dataclass
 class Snapshot:
     """One loaded index version: items newest first, vectors, and the id lookup."""
@@ -159,7 +183,7 @@ class Snapshot:
     version: str
     model: str | None
     watermark: str | None
-    items: list[dict]
+    items: Rows
     vectors: np.ndarray
     vector_rows: np.ndarray  # vector i belongs to items[vector_rows[i]]
     by_id: dict[str, int]
@@ -181,9 +205,9 @@ class Snapshot:
 
     def vector_of(self, asset_id: str) -> np.ndarray | None:
         i = self.by_id.get(asset_id)
-        if i is None or self.items[i]["vector_row"] < 0:
+        if i is None or self.items.vector_row[i] < 0:
             return None
-        return self.vectors[self.items[i]["vector_row"]]
+        return self.vectors[self.items.vector_row[i]]
 
     def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[tuple[dict, float]]:
         """Top-k items by cosine similarity to a normalized query vector, best first."""
@@ -216,10 +240,10 @@ class Snapshot:
         order = np.argsort(-scores, kind="stable")
         out = []
         for j in order:
-            item = self.items[int(self.vector_rows[rows[j]])]
-            if item["id"] == exclude:
+            row = int(self.vector_rows[rows[j]])
+            if self.items.ids[row] == exclude:
                 continue
-            out.append((item, float(scores[j])))
+            out.append((self.items[row], float(scores[j])))
             if len(out) == k:
                 break
         return out
@@ -241,10 +265,14 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
         except KeyNotFound:
             return None
     version = current["version"]
-    items_table = pq.read_table(io.BytesIO(store.get(_version_key(version, "items.parquet"))))
-    items = items_table.to_pylist()
-    vectors = np.load(io.BytesIO(store.get(_version_key(version, "vectors.npy"))))
-    vector_rows = np.array([i for i, it in enumerate(items) if it["vector_row"] >= 0], dtype=np.int64)
+    items = Rows(pq.read_table(io.BytesIO(store.get(_version_key(version, "items.parquet")))))
+    vectors_key = _version_key(version, "vectors.npy")
+    if isinstance(store, LocalStore):
+        # Memory-mapped: the page cache holds the vectors, shared and reclaimable, not the heap.
+        vectors = np.load(store.path(vectors_key), mmap_mode="r")
+    else:
+        vectors = np.load(io.BytesIO(store.get(vectors_key)))
+    vector_rows = np.flatnonzero(items.vector_row >= 0).astype(np.int64)
     hnsw = None
     if current.get("hnsw"):
         from usearch.index import Index
@@ -261,7 +289,7 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
         items=items,
         vectors=vectors,
         vector_rows=vector_rows,
-        by_id={it["id"]: i for i, it in enumerate(items)},
+        by_id={asset_id: i for i, asset_id in enumerate(items.ids)},
         hnsw=hnsw,
     )
 

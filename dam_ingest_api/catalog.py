@@ -91,17 +91,18 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class _SortedSnapshot:
-    """Sort keys of a snapshot's items (newest first), computed once per version."""
+    """Listing order of a snapshot's items: the index stores them newest first (by uploaded_at, id)."""
 
     def __init__(self, snap: Snapshot):
         self.snap = snap
-        self.keys = [(-_ts(it["uploaded_at"]), it["id"]) for it in snap.items]
-        if any(a > b for a, b in zip(self.keys, self.keys[1:])):  # built newest-first; make sure
-            order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-            self.items = [snap.items[i] for i in order]
-            self.keys = [self.keys[i] for i in order]
-        else:
-            self.items = snap.items
+        self.neg_ts = -snap.items.uploaded_ts
+        self.ids = snap.items.ids
+
+    def key(self, i: int) -> tuple[float, str]:
+        return (float(self.neg_ts[i]), self.ids[i])
+
+    def position_after(self, after_key: tuple[float, str]) -> int:
+        return bisect.bisect_right(range(len(self.ids)), after_key, key=self.key)
 
 
 class Catalog:
@@ -221,9 +222,9 @@ class Catalog:
         ss = self._sorted_snapshot()
         indexed: list[tuple[float, str, dict]] = []
         if ss is not None:
-            start = bisect.bisect_right(ss.keys, after_key) if after_key else 0
-            for i in range(start, min(start + limit + 1, len(ss.items))):
-                indexed.append((ss.keys[i][0], ss.keys[i][1], ss.items[i]))
+            start = ss.position_after(after_key) if after_key else 0
+            for i in range(start, min(start + limit + 1, len(ss.ids))):
+                indexed.append((*ss.key(i), ss.snap.items[i]))
         merged = sorted(
             [(k, i, ("q", u)) for k, i, u in pending] + [(k, i, ("x", r)) for k, i, r in indexed],
             key=lambda t: (t[0], t[1]),
