@@ -252,9 +252,12 @@ class Snapshot:
 NUMPY_EXACT_MAX = 20_000
 
 
-def quantize(vectors: np.ndarray) -> np.ndarray:
-    """Unit vectors to int8 (components of unit vectors lie in [-1, 1])."""
-    return np.clip(np.rint(vectors * 127.0), -127, 127).astype(np.int8)
+def quantize(vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Unit vectors to int8 (components of unit vectors lie in [-1, 1]), in chunks: no full-size temporaries."""
+    out = np.empty(vectors.shape, dtype=np.int8)
+    for i in range(0, len(vectors), chunk):
+        out[i:i + chunk] = np.clip(np.rint(np.asarray(vectors[i:i + chunk]) * 127.0), -127, 127)
+    return out
 
 
 def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot | None:
