@@ -14,7 +14,7 @@ from PIL import Image
 
 from dam_assets.models.captioner import Captioner, get_captioner
 from dam_assets.models.embedder import Embedder, get_embedder
-from dam_assets.models.loading import resolve_device, resolve_dtype, to_rgb
+from dam_assets.models.loading import cpu_has_native_bf16, resolve_device, resolve_dtype, to_rgb
 from dam_assets.models.tiny import CLIP_PROJECTION_DIM, write_tiny_models
 
 
@@ -72,7 +72,7 @@ def test_to_rgb_handles_every_mode(images):
 def test_device_and_dtype_strings():
     assert resolve_device("auto") == resolve_device("") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
-    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert resolve_dtype("float32", "cpu") == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     assert resolve_dtype("float16", "cpu") == torch.float16
@@ -110,7 +110,7 @@ def test_max_new_tokens_bounds_caption_and_changes_version(tiny_model_dirs, capt
 def test_captioner_is_cached(tiny_model_dirs, captioner):
     assert get_captioner(tiny_model_dirs[0], device="cpu", dtype="float32") is captioner
     assert get_captioner(tiny_model_dirs[0] + "/", device="cpu", dtype="float32") is captioner
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not cpu_has_native_bf16():
         assert get_captioner(tiny_model_dirs[0], device="auto", dtype="auto") is captioner
 
 

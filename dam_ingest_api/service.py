@@ -105,8 +105,8 @@ def accept_upload(
             with contextlib.suppress(StoreError):
                 store.delete(key)
         raise ServiceUnavailable(
-            "the queue did not confirm the upload and the original was removed; send it again "
-            "(repeating the same file is safe)"
+            "the queue is unavailable or did not confirm the upload; the original was removed, "
+            "send it again (repeating the same file is safe)"
         ) from None
     try:
         store.put(upload_marker_key(asset_id), message.to_json(), content_type="application/json")

@@ -48,14 +48,32 @@ def resolve_device(setting: str | None) -> str:
     return str(dev)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (x86 AVX512-BF16 / AMX-BF16, Arm BF16)."""
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                words = set(f.read().split())
+            _CPU_BF16 = bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+        except OSError:
+            _CPU_BF16 = False
+    return _CPU_BF16
+
+
+_CPU_BF16: bool | None = None
+
+
 def resolve_dtype(setting: str | None, device: str | torch.device) -> torch.dtype:
-    """``"auto"``/``""`` -> bfloat16 on a GPU that supports it (else float16), float32 elsewhere."""
+    """``"auto"``/``""`` -> bfloat16 where the hardware computes it natively (a GPU that supports
+    it, else float16; a CPU with AVX512-BF16/AMX/Arm BF16), float32 elsewhere."""
     s = (setting or "").strip().lower()
     if s in ("", "auto"):
         dev = torch.device(device)
         if dev.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        # Measured on an AVX512-BF16 EPYC: BLIP captioning 3.9x faster than fp32 (bench/RESULTS.md).
+        return torch.bfloat16 if dev.type == "cpu" and cpu_has_native_bf16() else torch.float32
     if s.startswith("torch."):
         s = s[len("torch.") :]
     try:
