@@ -1,0 +1,97 @@
+"""Run the benchmark suite: `python -m bench.run [--quick] [--only enrichment,upload,scale] [--out bench/out]`.
+
+Writes ``OUT/results.json`` (and ``OUT/results-quick.json`` with --quick). A full run (no --quick,
+every benchmark) also renders ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench.fixtures import machine, other_load
+
+BENCHMARKS = ("enrichment", "upload", "scale")
+HERE = Path(__file__).resolve().parent
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer images, shorter loads, smaller tables (< 5 min)")
+    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS))
+    p.add_argument("--out", default=str(HERE / "out"))
+    p.add_argument("--models-dir", help="reuse (or create) the random full-size models here instead of a temp folder")
+    p.add_argument("--no-report", action="store_true", help="do not write bench/RESULTS.md")
+    args = p.parse_args(argv)
+
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = set(only) - set(BENCHMARKS)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "background_load_cores_at_start": other_load(2.0),
+        "benchmarks": {},
+        "seconds": {},
+    }
+    log(f"bench: {results['mode']} run of {', '.join(only)} on {results['machine']['cpu']} "
+        f"({results['machine']['cores']} cores); machine busy {results['background_load_cores_at_start']} cores before start")
+    t_all = time.perf_counter()
+    failed = []
+    for name in only:
+        t = time.perf_counter()
+        try:
+            if name == "enrichment":
+                from bench import enrichment
+
+                results["benchmarks"][name] = enrichment.run(args.quick, models_dir=args.models_dir, log=log)
+            elif name == "upload":
+                from bench import upload
+
+                results["benchmarks"][name] = upload.run(args.quick, log=log)
+            elif name == "scale":
+                from bench import scale
+
+                results["benchmarks"][name] = scale.run(args.quick, log=log)
+        except Exception as err:
+            failed.append(name)
+            log(f"bench: {name} FAILED: {type(err).__name__}: {err}")
+            results["benchmarks"][name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+        results["seconds"][name] = round(time.perf_counter() - t, 1)
+        log(f"bench: {name} took {results['seconds'][name]:.0f}s")
+    results["seconds"]["total"] = round(time.perf_counter() - t_all, 1)
+
+    from bench.report import render, summary_lines
+
+    name = "results-quick.json" if args.quick else "results.json"
+    (out_dir / name).write_text(json.dumps(results, indent=1, default=str))
+    log(f"bench: wrote {out_dir / name}")
+    for line in summary_lines(results):
+        print(line)
+    if not args.quick and not args.no_report and set(only) == set(BENCHMARKS):
+        levers_file = out_dir / "levers.json"
+        levers = json.loads(levers_file.read_text()) if levers_file.exists() else None
+        (HERE / "RESULTS.md").write_text(render(results, levers))
+        log(f"bench: wrote {HERE / 'RESULTS.md'}")
+    log(f"bench: total {results['seconds']['total']:.0f}s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Search benchmark: /search, /similar and GET /assets/{id} over 100k and 1M vectors; index recall.
+
+    python -m bench.search [--quick] [--out bench/out]
+
+For each size: write an index version of N random unit 512-d vectors into a local store,
+serve it with the real API (`dam api`, full-size CLIP text encoder with random weights), and
+time requests over HTTP from a separate process. Recall@10 of the search path is measured
+against brute-force exact search on the same vectors. The HNSW graph (the approximate index
+used above DAM_EXACT_SEARCH_MAX) is measured on its own: build time, memory, latency and
+recall, on uniformly random vectors (the worst case for any graph index) and on clustered
+vectors shaped like real embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+DIM = 512
+TARGET_SEARCH_P50_MS = 50.0
+TARGET_RECALL = 0.95
+TARGET_GET_P99_MS = 20.0
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def random_vectors(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), np.float32)
+    for i in range(0, n, 100_000):
+        out[i:i + 100_000] = rng.standard_normal((min(100_000, n - i), DIM), dtype=np.float32)
+    return unit(out)
+
+
+def clustered_vectors(n: int, seed: int, clusters: int = 2000, spread: float = 0.6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = unit(rng.standard_normal((clusters, DIM), dtype=np.float32))
+    out = np.empty((n, DIM), np.float32)
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        out[i:i + m] = centers[rng.integers(0, clusters, m)] + spread / np.sqrt(DIM) * rng.standard_normal((m, DIM), dtype=np.float32)
+    return unit(out)
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    out = []
+    for q in queries:
+        s = vectors @ q
+        idx = np.argpartition(-s, k)[:k]
+        out.append(idx[np.argsort(-s[idx])])
+    return np.array(out)
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:10]) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def items_table(n: int, model: str) -> pa.Table:
+    now = datetime.now(UTC)
+    ids = [f"{i:032x}" for i in range(n)]
+    stamps = pa.array([now - timedelta(seconds=i) for i in range(n)], type=pa.timestamp("us", tz="UTC"))
+    return pa.table({
+        "id": ids,
+        "filename": [f"img_{i}.jpg" for i in range(n)],
+        "caption": pa.array(["a photo of something"] * n),
+        "tags": pa.array([["photo"]] * n, type=pa.list_(pa.string())),
+        "mime_type": pa.array(["image/jpeg"] * n),
+        "width": pa.array([1600] * n, type=pa.int32()),
+        "height": pa.array([1200] * n, type=pa.int32()),
+        "error": pa.nulls(n, type=pa.string()),
+        "uploaded_at": stamps,
+        "processed_at": stamps,
+        "batch": pa.array(["20261124T000000Z-000000"] * n),
+        "embedding_model": pa.array([model] * n),
+    })
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- HNSW alone
+
+
+def hnsw_figures(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+    from dam_core.index import _new_hnsw
+
+    before = rss_mb()
+    idx = _new_hnsw(DIM)
+    t0 = time.perf_counter()
+    idx.add(np.arange(len(vectors), dtype=np.uint64), vectors)
+    build = time.perf_counter() - t0
+    mem = rss_mb() - before
+    lat, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        m = idx.search(q, 80)
+        # The product re-scores HNSW candidates exactly from the stored vectors.
+        cand = np.asarray(m.keys, dtype=np.int64)
+        order = np.argsort(-(vectors[cand] @ q))[:10]
+        lat.append((time.perf_counter() - t) * 1000)
+        found.append(cand[order].tolist())
+    return {
+        "n": len(vectors), "build_s": round(build, 2), "build_mem_mb": round(mem, 1),
+        "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3), "recall@10": round(recall(found, truth), 4),
+    }
+
+
+# ----------------------------------------------------------------------------- through the API
+
+
+LOADGEN = r"""
+import json, random, statistics, sys, time, httpx
+base, n, ids_n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+words = "dog cat beach mountain city night car tree flower person food red blue sunset snow river".split()
+rng = random.Random(0)
+out = {}
+with httpx.Client(base_url=base, timeout=120) as c:
+    c.get("/search", params={"q": "warm up", "k": 10}).raise_for_status()
+    def timed(path, params=None):
+        t = time.perf_counter(); r = c.get(path, params=params); dt = (time.perf_counter() - t) * 1000
+        r.raise_for_status(); return dt, r.json()
+    out["search"] = [timed("/search", {"q": " ".join(rng.sample(words, 3)), "k": 10})[0] for _ in range(reps)]
+    sims = []
+    for _ in range(reps):
+        dt, body = timed(f"/assets/{rng.randrange(ids_n):032x}/similar", {"k": 10})
+        sims.append(dt)
+    out["similar"] = sims
+    out["get"] = [timed(f"/assets/{rng.randrange(ids_n):032x}")[0] for _ in range(reps * 5)]
+print(json.dumps(out))
+"""
+
+
+def api_figures(data_dir: Path, clip_dir: Path, n: int, reps: int) -> dict:
+    from bench.fixtures import env_offline, pid_peak_rss_mb
+
+    port = free_port()
+    env = env_offline()
+    env.update({"DAM_DATA_DIR": str(data_dir), "DAM_EMBEDDING_MODEL": str(clip_dir), "DAM_INDEX_POLL_SECONDS": "3600"})
+    env.pop("AMQP_URL", None)
+    for k in [k for k in env if k.startswith("R2_")]:
+        env.pop(k)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dam"), "api", "--port", str(port), "--log-level", "warning"],
+        env=env, start_new_session=True,
+    )
+    import httpx
+
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/assets?limit=1", timeout=5).json()["items"]:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("API did not load the index")
+            time.sleep(0.5)
+        load_s = time.perf_counter() - t0
+        res = subprocess.run(
+            [sys.executable, "-c", LOADGEN, f"http://127.0.0.1:{port}", str(n), str(n), str(reps)],
+            capture_output=True, text=True, env=env, timeout=1800,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr[-2000:])
+        lat = json.loads(res.stdout.strip().splitlines()[-1])
+        return {
+            "api_load_s": round(load_s, 1),
+            "api_peak_rss_mb": round(pid_peak_rss_mb(proc.pid) or 0, 1),
+            **{f"{name}_p50_ms": round(statistics.median(v), 2) for name, v in lat.items()},
+            **{f"{name}_p99_ms": round(pct(v, 99), 2) for name, v in lat.items()},
+        }
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run(quick: bool, out_dir: Path, log=print) -> dict:
+    from bench.fixtures import build_models
+    from dam_core.index import load_snapshot, write_index
+    from dam_core.store import LocalStore
+
+    sizes = [20_000, 100_000] if quick else [100_000, 1_000_000]
+    hnsw_n = 20_000 if quick else 100_000
+    reps = 30 if quick else 100
+    _, clip_dir = build_models(out_dir / "models", log=log)
+    results: dict = {"sizes": {}, "hnsw": {}}
+    rng = np.random.default_rng(7)
+    queries = unit(rng.standard_normal((100 if not quick else 40, DIM), dtype=np.float32))
+
+    for n in sizes:
+        log(f"search: {n:,} vectors")
+        vectors = random_vectors(n, seed=n)
+        truth = exact_top(vectors, queries)
+        with tempfile.TemporaryDirectory(prefix=f"bench-search-{n}-") as tmp:
+            store = LocalStore(Path(tmp) / "store")
+            t0 = time.perf_counter()
+            write_index(store, items_table(n, str(clip_dir)), vectors, np.ones(n, bool),
+                        exact_max=10**9, model=str(clip_dir))
+            write_s = time.perf_counter() - t0
+            snap = load_snapshot(store)
+            lat, found = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits = snap.search(q, 10)
+                lat.append((time.perf_counter() - t) * 1000)
+                found.append([int(h[0]["id"], 16) for h in hits])
+            del snap
+            fig = {
+                "index_write_s": round(write_s, 2),
+                "engine_p50_ms": round(pct(lat, 50), 2), "engine_p99_ms": round(pct(lat, 99), 2),
+                "recall@10": round(recall(found, truth), 4),
+            }
+            fig.update(api_figures(Path(tmp), clip_dir, n, reps))
+            results["sizes"][n] = fig
+            log(f"  {fig}")
+        del vectors
+
+    for name, gen in (("random", random_vectors), ("clustered", clustered_vectors)):
+        vectors = gen(hnsw_n, seed=11)
+        qs = gen(len(queries), seed=12) if name == "clustered" else queries
+        fig = hnsw_figures(vectors, qs, exact_top(vectors, qs))
+        results["hnsw"][name] = fig
+        log(f"search: HNSW on {hnsw_n:,} {name} vectors: {fig}")
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| vectors | search engine p50 / p99 ms | recall@10 | `/search` p50 / p99 ms | `/similar` p50 / p99 ms | `GET /assets/{id}` p50 / p99 ms | API load s | API peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, f in results["sizes"].items():
+        lines.append(
+            f"| {int(n):,} | {f['engine_p50_ms']} / {f['engine_p99_ms']} | {f['recall@10']} | "
+            f"{f['search_p50_ms']} / {f['search_p99_ms']} | {f['similar_p50_ms']} / {f['similar_p99_ms']} | "
+            f"{f['get_p50_ms']} / {f['get_p99_ms']} | {f['api_load_s']} | {f['api_peak_rss_mb']} |"
+        )
+    lines += ["", "| HNSW alone (f16, M=16, ef_add=128) | vectors | build s | build memory MiB | p50 / p99 ms | recall@10 |", "|---|---|---|---|---|---|"]
+    for name, f in results["hnsw"].items():
+        lines.append(f"| {name} | {f['n']:,} | {f['build_s']} | {f['build_mem_mb']} | {f['p50_ms']} / {f['p99_ms']} | {f['recall@10']} |")
+    return "\n".join(lines)
+
+
+def verdicts(results: dict) -> list[str]:
+    out = []
+    for n, f in results["sizes"].items():
+        out.append(
+            f"{int(n):,} vectors: /search p50 {f['search_p50_ms']} ms (target < {TARGET_SEARCH_P50_MS:g} at 1M), "
+            f"recall@10 {f['recall@10']} (target >= {TARGET_RECALL}), GET /assets/{{id}} p99 {f['get_p99_ms']} ms "
+            f"(target < {TARGET_GET_P99_MS:g} at 100k)"
+        )
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="bench/out")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = run(args.quick, out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    (out / ("search-quick.json" if args.quick else "search.json")).write_text(json.dumps(res, indent=1))
+    print(markdown(res))
+    for v in verdicts(res):
+        print(v)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

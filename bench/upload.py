@@ -1,0 +1,451 @@
+"""Upload: the real API (`dam api`) vs the naive producer under 16 concurrent clients, plus ceilings.
+
+Every server runs in its own process, served by uvicorn the same way, against real RabbitMQ
+(a unique queue per run, deleted afterwards) and either a local store in a temp DAM_DATA_DIR or
+the S3 API of a moto server (its own process). The load generator is a third process. Ceilings:
+the store alone (puts/s) and the broker alone (confirmed publishes/s on one connection), and the
+API's peak RSS around one 25 MiB upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.fixtures import CpuMonitor, _pid_cpu, broker_pids, jpeg, photo_like, pid_peak_rss_mb, pid_rss_mb
+
+RABBIT_URL = os.environ.get("DAM_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+S3_REGION = "us-east-1"  # moto refuses R2's "auto"
+CONCURRENCY = 16
+TARGET_BYTES = 200_000
+BIG_BYTES = 25 * 1024 * 1024 - 4096  # 25 MiB: just under DAM_MAX_UPLOAD_BYTES (26,214,400)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            r = httpx.get(url, timeout=10)
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text[:300]}"
+        except Exception as err:
+            last = f"{type(err).__name__}: {err}"
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s (last: {last})")
+
+
+def _clean_env(extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if not (k.startswith(("R2_", "DAM_")) or k == "AMQP_URL")}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def _delete_queues(names: list[str]) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+    ch = conn.channel()
+    for q in names:
+        try:
+            ch.queue_delete(q)
+        except Exception:
+            ch = conn.channel()
+    conn.close()
+
+
+def _queue_depth(name: str) -> int | None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+    try:
+        return conn.channel().queue_declare(name, passive=True).method.message_count
+    except Exception:
+        return None
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def make_images(folder: Path, n: int) -> list[int]:
+    """~200 KB photo-like JPEGs (1024x768, quality tuned to the size)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = []
+    for i in range(n):
+        im = photo_like(1024, 768, seed=2000 + i)
+        q_lo, q_hi, best = 30, 95, None
+        while q_lo <= q_hi:
+            q = (q_lo + q_hi) // 2
+            data = jpeg(im, quality=q)
+            if len(data) <= TARGET_BYTES:
+                best, q_lo = data, q + 1
+            else:
+                q_hi = q - 1
+        data = best or jpeg(im, quality=30)
+        (folder / f"img{i:03d}.jpg").write_bytes(data)
+        sizes.append(len(data))
+    return sizes
+
+
+def big_jpeg(target: int = BIG_BYTES) -> bytes:
+    """A real JPEG of just under `target` bytes (noisy pixels at high quality)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+
+    def enc(w, h):
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG", quality=92)
+        return buf.getvalue()
+
+    probe = enc(1000, 750)
+    per_px = len(probe) / (1000 * 750)
+    w = int(((target * 0.995) / per_px * 4 / 3) ** 0.5)
+    for _ in range(12):
+        data = enc(w, w * 3 // 4)
+        if target * 0.97 <= len(data) <= target:
+            return data
+        w = int(w * (target * 0.99 / len(data)) ** 0.5)  # bytes scale with pixels
+    raise RuntimeError("could not make a JPEG of the size target")
+
+
+RTT_MS = 10.0
+
+
+class Proxy:
+    """bench.netem in its own process: `target` reached through a delay of `one_way_s` each way."""
+
+    def __init__(self, target: tuple[str, int], one_way_s: float):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.netem", "--listen", f"127.0.0.1:{self.port}",
+             "--target", f"{target[0]}:{target[1]}", "--delay-ms", str(1000 * one_way_s)],
+            env=_clean_env({}), stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("netem proxy did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class MotoServer:
+    """moto's ThreadedMotoServer in its own process (`python -m bench.upload moto PORT`)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.upload", "moto", str(self.port)], env=_clean_env({}),
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("moto server exited")
+                time.sleep(0.2)
+
+    def bucket(self) -> dict:
+        import boto3
+
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket=name)
+        return {"R2_ENDPOINT": self.endpoint, "R2_ACCESS_KEY_ID": "test", "R2_SECRET_ACCESS_KEY": "test",
+                "R2_BUCKET": name, "R2_REGION": S3_REGION}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _moto_main(port: int) -> int:
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log: it costs CPU we measure
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+# ----------------------------------------------------------------------------- one server run
+
+
+def _start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
+    bindir = Path(sys.executable).parent
+    if kind == "api":
+        cmd = [str(bindir / "dam"), "api", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "bench.naive_producer", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read() if proc.stderr else ""
+    return err[-2000:]
+
+
+def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: float, warmup: float,
+               moto: MotoServer | None, big: bytes | None, log=print, amqp_url: str = RABBIT_URL,
+               s3_endpoint: str | None = None, extra_pids: list[int] | None = None) -> dict:
+    import httpx
+
+    queue = f"bench-{kind}-{uuid.uuid4().hex[:10]}"
+    data_dir = tmp / f"data-{kind}-{backend}"
+    extra = {"DAM_DATA_DIR": str(data_dir), "AMQP_URL": amqp_url, "DAM_QUEUE": queue}
+    if backend == "s3":
+        extra.update(moto.bucket())
+        if s3_endpoint:
+            extra["R2_ENDPOINT"] = s3_endpoint
+    port = free_port()
+    proc = _start_server(kind, port, _clean_env(extra))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(base + "/healthz", 90, proc)
+        if kind == "api":
+            _wait_http(base + "/readyz", 90, proc)
+        rss_start = pid_rss_mb(proc.pid)
+        own = [proc.pid] + ([moto.proc.pid] if backend == "s3" else []) + list(extra_pids or [])
+        mon = CpuMonitor(pids=own, broker_pids=broker_pids())
+        server_cpu0 = _pid_cpu(proc.pid)
+        lg = subprocess.run(
+            [sys.executable, "-m", "bench.loadgen", "--url", base + "/upload", "--images", str(images_dir),
+             "--concurrency", str(CONCURRENCY), "--duration", str(duration), "--warmup", str(warmup)],
+            stdout=subprocess.PIPE, text=True, timeout=duration + warmup + 180, env=_clean_env({}),
+        )
+        cpu = mon.stop()
+        server_cpu = (_pid_cpu(proc.pid) or 0.0) - (server_cpu0 or 0.0)
+        if lg.returncode != 0:
+            raise RuntimeError(f"load generator exited {lg.returncode}")
+        load = json.loads(lg.stdout.strip().splitlines()[-1])
+        result = {
+            "server": kind,
+            "backend": backend,
+            **load,
+            "server_rss_start_mb": rss_start,
+            "server_peak_rss_mb": pid_peak_rss_mb(proc.pid),
+            "cpu": cpu,
+            "server_cores": round(server_cpu / cpu["wall_s"], 2),
+            "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, load["requests_ok"]), 2),
+        }
+        depth = _queue_depth(queue)
+        result["queued_messages"] = depth
+        if big is not None:
+            before = pid_peak_rss_mb(proc.pid)
+            t0 = time.perf_counter()
+            r = httpx.post(base + "/upload", files={"file": ("big.jpg", big, "application/octet-stream")}, timeout=300)
+            dt = time.perf_counter() - t0
+            after = pid_peak_rss_mb(proc.pid)
+            result["big_upload"] = {
+                "bytes": len(big),
+                "status": r.status_code,
+                "seconds": round(dt, 2),
+                "peak_rss_before_mb": before,
+                "peak_rss_after_mb": after,
+                "delta_mb": round(after - before, 1) if before is not None and after is not None else None,
+            }
+        return result
+    finally:
+        err = _stop(proc)
+        if proc.returncode not in (0, -2, -15, None) and err:
+            log(f"  server stderr: {err[-500:]}")
+        _delete_queues([queue, f"{queue}.dead"])
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def store_ceiling(store, payloads: list[bytes], seconds: float, threads: int = 1) -> dict:
+    """Unique-key creates of ~200 KB objects, sequential or from `threads` threads."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+    run_id = uuid.uuid4().hex[:8]
+
+    def loop(t: int):
+        i = 0
+        while time.perf_counter() < stop:
+            store.create(f"assets/{run_id}{t:02d}{i:022d}.jpg", payloads[i % len(payloads)], content_type="image/jpeg")
+            i += 1
+        counts[t] = i
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(loop, range(threads)))
+    dt = time.perf_counter() - t0
+    return {"threads": threads, "puts": sum(counts), "puts_per_s": round(sum(counts) / dt, 1)}
+
+
+def broker_ceiling(seconds: float) -> dict:
+    """Confirmed persistent publishes on one connection: the product's RabbitQueue.publish in a loop."""
+    from dam_core.queue import RabbitQueue
+
+    name = f"bench-broker-{uuid.uuid4().hex[:10]}"
+    q = RabbitQueue(RABBIT_URL, name)
+    body = b'{"bench": "' + b"x" * 400 + b'"}'  # about the size of an UploadMessage
+    try:
+        q.publish(body)
+        n, lat = 0, []
+        stop = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            q.publish(body)
+            lat.append(time.perf_counter() - t)
+            n += 1
+        dt = time.perf_counter() - t0
+        lat.sort()
+        return {"publishes": n, "publishes_per_s": round(n / dt, 1),
+                "latency_ms_p50": round(1000 * lat[len(lat) // 2], 2), "latency_ms_p99": round(1000 * lat[int(len(lat) * 0.99)], 2)}
+    finally:
+        q.close()
+        _delete_queues([name, f"{name}.dead"])
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(quick: bool, log=print) -> dict:
+    from dam_core.store import LocalStore, S3Store
+    from dam_core.settings import load_settings
+
+    duration, warmup = (4.0, 1.0) if quick else (20.0, 3.0)
+    ceiling_s = 2.0 if quick else 5.0
+    out: dict = {"concurrency": CONCURRENCY, "duration_s": duration, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
+        tmp = Path(tmp)
+        sizes = make_images(tmp / "images", 8 if quick else 32)
+        out["image_bytes_mean"] = int(sum(sizes) / len(sizes))
+        log(f"upload: {len(sizes)} JPEGs of ~{out['image_bytes_mean'] // 1000} KB; {CONCURRENCY} clients, "
+            f"{duration:g}s per run; RabbitMQ {RABBIT_URL.split('@')[-1]}")
+        big = big_jpeg()
+        moto = MotoServer()
+        try:
+            for backend in ("local", "s3"):
+                for kind in ("api", "naive"):
+                    log(f"upload: {kind} on {backend} store ...")
+                    r = run_server(kind, backend, tmp / "images", tmp, duration, warmup, moto,
+                                   big if kind == "api" else None, log=log)
+                    out["runs"][f"{kind}_{backend}"] = r
+                    lat = r["latency_ms"]
+                    log(f"  {r['requests_per_s']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
+                        f"peak RSS {r['server_peak_rss_mb']:.0f} MiB, statuses {r['statuses']}")
+                    if "big_upload" in r:
+                        b = r["big_upload"]
+                        log(f"  25 MiB upload: {b['status']} in {b['seconds']}s, peak RSS {b['peak_rss_before_mb']:.0f} -> "
+                            f"{b['peak_rss_after_mb']:.0f} MiB (delta {b['delta_mb']} MiB)")
+            rtt = RTT_MS
+            log(f"upload: with {rtt:g} ms round trips to RabbitMQ and to S3 (bench.netem proxies), as in production")
+            proxies = [Proxy(("127.0.0.1", 5672), rtt / 2000), Proxy(("127.0.0.1", moto.port), rtt / 2000)]
+            try:
+                rabbit_far = RABBIT_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxies[0].port}")
+                for kind in ("api", "naive"):
+                    log(f"upload: {kind} on s3 store, {rtt:g} ms RTT ...")
+                    r = run_server(kind, "s3", tmp / "images", tmp, duration, warmup, moto, None, log=log,
+                                   amqp_url=rabbit_far, s3_endpoint=f"http://127.0.0.1:{proxies[1].port}",
+                                   extra_pids=[px.proc.pid for px in proxies])
+                    r["rtt_ms"] = rtt
+                    out["runs"][f"{kind}_s3_rtt{rtt:g}ms"] = r
+                    lat = r["latency_ms"]
+                    log(f"  {r['requests_per_s']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, statuses {r['statuses']}")
+            finally:
+                for px in proxies:
+                    px.stop()
+            log("upload: ceilings (store alone, broker alone)")
+            payloads = [f.read_bytes() for f in sorted((tmp / "images").glob("*.jpg"))]
+            local = LocalStore(tmp / "ceiling-store")
+            s3env = moto.bucket()
+            s3 = S3Store.from_settings(load_settings(dam_data_dir=str(tmp), **{k.lower(): v for k, v in s3env.items()}))
+            out["ceilings"] = {
+                "store_local_1": store_ceiling(local, payloads, ceiling_s, 1),
+                "store_local_16": store_ceiling(local, payloads, ceiling_s, 16),
+                "store_s3_1": store_ceiling(s3, payloads, ceiling_s, 1),
+                "store_s3_16": store_ceiling(s3, payloads, ceiling_s, 16),
+                "broker_confirmed_1conn": broker_ceiling(ceiling_s),
+            }
+            shutil.rmtree(tmp / "ceiling-store", ignore_errors=True)
+            for k, v in out["ceilings"].items():
+                log(f"  {k}: {v}")
+        finally:
+            moto.stop()
+    runs = out["runs"]
+    for backend in ("local", "s3", f"s3_rtt{RTT_MS:g}ms"):
+        api, naive = runs.get(f"api_{backend}"), runs.get(f"naive_{backend}")
+        if api and naive and naive["requests_per_s"]:
+            ratio = api["requests_per_s"] / naive["requests_per_s"]
+            p99 = api["latency_ms"]["p99"]
+            out[f"ratio_{backend}"] = round(ratio, 2)
+            out[f"met_{backend}"] = bool(ratio >= 10 and p99 is not None and p99 < 100)
+    out["target"] = ">= 10x naive requests/s with p99 < 100 ms"
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "moto":
+        raise SystemExit(_moto_main(int(sys.argv[2])))
+    print("usage: python -m bench.upload moto PORT  (used by bench.run)", file=sys.stderr)
+    raise SystemExit(2)
