@@ -208,7 +208,7 @@ class S3Store(ObjectStore):
 
         check_key(key)
         extra = {"ContentType": content_type} if content_type else {}
-        body = data if isinstance(data, (bytes, bytearray)) else data.read()
+        body = data if isinstance(data, (bytes, bytearray)) else data  # a seekable file streams
         try:
             # A conditional put: the store decides atomically which of two writers wins.
             self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=body, IfNoneMatch="*", **extra)

@@ -70,14 +70,6 @@ def accept_upload(
     info = inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
     sha, size = _sha256(fp)
     asset_id = sha[:32]
-    try:
-        existing = find_upload(store, asset_id)
-    except StoreError as err:
-        log.warning("store failed for %s: %s", asset_id, err)
-        raise ServiceUnavailable("the object store is unavailable; nothing was stored, try again") from None
-    if existing is not None:
-        return False, {**_body(existing, "queued"), "duplicate": True}
-
     key = original_key(asset_id, info.ext)
     message = UploadMessage(
         id=asset_id,
@@ -93,9 +85,14 @@ def accept_upload(
     fp.seek(0)
     try:
         created = store.create(key, fp, content_type=info.mime_type)
+        # Only bytes seen before need the marker: it tells a confirmed duplicate from an
+        # earlier attempt that stored the original but never got its message confirmed.
+        existing = None if created else find_upload(store, asset_id)
     except StoreError as err:
         log.warning("store failed for %s: %s", asset_id, err)
         raise ServiceUnavailable("the object store is unavailable; nothing was stored, try again") from None
+    if existing is not None:
+        return False, {**_body(existing, "queued"), "duplicate": True}
     try:
         queue.publish(message.to_json())
     except QueueError as err:
