@@ -33,8 +33,8 @@ def enrichment(out: Path, models_dir: str | None) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         blip, clip = build_models(Path(models_dir) if models_dir else Path(tmp) / "models")
-        cap = get_captioner(str(blip), device="cpu", max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS)
-        emb = get_embedder(str(clip), device="cpu")
+        cap = get_captioner(str(blip), device="cpu", dtype="float32", max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS)
+        emb = get_embedder(str(clip), device="cpu", dtype="float32")
         images = [decode(jpeg(photo_like(1600, 1200, seed=700 + i))) for i in range(8)]
         cap.caption(images[:1])
         emb.embed_images(images[:1])

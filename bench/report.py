@@ -164,16 +164,17 @@ def render(results: dict, levers: dict | None = None) -> str:
           f"weights, loaded with `from_pretrained`; captions forced to exactly {e['caption_tokens']} new tokens on both "
           f"sides (words per caption seen, `##` word pieces joined: batch {bt['caption_words']}, naive {nv['caption_words']}). Each side in its "
           f"own process, after one warm-up image. torch threads {bt['torch_threads']} (interop {bt['torch_interop_threads']}), "
-          f"fp32 (`DAM_DTYPE=auto` on CPU).\n")
+          f"batch side fp32 (`DAM_DTYPE=float32`, named explicitly; `auto` resolves to "
+          f"{e.get('dam_dtype_auto_on_this_cpu', '?')} on this CPU), naive side fp32 (plain `from_pretrained`).\n")
         w("| side | images/s | s/image | CPU s/image | peak RSS | CPU during run (cores) |")
         w("|---|---|---|---|---|---|")
-        w(f"| batch path (decode_batch + caption + embed_images + writes) | {bt['images_per_s']:.3f} | "
+        w(f"| batch path, fp32 (decode_batch + caption + embed_images + writes) | {bt['images_per_s']:.3f} | "
           f"{1 / bt['images_per_s']:.2f} | {bt.get('cpu_s_per_image', '')} | {bt['peak_rss_mb']:.0f} MiB | {_cpu(bt['cpu'])} |")
         w(f"| naive per-image worker | {nv['images_per_s']:.3f} | {1 / nv['images_per_s']:.2f} | "
           f"{nv.get('cpu_s_per_image', '')} | {nv['peak_rss_mb']:.0f} MiB | {_cpu(nv['cpu'])} |")
         bf = e.get("batch_bf16") or {}
         if "images_per_s" in bf:
-            w(f"| batch path, `DAM_DTYPE=bfloat16` (explicit; not the default) | {bf['images_per_s']:.3f} | "
+            w(f"| batch path, `DAM_DTYPE=bfloat16` | {bf['images_per_s']:.3f} | "
               f"{1 / bf['images_per_s']:.2f} | {bf.get('cpu_s_per_image', '')} | {bf['peak_rss_mb']:.0f} MiB | {_cpu(bf['cpu'])} |")
         w(f"| ceiling: models alone on ready tensors (caption batch {ce['caption_batch']}, embed batch "
           f"{ce['embed_batch']}) | {ce['images_per_s']:.3f} | {1 / ce['images_per_s']:.2f} | | | {_cpu(ce['cpu'])} |")
@@ -297,7 +298,14 @@ def main(argv=None) -> int:
     results = json.loads((out / "results.json").read_text())
     levers = json.loads((out / "levers.json").read_text()) if (out / "levers.json").exists() else None
     target = Path(__file__).resolve().parent / "RESULTS.md"
-    target.write_text(render(results, levers))
+    text = render(results, levers)
+    search = results.get("benchmarks", {}).get("search")
+    if search and "error" not in search:  # the same section bench.run appends
+        from bench.run import SEARCH_PREAMBLE
+        from bench.search import markdown as search_markdown
+
+        text += "\n\n## 4. Search (issue: finding images)\n\n" + SEARCH_PREAMBLE + "\n\n" + search_markdown(search) + "\n"
+    target.write_text(text)
     print(f"wrote {target}")
     return 0
 
