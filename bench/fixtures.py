@@ -11,8 +11,12 @@ import string
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Full-size architectures from the configs' defaults (nothing is downloaded).
 BLIP_VOCAB_SIZE = 30524  # BlipTextConfig default: bert-base-uncased + [DEC] + [ENC]

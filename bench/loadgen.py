@@ -63,13 +63,12 @@ async def _run(url: str, images: list[bytes], concurrency: int, duration: float,
     t_start = time.perf_counter()
     t_measure = t_start + warmup
     t_stop = t_measure + duration
-    measured_first = None
     last_done = t_measure
 
     async with httpx.AsyncClient(limits=limits, timeout=timeout, http2=False) as client:
 
         async def worker(wid: int):
-            nonlocal counter, sent_bytes, last_done, measured_first
+            nonlocal counter, sent_bytes, last_done
             while True:
                 now = time.perf_counter()
                 if now >= t_stop:
