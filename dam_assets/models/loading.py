@@ -72,7 +72,7 @@ def resolve_dtype(setting: str | None, device: str | torch.device) -> torch.dtyp
         dev = torch.device(device)
         if dev.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # Measured on an AVX512-BF16 EPYC: BLIP captioning 3.9x faster than fp32 (bench/RESULTS.md).
+        # Measured on an AVX512-BF16 EPYC: the batch path about 1.7x faster than fp32 (bench/RESULTS.md).
         return torch.bfloat16 if dev.type == "cpu" and cpu_has_native_bf16() else torch.float32
     if s.startswith("torch."):
         s = s[len("torch.") :]
