@@ -6,6 +6,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from dam_core.images import FORMATS
@@ -39,17 +40,38 @@ def decode(data: bytes, min_side: int = DECODE_MIN_SIDE, max_pixels: int = 100_0
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode (L, P, RGBA, CMYK, I;16, ...) to RGB; transparency composited on white."""
+    """Any Pillow mode (L, P, RGBA, LA, CMYK, I;16, I, F, 1, ...) to 8-bit RGB.
+
+    Transparency is composited on white; 16-bit and 32-bit greyscale are scaled down to 8 bits
+    rather than clipped (Pillow's own ``convert`` would saturate them to white).
+    """
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = img.point(lambda v: v / 256).convert("L")
-    if img.mode in ("RGBA", "LA", "P", "PA"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGB", img.size, (255, 255, 255))
-        bg.paste(img, mask=img.getchannel("A"))
+    mode = img.mode
+    if mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.uint32) >> 8
+        img = Image.fromarray(arr.astype(np.uint8), "L")
+    elif mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and arr.max() > 255:
+            arr = np.clip(arr, 0, 65535) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
-    return img.convert("RGB")
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError):  # e.g. LAB/HSV without a direct path
+        return img.convert("RGBA").convert("RGB")
 
 
 def decode_batch(store: ObjectStore, uploads: list[UploadMessage], threads: int = 4) -> list[Decoded]:

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image, ImageOps
 
-from dam_assets.imaging import Decoded
+from dam_assets.imaging import Decoded, to_rgb
 from dam_core.images import FORMATS
 from dam_core.store import ObjectStore
 
@@ -30,8 +30,6 @@ def _with_alpha(data: bytes) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             return img.convert("RGBA")
-        from dam_assets.imaging import to_rgb
-
         return to_rgb(img)
 
 

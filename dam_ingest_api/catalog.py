@@ -18,13 +18,15 @@ from datetime import datetime
 import numpy as np
 
 from dam_core.index import IndexHolder, Snapshot
-from dam_core.messages import BatchManifest, UploadMessage, manifest_key
+from dam_core.images import FORMATS
+from dam_core.messages import BatchManifest, UploadMessage, manifest_key, original_key
 from dam_core.settings import Settings
 from dam_core.store import KeyNotFound, ObjectStore
 from dam_ingest_api.service import find_upload
 
 PENDING_TTL_SECONDS = 2.0
 RECENT_MAX = 10_000
+_EXT_BY_MIME = {mime: ext for mime, ext in FORMATS.values()}
 
 
 class BadCursor(ValueError):
@@ -33,14 +35,6 @@ class BadCursor(ValueError):
 
 class SearchUnavailable(RuntimeError):
     """The text encoder could not be loaded."""
-
-
-def _ts(value) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).timestamp()
-    return 0.0
 
 
 def _iso(value) -> str | None:
@@ -205,10 +199,9 @@ class Catalog:
         snap = self.snapshot
         row = snap.get(asset_id) if snap else None
         if row is not None:
-            ext = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/gif": ".gif",
-                   "image/tiff": ".tiff", "image/bmp": ".bmp"}.get(row.get("mime_type") or "")
+            ext = _EXT_BY_MIME.get(row.get("mime_type") or "")
             if ext:
-                return f"assets/{asset_id}{ext}"
+                return original_key(asset_id, ext)
         msg = find_upload(self.store, asset_id)
         return msg.r2_key if msg else None
 

@@ -10,9 +10,10 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
-from PIL import Image
+
+# One conversion for every image path (decode, thumbnails, models); it lives beside the decode.
+from dam_assets.imaging import to_rgb  # noqa: F401  (re-exported for the model classes)
 
 T = TypeVar("T")
 
@@ -130,41 +131,3 @@ def normalize_model_id(model_id: str) -> str:
     if not m:
         raise ValueError("empty model id")
     return m.rstrip("/") or m
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode (L, P, RGBA, LA, CMYK, I;16, I, F, 1, ...) to 8-bit RGB.
-
-    Transparency is composited on white; 16-bit and 32-bit greyscale are scaled down to 8 bits
-    rather than clipped (Pillow's own ``convert`` would saturate them to white).
-    """
-    if img.mode == "RGB":
-        return img
-    mode = img.mode
-    if mode.startswith("I;16"):
-        arr = np.asarray(img).astype(np.uint32) >> 8
-        img = Image.fromarray(arr.astype(np.uint8), "L")
-    elif mode == "I":
-        arr = np.asarray(img).astype(np.int64)
-        if arr.size and arr.max() > 255:
-            arr = np.clip(arr, 0, 65535) >> 8
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    elif mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    elif mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    if img.mode == "RGB":
-        return img
-    try:
-        return img.convert("RGB")
-    except (ValueError, OSError):  # e.g. LAB/HSV without a direct path
-        return img.convert("RGBA").convert("RGB")
