@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install, then run the whole test suite (needs RabbitMQ on 127.0.0.1:5672; see .ci/run).
+# Install, bring up the services the tests use (RabbitMQ, PostgreSQL; see scripts/services.sh),
+# then run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/services.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 exec python -m pytest "$@"
