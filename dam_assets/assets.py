@@ -124,7 +124,7 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     batch = context.partition_key
     store = dam.store
     manifest = read_manifest(store, batch)
-    decoded = decode_batch(store, manifest.uploads)
+    decoded = decode_batch(store, manifest.uploads, pixel_budget_size=dam.settings.dam_decode_pixel_budget)
     ok = [d for d in decoded if d.image is not None]
     images = [d.image for d in ok]
     selected = context.selected_asset_keys
@@ -199,7 +199,7 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     if THUMBNAILS in selected:
         written = 0
         for d in decoded:
-            data = thumbnail(store, d)
+            data = thumbnail(d)
             if data is not None:
                 store.put(thumbnail_key(d.upload.id), data, content_type="image/webp")
                 written += 1

@@ -9,11 +9,12 @@ from dam_assets.jobs import enrich_batch_job
 from dam_assets.resources import DamResource, ModelsResource
 from dam_assets.search_index import search_index, search_index_job, search_index_sensor
 from dam_assets.sensors import upload_queue_sensor
+from dam_assets.sweep_sensor import orphan_sweep_sensor
 
 defs = Definitions(
     assets=[upload_batch, image_enrichment, asset_metadata, search_index],
     jobs=[enrich_batch_job, search_index_job],
-    sensors=[upload_queue_sensor, search_index_sensor],
+    sensors=[upload_queue_sensor, search_index_sensor, orphan_sweep_sensor],
     resources={"dam": DamResource(), "models": ModelsResource()},
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,

@@ -40,6 +40,8 @@ def search_index(dam: DamResource) -> MaterializeResult:
             "dim": current["dim"],
             "approximate": current["hnsw"],
             "model": current["model"] or "",
+            # Manifests after this batch may still hold queued uploads (an older batch still running).
+            "low_watermark": current["low_watermark"] or "",
             "pointer": MetadataValue.path(f"{dam.store.describe()}/{CURRENT_KEY}"),
         }
     )

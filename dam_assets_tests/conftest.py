@@ -144,6 +144,26 @@ def backend(request, make_settings, tiny_models):
     return build
 
 
+PG = "postgresql://postgres@127.0.0.1:5432"
+PG_DAGSTER = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 defaults to psycopg 3
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh database on the machine's PostgreSQL (dropped afterwards), as a Dagster storage URL."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"dam_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as err:
+        pytest.fail(f"PostgreSQL is not reachable at {PG}: {err}")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG_DAGSTER}/{name}"
+    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
 @pytest.fixture
 def instance():
     """A real, ephemeral Dagster instance."""

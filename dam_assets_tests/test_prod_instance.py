@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,6 @@ from dam_core.table import connect
 from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parent.parent
-PG = "postgresql://postgres@127.0.0.1:5432"
-PG_DAGSTER = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 defaults to psycopg 3
-
-
-@pytest.fixture
-def pg_url():
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"dam_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
-    except psycopg2.OperationalError as err:
-        pytest.fail(f"PostgreSQL is not reachable at {PG}: {err}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_DAGSTER}/{name}"
-    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def test_pipeline_on_postgres_instance(tmp_path, pg_url, monkeypatch, make_settings, tiny_models):

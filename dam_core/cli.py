@@ -30,18 +30,34 @@ def _settings_or_exit():
 # ----------------------------------------------------------------------------- api
 
 
-def cmd_api(args) -> int:
-    import uvicorn
+def _refuse_open_api(settings, host: str, insecure: bool, command: str) -> bool:
+    """True (after saying why) when the API would listen beyond this machine with no key."""
+    from dam_ingest_api.server import is_loopback
 
+    if settings.dam_api_key is not None or insecure or is_loopback(host):
+        return False
+    print(
+        f"dam {command}: refusing to serve the API on {host} without DAM_API_KEY: anyone who can reach "
+        "this address could upload and read every image. Set DAM_API_KEY, listen on 127.0.0.1, "
+        "or pass --insecure-no-auth if the network in front of it does the authentication.",
+        file=sys.stderr,
+    )
+    return True
+
+
+def cmd_api(args) -> int:
     settings = _settings_or_exit()
+    if _refuse_open_api(settings, args.host, args.insecure_no_auth, "api"):
+        return 2
     from dam_ingest_api.main import create_app
+    from dam_ingest_api.server import run
 
     try:
         app = create_app(settings)
     except Exception as err:
         print(f"dam: cannot start the API: {err}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=30)
+    run(app, settings, args.host, args.port, log_level=args.log_level)
     return 0
 
 
@@ -134,13 +150,16 @@ def _restore_signals():
 
 def cmd_dev(args) -> int:
     settings = _settings_or_exit()
+    if _refuse_open_api(settings, args.host, args.insecure_no_auth, "dev"):
+        return 2
     env = dict(os.environ)
     env["DAM_DATA_DIR"] = str(settings.data_dir)
     env["DAGSTER_HOME"] = str(_dagster_home(settings))
     bindir = Path(sys.executable).parent
     procs = {
         "api": subprocess.Popen(
-            [str(bindir / "dam"), "api", "--host", args.host, "--port", str(args.port)],
+            [str(bindir / "dam"), "api", "--host", args.host, "--port", str(args.port)]
+            + (["--insecure-no-auth"] if args.insecure_no_auth else []),
             env=env, preexec_fn=_restore_signals, start_new_session=True,
         ),
         "dagster": subprocess.Popen(
@@ -250,6 +269,9 @@ def cmd_models_tiny(args) -> int:
     return 0
 
 
+_INSECURE_HELP = "serve on a non-loopback --host without DAM_API_KEY (otherwise refused)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dam", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,12 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log-level", default="info")
+    s.add_argument("--insecure-no-auth", action="store_true", help=_INSECURE_HELP)
     s.set_defaults(func=cmd_api)
 
     s = sub.add_parser("dev", help="run the API and `dagster dev` together (Ctrl-C stops both)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--dagster-port", type=int, default=3000)
+    s.add_argument("--insecure-no-auth", action="store_true", help=_INSECURE_HELP)
     s.set_defaults(func=cmd_dev)
 
     s = sub.add_parser("upload", help="upload image files and folders")

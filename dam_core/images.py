@@ -17,6 +17,18 @@ FORMATS: dict[str, tuple[str, str]] = {
     "TIFF": ("image/tiff", ".tiff"),
     "BMP": ("image/bmp", ".bmp"),
 }
+# The signatures of the formats above: bytes that start like one of them but that Pillow cannot
+# identify are a damaged image (422), not a file of the wrong kind (415).
+_MAGIC: tuple[tuple[int, bytes], ...] = (
+    (0, b"\xff\xd8\xff"),  # JPEG SOI + first marker
+    (0, b"\x89PNG\r\n\x1a\n"),
+    (0, b"GIF87a"),
+    (0, b"GIF89a"),
+    (0, b"II*\x00"),  # TIFF, little endian
+    (0, b"MM\x00*"),  # TIFF, big endian
+    (8, b"WEBP"),  # after "RIFF" and the size
+)
+_BMP_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)  # "BM" alone is too weak: text can start with it
 _ORIENTATION_TAG = 0x0112
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -40,6 +52,16 @@ class ImageInfo:
     frames: int
 
 
+def _has_magic(fp: IO[bytes]) -> bool:
+    fp.seek(0)
+    head = fp.read(18)
+    if head.startswith(b"RIFF") and head[8:12] != b"WEBP":
+        return False
+    if head.startswith(b"BM") and len(head) >= 18:
+        return int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES
+    return any(head[at : at + len(sig)] == sig for at, sig in _MAGIC)
+
+
 def _open(fp: IO[bytes]) -> Image.Image:
     fp.seek(0)
     return Image.open(fp, formats=list(FORMATS))
@@ -55,12 +77,20 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int) -> ImageInfo:
         try:
             img = _open(fp)
         except UnidentifiedImageError:
+            if _has_magic(fp):
+                raise ImageRejected(
+                    422, "corrupt image: the bytes start like a supported format but cannot be read"
+                ) from None
             raise ImageRejected(
                 415, "not a supported image: expected JPEG, PNG, WebP, GIF, TIFF or BMP bytes"
             ) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageRejected(422, "decompression bomb: the image declares too many pixels") from None
         except Exception as err:  # malformed headers surface as assorted errors
+            if not _has_magic(fp):  # e.g. text starting with "BM": Pillow's BMP plugin tries it
+                raise ImageRejected(
+                    415, "not a supported image: expected JPEG, PNG, WebP, GIF, TIFF or BMP bytes"
+                ) from None
             raise ImageRejected(422, f"corrupt image header ({type(err).__name__})") from None
         with img:
             fmt = img.format

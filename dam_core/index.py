@@ -2,10 +2,16 @@
 pipeline as batches land and loaded by the API, which swaps to a new version without a restart.
 
 Layout in the object store:
-    index/CURRENT.json                 {"version": ..., "rows": n, "vectors": m, "model": ...}
+    index/CURRENT.json                 {"version": ..., "rows": n, "vectors": m, "model": ...,
+                                        "watermark": newest batch in it, "low_watermark": see below}
     index/{version}/items.parquet      one row per asset (no embeddings), newest first
     index/{version}/vectors.npy        float32 (m, dim), L2-normalized, aligned with `vector_rows`
     index/{version}/hnsw.usearch       approximate index, only when m > DAM_EXACT_SEARCH_MAX
+
+The low watermark is the newest manifest key K such that every manifest at or before K has its
+batch in the table the snapshot was built from. Manifests after it may still hold uploads that
+are not in the snapshot: the API lists those as queued. A newer batch indexed before an older
+one therefore never hides the older one's uploads.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from dam_core.messages import BatchManifest, manifest_batches, manifest_key
 from dam_core.store import KeyNotFound, LocalStore, ObjectStore
 
 if TYPE_CHECKING:
@@ -53,6 +60,15 @@ def build_index(
     store: ObjectStore, con, exact_max: int, model: str | None = None, version: str | None = None
 ) -> dict:
     """Snapshot the `assets` view of a DuckDB connection into a new index version; returns CURRENT."""
+    previous = _previous_low_watermark(store)
+    # The batches are read before the rows (a local table is globbed anew by every query): a
+    # batch landing in between may be in the snapshot before the low watermark passes it, which
+    # is harmless, but is never passed by the low watermark while missing from the snapshot.
+    after = "WHERE batch > $after" if previous else ""
+    in_table = {b for (b,) in con.execute(
+        f"SELECT DISTINCT batch FROM assets_all {after}", {"after": previous} if previous else {}
+    ).fetchall()}
+    low = advance_low_watermark(store, previous, in_table)
     cols = ", ".join(ITEM_COLUMNS)
     where = "" if model is None else "WHERE embedding_model = $model OR embedding IS NULL"
     params = {} if model is None else {"model": model}
@@ -80,7 +96,37 @@ def build_index(
         vectors /= np.where(norms == 0, 1, norms)
     else:
         vectors = np.zeros((0, 0), np.float32)
-    return write_index(store, table.drop(["embedding"]), vectors, valid, exact_max, model, version)
+    return write_index(store, table.drop(["embedding"]), vectors, valid, exact_max, model, version, low_watermark=low)
+
+
+def _previous_low_watermark(store: ObjectStore) -> str | None:
+    """Where the last build's low watermark stood; None (start from the first manifest) if unknown."""
+    try:
+        return json.loads(store.get(CURRENT_KEY)).get("low_watermark")
+    except KeyNotFound:
+        return None
+
+
+def advance_low_watermark(store: ObjectStore, previous: str | None, in_table: set[str]) -> str | None:
+    """Move the low watermark forward over manifests, oldest first, while their batch is in the table."""
+    low = previous
+    for batch in manifest_batches(store, after=previous):
+        if batch in in_table:
+            low = batch
+        elif _holds_uploads(store, batch):
+            break
+        # Else a stray, unreadable or empty object: it holds nothing queued, so it does not stop
+        # the watermark (stopping would make the API re-list everything after it forever), but
+        # it never becomes the watermark either: a stray name sorting after every batch key
+        # would hide all later batches.
+    return low
+
+
+def _holds_uploads(store: ObjectStore, batch: str) -> bool:
+    try:
+        return bool(BatchManifest.model_validate_json(store.get(manifest_key(batch))).uploads)
+    except (KeyNotFound, ValueError):
+        return False
 
 
 def write_index(
@@ -91,8 +137,13 @@ def write_index(
     exact_max: int,
     model: str | None,
     version: str | None = None,
+    low_watermark: str | None = None,
 ) -> dict:
-    """Write one index version (items newest first; vectors for the rows where `valid`), then CURRENT."""
+    """Write one index version (items newest first; vectors for the rows where `valid`), then CURRENT.
+
+    `low_watermark` None means no manifest is known to be fully in the table: readers list
+    queued uploads from the first manifest.
+    """
     table = items
     items = items.append_column("vector_row", pa.array(
         np.where(valid, np.cumsum(valid) - 1, -1).astype(np.int64) if len(valid) else np.zeros(0, np.int64)
@@ -122,6 +173,7 @@ def write_index(
         "hnsw": hnsw,
         "model": model,
         "watermark": max(table.column("batch").to_pylist(), default=None) if items.num_rows else None,
+        "low_watermark": low_watermark,
         "built_at": datetime.now(UTC).isoformat(),
     }
     # The pointer is written last: readers only ever see complete versions.
@@ -188,6 +240,7 @@ class Snapshot:
     vector_rows: np.ndarray  # vector i belongs to items[vector_rows[i]]
     by_id: dict[str, int]
     hnsw: object | None = None
+    low_watermark: str | None = None  # queued uploads can only be in manifests after this batch
     quantized: np.ndarray | None = None  # int8 copy for the exact scan of larger tables
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -289,6 +342,8 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
         version=version,
         model=current.get("model"),
         watermark=current.get("watermark"),
+        # A pointer written before the low watermark existed: the old rule (after the newest batch).
+        low_watermark=current["low_watermark"] if "low_watermark" in current else current.get("watermark"),
         items=items,
         vectors=vectors,
         vector_rows=vector_rows,

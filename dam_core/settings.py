@@ -42,10 +42,21 @@ class Settings(BaseSettings):
     dam_read_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)  # a stalled upload body gets 408
     dam_api_key: SecretStr | None = None
     dam_cors_origins: str = ""  # comma-separated; empty means CORS stays off
+    # Slow or greedy clients: bounds on one upload's time and on how much runs at once.
+    dam_upload_deadline_seconds: float = Field(default=600.0, gt=0, le=86400)  # whole body, start to end
+    dam_min_upload_bytes_per_second: int = Field(default=4096, ge=0)  # average, enforced after the grace
+    dam_upload_rate_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    dam_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)  # request line + headers
+    dam_max_connections: int = Field(default=1000, gt=0)  # open connections; beyond, uvicorn answers 503
+    dam_max_concurrent_uploads: int = Field(default=64, gt=0)  # beyond: 503 + Retry-After at once
+    dam_max_concurrent_validations: int = Field(default=4, gt=0)  # full decodes in memory at once
+    dam_orphan_grace_seconds: float = Field(default=3600.0, ge=60)  # originals without a confirmed message
 
     # Pipeline.
     dam_batch_size: int = Field(default=64, gt=0, le=10_000)
     dam_sensor_budget_seconds: float = Field(default=20.0, gt=0, le=50)
+    # Full-size pixels decoded at once by one run process (~4 bytes each); a larger image is an error row.
+    dam_decode_pixel_budget: int = Field(default=100_000_000, gt=0)
     dam_caption_model: str = "Salesforce/blip-image-captioning-base"
     dam_embedding_model: str = "openai/clip-vit-base-patch32"
     dam_caption_max_tokens: int = Field(default=30, gt=0, le=512)

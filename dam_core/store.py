@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -59,6 +61,14 @@ class ObjectStore(abc.ABC):
         """Keys under a prefix in lexicographic order, optionally after a given key."""
 
     @abc.abstractmethod
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """(key, last modification time in UTC) for every key under a prefix, in key order."""
+
+    @abc.abstractmethod
+    def modified(self, key: str) -> datetime | None:
+        """Last modification time of one object in UTC; None when absent."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
 
@@ -73,6 +83,43 @@ def _chunks(data: bytes | IO[bytes]) -> Iterator[bytes]:
         return
     while chunk := data.read(1024 * 1024):
         yield chunk
+
+
+class _SourceFailed(Exception):
+    """The data being written failed to read (a client gone mid-upload): not the store's fault."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _local_errors(method):
+    """Disk full, permission denied, a file where a folder should be: a StoreError (503), never a 500."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except _SourceFailed as failed:
+            raise failed.error from None
+        except OSError as err:
+            raise StoreError(f"local store {self.root} failed: {type(err).__name__} ({err.strerror or err})") from err
+
+    return wrapper
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename or link is durable only once its directory entry is: without this, a power
+    # loss after a 202 can lose an original whose file data was already synced.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 class LocalStore(ObjectStore):
@@ -90,7 +137,14 @@ class LocalStore(ObjectStore):
         tmp = self._tmp / uuid.uuid4().hex
         try:
             with open(tmp, "wb") as f:
-                for chunk in _chunks(data):
+                chunks = _chunks(data)
+                while True:
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    except Exception as err:
+                        raise _SourceFailed(err) from err
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
@@ -99,12 +153,19 @@ class LocalStore(ObjectStore):
             raise
         return tmp
 
+    @_local_errors
     def put(self, key, data, content_type=None):
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._write_temp(data)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(dest.parent)
 
+    @_local_errors
     def create(self, key, data, content_type=None):
         dest = self.path(key)
         if dest.exists():
@@ -113,37 +174,69 @@ class LocalStore(ObjectStore):
         tmp = self._write_temp(data)
         try:
             os.link(tmp, dest)  # atomic and exclusive: fails if another writer won
-            return True
         except FileExistsError:
             return False
         finally:
             tmp.unlink(missing_ok=True)
+        _fsync_dir(dest.parent)
+        return True
 
+    @_local_errors
     def get(self, key):
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
             raise KeyNotFound(key) from None
 
+    @_local_errors
     def exists(self, key):
         return self.path(key).is_file()
 
+    @_local_errors
     def delete(self, key):
         self.path(key).unlink(missing_ok=True)
 
-    def list(self, prefix, start_after=None):
+    def _walk(self, prefix: str, start_after: str | None = None) -> list[tuple[str, str]]:
         # The folder holding every key with this prefix; never above the root (prefix "" is the root).
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
-            return iter(())
-        keys = []
-        for dirpath, dirnames, filenames in os.walk(base):
+            return []
+        found = []
+
+        def fail(err: OSError) -> None:
+            raise err  # an unreadable folder must not look like an empty one
+
+        for dirpath, dirnames, filenames in os.walk(base, onerror=fail):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                key = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
                 if key.startswith(prefix) and (start_after is None or key > start_after):
-                    keys.append(key)
-        return iter(sorted(keys))
+                    found.append((key, full))
+        found.sort()
+        return found
+
+    @_local_errors
+    def list(self, prefix, start_after=None):
+        return iter([key for key, _ in self._walk(prefix, start_after)])
+
+    @_local_errors
+    def list_modified(self, prefix):
+        out = []
+        for key, full in self._walk(prefix):
+            try:
+                out.append((key, _utc(os.stat(full).st_mtime)))
+            except FileNotFoundError:
+                continue  # deleted while listing
+        return iter(out)
+
+    @_local_errors
+    def modified(self, key):
+        try:
+            st = self.path(key).stat()
+        except FileNotFoundError:
+            return None
+        return _utc(st.st_mtime)
 
     def ping(self):
         if not os.access(self.root, os.W_OK):
@@ -264,6 +357,27 @@ class S3Store(ObjectStore):
             for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
                 for obj in page.get("Contents", []):
                     yield obj["Key"]
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def list_modified(self, prefix):
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"], obj["LastModified"].astimezone(UTC)
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def modified(self, key):
+        from botocore.exceptions import ClientError
+
+        check_key(key)
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["LastModified"].astimezone(UTC)
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._wrap(err) from err
         except Exception as err:
             raise self._wrap(err) from err
 

@@ -2,7 +2,8 @@
 
 The API never scans the table per request: it serves a loaded index snapshot (swapped when a
 new version appears), plus uploads that are accepted but not yet in the table ("queued"),
-found through their upload marker or the batch manifests written after the snapshot.
+found through their upload marker or the batch manifests after the snapshot's low watermark
+(every manifest at or before it has its batch in the snapshot; see dam_core.index).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from dam_core.index import IndexHolder, Snapshot
 from dam_core.images import FORMATS
-from dam_core.messages import BatchManifest, UploadMessage, manifest_key, original_key
+from dam_core.messages import BatchManifest, UploadMessage, manifest_batches, manifest_key, original_key
 from dam_core.settings import Settings
 from dam_core.store import KeyNotFound, ObjectStore
 from dam_ingest_api.service import find_upload
@@ -77,10 +78,13 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ts, asset_id = json.loads(raw)
-        if not isinstance(ts, (int, float)) or not isinstance(asset_id, str) or len(asset_id) > 64:
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not isinstance(asset_id, str) or len(asset_id) > 64:
             raise ValueError
-        return float(ts), asset_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        ts = float(ts)  # a 320-digit integer overflows here
+        if ts != ts or ts in (float("inf"), float("-inf")):  # JSON "NaN"/"Infinity" would break the ordering
+            raise ValueError
+        return ts, asset_id
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError):
         raise BadCursor("malformed cursor: pass back the `next` value of a previous page") from None
 
 
@@ -108,6 +112,8 @@ class Catalog:
         self.index = IndexHolder(store, settings.dam_index_poll_seconds)
         self._sorted: _SortedSnapshot | None = None
         self._pending: tuple[float, str | None, list[UploadMessage]] | None = None
+        # Parsed manifests after the current low watermark only (see pending): bounded by the
+        # batches not indexed yet, never by the history.
         self._manifests: dict[str, BatchManifest] = {}
         self._lock = threading.Lock()
         self._embedder = None
@@ -146,34 +152,38 @@ class Catalog:
             self._pending = None
 
     def pending(self) -> list[UploadMessage]:
-        """Uploads in manifests newer than the snapshot and not in it: queued, newest first."""
+        """Uploads not in the snapshot, from manifests after its low watermark: queued, newest first."""
         snap = self.snapshot
-        watermark = snap.watermark if snap else None
+        version = snap.version if snap else None
         now = time.monotonic()
         with self._lock:
-            if self._pending and self._pending[1] == watermark and now - self._pending[0] < PENDING_TTL_SECONDS:
+            if self._pending and self._pending[1] == version and now - self._pending[0] < PENDING_TTL_SECONDS:
                 return self._pending[2]
-        with self._lock:
             if snap is not None:
-                for key in [k for k in self._recent if snap.get(k) is not None]:
+                for key in [k for k in self._recent if k in snap.by_id]:
                     del self._recent[key]
             out: dict[str, UploadMessage] = dict(self._recent)
-        start = manifest_key(watermark) if watermark else None
-        for key in self.store.list("batches/", start_after=start):
-            batch = key[len("batches/"):].removesuffix(".json")
-            manifest = self._manifests.get(batch)
+            cached = self._manifests
+        # Not the newest indexed batch: an older batch whose run has not finished (or waits for
+        # a retry) sorts before it, and its uploads are still queued.
+        low = snap.low_watermark if snap else None
+        manifests: dict[str, BatchManifest] = {}
+        for batch in manifest_batches(self.store, after=low):
+            manifest = cached.get(batch)  # manifests never change once written
             if manifest is None:
                 try:
-                    manifest = BatchManifest.model_validate_json(self.store.get(key))
+                    manifest = BatchManifest.model_validate_json(self.store.get(manifest_key(batch)))
                 except (KeyNotFound, ValueError):
                     continue
-                self._manifests[batch] = manifest  # manifests never change once written
+            manifests[batch] = manifest
             for u in manifest.uploads:
-                if snap is None or snap.get(u.id) is None:
+                if snap is None or u.id not in snap.by_id:
                     out[u.id] = u
         pending = sorted(out.values(), key=lambda u: (-u.uploaded_at.timestamp(), u.id))
         with self._lock:
-            self._pending = (now, watermark, pending)
+            # Replaced, not merged: manifests the low watermark has passed are dropped here.
+            self._manifests = manifests
+            self._pending = (now, version, pending)
         return pending
 
     # ------------------------------------------------------------------ items

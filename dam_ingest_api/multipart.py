@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from starlette.datastructures import FormData, Headers
@@ -36,18 +37,50 @@ class LimitedMultiPartParser(MultiPartParser):
 
 
 async def limited_stream(
-    stream: AsyncIterator[bytes], max_body_bytes: int, idle_timeout: float
+    stream: AsyncIterator[bytes],
+    max_body_bytes: int,
+    idle_timeout: float,
+    deadline_seconds: float | None = None,
+    min_bytes_per_second: float = 0,
+    rate_grace_seconds: float = 0,
 ) -> AsyncIterator[bytes]:
-    """Yield body chunks; stop at max_body_bytes, and give up if a chunk takes idle_timeout."""
+    """Yield body chunks; stop at max_body_bytes, and give up on a client that is too slow.
+
+    Too slow: no chunk for idle_timeout, the whole body not in within deadline_seconds, or
+    (after rate_grace_seconds) an average under min_bytes_per_second. The idle timeout alone
+    is per chunk, so a client dripping a byte now and then would hold the request forever.
+    """
     total = 0
+    start = time.monotonic()
     it = stream.__aiter__()
+
+    def too_slow(elapsed: float) -> ClientTooSlow | None:
+        if deadline_seconds is not None and elapsed >= deadline_seconds:
+            return ClientTooSlow(f"the upload did not finish within the deadline of {deadline_seconds:g} seconds")
+        if min_bytes_per_second and elapsed > rate_grace_seconds and total < min_bytes_per_second * elapsed:
+            return ClientTooSlow(
+                f"the upload arrived at {total / elapsed:.0f} bytes per second, under the minimum of "
+                f"{min_bytes_per_second:g} bytes per second"
+            )
+        return None
+
     while True:
+        elapsed = time.monotonic() - start
+        if (err := too_slow(elapsed)) is not None:
+            raise err
+        # Wake up no later than the moment the deadline or the minimum rate would be missed.
+        wait = idle_timeout
+        if deadline_seconds is not None:
+            wait = min(wait, deadline_seconds - elapsed)
+        if min_bytes_per_second:
+            wait = min(wait, max(rate_grace_seconds, total / min_bytes_per_second) - elapsed + 0.01)
         try:
-            chunk = await asyncio.wait_for(it.__anext__(), timeout=idle_timeout)
+            chunk = await asyncio.wait_for(it.__anext__(), timeout=max(wait, 0.001))
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
-            raise ClientTooSlow(f"no body data for {idle_timeout:g} seconds") from None
+            err = too_slow(time.monotonic() - start)
+            raise err or ClientTooSlow(f"no body data for {idle_timeout:g} seconds") from None
         total += len(chunk)
         if total > max_body_bytes:
             raise BodyTooLarge(f"the request body is larger than the limit of {max_body_bytes} bytes")
@@ -61,13 +94,16 @@ async def parse_upload_form(
     max_file_bytes: int,
     max_files: int,
     idle_timeout: float,
+    deadline_seconds: float | None = None,
+    min_bytes_per_second: float = 0,
+    rate_grace_seconds: float = 0,
 ) -> FormData:
     """Parse a multipart body into spooled files, enforcing every limit while reading."""
     # Multipart framing adds a few hundred bytes per part.
     max_body = max_files * (max_file_bytes + 16 * 1024) + 64 * 1024
     parser = LimitedMultiPartParser(
         headers,
-        limited_stream(stream, max_body, idle_timeout),
+        limited_stream(stream, max_body, idle_timeout, deadline_seconds, min_bytes_per_second, rate_grace_seconds),
         max_file_bytes=max_file_bytes,
         max_files=max_files,
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import IO
 
@@ -47,6 +48,21 @@ def _body(message: UploadMessage, status: str) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def _validation_slots(limit: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(limit)
+
+
+def check_image(fp: IO[bytes], settings: Settings):
+    """inspect_image, at most DAM_MAX_CONCURRENT_VALIDATIONS at once in this process.
+
+    It decodes every pixel (about 250 MB for an 8000x8000 PNG): without a cap, a burst of
+    large images would take memory in proportion to the number of request threads.
+    """
+    with _validation_slots(settings.dam_max_concurrent_validations):
+        return inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+
+
 def find_upload(store: ObjectStore, asset_id: str) -> UploadMessage | None:
     """The confirmed upload with this id, if any (its marker holds the message)."""
     try:
@@ -66,8 +82,13 @@ def accept_upload(
     bytes again are answered as a duplicate with nothing stored or queued. Two copies
     racing past the marker check both publish; the pipeline's one-row-per-id rule still
     makes them one asset.
+
+    An original is never deleted here: another request with the same bytes may have been
+    answered 202 for this very object. One whose message is never confirmed is an orphan,
+    removed by the periodic sweep (`dam_assets.sweep`) once older than DAM_ORPHAN_GRACE_SECONDS;
+    re-writing an existing original before publishing restarts that clock.
     """
-    info = inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+    info = check_image(fp, settings)
     sha, size = _sha256(fp)
     asset_id = sha[:32]
     key = original_key(asset_id, info.ext)
@@ -88,21 +109,23 @@ def accept_upload(
         # Only bytes seen before need the marker: it tells a confirmed duplicate from an
         # earlier attempt that stored the original but never got its message confirmed.
         existing = None if created else find_upload(store, asset_id)
+        if not created and existing is None:
+            # Present without a marker: an attempt whose publish failed (an orphan the sweep
+            # may be about to remove), or one still in flight. Writing the same bytes again
+            # makes the object young, so the sweep leaves it alone while this message is queued.
+            fp.seek(0)
+            store.put(key, fp, content_type=info.mime_type)
     except StoreError as err:
         log.warning("store failed for %s: %s", asset_id, err)
-        raise ServiceUnavailable("the object store is unavailable; nothing was stored, try again") from None
+        raise ServiceUnavailable("the object store is unavailable; nothing was queued, try again") from None
     if existing is not None:
         return False, {**_body(existing, "queued"), "duplicate": True}
     try:
         queue.publish(message.to_json())
     except QueueError as err:
         log.warning("queue failed for %s: %s", asset_id, err)
-        if created:
-            # Nothing half-done: an original whose message was not confirmed is removed.
-            with contextlib.suppress(StoreError):
-                store.delete(key)
         raise ServiceUnavailable(
-            "the queue is unavailable or did not confirm the upload; the original was removed, "
+            "the queue is unavailable or did not confirm the upload; nothing was queued, "
             "send it again (repeating the same file is safe)"
         ) from None
     try:
@@ -114,4 +137,4 @@ def accept_upload(
     return True, _body(message, "queued")
 
 
-__all__ = ["accept_upload", "find_upload", "ServiceUnavailable", "ImageRejected"]
+__all__ = ["accept_upload", "check_image", "find_upload", "ServiceUnavailable", "ImageRejected"]

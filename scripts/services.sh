@@ -11,7 +11,7 @@ apt_install() {
     echo "services: please install $* (needs root and apt-get)" >&2; return 1
   fi
   if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq || true; APT_UPDATED=1; fi
-  apt-get install -y -qq "$@"
+  apt-get install -y -qq --no-install-recommends "$@"
 }
 
 if ! port_open 5672; then

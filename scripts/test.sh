@@ -7,4 +7,4 @@ bash scripts/setup.sh
 bash scripts/services.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
-exec python -m pytest "$@"
+exec python -m pytest -n "${DAM_TEST_WORKERS:-2}" "$@"

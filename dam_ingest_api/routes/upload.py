@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from dam_core.images import ImageRejected
 from dam_ingest_api.deps import ApiKey, QueueDep, SettingsDep, StoreDep
@@ -21,11 +22,35 @@ FILE_FIELDS = ("file", "files")
 READ_IDLE_TIMEOUT = 30.0  # the default of DAM_READ_TIMEOUT_SECONDS
 
 
-def _error(status: int, detail: str, **extra) -> JSONResponse:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    if status == 413:
-        headers = {"Connection": "close"}  # the rest of the body is never read
-    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+def _error(status: int, detail: str, *, unread_body: bool = False, **extra) -> JSONResponse:
+    headers = {"Retry-After": "5"} if status == 503 else {}
+    if unread_body or status in (408, 413):
+        headers["Connection"] = "close"  # the rest of the body is never read
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers or None)
+
+
+class _UploadSlots:
+    """How many uploads are being read or stored; the route runs on one event loop, so a plain count."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+
+    def try_take(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def give_back(self) -> None:
+        self.active -= 1
+
+
+def _slots(request: Request, settings) -> _UploadSlots:
+    slots = getattr(request.app.state, "upload_slots", None)
+    if slots is None:
+        slots = request.app.state.upload_slots = _UploadSlots(settings.dam_max_concurrent_uploads)
+    return slots
 
 
 @router.post(
@@ -33,13 +58,37 @@ def _error(status: int, detail: str, **extra) -> JSONResponse:
     status_code=202,
     dependencies=[ApiKey],
     summary="Upload images",
+    # The body is parsed by hand (limits while reading), so FastAPI cannot infer it: declared here.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "oneOf": [
+                                    {"type": "string", "format": "binary"},
+                                    {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                ],
+                                "description": "one image, or the field repeated for several",
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
     responses={
         400: {"description": "missing or empty file"},
         401: {"description": "missing or wrong X-API-Key"},
+        408: {"description": "the body stalled, missed the upload deadline, or arrived under the minimum rate"},
         413: {"description": "file or request over the size limit"},
         415: {"description": "not an image, or an unsupported format"},
         422: {"description": "truncated or corrupt image, or a decompression bomb"},
-        503: {"description": "object store or queue unavailable; nothing was kept"},
+        503: {"description": "object store or queue unavailable, or too many uploads at once; retry later"},
     },
 )
 async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue: QueueDep):
@@ -47,6 +96,20 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         return _error(400, "send the image as multipart/form-data in a field named 'file'")
+    slots = _slots(request, settings)
+    if not slots.try_take():
+        return _error(
+            503,
+            f"too many uploads in progress (the limit is {slots.limit}); nothing was stored, try again shortly",
+            unread_body=True,
+        )
+    try:
+        return await _upload(request, settings, store, queue)
+    finally:
+        slots.give_back()
+
+
+async def _upload(request: Request, settings, store, queue) -> JSONResponse:
     declared = request.headers.get("content-length")
     max_body = settings.dam_max_files_per_request * (settings.dam_max_upload_bytes + 16 * 1024) + 64 * 1024
     if declared and declared.isdigit() and int(declared) > max_body:
@@ -58,11 +121,16 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
             max_file_bytes=settings.dam_max_upload_bytes,
             max_files=settings.dam_max_files_per_request,
             idle_timeout=settings.dam_read_timeout_seconds,
+            deadline_seconds=settings.dam_upload_deadline_seconds,
+            min_bytes_per_second=settings.dam_min_upload_bytes_per_second,
+            rate_grace_seconds=settings.dam_upload_rate_grace_seconds,
         )
     except BodyTooLarge as err:
         return _error(413, f"{err}; nothing was stored")
     except ClientTooSlow as err:
         return _error(408, f"{err}; nothing was stored")
+    except ClientDisconnect:
+        return _error(400, "the client went away before the body was complete; nothing was stored")
     except MultiPartException as err:
         msg = str(err)
         if "Too many files" in msg:
@@ -71,6 +139,12 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
     try:
         files = [f for name in FILE_FIELDS for f in form.getlist(name) if isinstance(f, UploadFile)]
         if not files:
+            if any(form.getlist(name) for name in FILE_FIELDS):  # a plain form value, not a file part
+                return _error(
+                    400,
+                    "no file: 'file' came as a plain value, send it as a file part with a filename "
+                    "(curl -F file=@photo.jpg)",
+                )
             return _error(400, "no file: send the image in a multipart field named 'file'")
         results = await run_in_threadpool(
             _accept_all, files, settings, store, queue, getattr(request.app.state, "catalog", None)
@@ -107,7 +181,13 @@ def _accept_all(files: list[UploadFile], settings, store, queue, catalog=None) -
                     body["status"] = catalog.status(body["id"]) or body["status"]
             out.append((202 if is_new else 200, body))
         except ImageRejected as err:
-            out.append((err.status, {"filename": f.filename, "status": "rejected", "detail": err.message}))
+            out.append((err.status, _rejected(f.filename, err.status, err.message)))
         except ServiceUnavailable as err:
-            out.append((503, {"filename": f.filename, "status": "rejected", "detail": str(err)}))
+            # Only this file: the others of the request stand or fall on their own.
+            out.append((503, _rejected(f.filename, 503, str(err))))
     return out
+
+
+def _rejected(filename: str | None, code: int, detail: str) -> dict:
+    # `code` tells a client which files to send again (503) and which never to (4xx).
+    return {"filename": filename, "status": "rejected", "code": code, "detail": detail}

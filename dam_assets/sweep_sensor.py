@@ -1,0 +1,44 @@
+"""The daemon-run sensor that sweeps orphaned originals (the logic is Dagster-free, in sweep.py)."""
+
+from __future__ import annotations
+
+from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
+
+from dam_assets.resources import DamResource
+from dam_assets.sweep import sweep_orphans
+
+SWEEP_INTERVAL_SECONDS = 900
+SWEEP_BUDGET_SECONDS = 40  # under the daemon's 60 s limit for one sensor evaluation
+
+
+def _table_keys(settings):
+    def keys():
+        from dam_core.table import connect
+
+        return [row[0] for row in connect(settings).execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()]
+
+    return keys
+
+
+@sensor(
+    minimum_interval_seconds=SWEEP_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Removes orphaned originals: objects under assets/ older than DAM_ORPHAN_GRACE_SECONDS that have "
+        "no upload marker and are named by no batch manifest and no table row (an upload whose queue "
+        "message was never confirmed). Skips while the upload queue has waiting messages."
+    ),
+)
+def orphan_sweep_sensor(context: SensorEvaluationContext, dam: DamResource) -> SkipReason:
+    """One sweep per tick; it requests no runs, the tick's message says what it did."""
+    settings = dam.settings
+    report = sweep_orphans(
+        dam.store,
+        grace_seconds=settings.dam_orphan_grace_seconds,
+        queue=dam.queue,
+        table_keys=_table_keys(settings),
+        budget_seconds=SWEEP_BUDGET_SECONDS,
+    )
+    for key in report.deleted:
+        context.log.info(f"removed orphaned original {key}")
+    return SkipReason(report.summary())

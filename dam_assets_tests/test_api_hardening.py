@@ -1,0 +1,356 @@
+"""The API against clients and failures that used to cost a 202'd original, a 500, or a held
+connection: a publish failure racing a duplicate, slow and greedy clients (over a real socket
+against `dam api` as a subprocess), disk errors, hostile cursors, corrupt images, open binds."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
+from dam_assets_tests.faults.http import multipart_head, send_raw
+from dam_assets_tests.faults.proxy import TcpProxy
+from dam_assets_tests.faults.server import serve
+from dam_core.queue import RabbitQueue
+from dam_core.store import make_store
+from dam_ingest_api.main import create_app
+
+DAM = str(Path(sys.executable).parent / "dam")
+BOUNDARY = "dam-hardening-boundary-91c2"
+
+
+def _clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_")) and k != "AMQP_URL"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def dam_api(tmp_path):
+    """Start `dam api` as a subprocess with extra environment; yields (url, data_dir)."""
+    procs = []
+
+    def start(*args: str, **env) -> tuple[str, Path]:
+        port = free_port()
+        data_dir = tmp_path / f"data-{port}"
+        log = open(tmp_path / f"api-{port}.log", "w+b")
+        proc = subprocess.Popen(
+            [DAM, "api", "--port", str(port), "--log-level", "warning", *args],
+            env=_clean_env(DAM_DATA_DIR=data_dir, **env), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )
+        procs.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"dam api exited with {proc.returncode}: {log.read().decode(errors='replace')}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return url, data_dir
+            assert time.monotonic() < deadline, "dam api did not answer /healthz within 60 s"
+            time.sleep(0.1)
+
+    yield start
+    for proc, log in procs:
+        _stop(proc)
+        log.close()
+
+
+def _multipart(data: bytes, filename: str = "a.jpg") -> bytes:
+    return (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def _originals(data_dir: Path) -> list[str]:
+    root = data_dir / "store" / "assets"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def _drip(body: bytes, seconds: float, pause: float):
+    """The first bytes of `body`, one per chunk: enough for `seconds` at one chunk per `pause`."""
+    for i in range(min(len(body), int(seconds / pause))):
+        yield body[i : i + 1]
+
+
+# ----------------------------------------------------------------------------- 1. the lost 202
+
+
+def test_a_failed_publish_never_deletes_the_original_another_request_got_202_for(
+    make_settings, s3_env, rabbit_url, queue_name
+):
+    """Two API replicas share the bucket and the queue; replica A is cut off from the broker.
+
+    A stores the original and waits on a publish that cannot be confirmed; meanwhile B gets the
+    same bytes, finds the object, publishes and answers 202. A then fails: its original must
+    stay, because B's message points to it.
+    """
+    settings = make_settings(**s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name)
+    data = jpeg_bytes(120, 90, seed=41)
+    with TcpProxy("127.0.0.1", 5672) as proxy:
+        proxy.cut("blackhole")  # a partition: connects hang, nothing is ever confirmed
+        cut_off = RabbitQueue(
+            rabbit_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}"), queue_name, publish_timeout=4
+        )
+        app_a = create_app(settings, store=make_store(settings), queue=cut_off)
+        app_b = create_app(settings)
+        store = make_store(settings)
+        with serve(app_a) as url_a, serve(app_b) as url_b:
+            answers = {}
+
+            def post_a():
+                answers["a"] = httpx.post(f"{url_a}/upload", files={"file": ("a.jpg", data, "image/jpeg")}, timeout=30)
+
+            thread = threading.Thread(target=post_a)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not list(store.list("assets/")):  # A has stored the original and is publishing
+                assert time.monotonic() < deadline, "replica A never stored the original"
+                time.sleep(0.02)
+            b = httpx.post(f"{url_b}/upload", files={"file": ("b.jpg", data, "image/jpeg")}, timeout=30)
+            thread.join(30)
+    assert b.status_code == 202, b.text
+    assert answers["a"].status_code == 503, answers["a"].text
+    key = b.json()["r2_key"]
+    # B's confirmed message names this object: it must still be there after A gave up.
+    assert store.get(key) == data
+    assert store.exists(f"uploads/{b.json()['id']}.json")
+    assert app_b.state.queue.depth() == 1
+
+
+# ----------------------------------------------------------------------------- 2. slow clients
+
+
+def test_a_dripping_client_gets_408_at_the_upload_deadline(dam_api):
+    deadline = 3.0
+    url, data_dir = dam_api(
+        DAM_UPLOAD_DEADLINE_SECONDS=deadline, DAM_MIN_UPLOAD_BYTES_PER_SECOND=0, DAM_READ_TIMEOUT_SECONDS=30
+    )
+    body = _multipart(jpeg_bytes(64, 64, seed=42))
+    # One byte every half second: each chunk is well inside the 30 s read timeout, forever.
+    resp = send_raw(url, multipart_head(url, BOUNDARY, len(body)), _drip(body, 15, 0.5), pause=0.5, timeout=5)
+    assert resp.status == 408, resp
+    assert resp.seconds < deadline + 2, resp
+    assert "deadline" in resp.json()["detail"]
+    assert resp.headers.get("connection") == "close"
+    assert _originals(data_dir) == []
+
+
+def test_a_client_under_the_minimum_rate_gets_408_after_the_grace(dam_api):
+    url, data_dir = dam_api(
+        DAM_MIN_UPLOAD_BYTES_PER_SECOND=200, DAM_UPLOAD_RATE_GRACE_SECONDS=1, DAM_READ_TIMEOUT_SECONDS=30
+    )
+    body = _multipart(jpeg_bytes(64, 64, seed=43))
+    resp = send_raw(url, multipart_head(url, BOUNDARY, len(body)), _drip(body, 15, 0.25), pause=0.25, timeout=5)
+    assert resp.status == 408, resp
+    assert resp.seconds < 1 + 2, resp
+    assert "bytes per second" in resp.json()["detail"]
+    assert _originals(data_dir) == []
+
+
+def _hold_open_until_closed(url: str, lines: list[bytes], every: float, give_up: float) -> float | None:
+    """Send `lines` one per `every` seconds; seconds until the server closed, None if it never did."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    start = time.monotonic()
+    try:
+        i = 0
+        while time.monotonic() - start < give_up:
+            if i < len(lines):
+                try:
+                    sock.sendall(lines[i])
+                except OSError:
+                    return time.monotonic() - start
+                i += 1
+            r, _, _ = select.select([sock], [], [], every)
+            if r:
+                try:
+                    if sock.recv(4096) == b"":
+                        return time.monotonic() - start
+                except OSError:
+                    return time.monotonic() - start
+        return None
+    finally:
+        sock.close()
+
+
+def test_a_slow_request_head_is_disconnected_at_the_header_timeout(dam_api):
+    import http.client
+
+    timeout = 2.0
+    url, _ = dam_api(DAM_HEADER_TIMEOUT_SECONDS=timeout)
+    lines = [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n"] + [f"X-Slow-{i}: {i}\r\n".encode() for i in range(30)]
+    closed = _hold_open_until_closed(url, lines, every=0.7, give_up=12)
+    assert closed is not None and closed < timeout + 1.5, closed
+    # A connection that never sends a byte is closed the same way.
+    closed = _hold_open_until_closed(url, [], every=0.2, give_up=12)
+    assert closed is not None and closed < timeout + 1.5, closed
+    # The clock runs only while a head is arriving: an idle keep-alive connection survives it.
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read()
+    sock_before = conn.sock
+    time.sleep(timeout + 1)  # longer than the header timeout, shorter than keep-alive (30 s)
+    conn.request("GET", "/healthz")
+    r = conn.getresponse()
+    assert r.status == 200 and conn.sock is sock_before  # the same connection, still open
+    conn.close()
+
+
+def test_uploads_over_the_concurrency_cap_get_503_at_once(dam_api):
+    url, data_dir = dam_api(DAM_MAX_CONCURRENT_UPLOADS=2, DAM_READ_TIMEOUT_SECONDS=60)
+    body = _multipart(jpeg_bytes(200, 150, seed=44))
+    host, port = url.removeprefix("http://").split(":")
+    held = []
+    for _ in range(2):  # two uploads that send half their body and stop
+        s = socket.create_connection((host, int(port)))
+        s.sendall(multipart_head(url, BOUNDARY, len(body)) + body[: len(body) // 2])
+        held.append(s)
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = httpx.post(f"{url}/upload", files={"file": ("c.jpg", jpeg_bytes(80, 60, seed=45), "image/jpeg")}, timeout=10)
+        assert r.status_code == 503, r.text
+        assert time.monotonic() - t0 < 2
+        assert r.headers.get("retry-after")
+        assert "too many uploads" in r.json()["detail"]
+        assert _originals(data_dir) == []
+    finally:
+        for s in held:
+            s.close()
+    # The held slots come back once those clients are gone.
+    deadline = time.monotonic() + 10
+    while True:
+        r = httpx.post(f"{url}/upload", files={"file": ("d.jpg", jpeg_bytes(80, 60, seed=46), "image/jpeg")}, timeout=10)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 202, r.text
+
+
+# ----------------------------------------------------------------------------- 3. disk errors
+
+
+def test_a_disk_error_is_503_not_500(make_settings):
+    """A file where the store expects its assets/ folder: a real OSError that root cannot bypass."""
+    settings = make_settings()
+    app = create_app(settings)
+    root = settings.data_dir / "store"
+    (root / "assets").write_bytes(b"not a folder")
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post("/upload", files={"file": ("a.jpg", jpeg_bytes(60, 40, seed=47), "image/jpeg")})
+    assert r.status_code == 503, r.text
+    assert r.headers.get("retry-after") and "unavailable" in r.json()["detail"]
+    assert app.state.queue.depth() == 0
+    # Reads fail the same way: an upload marker path under a file.
+    (root / "uploads").write_bytes(b"not a folder either")
+    r = client.get(f"/assets/{'0' * 32}")
+    assert r.status_code == 503, r.text
+
+
+def test_one_failing_file_in_a_request_fails_alone_and_says_so(make_settings):
+    settings = make_settings()
+    app = create_app(settings)
+    good, bad = jpeg_bytes(60, 40, seed=48), png_bytes(20, 20)
+    bad_id = hashlib.sha256(bad).hexdigest()[:32]
+    # A folder where this file's original must go: replacing it fails (EISDIR) for root too.
+    (settings.data_dir / "store" / "assets" / f"{bad_id}.png").mkdir(parents=True)
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post(
+        "/upload",
+        files=[("file", ("good.jpg", good, "image/jpeg")), ("file", ("bad.png", bad, "image/png"))],
+    )
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and body["rejected"] == 1
+    ok, failed = body["items"]
+    assert ok["status"] == "queued" and ok["filename"] == "good.jpg"
+    assert failed == {"filename": "bad.png", "status": "rejected", "code": 503, "detail": failed["detail"]}
+    assert "unavailable" in failed["detail"]
+    assert app.state.queue.depth() == 1  # only the good one was queued
+
+
+# ----------------------------------------------------------------------------- 4. cursors, corrupt images
+
+
+def test_a_cursor_with_a_huge_timestamp_is_a_400(make_settings):
+    client = TestClient(create_app(make_settings()), raise_server_exceptions=False)
+    for ts in ("9" * 320, "1e400", "NaN", "Infinity", "true"):
+        cursor = base64.urlsafe_b64encode(f'[{ts}, "{"a" * 32}"]'.encode()).decode().rstrip("=")
+        r = client.get("/assets", params={"cursor": cursor})
+        assert r.status_code == 400, (ts, r.text)
+        assert "cursor" in r.json()["detail"]
+
+
+def _png_with_bad_header_crc() -> bytes:
+    data = bytearray(png_bytes(32, 32))
+    data[29] ^= 0xFF  # the IHDR chunk's CRC: Pillow cannot even identify the file
+    return bytes(data)
+
+
+def test_a_png_with_a_bad_crc_is_a_corrupt_image_not_a_non_image(make_settings):
+    client = TestClient(create_app(make_settings()))
+    r = client.post("/upload", files={"file": ("x.png", _png_with_bad_header_crc(), "image/png")})
+    assert r.status_code == 422, r.text
+    assert "corrupt" in r.json()["detail"]
+    for not_an_image in (b"BMW is a brand of cars, not a bitmap", b"%PDF-1.7\n" + b"x" * 64):
+        r = client.post("/upload", files={"file": ("x.bmp", not_an_image, "image/bmp")})
+        assert r.status_code == 415, r.text
+
+
+# ----------------------------------------------------------------------------- 5. open by default
+
+
+def _run_briefly(args: list[str], env: dict, cwd: Path, seconds: float = 30) -> tuple[int | None, str]:
+    """Run a dam command; if it is still running after `seconds` (it started serving), stop it."""
+    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=seconds)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # `dam dev` stops its children on SIGTERM
+        _, err = proc.communicate(timeout=60)
+        return None, err
+
+
+@pytest.mark.parametrize("command", ["api", "dev"])
+def test_no_key_on_a_public_address_is_refused(tmp_path, command):
+    rc, err = _run_briefly(
+        [DAM, command, "--host", "0.0.0.0", "--port", str(free_port())], _clean_env(DAM_DATA_DIR=tmp_path / "data"), tmp_path
+    )
+    assert rc == 2, err
+    assert "DAM_API_KEY" in err and "--insecure-no-auth" in err
+
+
+def test_a_public_address_is_served_with_a_key_or_the_explicit_flag(dam_api):
+    url, _ = dam_api("--host", "0.0.0.0", DAM_API_KEY="k-123")
+    assert httpx.get(f"{url}/assets", headers={"X-API-Key": "k-123"}, timeout=5).status_code == 200
+    url, _ = dam_api("--host", "0.0.0.0", "--insecure-no-auth")
+    assert httpx.get(f"{url}/assets", timeout=5).status_code == 200
