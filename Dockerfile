@@ -7,7 +7,9 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY dam_core dam_core
 COPY dam_ingest_api dam_ingest_api
+COPY dam_models dam_models
 COPY dam_assets dam_assets
+COPY dam_cli dam_cli
 COPY workspace.yaml dagster.yaml dagster.prod.yaml ./
 RUN pip install .
 ENV DAGSTER_HOME=/opt/dagster/home

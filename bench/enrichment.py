@@ -5,7 +5,7 @@ CLIP ViT-B/32 architectures (random weights, saved with ``save_pretrained``) thr
 ``from_pretrained``; captions are forced to exactly 20 new tokens on both sides. Each side runs
 in its own subprocess so that its peak RSS is its own.
 
-Batch path: the calls the ``image_enrichment`` asset makes -- ``dam_assets.imaging.decode_batch``,
+Batch path: the calls the ``image_enrichment`` asset makes -- ``dam_core.imaging.decode_batch``,
 ``Captioner.caption``, ``Embedder.embed_images`` -- on batches of ``DAM_BATCH_SIZE`` (64), plus the
 outputs the naive worker also writes (``vectors/{id}.json`` and the table, one file per batch).
 Ceiling: the same models on pixel tensors prepared beforehand, no fetch, decode or writes.
@@ -50,13 +50,13 @@ def _chunks(seq, n):
 def child_batch(args) -> dict:
     import torch
 
-    from dam_assets.imaging import decode_batch
-    from dam_assets.models.captioner import get_captioner
-    from dam_assets.models.embedder import get_embedder
-    from dam_assets.partitions import new_batch_key
-    from dam_core.messages import vector_key
+    from dam_core.imaging import decode_batch
+    from dam_core.layout import vector_key
+    from dam_core.manifests import new_batch_key
     from dam_core.store import LocalStore
     from dam_core.table import write_batch
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
 
     store = LocalStore(Path(args.store))
     uploads = _load_uploads(args.uploads)
@@ -262,7 +262,7 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
                 bf16 = {"error": f"{type(err).__name__}: {err}"}
     ratio = batch["images_per_s"] / naive["images_per_s"]
     try:
-        from dam_assets.models.loading import dtype_name, resolve_dtype
+        from dam_models.loading import dtype_name, resolve_dtype
 
         auto = dtype_name(resolve_dtype("auto", "cpu"))
     except Exception as err:  # informational
@@ -311,7 +311,8 @@ def _warmup(store):
     import hashlib
 
     from bench.fixtures import jpeg, photo_like
-    from dam_core.messages import UploadMessage, original_key
+    from dam_core.layout import original_key
+    from dam_core.messages import UploadMessage
 
     data = jpeg(photo_like(640, 480, seed=99))
     sha = hashlib.sha256(data).hexdigest()

@@ -135,7 +135,8 @@ def seed_store(store, n_jpeg: int, n_png: int, size=(1600, 1200), png_size=(1024
     import hashlib
     from datetime import UTC, datetime
 
-    from dam_core.messages import UploadMessage, original_key
+    from dam_core.layout import original_key
+    from dam_core.messages import UploadMessage
 
     uploads = []
     items = [("jpg", i) for i in range(n_jpeg)] + [("png", i) for i in range(n_png)]
@@ -166,7 +167,7 @@ def seed_store(store, n_jpeg: int, n_png: int, size=(1600, 1200), png_size=(1024
 
 def _bert_vocab(size: int) -> list[str]:
     """A bert-base-uncased-shaped vocab: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103, [DEC]=30522."""
-    from dam_assets.models.tiny import WORDS
+    from dam_models.tiny import WORDS
 
     vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     seen = set(vocab)
@@ -187,7 +188,7 @@ def _bert_vocab(size: int) -> list[str]:
 
 
 def _clip_vocab(size: int) -> tuple[dict[str, int], list[str]]:
-    from dam_assets.models.tiny import _clip_vocab_and_merges
+    from dam_models.tiny import _clip_vocab_and_merges
 
     vocab, merges = _clip_vocab_and_merges()
     specials = ("<|startoftext|>", "<|endoftext|>")

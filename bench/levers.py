@@ -19,7 +19,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.fixtures import CAPTION_TOKENS, CpuMonitor, build_models, jpeg, machine, photo_like  # noqa: E402
+from bench.fixtures import (  # noqa: E402
+    CAPTION_TOKENS,
+    CpuMonitor,
+    build_models,
+    jpeg,
+    machine,
+    photo_like,
+)
 
 
 def _timed(fn, reps=1):
@@ -36,7 +43,7 @@ def attention(cap, n=8, reps=3) -> dict:
     import torch
     from transformers.models.blip.modeling_blip import BlipAttention
 
-    from dam_assets.models.captioner import _sdpa_attention_forward
+    from dam_models.captioner import _sdpa_attention_forward
 
     pv = torch.randn(n, 3, 384, 384)
     mods = [m for m in cap.model.vision_model.modules() if isinstance(m, BlipAttention)]
@@ -96,7 +103,7 @@ def threads(cap, emb, images) -> dict:
 
 def decoding(cap, emb, n=8) -> dict:
     """Full decode vs JPEG draft (DECODE_MIN_SIDE), plus what the two processors cost on each."""
-    from dam_assets.imaging import DECODE_MIN_SIDE, decode
+    from dam_core.imaging import DECODE_MIN_SIDE, decode
 
     datas = [jpeg(photo_like(1600, 1200, seed=300 + i)) for i in range(n)]
     mon = CpuMonitor()
@@ -114,7 +121,7 @@ def decoding(cap, emb, n=8) -> dict:
 
 def decode_threads(store_dir: Path, n=16) -> dict:
     from bench.fixtures import seed_store
-    from dam_assets.imaging import decode_batch
+    from dam_core.imaging import decode_batch
     from dam_core.store import LocalStore
 
     store = LocalStore(store_dir)
@@ -128,8 +135,8 @@ def decode_threads(store_dir: Path, n=16) -> dict:
 
 def bf16(blip: str, clip: str, images) -> dict:
     """Explicit DAM_DTYPE=bfloat16 on this CPU (auto stays fp32): speed and how much captions change."""
-    from dam_assets.models.captioner import get_captioner
-    from dam_assets.models.embedder import get_embedder
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
 
     out = {}
     mon = CpuMonitor()
@@ -173,7 +180,7 @@ def markdown(r: dict) -> str:
         cpu_txt = f" (process CPU {cs['eager']} -> {cs['sdpa']} s/image)" if cs else ""
         lines.append(f"| BLIP vision attention: eager (transformers) vs SDPA | vision tower, batch {a['batch']}: "
                      f"{a['eager_s_per_image']} -> {a['sdpa_s_per_image']} s/image wall ({gain:.0f}% less){cpu_txt}, max abs diff "
-                     f"{a['max_abs_diff']:.1e}{cpu(a['cpu'])} | yes: `dam_assets/models/captioner.py` |")
+                     f"{a['max_abs_diff']:.1e}{cpu(a['cpu'])} | yes: `dam_models/captioner.py` |")
     c = r.get("caption_batch")
     if c:
         cs = c.get("cpu_s_per_image", {})
@@ -213,9 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma-separated: attention,caption_batch,threads,decoding,decode_threads,bf16")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
-    from dam_assets.imaging import decode
-    from dam_assets.models.captioner import get_captioner
-    from dam_assets.models.embedder import get_embedder
+    from dam_core.imaging import decode
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
 
     r: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="bench-levers-") as tmp:

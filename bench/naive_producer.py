@@ -27,7 +27,8 @@ _EXT = {"JPEG": (".jpg", "image/jpeg"), "PNG": (".png", "image/png"), "WEBP": ("
 def create_app(settings=None) -> FastAPI:
     import pika
 
-    from dam_core.messages import UploadMessage, original_key
+    from dam_core.layout import original_key
+    from dam_core.messages import UploadMessage
     from dam_core.settings import load_settings
     from dam_core.store import make_store
 

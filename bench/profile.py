@@ -27,9 +27,9 @@ def enrichment(out: Path, models_dir: str | None) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     from bench.fixtures import CAPTION_TOKENS, build_models, jpeg, photo_like
-    from dam_assets.imaging import decode
-    from dam_assets.models.captioner import get_captioner
-    from dam_assets.models.embedder import get_embedder
+    from dam_core.imaging import decode
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
 
     with tempfile.TemporaryDirectory() as tmp:
         blip, clip = build_models(Path(models_dir) if models_dir else Path(tmp) / "models")
@@ -68,7 +68,16 @@ def _fold(raw: Path, top: int = 25) -> str:
 
 
 def upload(out: Path) -> str:
-    from bench.upload import RABBIT_URL, _clean_env, _delete_queues, _start_server, _stop, _wait_http, free_port, make_images
+    from bench.upload import (
+        RABBIT_URL,
+        _clean_env,
+        _delete_queues,
+        _start_server,
+        _stop,
+        _wait_http,
+        free_port,
+        make_images,
+    )
 
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():

@@ -265,7 +265,7 @@ def render(results: dict, levers: dict | None = None) -> str:
         d = s["drain"]
         w("### (b) Sensor drain rate\n")
         w(f"{d['published']:,} valid UploadMessage JSONs published to a unique RabbitMQ queue, then "
-          f"`dam_assets.draining.drain(queue, LocalStore, batch_size=64, budget_seconds=20)` called until it returns "
+          f"`dam_assets.ingest.draining.drain(queue, LocalStore, batch_size=64, budget_seconds=20)` called until it returns "
           f"nothing (as successive sensor ticks): **{d['messages_per_s']:,} msgs/s** ({d['messages']:,} messages, "
           f"{d['batches']} manifests, {d['ticks']} drain calls, {d['seconds']} s including each call's 0.25 s "
           f"empty-queue wait; best call {d['best_tick_per_s']:,} msgs/s).\n")

@@ -4,7 +4,7 @@
     until the table holds 100,000 rows (one file per batch), every batch timed; against the naive
     design, which reads the one ``metadata/assets.parquet``, appends the batch and rewrites it --
     timed at sampled sizes (its cost depends only on the size of the file it rewrites).
-(b) ``dam_assets.draining.drain`` from real RabbitMQ: valid UploadMessages published to a unique
+(b) ``dam_assets.ingest.draining.drain`` from real RabbitMQ: valid UploadMessages published to a unique
     queue, drained the way the sensor does (batches of 64, one manifest each) until empty.
 (c) ``dam_core.table.connect(settings)`` + a top-10 cosine-similarity query over the table of (a).
 """
@@ -81,7 +81,7 @@ def table_writes(store, total_rows: int, samples: int, log=print) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dam_assets.partitions import new_batch_key
+    from dam_core.manifests import new_batch_key
     from dam_core.store import KeyNotFound
     from dam_core.table import schema, to_parquet_bytes, write_batch
 
@@ -164,7 +164,7 @@ def table_writes(store, total_rows: int, samples: int, log=print) -> dict:
 def drain_rate(messages: int, store, log=print) -> dict:
     import pika
 
-    from dam_assets.draining import drain
+    from dam_assets.ingest.draining import drain
     from dam_core.messages import UploadMessage
     from dam_core.queue import RabbitQueue
 
@@ -317,7 +317,7 @@ SELECT * FROM assets_all a WHERE NOT EXISTS (
 def _connect_variant(settings, dedup: str):
     import duckdb
 
-    from dam_core.table import TABLE_PREFIX
+    from dam_core.layout import TABLE_PREFIX
 
     con = duckdb.connect(":memory:")
     pattern = str(settings.data_dir / "store" / TABLE_PREFIX / "batch=*" / "*.parquet").replace("'", "''")

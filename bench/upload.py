@@ -23,7 +23,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.fixtures import CpuMonitor, _pid_cpu, broker_pids, jpeg, photo_like, pid_peak_rss_mb, pid_rss_mb
+from bench.fixtures import (
+    CpuMonitor,
+    _pid_cpu,
+    broker_pids,
+    jpeg,
+    photo_like,
+    pid_peak_rss_mb,
+    pid_rss_mb,
+)
 
 RABBIT_URL = os.environ.get("DAM_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 S3_REGION = "us-east-1"  # moto refuses R2's "auto"
@@ -370,8 +378,8 @@ def broker_ceiling(seconds: float) -> dict:
 
 
 def run(quick: bool, log=print) -> dict:
-    from dam_core.store import LocalStore, S3Store
     from dam_core.settings import load_settings
+    from dam_core.store import LocalStore, S3Store
 
     duration, warmup = (4.0, 1.0) if quick else (20.0, 3.0)
     ceiling_s = 2.0 if quick else 5.0

@@ -64,7 +64,7 @@ class ModelsResource(ConfigurableResource):
         return load_settings()
 
     def captioner(self):
-        from dam_assets.models.captioner import get_captioner
+        from dam_models.captioner import get_captioner
 
         s = self._resolved()
         return get_captioner(
@@ -75,7 +75,7 @@ class ModelsResource(ConfigurableResource):
         )
 
     def embedder(self):
-        from dam_assets.models.embedder import get_embedder
+        from dam_models.embedder import get_embedder
 
         s = self._resolved()
         return get_embedder(

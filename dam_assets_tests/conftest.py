@@ -123,7 +123,7 @@ def make_settings(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Tiny random BLIP and CLIP models written once per session through `dam models tiny`."""
-    from dam_assets.models.tiny import write_tiny_models
+    from dam_models.tiny import write_tiny_models
 
     blip, clip = write_tiny_models(tmp_path_factory.mktemp("models"))
     return {"DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip)}

@@ -7,10 +7,10 @@ import sys
 
 from dagster import DagsterInstance, build_sensor_context, materialize
 
-from dam_assets.assets import asset_metadata, image_enrichment, upload_batch
-from dam_assets.partitions import batches_partitions_def
+from dam_assets.enrichment.assets import asset_metadata, image_enrichment, upload_batch
+from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.ingest.sensors import upload_queue_sensor
 from dam_assets.resources import DamResource, ModelsResource
-from dam_assets.sensors import upload_queue_sensor
 
 BATCH_ASSETS = [upload_batch, image_enrichment, asset_metadata]
 
@@ -51,6 +51,6 @@ def run_pending(instance: DagsterInstance, cursor: str | None = None) -> tuple[l
 def dam_sql(query: str, env: dict, fmt: str = "json") -> subprocess.CompletedProcess:
     """`dam sql` as a user runs it, in a subprocess with the given environment."""
     return subprocess.run(
-        [sys.executable, "-m", "dam_core.cli", "sql", query, "--format", fmt],
+        [sys.executable, "-m", "dam_cli.main", "sql", query, "--format", fmt],
         env=env, capture_output=True, text=True, timeout=120,
     )

@@ -20,10 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from dam_assets.imaging import decode
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_core.budget import Budget, OverBudget
-from dam_core.messages import thumbnail_key
+from dam_core.imaging import decode
+from dam_core.layout import thumbnail_key
 from dam_core.store import make_store
 from dam_core.table import connect
 from dam_ingest_api.main import create_app

@@ -10,10 +10,10 @@ from dagster import materialize
 from fastapi.testclient import TestClient
 
 from dam_assets.resources import DamResource
-from dam_assets.search_index import search_index
+from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.pipeline_harness import materialize_batch, tick
-from dam_core.index import CURRENT_KEY
+from dam_core.layout import CURRENT_INDEX_KEY
 from dam_core.store import make_store
 from dam_ingest_api.main import create_app
 
@@ -53,7 +53,7 @@ def listed(client) -> dict[str, str]:
 
 
 def low_watermark(store) -> str | None:
-    return json.loads(store.get(CURRENT_KEY))["low_watermark"]
+    return json.loads(store.get(CURRENT_INDEX_KEY))["low_watermark"]
 
 
 def test_older_unfinished_batch_stays_queued_after_newer_batch_is_indexed(env, instance):
@@ -101,7 +101,7 @@ def test_manifest_cache_holds_only_manifests_after_the_low_watermark(env, instan
         def check(expected_low: str) -> None:
             listed(client)  # the listing is what fills the cache
             assert set(catalog._manifests) <= {b for b in batches if b > expected_low}
-            seen.append((expected_low, catalog.snapshot, json.loads(store.get(CURRENT_KEY))))
+            seen.append((expected_low, catalog.snapshot, json.loads(store.get(CURRENT_INDEX_KEY))))
 
         for round_, materialize_it in enumerate([True, False, True, True]):
             ids.append(upload(client, 10 + round_))
@@ -129,9 +129,9 @@ def test_manifest_cache_holds_only_manifests_after_the_low_watermark(env, instan
 def test_stray_objects_under_batches_neither_stop_nor_become_the_low_watermark(tmp_path):
     from datetime import UTC, datetime
 
-    from dam_assets.draining import write_manifest
     from dam_core.index import advance_low_watermark
-    from dam_core.messages import UploadMessage, manifest_batches
+    from dam_core.manifests import batches_after, write_manifest
+    from dam_core.messages import UploadMessage
     from dam_core.store import LocalStore
 
     store = LocalStore(tmp_path)
@@ -153,5 +153,5 @@ def test_stray_objects_under_batches_neither_stop_nor_become_the_low_watermark(t
     assert advance_low_watermark(store, m1, {m2, m3}) == m3
     # ... which would hide every later batch from the queued view.
     m4 = manifest(4)
-    assert list(manifest_batches(store, after=m3)) == [m4, "zz-notes"]
+    assert list(batches_after(store, after=m3)) == [m4]  # names that are no batch key are no manifest
     assert advance_low_watermark(store, m3, set()) == m3

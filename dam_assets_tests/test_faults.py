@@ -29,13 +29,19 @@ import pytest
 from dagster import DagsterInstance, materialize
 from fastapi.testclient import TestClient
 
-from dam_assets.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.resources import DamResource, ModelsResource
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.faults.proxy import TcpProxy
 from dam_assets_tests.faults.server import serve
-from dam_assets_tests.pipeline_harness import BATCH_ASSETS, dam_sql, materialize_batch, tick
-from dam_core.messages import UploadMessage, upload_marker_key
+from dam_assets_tests.pipeline_harness import (
+    BATCH_ASSETS,
+    dam_sql,
+    materialize_batch,
+    tick,
+)
+from dam_core.layout import upload_marker_key
+from dam_core.messages import UploadMessage
 from dam_core.queue import EmbeddedQueue, RabbitQueue, make_queue
 from dam_core.store import LocalStore, StoreError, make_store
 from dam_core.table import connect

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dam_assets.resources import DamResource
-from dam_assets.search_index import search_index
+from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_core.queue import make_queue
@@ -116,7 +116,7 @@ def test_uploads_become_listable_fetchable_searchable_items(env, instance):
 
         # The shell answers from the same index.
         proc = subprocess.run(
-            [sys.executable, "-m", "dam_core.cli", "search", "a red photo", "--k", "3", "--format", "json"],
+            [sys.executable, "-m", "dam_cli.main", "search", "a red photo", "--k", "3", "--format", "json"],
             env=dict(os.environ), capture_output=True, text=True, timeout=120,
         )
         assert proc.returncode == 0, proc.stderr

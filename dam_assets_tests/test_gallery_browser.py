@@ -11,7 +11,7 @@ import uvicorn
 from dagster import DagsterInstance, materialize
 
 from dam_assets.resources import DamResource
-from dam_assets.search_index import search_index
+from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_ingest_api.main import create_app

@@ -12,10 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from dam_assets.models.captioner import Captioner, get_captioner
-from dam_assets.models.embedder import Embedder, get_embedder
-from dam_assets.models.loading import cpu_has_native_bf16, resolve_device, resolve_dtype, to_rgb
-from dam_assets.models.tiny import CLIP_PROJECTION_DIM, write_tiny_models
+from dam_models.captioner import Captioner, get_captioner
+from dam_models.embedder import Embedder, get_embedder
+from dam_models.loading import (
+    cpu_has_native_bf16,
+    resolve_device,
+    resolve_dtype,
+    to_rgb,
+)
+from dam_models.tiny import CLIP_PROJECTION_DIM, write_tiny_models
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,17 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 
-from dam_assets.draining import write_manifest
-from dam_assets.partitions import batches_partitions_def, is_batch_key
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
-from dam_assets_tests.pipeline_harness import dam_sql, materialize_batch, run_pending, tick
-from dam_core.messages import UploadMessage, manifest_key
+from dam_assets_tests.pipeline_harness import (
+    dam_sql,
+    materialize_batch,
+    run_pending,
+    tick,
+)
+from dam_core.layout import manifest_key
+from dam_core.manifests import is_batch_key, write_manifest
+from dam_core.messages import UploadMessage
 from dam_core.queue import make_queue
 from dam_core.store import make_store
 from dam_core.table import connect
@@ -146,7 +152,7 @@ def test_manifest_without_partition_is_reconciled(env, instance):
     client = TestClient(create_app(env))
     sent = upload(client, jpeg_bytes(64, 64), "orphan.jpg")
     # Simulate the crashed tick: the queue is drained and the manifest written, nothing else.
-    from dam_assets.draining import drain
+    from dam_assets.ingest.draining import drain
 
     report = drain(make_queue(env), store, batch_size=8, budget_seconds=5)
     (orphan,) = [b.batch for b in report.batches]
@@ -165,7 +171,7 @@ def test_write_manifest_never_overwrites(env):
 
 
 def test_changing_caption_model_changes_code_version(make_settings, monkeypatch):
-    import dam_assets.assets as assets_module
+    import dam_assets.enrichment.assets as assets_module
 
     make_settings(DAM_CAPTION_MODEL="Salesforce/blip-image-captioning-base")
     before = importlib.reload(assets_module).image_enrichment.code_versions_by_key

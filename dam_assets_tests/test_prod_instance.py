@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
-from dam_assets.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_core.table import connect

@@ -25,10 +25,10 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from fastapi.testclient import TestClient
 
-from dam_assets.draining import pending_batches, read_manifest
-from dam_assets.partitions import batches_partitions_def, is_batch_key, new_batch_key
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.pipeline_harness import dam_sql, tick
+from dam_core.manifests import batches_after, is_batch_key, new_batch_key, read_manifest
 from dam_core.store import make_store
 from dam_core.table import connect
 from dam_ingest_api.main import create_app
@@ -316,7 +316,7 @@ def test_manifest_written_after_the_clock_stepped_back_is_still_processed(make_s
     requested = [r.partition_key for r in result2.run_requests]
     assert requested[0] == far and len(requested) == 2 and requested[1] > far
     assert {u.id for u in read_manifest(store, requested[1]).uploads} == sent2
-    assert pending_batches(store, result2.cursor) == []
+    assert list(batches_after(store, result2.cursor)) == []
     assert tick(instance, result2.cursor).run_requests in (None, [])
 
 

@@ -113,7 +113,7 @@ def _clean_env(**extra) -> dict:
 )
 def test_dam_api_exits_2_naming_the_variable(tmp_path, env, name):
     proc = subprocess.run(
-        [sys.executable, "-m", "dam_core.cli", "api", "--port", "1"],
+        [sys.executable, "-m", "dam_cli.main", "api", "--port", "1"],
         env=_clean_env(DAM_DATA_DIR=str(tmp_path), **env),
         cwd=REPO_ROOT,
         capture_output=True,

@@ -8,7 +8,14 @@ import threading
 import pytest
 
 from dam_assets_tests.conftest import free_port
-from dam_core.store import KeyNotFound, LocalStore, ObjectStore, S3Store, StoreError, make_store
+from dam_core.store import (
+    KeyNotFound,
+    LocalStore,
+    ObjectStore,
+    S3Store,
+    StoreError,
+    make_store,
+)
 
 SECRET = "store-contract-secret-9f3a"
 

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 
+from dam_assets.maintenance.sweep import sweep_orphans
 from dam_assets_tests.conftest import free_port, jpeg_bytes
-from dam_core.messages import BatchManifest, UploadMessage, manifest_key, upload_marker_key
+from dam_core.layout import manifest_key, upload_marker_key
+from dam_core.messages import BatchManifest, UploadMessage
 from dam_core.queue import make_queue
 from dam_core.store import LocalStore, make_store
 from dam_ingest_api.main import create_app
-from dam_assets.sweep import sweep_orphans
 
 
 def _msg(asset_id: str) -> UploadMessage:

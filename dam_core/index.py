@@ -32,7 +32,15 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from dam_core.messages import BatchManifest, manifest_batches, manifest_key
+from dam_core.layout import (
+    CURRENT_INDEX_KEY,
+    INDEX_PREFIX,
+    index_file_key,
+    index_version_prefix,
+    manifest_key,
+)
+from dam_core.manifests import batches_after
+from dam_core.messages import BatchManifest
 from dam_core.store import KeyNotFound, LocalStore, ObjectStore
 
 if TYPE_CHECKING:
@@ -40,17 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INDEX_PREFIX = "index/"
-CURRENT_KEY = "index/CURRENT.json"
 KEEP_VERSIONS = 3
 ITEM_COLUMNS = [
     "id", "filename", "caption", "tags", "mime_type", "width", "height", "error",
     "uploaded_at", "processed_at", "batch", "embedding_model",
 ]
-
-
-def _version_key(version: str, name: str) -> str:
-    return f"{INDEX_PREFIX}{version}/{name}"
 
 
 # ----------------------------------------------------------------------------- build
@@ -102,7 +104,7 @@ def build_index(
 def _previous_low_watermark(store: ObjectStore) -> str | None:
     """Where the last build's low watermark stood; None (start from the first manifest) if unknown."""
     try:
-        return json.loads(store.get(CURRENT_KEY)).get("low_watermark")
+        return json.loads(store.get(CURRENT_INDEX_KEY)).get("low_watermark")
     except KeyNotFound:
         return None
 
@@ -110,7 +112,7 @@ def _previous_low_watermark(store: ObjectStore) -> str | None:
 def advance_low_watermark(store: ObjectStore, previous: str | None, in_table: set[str]) -> str | None:
     """Move the low watermark forward over manifests, oldest first, while their batch is in the table."""
     low = previous
-    for batch in manifest_batches(store, after=previous):
+    for batch in batches_after(store, after=previous):
         if batch in in_table:
             low = batch
         elif _holds_uploads(store, batch):
@@ -151,10 +153,10 @@ def write_index(
     version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     buf = io.BytesIO()
     pq.write_table(items, buf, compression="zstd")
-    store.put(_version_key(version, "items.parquet"), buf.getvalue())
+    store.put(index_file_key(version, "items.parquet"), buf.getvalue())
     buf = io.BytesIO()
     np.save(buf, vectors)
-    store.put(_version_key(version, "vectors.npy"), buf.getvalue())
+    store.put(index_file_key(version, "vectors.npy"), buf.getvalue())
     hnsw = False
     if len(vectors) > exact_max:
         idx = _new_hnsw(vectors.shape[1])
@@ -163,7 +165,7 @@ def write_index(
             path = os.path.join(tmp, "hnsw.usearch")
             idx.save(path)
             with open(path, "rb") as f:
-                store.put(_version_key(version, "hnsw.usearch"), f)
+                store.put(index_file_key(version, "hnsw.usearch"), f)
         hnsw = True
     current = {
         "version": version,
@@ -177,7 +179,7 @@ def write_index(
         "built_at": datetime.now(UTC).isoformat(),
     }
     # The pointer is written last: readers only ever see complete versions.
-    store.put(CURRENT_KEY, json.dumps(current).encode(), content_type="application/json")
+    store.put(CURRENT_INDEX_KEY, json.dumps(current).encode(), content_type="application/json")
     _prune(store, keep={version})
     return current
 
@@ -194,7 +196,7 @@ def _prune(store: ObjectStore, keep: set[str]) -> None:
     for old in versions[:-KEEP_VERSIONS]:
         if old in keep:
             continue
-        for key in list(store.list(f"{INDEX_PREFIX}{old}/")):
+        for key in list(store.list(index_version_prefix(old))):
             try:
                 store.delete(key)
             except Exception:  # a reader may still hold it; the next build retries
@@ -317,12 +319,12 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
     """Load the version CURRENT points at, or None when no index was built yet."""
     if current is None:
         try:
-            current = json.loads(store.get(CURRENT_KEY))
+            current = json.loads(store.get(CURRENT_INDEX_KEY))
         except KeyNotFound:
             return None
     version = current["version"]
-    items = Rows(pq.read_table(io.BytesIO(store.get(_version_key(version, "items.parquet")))))
-    vectors_key = _version_key(version, "vectors.npy")
+    items = Rows(pq.read_table(io.BytesIO(store.get(index_file_key(version, "items.parquet")))))
+    vectors_key = index_file_key(version, "vectors.npy")
     if isinstance(store, LocalStore):
         # Memory-mapped: the page cache holds the vectors, shared and reclaimable, not the heap.
         vectors = np.load(store.path(vectors_key), mmap_mode="r")
@@ -336,7 +338,7 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "hnsw.usearch")
             with open(path, "wb") as f:
-                f.write(store.get(_version_key(version, "hnsw.usearch")))
+                f.write(store.get(index_file_key(version, "hnsw.usearch")))
             hnsw = Index.restore(path)
     return Snapshot(
         version=version,
@@ -376,11 +378,11 @@ class IndexHolder:
         with self._lock:
             self._checked = time.monotonic()
             try:
-                current = json.loads(self.store.get(CURRENT_KEY))
+                current = json.loads(self.store.get(CURRENT_INDEX_KEY))
             except KeyNotFound:
                 return False
             except Exception as err:
-                log.warning("index: cannot read %s: %s", CURRENT_KEY, err)
+                log.warning("index: cannot read %s: %s", CURRENT_INDEX_KEY, err)
                 return False
             if current.get("version") == self._version:
                 return False

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-
-if TYPE_CHECKING:
-    from dam_core.store import ObjectStore
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -18,24 +13,6 @@ _ID_RE = re.compile(ID_PATTERN)
 
 def is_asset_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
-
-
-def original_key(asset_id: str, ext: str) -> str:
-    """Object key of an original; built from the id, never from user input."""
-    return f"assets/{asset_id}{ext}"
-
-
-def vector_key(asset_id: str) -> str:
-    return f"vectors/{asset_id}.json"
-
-
-def thumbnail_key(asset_id: str) -> str:
-    return f"thumbnails/{asset_id}.webp"
-
-
-def upload_marker_key(asset_id: str) -> str:
-    """Written once an upload's message is confirmed: the same bytes again are a duplicate."""
-    return f"uploads/{asset_id}.json"
 
 
 class UploadMessage(BaseModel):
@@ -83,22 +60,6 @@ class BatchManifest(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=1).encode()
-
-
-def manifest_key(batch: str) -> str:
-    return f"batches/{batch}.json"
-
-
-# The listing prefix and suffix come from manifest_key itself: the key format is written once.
-_MANIFEST_PREFIX, _MANIFEST_SUFFIX = manifest_key("\0").split("\0")
-
-
-def manifest_batches(store: ObjectStore, after: str | None = None) -> Iterator[str]:
-    """Batch keys of the manifests in the store that sort after batch `after`, oldest first."""
-    for key in store.list(_MANIFEST_PREFIX, start_after=manifest_key(after) if after else None):
-        batch = key[len(_MANIFEST_PREFIX):-len(_MANIFEST_SUFFIX)] if key.endswith(_MANIFEST_SUFFIX) else ""
-        if batch and "/" not in batch:  # a nested object is no manifest
-            yield batch
 
 
 _INVISIBLE = {0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF}

@@ -17,12 +17,7 @@ if TYPE_CHECKING:
     from dam_core.settings import Settings
     from dam_core.store import ObjectStore
 
-TABLE_PREFIX = "metadata/assets/"
-
-
-def table_key(batch: str) -> str:
-    """Each batch owns one file; re-running the batch overwrites it, never appends."""
-    return f"{TABLE_PREFIX}batch={batch}/part-0.parquet"
+from dam_core.layout import TABLE_PREFIX, table_key
 
 
 def schema(embedding_dim: int | None) -> pa.Schema:
@@ -110,9 +105,10 @@ def _local_files(settings: "Settings") -> tuple[str, bool]:
 
 
 def _s3_dataset(settings: "Settings"):
+    from urllib.parse import urlparse
+
     import pyarrow.dataset as ds
     from pyarrow import fs
-    from urllib.parse import urlparse
 
     kwargs = {"region": settings.r2_region}
     if settings.r2_endpoint:

@@ -18,12 +18,14 @@ from datetime import datetime
 
 import numpy as np
 
-from dam_core.index import IndexHolder, Snapshot
 from dam_core.images import FORMATS
-from dam_core.messages import BatchManifest, UploadMessage, manifest_batches, manifest_key, original_key
+from dam_core.index import IndexHolder, Snapshot
+from dam_core.layout import manifest_key, original_key
+from dam_core.manifests import batches_after
+from dam_core.markers import find_upload
+from dam_core.messages import BatchManifest, UploadMessage
 from dam_core.settings import Settings
 from dam_core.store import KeyNotFound, ObjectStore
-from dam_ingest_api.service import find_upload
 
 PENDING_TTL_SECONDS = 2.0
 RECENT_MAX = 10_000
@@ -168,7 +170,7 @@ class Catalog:
         # a retry) sorts before it, and its uploads are still queued.
         low = snap.low_watermark if snap else None
         manifests: dict[str, BatchManifest] = {}
-        for batch in manifest_batches(self.store, after=low):
+        for batch in batches_after(self.store, after=low):
             manifest = cached.get(batch)  # manifests never change once written
             if manifest is None:
                 try:
@@ -245,7 +247,7 @@ class Catalog:
                 try:
                     import torch
 
-                    from dam_assets.models.embedder import get_embedder
+                    from dam_models.embedder import get_embedder
 
                     # A query is a few tokens: one intra-op thread per request is fastest, and
                     # OpenMP threads spinning against the other requests' threads (and the

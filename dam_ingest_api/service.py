@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from typing import IO
 
 from dam_core.images import ImageRejected, inspect_image
-from dam_core.messages import UploadMessage, clean_filename, original_key, upload_marker_key, vector_key
+from dam_core.layout import original_key, vector_key
+from dam_core.markers import find_upload, write_marker
+from dam_core.messages import UploadMessage, clean_filename
 from dam_core.queue import QueueError, UploadQueue
 from dam_core.settings import Settings
-from dam_core.store import KeyNotFound, ObjectStore, StoreError
+from dam_core.store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +65,6 @@ def check_image(fp: IO[bytes], settings: Settings):
         return inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
 
 
-def find_upload(store: ObjectStore, asset_id: str) -> UploadMessage | None:
-    """The confirmed upload with this id, if any (its marker holds the message)."""
-    try:
-        return UploadMessage.from_json(store.get(upload_marker_key(asset_id)))
-    except KeyNotFound:
-        return None
-
-
 def accept_upload(
     fp: IO[bytes], filename: str | None, settings: Settings, store: ObjectStore, queue: UploadQueue
 ) -> tuple[bool, dict]:
@@ -85,7 +79,7 @@ def accept_upload(
 
     An original is never deleted here: another request with the same bytes may have been
     answered 202 for this very object. One whose message is never confirmed is an orphan,
-    removed by the periodic sweep (`dam_assets.sweep`) once older than DAM_ORPHAN_GRACE_SECONDS;
+    removed by the periodic sweep (`dam_assets.maintenance.sweep`) once older than DAM_ORPHAN_GRACE_SECONDS;
     re-writing an existing original before publishing restarts that clock.
     """
     info = check_image(fp, settings)
@@ -129,7 +123,7 @@ def accept_upload(
             "send it again (repeating the same file is safe)"
         ) from None
     try:
-        store.put(upload_marker_key(asset_id), message.to_json(), content_type="application/json")
+        write_marker(store, message)
     except StoreError as err:
         # The message is confirmed, so the upload will be processed: answer 202. Without the
         # marker a repeat of these bytes is queued again, which the pipeline deduplicates.
@@ -137,4 +131,4 @@ def accept_upload(
     return True, _body(message, "queued")
 
 
-__all__ = ["accept_upload", "check_image", "find_upload", "ServiceUnavailable", "ImageRejected"]
+__all__ = ["accept_upload", "check_image", "ServiceUnavailable", "ImageRejected"]

@@ -55,9 +55,9 @@ def tick(home: str, step: str, cursor: str | None) -> None:
 
     from dagster import DagsterInstance, build_sensor_context
 
-    from dam_assets.partitions import batches_partitions_def
+    from dam_assets.ingest.partitions import batches_partitions_def
+    from dam_assets.ingest.sensors import upload_queue_sensor
     from dam_assets.resources import DamResource
-    from dam_assets.sensors import upload_queue_sensor
 
     instance = DagsterInstance.local_temp(tempdir=home)
     ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"dam": DamResource()})

@@ -126,7 +126,7 @@ def send_raw(
 def multipart_head(url: str, boundary: str, content_length: int | None, extra: dict | None = None) -> bytes:
     u = urlparse(url)
     lines = [
-        f"POST /upload HTTP/1.1",
+        "POST /upload HTTP/1.1",
         f"Host: {u.hostname}:{u.port}",
         f"Content-Type: multipart/form-data; boundary={boundary}",
     ]

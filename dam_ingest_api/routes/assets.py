@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 
-from dam_core.messages import ID_PATTERN, thumbnail_key
+from dam_core.layout import thumbnail_key
+from dam_core.messages import ID_PATTERN
 from dam_core.store import KeyNotFound, StoreError
 from dam_ingest_api.catalog import BadCursor, Catalog
 from dam_ingest_api.deps import ApiKey, SettingsDep, StoreDep

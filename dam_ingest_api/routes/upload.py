@@ -12,7 +12,12 @@ from starlette.requests import ClientDisconnect
 
 from dam_core.images import ImageRejected
 from dam_ingest_api.deps import ApiKey, QueueDep, SettingsDep, StoreDep
-from dam_ingest_api.multipart import BodyTooLarge, ClientTooSlow, MultiPartException, parse_upload_form
+from dam_ingest_api.multipart import (
+    BodyTooLarge,
+    ClientTooSlow,
+    MultiPartException,
+    parse_upload_form,
+)
 from dam_ingest_api.service import ServiceUnavailable, accept_upload
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """BLIP image captioning: whole batches, greedy by default, loaded once per process.
 
 ``model_id`` is a Hugging Face hub id (``Salesforce/blip-image-captioning-base``) or a local folder
-written by ``save_pretrained`` (for example the tiny models from :mod:`dam_assets.models.tiny`);
+written by ``save_pretrained`` (for example the tiny models from :mod:`dam_models.tiny`);
 both go through the same ``from_pretrained`` code path.
 
 Non-empty captions: unless told otherwise the captioner generates at least one token
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from dam_assets.models.loading import (
+from dam_models.loading import (
     cached,
     dtype_name,
     model_key,
@@ -33,7 +33,12 @@ _WS = re.compile(r"\s+")
 
 
 def _load_blip(model_id: str, device: str, dtype: torch.dtype):
-    from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+    from transformers import (
+        AutoTokenizer,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
 
     # transformers 5 would pick the torchvision-backed fast image processor by default; this
     # project does not ship torchvision, so the PIL one is named explicitly.

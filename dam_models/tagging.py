@@ -18,7 +18,7 @@ def load_vocabulary(path: Path | None = None) -> list[str]:
     text = (
         Path(path).expanduser().read_text(encoding="utf-8")
         if path
-        else resources.files("dam_assets").joinpath("data/tags.txt").read_text(encoding="utf-8")
+        else resources.files("dam_models").joinpath("data/tags.txt").read_text(encoding="utf-8")
     )
     labels, seen = [], set()
     for line in text.splitlines():

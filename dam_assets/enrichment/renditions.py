@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from dam_assets.imaging import Decoded
+from dam_core.imaging import Decoded
 
 THUMBNAIL_LONG_EDGE = 256
 

@@ -18,7 +18,8 @@ from dagster import (
 )
 
 from dam_assets.resources import DamResource
-from dam_core.index import CURRENT_KEY, build_index
+from dam_core.index import build_index
+from dam_core.layout import CURRENT_INDEX_KEY
 from dam_core.table import connect
 
 
@@ -42,7 +43,7 @@ def search_index(dam: DamResource) -> MaterializeResult:
             "model": current["model"] or "",
             # Manifests after this batch may still hold queued uploads (an older batch still running).
             "low_watermark": current["low_watermark"] or "",
-            "pointer": MetadataValue.path(f"{dam.store.describe()}/{CURRENT_KEY}"),
+            "pointer": MetadataValue.path(f"{dam.store.describe()}/{CURRENT_INDEX_KEY}"),
         }
     )
 

@@ -4,7 +4,7 @@ The API never deletes an original in the request path: two requests with the sam
 one object key, and the one that fails to publish cannot know whether the other was just
 answered 202 for that very object. So a failed publish leaves its original behind, and this
 sweep removes it later, once it is surely nobody's: older than the grace period, with no upload
-marker, named by no batch manifest and no table row. Dagster-free; `sweep_sensor` runs it.
+marker, named by no batch manifest and no table row. Dagster-free; the maintenance sensor runs it.
 """
 
 from __future__ import annotations
@@ -15,15 +15,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from dam_core.messages import BatchManifest, is_asset_id, upload_marker_key
+from dam_core.layout import (
+    MARKER_SUFFIX,
+    MARKERS_PREFIX,
+    ORIGINALS_PREFIX,
+    asset_id_of_original,
+    upload_marker_key,
+)
+from dam_core.manifests import batches_after, read_manifest
+from dam_core.messages import is_asset_id
 from dam_core.queue import UploadQueue
 from dam_core.store import KeyNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
-
-ORIGINALS_PREFIX = "assets/"
-MARKERS_PREFIX = "uploads/"
-MANIFESTS_PREFIX = "batches/"
 
 
 @dataclass
@@ -45,18 +49,15 @@ class SweepReport:
 
 
 def _asset_id(key: str) -> str | None:
-    name = key[len(ORIGINALS_PREFIX):]
-    stem = name.split(".", 1)[0]
-    return stem if "/" not in name and is_asset_id(stem) else None
+    stem = asset_id_of_original(key)
+    return stem if "/" not in key[len(ORIGINALS_PREFIX):] and is_asset_id(stem) else None
 
 
 def _manifest_keys(store: ObjectStore) -> set[str]:
     keys: set[str] = set()
-    for mkey in store.list(MANIFESTS_PREFIX):
-        if not mkey.endswith(".json"):
-            continue
+    for batch in batches_after(store):
         try:
-            manifest = BatchManifest.model_validate_json(store.get(mkey))
+            manifest = read_manifest(store, batch)
         except KeyNotFound:
             continue
         keys.update(u.r2_key for u in manifest.uploads)
@@ -93,7 +94,7 @@ def sweep_orphans(
     report.old = len(old)
     if not old:
         return report
-    marked = {k[len(MARKERS_PREFIX):].removesuffix(".json") for k in store.list(MARKERS_PREFIX)}
+    marked = {k[len(MARKERS_PREFIX):].removesuffix(MARKER_SUFFIX) for k in store.list(MARKERS_PREFIX)}
     candidates = [(key, aid) for key, aid in old if aid not in marked]
     report.kept["marker"] = len(old) - len(candidates)
     if not candidates:

@@ -1,12 +1,19 @@
 """The upload-queue sensor: queue -> batch manifests -> dynamic partitions + run requests."""
 
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
 
-from dam_assets.draining import drain, pending_batches
-from dam_assets.jobs import enrich_batch_job
-from dam_assets.partitions import batch_key_time, batches_partitions_def
+from dam_assets.ingest.draining import drain
+from dam_assets.ingest.jobs import enrich_batch_job
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.resources import DamResource
+from dam_core.manifests import batch_key_time, batches_after
 
 MAX_BATCHES_PER_TICK = 50
 
@@ -47,7 +54,7 @@ def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
     # Reconcile: every manifest after the cursor gets its partition and a run. Dagster stores
     # partitions, runs and the cursor only after this returns, so a crash in between leaves
     # manifests after the old cursor: the next tick requests them again; run_key dedups runs.
-    pending = pending_batches(dam.store, context.cursor)
+    pending = list(batches_after(dam.store, context.cursor))
     if not pending:
         return SensorResult(skip_reason=f"queue empty; {report.messages} message(s) handled")
     missing = [k for k in pending if not context.instance.has_dynamic_partition(batches_partitions_def.name, k)]

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 # One conversion for every image path (decode, thumbnails, models); it lives beside the decode.
-from dam_assets.imaging import to_rgb  # noqa: F401  (re-exported for the model classes)
+from dam_core.imaging import to_rgb  # noqa: F401  (re-exported for the model classes)
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from dam_assets.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import batches_partitions_def
 
 # In one process the models load once per run and each image is decoded once for both.
 enrich_batch_job = define_asset_job(

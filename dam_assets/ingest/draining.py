@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from dam_core.messages import BatchManifest, MessageError, UploadMessage, manifest_key
+from dam_core.manifests import is_batch_key, newest_batch, write_manifest
+from dam_core.messages import BatchManifest, MessageError, UploadMessage
 from dam_core.queue import UploadQueue
 from dam_core.store import ObjectStore
-from dam_assets.partitions import is_batch_key, new_batch_key
 
 log = logging.getLogger(__name__)
 
-MANIFEST_PREFIX = "batches/"
 
 
 @dataclass
@@ -22,15 +20,6 @@ class DrainReport:
     batches: list[BatchManifest] = field(default_factory=list)
     messages: int = 0
     dead_lettered: list[str] = field(default_factory=list)
-
-
-def write_manifest(store: ObjectStore, uploads: list[UploadMessage], floor: str | None = None) -> BatchManifest:
-    """Write a new batch manifest under a fresh key that sorts after `floor` (never overwriting another)."""
-    while True:
-        manifest = BatchManifest(batch=new_batch_key(floor=floor), created_at=datetime.now(UTC), uploads=uploads)
-        if store.create(manifest_key(manifest.batch), manifest.to_json(), content_type="application/json"):
-            return manifest
-        floor = manifest.batch  # taken: the next key sorts after it
 
 
 def drain(
@@ -46,7 +35,7 @@ def drain(
 
     Order per batch: take messages, dead-letter the unparseable ones, write the manifest,
     then ack. A crash before the ack redelivers the messages (at-least-once); the manifest,
-    once written, is the truth and is reconciled into a partition by `pending_batches`.
+    once written, is the truth and is reconciled into a partition by the sensor (`batches_after`).
     `floor` is the sensor's cursor: every new key sorts after it, after every manifest
     already written and after each other, whatever the clock does, so none is listed past.
     """
@@ -82,24 +71,3 @@ def drain(
             consumer.ack(good)
             report.messages += len(deliveries)
     return report
-
-
-def pending_batches(store: ObjectStore, after: str | None) -> list[str]:
-    """Batch keys whose manifests sort after `after` (the sensor's cursor), oldest first."""
-    start = manifest_key(after) if after else None
-    keys = []
-    for key in store.list(MANIFEST_PREFIX, start_after=start):
-        name = key[len(MANIFEST_PREFIX):]
-        if name.endswith(".json") and is_batch_key(name[: -len(".json")]):
-            keys.append(name[: -len(".json")])
-    return keys
-
-
-def newest_batch(store: ObjectStore, after: str | None) -> str | None:
-    """The newest manifest's key after `after`, else `after`."""
-    pending = pending_batches(store, after)
-    return pending[-1] if pending else after
-
-
-def read_manifest(store: ObjectStore, batch: str) -> BatchManifest:
-    return BatchManifest.model_validate_json(store.get(manifest_key(batch)))

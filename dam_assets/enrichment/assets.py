@@ -22,27 +22,24 @@ from dagster import (
     multi_asset,
 )
 
-from dam_assets.draining import read_manifest
-from dam_assets.imaging import decode_batch
-from dam_assets.partitions import batches_partitions_def
-from dam_assets.renditions import THUMBNAIL_LONG_EDGE, thumbnail
+from dam_assets.enrichment.renditions import THUMBNAIL_LONG_EDGE, thumbnail
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.resources import DamResource, ModelsResource
-from dam_assets.tagging import load_vocabulary, tag_images
-from dam_core.messages import thumbnail_key, vector_key
+from dam_core.imaging import decode_batch
+from dam_core.layout import (
+    captions_stage_key,
+    embeddings_stage_key,
+    thumbnail_key,
+    vector_key,
+)
+from dam_core.manifests import read_manifest
 from dam_core.settings import Settings, load_settings
 from dam_core.table import write_batch
+from dam_models.tagging import load_vocabulary, tag_images
 
 CAPTIONS = AssetKey("image_captions")
 EMBEDDINGS = AssetKey("image_embeddings")
 THUMBNAILS = AssetKey("image_thumbnails")
-
-
-def captions_stage_key(batch: str) -> str:
-    return f"stages/captions/batch={batch}.json"
-
-
-def embeddings_stage_key(batch: str) -> str:
-    return f"stages/embeddings/batch={batch}.parquet"
 
 
 def caption_code_version(settings: Settings) -> str:

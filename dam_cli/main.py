@@ -262,7 +262,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_models_tiny(args) -> int:
-    from dam_assets.models.tiny import write_tiny_models
+    from dam_models.tiny import write_tiny_models
 
     blip, clip = write_tiny_models(Path(args.dir))
     print(f"export DAM_CAPTION_MODEL={blip}\nexport DAM_EMBEDDING_MODEL={clip}")

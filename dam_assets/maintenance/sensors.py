@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
+from dam_assets.maintenance.sweep import sweep_orphans
 from dam_assets.resources import DamResource
-from dam_assets.sweep import sweep_orphans
 
 SWEEP_INTERVAL_SECONDS = 900
 SWEEP_BUDGET_SECONDS = 40  # under the daemon's 60 s limit for one sensor evaluation

@@ -191,7 +191,13 @@ def _write_blip(target: Path, vocab_dir: Path) -> Path:
 
 
 def _write_clip(target: Path, vocab_dir: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=TEXT_MAX_POSITIONS)
     vocab = tokenizer.get_vocab()

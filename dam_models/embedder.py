@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dam_assets.models.loading import (
+from dam_models.loading import (
     cached,
     dtype_name,
     model_key,
@@ -25,7 +25,12 @@ from dam_assets.models.loading import (
 
 
 def _load_clip(model_id: str, device: str, dtype: torch.dtype):
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+    )
 
     # Named explicitly: transformers 5 defaults to the torchvision-backed image processor.
     processor = CLIPProcessor(

@@ -1,0 +1,69 @@
+"""Every object key and prefix in the store: the README's "Output layout", in one place.
+
+Keys are built from content ids and batch keys only, never from user input.
+"""
+
+from __future__ import annotations
+
+ORIGINALS_PREFIX = "assets/"
+MANIFESTS_PREFIX = "batches/"
+MANIFEST_SUFFIX = ".json"
+VECTORS_PREFIX = "vectors/"
+THUMBNAILS_PREFIX = "thumbnails/"
+MARKERS_PREFIX = "uploads/"
+MARKER_SUFFIX = ".json"
+STAGES_PREFIX = "stages/"
+TABLE_PREFIX = "metadata/assets/"
+INDEX_PREFIX = "index/"
+CURRENT_INDEX_KEY = f"{INDEX_PREFIX}CURRENT.json"
+
+
+def original_key(asset_id: str, ext: str) -> str:
+    """An uploaded original: `assets/{id}{ext}`."""
+    return f"{ORIGINALS_PREFIX}{asset_id}{ext}"
+
+
+def asset_id_of_original(key: str) -> str:
+    """The id part of an original's key (`assets/{id}.jpg` -> `{id}`)."""
+    return key[len(ORIGINALS_PREFIX):].split(".", 1)[0]
+
+
+def manifest_key(batch: str) -> str:
+    """A batch manifest, written before the queue is acked."""
+    return f"{MANIFESTS_PREFIX}{batch}{MANIFEST_SUFFIX}"
+
+
+def vector_key(asset_id: str) -> str:
+    """The CLIP embedding of one image, in the seed's JSON format."""
+    return f"{VECTORS_PREFIX}{asset_id}.json"
+
+
+def thumbnail_key(asset_id: str) -> str:
+    return f"{THUMBNAILS_PREFIX}{asset_id}.webp"
+
+
+def upload_marker_key(asset_id: str) -> str:
+    """Written once an upload's message is confirmed: the same bytes again are a duplicate."""
+    return f"{MARKERS_PREFIX}{asset_id}{MARKER_SUFFIX}"
+
+
+def captions_stage_key(batch: str) -> str:
+    return f"{STAGES_PREFIX}captions/batch={batch}.json"
+
+
+def embeddings_stage_key(batch: str) -> str:
+    return f"{STAGES_PREFIX}embeddings/batch={batch}.parquet"
+
+
+def table_key(batch: str) -> str:
+    """Each batch owns one table file; re-running the batch overwrites it, never appends."""
+    return f"{TABLE_PREFIX}batch={batch}/part-0.parquet"
+
+
+def index_version_prefix(version: str) -> str:
+    return f"{INDEX_PREFIX}{version}/"
+
+
+def index_file_key(version: str, name: str) -> str:
+    """A file of one search-index snapshot: `index/{version}/{name}`."""
+    return f"{index_version_prefix(version)}{name}"
