@@ -188,9 +188,9 @@ def _bert_vocab(size: int) -> list[str]:
 
 
 def _clip_vocab(size: int) -> tuple[dict[str, int], list[str]]:
-    from dam_models.tiny import _clip_vocab_and_merges
+    from dam_models.tiny import clip_vocab_and_merges
 
-    vocab, merges = _clip_vocab_and_merges()
+    vocab, merges = clip_vocab_and_merges()
     specials = ("<|startoftext|>", "<|endoftext|>")
     for s in specials:
         vocab.pop(s, None)
@@ -330,7 +330,7 @@ class CpuMonitor:
         self.t0 = time.perf_counter()
         self.j0 = _cpu_jiffies()
         self.own0 = self._own()
-        self.p0 = {p: _pid_cpu(p) for p in self.pids + self.broker_pids}
+        self.p0 = {p: pid_cpu(p) for p in self.pids + self.broker_pids}
 
     @staticmethod
     def _own() -> float:
@@ -346,8 +346,8 @@ class CpuMonitor:
         cores = os.cpu_count() or 1
         busy_cores = cores * busy / total if total else 0.0
         own = self._own() - self.own0
-        own += sum(max(0.0, (_pid_cpu(p) or 0.0) - (self.p0.get(p) or 0.0)) for p in self.pids)
-        broker = sum(max(0.0, (_pid_cpu(p) or 0.0) - (self.p0.get(p) or 0.0)) for p in self.broker_pids)
+        own += sum(max(0.0, (pid_cpu(p) or 0.0) - (self.p0.get(p) or 0.0)) for p in self.pids)
+        broker = sum(max(0.0, (pid_cpu(p) or 0.0) - (self.p0.get(p) or 0.0)) for p in self.broker_pids)
         own_c, broker_c = (own / wall, broker / wall) if wall else (0.0, 0.0)
         out = {
             "wall_s": round(wall, 2),
@@ -360,7 +360,7 @@ class CpuMonitor:
         return out
 
 
-def _pid_cpu(pid: int) -> float | None:
+def pid_cpu(pid: int) -> float | None:
     """CPU seconds (user + system, all threads) of a live process."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,17 +42,17 @@ def attention(cap, n=8, reps=3) -> dict:
     import torch
     from transformers.models.blip.modeling_blip import BlipAttention
 
-    from dam_models.captioner import _sdpa_attention_forward
+    from dam_models.captioner import use_sdpa_vision_attention
 
     pv = torch.randn(n, 3, 384, 384)
     mods = [m for m in cap.model.vision_model.modules() if isinstance(m, BlipAttention)]
 
     def mode(sdpa: bool):
-        for m in mods:
-            if sdpa:
-                m.forward = types.MethodType(_sdpa_attention_forward, m)
-            else:
-                m.__dict__.pop("forward", None)
+        if sdpa:
+            use_sdpa_vision_attention(cap.model)
+        else:
+            for m in mods:
+                m.__dict__.pop("forward", None)  # back to the class's eager forward
 
     res = {"eager": [], "sdpa": []}
     cpu_s = {"eager": [], "sdpa": []}

@@ -70,13 +70,13 @@ def _fold(raw: Path, top: int = 25) -> str:
 def upload(out: Path) -> str:
     from bench.upload import (
         RABBIT_URL,
-        _clean_env,
-        _delete_queues,
-        _start_server,
-        _stop,
-        _wait_http,
+        clean_env,
+        delete_queues,
         free_port,
         make_images,
+        start_server,
+        stop_server,
+        wait_http,
     )
 
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -87,9 +87,9 @@ def upload(out: Path) -> str:
         make_images(tmp / "images", 8)
         queue = f"bench-prof-{uuid.uuid4().hex[:8]}"
         port = free_port()
-        proc = _start_server("api", port, _clean_env({"DAM_DATA_DIR": str(tmp / "data"), "AMQP_URL": RABBIT_URL, "DAM_QUEUE": queue}))
+        proc = start_server("api", port, clean_env({"DAM_DATA_DIR": str(tmp / "data"), "AMQP_URL": RABBIT_URL, "DAM_QUEUE": queue}))
         try:
-            _wait_http(f"http://127.0.0.1:{port}/readyz", 60, proc)
+            wait_http(f"http://127.0.0.1:{port}/readyz", 60, proc)
             lg = subprocess.Popen(
                 [sys.executable, "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}/upload", "--images",
                  str(tmp / "images"), "--duration", "14", "--warmup", "1"], stdout=subprocess.PIPE, text=True,
@@ -100,8 +100,8 @@ def upload(out: Path) -> str:
                             "--threads", "--nonblocking", "-o", str(raw)], capture_output=True, timeout=60)
             load = lg.communicate(timeout=60)[0].strip()
         finally:
-            _stop(proc)
-            _delete_queues([queue, f"{queue}.dead"])
+            stop_server(proc)
+            delete_queues([queue, f"{queue}.dead"])
     text = f"load during the profile: {load}\n\n" + (_fold(raw) if raw.exists() else "py-spy wrote nothing")
     (out / "upload_pyspy.txt").write_text(text)
     return text

@@ -110,10 +110,9 @@ def search_section(results: dict) -> str:
     search = results.get("benchmarks", {}).get("search")
     if not search or "error" in search:
         return ""
-    from bench.run import SEARCH_PREAMBLE
-    from bench.search import markdown as search_markdown
+    from bench.search import PREAMBLE, markdown
 
-    return "## 4. Search (issue: finding images)\n\n" + SEARCH_PREAMBLE + "\n\n" + search_markdown(search) + "\n"
+    return "## 4. Search (issue: finding images)\n\n" + PREAMBLE + "\n\n" + markdown(search) + "\n"
 
 
 def render(results: dict, levers: dict | None = None) -> str:

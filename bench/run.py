@@ -18,12 +18,6 @@ from bench.fixtures import machine, other_load
 
 BENCHMARKS = ("enrichment", "upload", "scale", "search")
 HERE = Path(__file__).resolve().parent
-SEARCH_PREAMBLE = (
-    "Random unit 512-d vectors written as an index version, served by `dam api` (full-size CLIP text "
-    "encoder, random weights), timed over HTTP from another process; recall@10 against brute force. "
-    "Targets: `/search` p50 < 50 ms at 1,000,000 vectors with recall@10 >= 0.95; `GET /assets/{id}` "
-    "p99 < 20 ms at 100,000 rows."
-)
 
 
 def log(msg: str) -> None:

@@ -269,7 +269,7 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
     # no union_by_name (every batch file has write_batch's schema, so DuckDB need not open every
     # footer at bind time), and additionally a dedup view that keeps embeddings out of the window sort.
     for key, dedup, what in (
-        ("assets_variant", _ASSETS_VIEW_SAME, "read_parquet without union_by_name (same `assets` view)"),
+        ("assets_variant", product_assets_view(settings), "read_parquet without union_by_name (same `assets` view)"),
         ("assets_variant_antijoin", _DEDUP_ANTI_JOIN, "no union_by_name + `assets` deduplicated by NOT EXISTS"),
     ):
         variant = {"connect": [], "query": [], "total": []}
@@ -301,7 +301,16 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
     return out
 
 
-from dam_core.table import _ASSETS_VIEW as _ASSETS_VIEW_SAME  # noqa: E402  (the product's own view)
+def product_assets_view(settings) -> str:
+    """The product's `assets` view, as DuckDB stored it when dam_core.table.connect created it."""
+    from dam_core.table import connect
+
+    con = connect(settings)
+    try:
+        return con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'assets'").fetchone()[0]
+    finally:
+        con.close()
+
 
 _DEDUP_ANTI_JOIN = """
 CREATE OR REPLACE VIEW assets AS

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from bench.fixtures import (
     CpuMonitor,
-    _pid_cpu,
     broker_pids,
     jpeg,
     photo_like,
+    pid_cpu,
     pid_peak_rss_mb,
     pid_rss_mb,
 )
@@ -46,7 +46,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -65,14 +65,14 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise RuntimeError(f"{url} did not answer 200 within {timeout}s (last: {last})")
 
 
-def _clean_env(extra: dict) -> dict:
+def clean_env(extra: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not (k.startswith(("R2_", "DAM_")) or k == "AMQP_URL")}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
 
 
-def _delete_queues(names: list[str]) -> None:
+def delete_queues(names: list[str]) -> None:
     import pika
 
     conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
@@ -160,7 +160,7 @@ class Proxy:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.netem", "--listen", f"127.0.0.1:{self.port}",
              "--target", f"{target[0]}:{target[1]}", "--delay-ms", str(1000 * one_way_s)],
-            env=_clean_env({}), stderr=subprocess.DEVNULL,
+            env=clean_env({}), stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -187,7 +187,7 @@ class MotoServer:
     def __init__(self):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.upload", "moto", str(self.port)], env=_clean_env({}),
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.upload", "moto", str(self.port)], env=clean_env({}),
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -236,7 +236,7 @@ def _moto_main(port: int) -> int:
 # ----------------------------------------------------------------------------- one server run
 
 
-def _start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
+def start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
     bindir = Path(sys.executable).parent
     if kind == "api":
         cmd = [str(bindir / "dam"), "api", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -245,7 +245,7 @@ def _start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _stop(proc: subprocess.Popen) -> str:
+def stop_server(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -270,23 +270,23 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
         if s3_endpoint:
             extra["R2_ENDPOINT"] = s3_endpoint
     port = free_port()
-    proc = _start_server(kind, port, _clean_env(extra))
+    proc = start_server(kind, port, clean_env(extra))
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(base + "/healthz", 90, proc)
+        wait_http(base + "/healthz", 90, proc)
         if kind == "api":
-            _wait_http(base + "/readyz", 90, proc)
+            wait_http(base + "/readyz", 90, proc)
         rss_start = pid_rss_mb(proc.pid)
         own = [proc.pid] + ([moto.proc.pid] if backend == "s3" else []) + list(extra_pids or [])
         mon = CpuMonitor(pids=own, broker_pids=broker_pids())
-        server_cpu0 = _pid_cpu(proc.pid)
+        server_cpu0 = pid_cpu(proc.pid)
         lg = subprocess.run(
             [sys.executable, "-m", "bench.loadgen", "--url", base + "/upload", "--images", str(images_dir),
              "--concurrency", str(CONCURRENCY), "--duration", str(duration), "--warmup", str(warmup)],
-            stdout=subprocess.PIPE, text=True, timeout=duration + warmup + 180, env=_clean_env({}),
+            stdout=subprocess.PIPE, text=True, timeout=duration + warmup + 180, env=clean_env({}),
         )
         cpu = mon.stop()
-        server_cpu = (_pid_cpu(proc.pid) or 0.0) - (server_cpu0 or 0.0)
+        server_cpu = (pid_cpu(proc.pid) or 0.0) - (server_cpu0 or 0.0)
         if lg.returncode != 0:
             raise RuntimeError(f"load generator exited {lg.returncode}")
         load = json.loads(lg.stdout.strip().splitlines()[-1])
@@ -318,10 +318,10 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
             }
         return result
     finally:
-        err = _stop(proc)
+        err = stop_server(proc)
         if proc.returncode not in (0, -2, -15, None) and err:
             log(f"  server stderr: {err[-500:]}")
-        _delete_queues([queue, f"{queue}.dead"])
+        delete_queues([queue, f"{queue}.dead"])
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -371,7 +371,7 @@ def broker_ceiling(seconds: float) -> dict:
                 "latency_ms_p50": round(1000 * lat[len(lat) // 2], 2), "latency_ms_p99": round(1000 * lat[int(len(lat) * 0.99)], 2)}
     finally:
         q.close()
-        _delete_queues([name, f"{name}.dead"])
+        delete_queues([name, f"{name}.dead"])
 
 
 # ----------------------------------------------------------------------------- run

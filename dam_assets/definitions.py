@@ -1,21 +1,35 @@
-"""The Dagster code location loaded by workspace.yaml."""
+"""The Dagster code location loaded by workspace.yaml: the assets, jobs and sensors, and their resources."""
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor
+from dagster import ConfigurableResource, Definitions, in_process_executor
 
-from dam_assets.enrichment.assets import asset_metadata, image_enrichment, upload_batch
+from dam_assets.config import SETTINGS, SETTINGS_ERROR
+from dam_assets.enrichment.assets import asset_metadata, image_enrichment
+from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.jobs import enrich_batch_job
 from dam_assets.ingest.sensors import upload_queue_sensor
 from dam_assets.maintenance.sensors import orphan_sweep_sensor
 from dam_assets.resources import DamResource, ModelsResource
-from dam_assets.search.assets import search_index, search_index_job, search_index_sensor
+from dam_assets.search.assets import search_index
+from dam_assets.search.jobs import search_index_job
+from dam_assets.search.sensors import search_index_sensor
+from dam_core.settings import Settings
+
+
+def build_resources(settings: Settings, configuration_error: str | None = None) -> dict[str, ConfigurableResource]:
+    """The `dam` and `models` resources from settings; with an error, `dam` refuses to run and says why."""
+    return {
+        "dam": DamResource.from_settings(settings, configuration_error),
+        "models": ModelsResource.from_settings(settings),
+    }
+
 
 defs = Definitions(
     assets=[upload_batch, image_enrichment, asset_metadata, search_index],
     jobs=[enrich_batch_job, search_index_job],
     sensors=[upload_queue_sensor, search_index_sensor, orphan_sweep_sensor],
-    resources={"dam": DamResource(), "models": ModelsResource()},
+    resources=build_resources(SETTINGS, SETTINGS_ERROR),
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,
 )

@@ -1,47 +1,106 @@
-"""Dagster resources built once from the shared settings: the store, the queue, the models."""
+"""The code location's resources: the store, queue and table (`dam`) and the models (`models`)."""
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
-from pydantic import PrivateAttr
+from typing import TYPE_CHECKING, Optional
+
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field, PrivateAttr
 
 from dam_core.queue import UploadQueue, make_queue
-from dam_core.settings import Settings, load_settings
-from dam_core.store import ObjectStore, S3Store, make_store
+from dam_core.settings import Settings, SettingsError
+from dam_core.store import ObjectStore, make_store
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from dam_models.captioner import Captioner
+    from dam_models.embedder import Embedder
+
+
+def _secret(name: str, value) -> Optional[str]:
+    # By name, not value: the UI shows resource config, and an EnvVar shows as its variable.
+    return EnvVar(name) if value is not None else None
+
+
+class _GivenSettings(Settings):
+    """Settings from the values passed in alone: the environment was read once, in dam_assets.config."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_):
+        return (init_settings,)
 
 
 class DamResource(ConfigurableResource):
-    """dam-pipeline's settings, object store and upload queue, configured from the environment."""
+    """The object store, the upload queue and the `assets` table, with the pipeline's limits."""
+
+    r2_endpoint: Optional[str] = Field(description="R2_ENDPOINT; unset: a local folder under data_dir.")
+    r2_bucket: Optional[str] = Field(description="R2_BUCKET")
+    r2_region: str = Field(description="R2_REGION")
+    r2_access_key_id: Optional[str] = Field(description="R2_ACCESS_KEY_ID")
+    r2_secret_access_key: Optional[str] = Field(description="R2_SECRET_ACCESS_KEY")
+    amqp_url: Optional[str] = Field(description="AMQP_URL; unset: the embedded queue under data_dir.")
+    queue_name: str = Field(description="DAM_QUEUE")
+    data_dir: str = Field(description="DAM_DATA_DIR, resolved")
+    near_duplicate: float = Field(description="DAM_NEAR_DUPLICATE")
+    batch_size: int = Field(description="DAM_BATCH_SIZE")
+    sensor_budget_seconds: float = Field(description="DAM_SENSOR_BUDGET_SECONDS")
+    decode_pixel_budget: int = Field(description="DAM_DECODE_PIXEL_BUDGET")
+    orphan_grace_seconds: float = Field(description="DAM_ORPHAN_GRACE_SECONDS")
+    exact_search_max: int = Field(description="DAM_EXACT_SEARCH_MAX")
+    configuration_error: Optional[str] = Field(
+        default=None, description="Why the environment could not be read; when set, nothing runs."
+    )
 
     _settings: Settings | None = PrivateAttr(default=None)
     _store: ObjectStore | None = PrivateAttr(default=None)
     _queue: UploadQueue | None = PrivateAttr(default=None)
 
+    @classmethod
+    def from_settings(cls, s: Settings, configuration_error: str | None = None) -> DamResource:
+        return cls(
+            r2_endpoint=s.r2_endpoint,
+            r2_bucket=s.r2_bucket,
+            r2_region=s.r2_region,
+            r2_access_key_id=_secret("R2_ACCESS_KEY_ID", s.r2_access_key_id),
+            r2_secret_access_key=_secret("R2_SECRET_ACCESS_KEY", s.r2_secret_access_key),
+            amqp_url=_secret("AMQP_URL", s.amqp_url),
+            queue_name=s.dam_queue,
+            data_dir=str(s.data_dir),
+            near_duplicate=s.dam_near_duplicate,
+            batch_size=s.dam_batch_size,
+            sensor_budget_seconds=s.dam_sensor_budget_seconds,
+            decode_pixel_budget=s.dam_decode_pixel_budget,
+            orphan_grace_seconds=s.dam_orphan_grace_seconds,
+            exact_search_max=s.dam_exact_search_max,
+            configuration_error=configuration_error,
+        )
+
     @property
     def settings(self) -> Settings:
+        """These fields as dam_core settings, for the factories the API uses too."""
+        # Only what make_store, make_queue and table.connect read: a setting they start to read
+        # needs a field here, or the pipeline would silently use its default.
+        if self.configuration_error:
+            raise SettingsError(self.configuration_error)
         if self._settings is None:
-            self._settings = load_settings()
+            self._settings = _GivenSettings(
+                r2_endpoint=self.r2_endpoint,
+                r2_bucket=self.r2_bucket,
+                r2_region=self.r2_region,
+                r2_access_key_id=self.r2_access_key_id,
+                r2_secret_access_key=self.r2_secret_access_key,
+                amqp_url=self.amqp_url,
+                dam_queue=self.queue_name,
+                dam_data_dir=self.data_dir,
+                dam_near_duplicate=self.near_duplicate,
+            )
         return self._settings
 
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            s = self.settings
-            if s.uses_s3:
-                from dagster_aws.s3 import S3Resource
-
-                client = S3Resource(
-                    endpoint_url=s.r2_endpoint,
-                    region_name=s.r2_region,
-                    aws_access_key_id=s.r2_access_key_id.get_secret_value() if s.r2_access_key_id else None,
-                    aws_secret_access_key=(
-                        s.r2_secret_access_key.get_secret_value() if s.r2_secret_access_key else None
-                    ),
-                    max_attempts=3,
-                ).get_client()
-                self._store = S3Store(client, s.r2_bucket, s.r2_endpoint)
-            else:
-                self._store = make_store(s)
+            self._store = make_store(self.settings)
         return self._store
 
     @property
@@ -50,36 +109,51 @@ class DamResource(ConfigurableResource):
             self._queue = make_queue(self.settings)
         return self._queue
 
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the `assets` views over the table."""
+        from dam_core.table import connect
+
+        return connect(self.settings)
+
 
 class ModelsResource(ConfigurableResource):
-    """Which captioning and embedding models run, where, and how; loaded once per process."""
+    """The captioning and embedding models and the tag vocabulary; weights load once per process."""
 
-    caption_model: str = ""
-    embedding_model: str = ""
-    device: str = ""
-    dtype: str = ""
-    caption_max_tokens: int = 0
+    caption_model: str = Field(description="DAM_CAPTION_MODEL: a hub id or a local folder.")
+    embedding_model: str = Field(description="DAM_EMBEDDING_MODEL: a hub id or a local folder.")
+    device: str = Field(description="DAM_DEVICE")
+    dtype: str = Field(description="DAM_DTYPE")
+    caption_max_tokens: int = Field(description="DAM_CAPTION_MAX_TOKENS")
+    tags_file: Optional[str] = Field(description="DAM_TAGS_FILE; unset: the list shipped in dam_models.")
+    tag_threshold: float = Field(description="DAM_TAG_THRESHOLD")
+    tags_top_k: int = Field(description="DAM_TAGS_TOP_K")
 
-    def _resolved(self) -> Settings:
-        return load_settings()
+    @classmethod
+    def from_settings(cls, s: Settings) -> ModelsResource:
+        return cls(
+            caption_model=s.dam_caption_model,
+            embedding_model=s.dam_embedding_model,
+            device=s.dam_device,
+            dtype=s.dam_dtype,
+            caption_max_tokens=s.dam_caption_max_tokens,
+            tags_file=str(s.dam_tags_file) if s.dam_tags_file else None,
+            tag_threshold=s.dam_tag_threshold,
+            tags_top_k=s.dam_tags_top_k,
+        )
 
-    def captioner(self):
+    def captioner(self) -> Captioner:
         from dam_models.captioner import get_captioner
 
-        s = self._resolved()
         return get_captioner(
-            self.caption_model or s.dam_caption_model,
-            device=self.device or s.dam_device,
-            dtype=self.dtype or s.dam_dtype,
-            max_new_tokens=self.caption_max_tokens or s.dam_caption_max_tokens,
+            self.caption_model, device=self.device, dtype=self.dtype, max_new_tokens=self.caption_max_tokens
         )
 
-    def embedder(self):
+    def embedder(self) -> Embedder:
         from dam_models.embedder import get_embedder
 
-        s = self._resolved()
-        return get_embedder(
-            self.embedding_model or s.dam_embedding_model,
-            device=self.device or s.dam_device,
-            dtype=self.dtype or s.dam_dtype,
-        )
+        return get_embedder(self.embedding_model, device=self.device, dtype=self.dtype)
+
+    def vocabulary(self) -> list[str]:
+        from dam_models.tagging import load_vocabulary
+
+        return load_vocabulary(self.tags_file)

@@ -7,16 +7,19 @@ import sys
 
 from dagster import DagsterInstance, build_sensor_context, materialize
 
-from dam_assets.enrichment.assets import asset_metadata, image_enrichment, upload_batch
+from dam_assets.definitions import build_resources
+from dam_assets.enrichment.assets import asset_metadata, image_enrichment
+from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.ingest.sensors import upload_queue_sensor
-from dam_assets.resources import DamResource, ModelsResource
+from dam_core.settings import load_settings
 
 BATCH_ASSETS = [upload_batch, image_enrichment, asset_metadata]
 
 
 def resources() -> dict:
-    return {"dam": DamResource(), "models": ModelsResource()}
+    """The code location's resources, built from the environment as it is now."""
+    return build_resources(load_settings())
 
 
 def tick(instance: DagsterInstance, cursor: str | None = None):

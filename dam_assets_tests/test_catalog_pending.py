@@ -9,10 +9,9 @@ import pytest
 from dagster import materialize
 from fastapi.testclient import TestClient
 
-from dam_assets.resources import DamResource
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes
-from dam_assets_tests.pipeline_harness import materialize_batch, tick
+from dam_assets_tests.pipeline_harness import materialize_batch, resources, tick
 from dam_core.layout import CURRENT_INDEX_KEY
 from dam_core.store import make_store
 from dam_ingest_api.main import create_app
@@ -38,7 +37,7 @@ def drain(instance, cursor: str | None) -> tuple[str, str]:
 
 
 def build_index(instance, *apps) -> None:
-    materialize([search_index], instance=instance, resources={"dam": DamResource()})
+    materialize([search_index], instance=instance, resources=resources())
     for app in apps:
         app.state.catalog.index.refresh()
 
@@ -100,7 +99,7 @@ def test_manifest_cache_holds_only_manifests_after_the_low_watermark(env, instan
 
         def check(expected_low: str) -> None:
             listed(client)  # the listing is what fills the cache
-            assert set(catalog._manifests) <= {b for b in batches if b > expected_low}
+            assert catalog.pending.cached_batches <= {b for b in batches if b > expected_low}
             seen.append((expected_low, catalog.snapshot, json.loads(store.get(CURRENT_INDEX_KEY))))
 
         for round_, materialize_it in enumerate([True, False, True, True]):
@@ -113,13 +112,13 @@ def test_manifest_cache_holds_only_manifests_after_the_low_watermark(env, instan
             # The second batch stalls: the low watermark stays on the first; the cache may hold
             # the stalled batch and the indexed ones after it, never the first.
             check(batches[0])
-        assert batches[1] in catalog._manifests
+        assert batches[1] in catalog.pending.cached_batches
         assert listed(client) == {**dict.fromkeys(ids, "processed"), ids[1]: "queued"}
 
         materialize_batch(instance, batches[1])
         build_index(instance, app)
         check(batches[-1])
-        assert catalog._manifests == {}
+        assert catalog.pending.cached_batches == set()
         assert listed(client) == dict.fromkeys(ids, "processed")
         # The API and the pointer agree with the low watermark the test expects at every step.
         for expected, snapshot, pointer in seen:

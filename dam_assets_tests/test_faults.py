@@ -30,7 +30,7 @@ from dagster import DagsterInstance, materialize
 from fastapi.testclient import TestClient
 
 from dam_assets.ingest.partitions import batches_partitions_def
-from dam_assets.resources import DamResource, ModelsResource
+from dam_assets.resources import DamResource
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.faults.proxy import TcpProxy
 from dam_assets_tests.faults.server import serve
@@ -38,11 +38,13 @@ from dam_assets_tests.pipeline_harness import (
     BATCH_ASSETS,
     dam_sql,
     materialize_batch,
+    resources,
     tick,
 )
 from dam_core.layout import upload_marker_key
 from dam_core.messages import UploadMessage
 from dam_core.queue import EmbeddedQueue, RabbitQueue, make_queue
+from dam_core.settings import load_settings
 from dam_core.store import LocalStore, StoreError, make_store
 from dam_core.table import connect
 from dam_ingest_api.main import create_app
@@ -416,7 +418,7 @@ def _arm(prefix: str, nth: int, times: int, how: str) -> None:
 def _materialize_flaky(instance, batch):
     return materialize(
         BATCH_ASSETS, partition_key=batch, instance=instance,
-        resources={"dam": FlakyDamResource(), "models": ModelsResource()}, raise_on_error=False,
+        resources={**resources(), "dam": FlakyDamResource.from_settings(load_settings())}, raise_on_error=False,
     )
 
 

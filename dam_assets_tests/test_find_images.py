@@ -14,10 +14,9 @@ from dagster import materialize
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dam_assets.resources import DamResource
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
-from dam_assets_tests.pipeline_harness import run_pending
+from dam_assets_tests.pipeline_harness import resources, run_pending
 from dam_core.queue import make_queue
 from dam_core.store import make_store
 from dam_core.table import connect
@@ -35,7 +34,7 @@ def post(client, data, name="x.jpg"):
 
 
 def build_index(instance):
-    materialize([search_index], instance=instance, resources={"dam": DamResource()})
+    materialize([search_index], instance=instance, resources=resources())
 
 
 def edited_copy(data: bytes) -> bytes:
@@ -246,6 +245,10 @@ def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instanc
         build_index(instance)
         app.state.catalog.index.refresh()
         assert app.state.catalog.snapshot.hnsw is not None
+        # The graph loaded from the store searches as wide as the one that was built.
+        from dam_core.index import HNSW_EXPANSION_SEARCH
+
+        assert app.state.catalog.snapshot.hnsw.expansion_search == HNSW_EXPANSION_SEARCH
         sim = client.get(f"/assets/{first['id']}/similar", params={"k": 3}).json()["items"]
         assert [s["id"] for s in sim][0] == edit["id"] and first["id"] not in [s["id"] for s in sim]
         assert len(client.get("/search", params={"q": "red", "k": 10}).json()["items"]) == 4

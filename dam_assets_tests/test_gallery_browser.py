@@ -10,10 +10,9 @@ import pytest
 import uvicorn
 from dagster import DagsterInstance, materialize
 
-from dam_assets.resources import DamResource
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
-from dam_assets_tests.pipeline_harness import run_pending
+from dam_assets_tests.pipeline_harness import resources, run_pending
 from dam_ingest_api.main import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,7 +42,7 @@ def served(make_settings, tiny_models, tmp_path):
 
         def process():
             run_pending(instance)
-            materialize([search_index], instance=instance, resources={"dam": DamResource()})
+            materialize([search_index], instance=instance, resources=resources())
 
         process()
         yield base, process, tmp_path

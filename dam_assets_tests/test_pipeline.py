@@ -171,14 +171,19 @@ def test_write_manifest_never_overwrites(env):
 
 
 def test_changing_caption_model_changes_code_version(make_settings, monkeypatch):
+    import dam_assets.config as config_module
     import dam_assets.enrichment.assets as assets_module
 
+    def load():  # a code location (re)loading: settings read once, then the definitions
+        importlib.reload(config_module)
+        return importlib.reload(assets_module)
+
     make_settings(DAM_CAPTION_MODEL="Salesforce/blip-image-captioning-base")
-    before = importlib.reload(assets_module).image_enrichment.code_versions_by_key
+    before = load().image_enrichment.code_versions_by_key
     monkeypatch.setenv("DAM_CAPTION_MODEL", "Salesforce/blip-image-captioning-large")
-    after = importlib.reload(assets_module).image_enrichment.code_versions_by_key
+    after = load().image_enrichment.code_versions_by_key
     monkeypatch.setenv("DAM_CAPTION_MODEL", "Salesforce/blip-image-captioning-base")
-    importlib.reload(assets_module)
+    load()
     cap, emb = assets_module.CAPTIONS, assets_module.EMBEDDINGS
     assert before[cap] != after[cap]
     assert "blip-image-captioning-large" in after[cap]

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from fastapi.testclient import TestClient
 
@@ -240,7 +241,12 @@ def test_production_daemon_killed_mid_batch_recovers_every_upload(
 ):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.prod.yaml", home / "dagster.yaml")
+    # PostgreSQL with runs in the daemon's own process tree (the production instance minus its
+    # Celery workers, whose recovery dam_assets_tests/test_celery_workers.py covers).
+    config = yaml.safe_load((REPO / "dagster.prod.yaml").read_text())
+    config["run_launcher"] = {"module": "dam_assets.launcher", "class": "HealthCheckedRunLauncher"}
+    config["run_monitoring"]["start_timeout_seconds"] = 60  # a local run worker starts in seconds
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
     settings = make_settings(

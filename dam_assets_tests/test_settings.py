@@ -14,17 +14,18 @@ from dam_core.settings import MiB, SettingsError, load_settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_defaults(make_settings):
+def test_defaults(make_settings, monkeypatch, tmp_path):
     make_settings()  # cleans every R2_*, DAM_* and AMQP_URL variable first
     os.environ.pop("DAM_DATA_DIR", None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     s = load_settings()
     assert s.r2_endpoint is None and s.r2_bucket is None
     assert s.r2_access_key_id is None and s.r2_secret_access_key is None
     assert s.amqp_url is None
     assert not s.uses_s3 and not s.uses_rabbitmq
     assert s.dam_queue == "uploads" and s.dead_letter_queue == "uploads.dead"
-    assert s.dam_data_dir == Path("./.dam")
-    assert s.data_dir == Path(".dam").resolve()
+    assert s.dam_data_dir == s.data_dir == tmp_path / ".local" / "share" / "dam"  # per user, not per cwd
     assert s.dam_max_upload_bytes == 25 * MiB
     assert s.dam_max_files_per_request == 32
     assert s.dam_api_key is None

@@ -115,7 +115,7 @@ def test_the_sweep_is_a_dagster_sensor_that_removes_orphans(make_settings, insta
     from dagster import DefaultSensorStatus, SkipReason, build_sensor_context
 
     from dam_assets.definitions import defs
-    from dam_assets.resources import DamResource
+    from dam_assets_tests.pipeline_harness import resources
 
     settings = make_settings(DAM_ORPHAN_GRACE_SECONDS="60")
     store = make_store(settings)
@@ -127,6 +127,6 @@ def test_the_sweep_is_a_dagster_sensor_that_removes_orphans(make_settings, insta
 
     sensor = defs.resolve_sensor_def("orphan_sweep_sensor")
     assert sensor.default_status == DefaultSensorStatus.RUNNING and "orphan" in sensor.description
-    result = sensor(build_sensor_context(instance=instance, resources={"dam": DamResource()}))
+    result = sensor(build_sensor_context(instance=instance, resources=resources()))
     assert isinstance(result, SkipReason) and "removed 1 orphan" in result.skip_message, result
     assert list(store.list("assets/")) == [f"assets/{marked}.jpg"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import IO
@@ -17,6 +18,17 @@ FORMATS: dict[str, tuple[str, str]] = {
     "TIFF": ("image/tiff", ".tiff"),
     "BMP": ("image/bmp", ".bmp"),
 }
+
+
+@functools.cache
+def file_suffixes() -> frozenset[str]:
+    """Every file-name suffix Pillow registers for FORMATS (.jpg, .jpeg, .jpe, .tif, ...), lower case.
+
+    Only for picking image files out of folders: the type of an upload still comes from its bytes.
+    """
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS)
+
+
 # The signatures of the formats above: bytes that start like one of them but that Pillow cannot
 # identify are a damaged image (422), not a file of the wrong kind (415).
 _MAGIC: tuple[tuple[int, bytes], ...] = (

@@ -74,8 +74,8 @@ def build_index(
     cols = ", ".join(ITEM_COLUMNS)
     where = "" if model is None else "WHERE embedding_model = $model OR embedding IS NULL"
     params = {} if model is None else {"model": model}
-    table: pa.Table = con.execute(
-        f"SELECT {cols}, embedding FROM assets {where} ORDER BY uploaded_at DESC, id", params
+    table: pa.Table = con.sql(
+        f"SELECT {cols}, embedding FROM assets {where} ORDER BY uploaded_at DESC, id", params=params
     ).to_arrow_table()
     if model is None:
         # Vectors are comparable only within one model: index the newest row's model.
@@ -184,11 +184,15 @@ def write_index(
     return current
 
 
+HNSW_EXPANSION_SEARCH = 96
+
+
 def _new_hnsw(dim: int):
     from usearch.index import Index
 
-    # f16 storage halves memory; recall@10 stays above 0.95 at these settings (see bench/).
-    return Index(ndim=dim, metric="cos", dtype="f16", connectivity=16, expansion_add=128, expansion_search=96)
+    # f16 storage halves memory. HNSW is used only above DAM_EXACT_SEARCH_MAX; its recall is
+    # measured by `python -m bench.search` (bench/RESULTS.md), not assumed.
+    return Index(ndim=dim, metric="cos", dtype="f16", connectivity=16, expansion_add=128, expansion_search=HNSW_EXPANSION_SEARCH)
 
 
 def _prune(store: ObjectStore, keep: set[str]) -> None:
@@ -340,6 +344,9 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
             with open(path, "wb") as f:
                 f.write(store.get(index_file_key(version, "hnsw.usearch")))
             hnsw = Index.restore(path)
+        # A saved graph does not keep its search-time expansion: restored, it searches at
+        # usearch's default (64) and recall drops (0.55 vs 0.67 at 20k clustered vectors).
+        hnsw.expansion_search = HNSW_EXPANSION_SEARCH
     return Snapshot(
         version=version,
         model=current.get("model"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,6 +11,21 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    """Where data lives when DAM_DATA_DIR is unset: $XDG_DATA_HOME/dam, else ~/.local/share/dam.
+
+    One folder per user, not per working directory, so `dam sql` run from any folder reads what
+    `dam dev` wrote. A relative XDG_DATA_HOME is ignored, as the XDG base directory spec says.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "dam"
+    try:
+        return Path.home() / ".local" / "share" / "dam"
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry (a container's arbitrary uid)
+        return Path(".dam")
 
 
 class SettingsError(RuntimeError):
@@ -34,7 +50,7 @@ class Settings(BaseSettings):
     amqp_url: SecretStr | None = None
     dam_queue: str = Field(default="uploads", min_length=1, max_length=200)
 
-    dam_data_dir: Path = Path("./.dam")
+    dam_data_dir: Path = Field(default_factory=default_data_dir)  # a relative value is from the current folder
     dam_max_upload_bytes: int = Field(default=25 * MiB, gt=0)
     dam_max_files_per_request: int = Field(default=32, gt=0, le=1000)
     dam_max_image_pixels: int = Field(default=100_000_000, gt=0)

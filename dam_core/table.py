@@ -184,7 +184,7 @@ def format_result(rel, fmt: str = "table", max_width: int = 60) -> str:
         return json.dumps([dict(zip(names, r)) for r in rows], default=str, ensure_ascii=False, indent=1)
     if fmt == "csv":
         out = io.StringIO()
-        w = csv.writer(out)
+        w = csv.writer(out, lineterminator="\n")  # the csv module's default is CRLF
         w.writerow(names)
         for r in rows:
             w.writerow([json.dumps(list(v)) if isinstance(v, (list, tuple)) else ("" if v is None else v) for v in r])

@@ -1,18 +1,42 @@
-"""Request dependencies: settings, store, queue and the API-key check."""
+"""Request dependencies: settings, store, queue, catalog, upload slots, the API-key check and a known asset.
+
+Each per-app object is created once by `create_app` (on `app.state`) and reached only through
+these; routes never read `app.state` themselves.
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import APIKeyHeader
 
+from dam_core.messages import ID_PATTERN
 from dam_core.queue import UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
+from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.schemas import AssetItem
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+class UploadSlots:
+    """How many uploads are being read or stored; the route runs on one event loop, so a plain count."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+
+    def try_take(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def give_back(self) -> None:
+        self.active -= 1
 
 
 def get_settings(request: Request) -> Settings:
@@ -27,10 +51,23 @@ def get_queue(request: Request) -> UploadQueue:
     return request.app.state.queue
 
 
-def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
-    supplied: Annotated[str | None, Depends(_api_key_header)],
-) -> None:
+def get_catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def get_upload_slots(request: Request) -> UploadSlots:
+    return request.app.state.upload_slots
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+QueueDep = Annotated[UploadQueue, Depends(get_queue)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
+AssetIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="32 lowercase hex characters")]
+
+
+def require_api_key(settings: SettingsDep, supplied: Annotated[str | None, Depends(_api_key_header)]) -> None:
     """When DAM_API_KEY is set, every protected route needs a matching X-API-Key header."""
     expected = settings.dam_api_key
     if expected is None:
@@ -43,7 +80,13 @@ def require_api_key(
         )
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[ObjectStore, Depends(get_store)]
-QueueDep = Annotated[UploadQueue, Depends(get_queue)]
+def known_asset(asset_id: AssetIdPath, catalog: CatalogDep) -> AssetItem:
+    """The asset with this id, queued ones included; 404 when there is none (422 for a malformed id)."""
+    item = catalog.item(asset_id)
+    if item is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no asset with id {asset_id}")
+    return item
+
+
 ApiKey = Depends(require_api_key)
+KnownAsset = Annotated[AssetItem, Depends(known_asset)]

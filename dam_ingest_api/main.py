@@ -1,4 +1,4 @@
-"""The FastAPI application: `create_app()` wires settings, store and queue into the routes."""
+"""The FastAPI application: `create_app()` wires settings, store, queue and catalog into the routes."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from dam_core.queue import UploadQueue, make_queue
 from dam_core.settings import Settings, get_settings
 from dam_core.store import ObjectStore, StoreError, make_store
 from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.deps import UploadSlots
 from dam_ingest_api.routes import assets, health, page, search, upload
+from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
 
 log = logging.getLogger("dam_ingest_api")
 
@@ -28,6 +29,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Decided here, once, for the process that serves the API; torch is loaded only by the
+        # first text search (see dam_models.set_query_threads for why one thread).
+        import dam_models
+
+        dam_models.set_query_threads(1)
         app.state.catalog.start()
         yield
         app.state.catalog.stop()
@@ -38,6 +44,7 @@ def create_app(
     app.state.store = store or make_store(settings)
     app.state.queue = queue or make_queue(settings)
     app.state.catalog = Catalog(settings, app.state.store)
+    app.state.upload_slots = UploadSlots(settings.dam_max_concurrent_uploads)
 
     origins = [o.strip() for o in settings.dam_cors_origins.split(",") if o.strip()]
     if origins:  # CORS stays off unless configured
@@ -47,86 +54,30 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
-        ]  # no input echo: it may be large or hostile
-        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+        # No input echo: it may be large or hostile.
+        body = ValidationErrorBody(
+            detail="invalid request",
+            errors=[FieldError(loc=list(e.get("loc", ())), msg=e.get("msg", "")) for e in exc.errors()],
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=422)
 
     @app.exception_handler(StoreError)
     async def _store_down(request: Request, exc: StoreError):
         # Any route: a store that fails (network, disk full, permissions) is an outage, not a bug.
         log.warning("object store failed on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": "the object store is unavailable; try again"}, status_code=503, headers={"Retry-After": "5"}
-        )
+        body = ErrorBody(detail="the object store is unavailable; try again")
+        return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        return JSONResponse(ErrorBody(detail="internal error").model_dump(mode="json"), status_code=500)
 
-    # Every status a route can answer is in the schema, with its body: clients (and the fuzz
-    # test) can rely on the document. The upload route lists its own.
-    app.include_router(health.router, responses=_errors({503: "the object store or the queue is unavailable"}))
-    app.include_router(upload.router, responses=_errors({}))
-    app.include_router(
-        assets.router,
-        responses=_errors({
-            400: "a cursor this API did not issue",
-            401: "missing or wrong X-API-Key",
-            404: "no asset with this id, or its bytes are not there yet",
-            409: "the asset has no embedding yet (queued) or failed",
-            503: "the object store is unavailable",
-        }),
-    )
-    app.include_router(
-        search.router,
-        responses=_errors({
-            400: "empty query",
-            401: "missing or wrong X-API-Key",
-            503: "no search index yet, or the store is unavailable",
-        }),
-    )
-    app.include_router(page.router)
-    _document_validation_errors(app)
+    # Every status a route can answer is in the schema, with its body model: clients (and the
+    # fuzz test) can rely on the document. Each router declares its own.
+    for module in (health, upload, assets, search, page):
+        app.include_router(module.router)
     return app
-
-
-class ErrorBody(BaseModel):
-    """Every error answer: a sentence for people, never a traceback."""
-
-    detail: str
-
-
-def _errors(codes: dict[int, str]) -> dict[int, dict]:
-    return {code: {"description": text, "model": ErrorBody} for code, text in codes.items()}
-
-
-def _document_validation_errors(app: FastAPI) -> None:
-    """The schema of a 422 is ours (`_invalid` above), not FastAPI's default list of errors."""
-    generate = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = generate()
-            schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = {
-                "title": "HTTPValidationError",
-                "type": "object",
-                "required": ["detail"],
-                "properties": {
-                    "detail": {"type": "string"},
-                    "errors": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {"loc": {"type": "array"}, "msg": {"type": "string"}},
-                        },
-                    },
-                },
-            }
-        return app.openapi_schema
-
-    app.openapi = openapi
 
 
 def app() -> FastAPI:

@@ -18,6 +18,12 @@ class ClientTooSlow(Exception):
     """The client stopped sending the body."""
 
 
+def max_body_bytes(max_files: int, max_file_bytes: int) -> int:
+    """The largest request body that can hold `max_files` files within their limit."""
+    # Multipart framing adds a few hundred bytes per part; 16 KiB each leaves room for long names.
+    return max_files * (max_file_bytes + 16 * 1024) + 64 * 1024
+
+
 class LimitedMultiPartParser(MultiPartParser):
     """Starlette's parser with a per-file byte limit (Starlette only limits non-file fields)."""
 
@@ -99,15 +105,16 @@ async def parse_upload_form(
     rate_grace_seconds: float = 0,
 ) -> FormData:
     """Parse a multipart body into spooled files, enforcing every limit while reading."""
-    # Multipart framing adds a few hundred bytes per part.
-    max_body = max_files * (max_file_bytes + 16 * 1024) + 64 * 1024
     parser = LimitedMultiPartParser(
         headers,
-        limited_stream(stream, max_body, idle_timeout, deadline_seconds, min_bytes_per_second, rate_grace_seconds),
+        limited_stream(
+            stream, max_body_bytes(max_files, max_file_bytes), idle_timeout,
+            deadline_seconds, min_bytes_per_second, rate_grace_seconds,
+        ),
         max_file_bytes=max_file_bytes,
         max_files=max_files,
     )
     return await parser.parse()
 
 
-__all__ = ["BodyTooLarge", "ClientTooSlow", "MultiPartException", "parse_upload_form"]
+__all__ = ["BodyTooLarge", "ClientTooSlow", "MultiPartException", "max_body_bytes", "parse_upload_form"]

@@ -9,8 +9,8 @@ import threading
 from datetime import UTC, datetime
 from typing import IO
 
-from dam_core.images import ImageRejected, inspect_image
-from dam_core.layout import original_key, vector_key
+from dam_core.images import inspect_image
+from dam_core.layout import original_key
 from dam_core.markers import find_upload, write_marker
 from dam_core.messages import UploadMessage, clean_filename
 from dam_core.queue import QueueError, UploadQueue
@@ -34,22 +34,6 @@ def _sha256(fp: IO[bytes]) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _body(message: UploadMessage, status: str) -> dict:
-    return {
-        "id": message.id,
-        "filename": message.filename,
-        "r2_key": message.r2_key,
-        "vector_key": vector_key(message.id),
-        "mime_type": message.mime_type,
-        "bytes": message.bytes,
-        "sha256": message.sha256,
-        "width": message.width,
-        "height": message.height,
-        "uploaded_at": message.uploaded_at.isoformat(),
-        "status": status,
-    }
-
-
 @functools.lru_cache(maxsize=None)
 def _validation_slots(limit: int) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(limit)
@@ -67,8 +51,8 @@ def check_image(fp: IO[bytes], settings: Settings):
 
 def accept_upload(
     fp: IO[bytes], filename: str | None, settings: Settings, store: ObjectStore, queue: UploadQueue
-) -> tuple[bool, dict]:
-    """Store and queue one file; returns (is_new, body).
+) -> tuple[bool, UploadMessage]:
+    """Store and queue one file; returns (is_new, the upload: this one, or the first of these bytes).
 
     Raises ImageRejected for bad bytes and ServiceUnavailable when a service is down.
     The id is derived from the content: the same bytes map to the same key. Once an
@@ -113,7 +97,7 @@ def accept_upload(
         log.warning("store failed for %s: %s", asset_id, err)
         raise ServiceUnavailable("the object store is unavailable; nothing was queued, try again") from None
     if existing is not None:
-        return False, {**_body(existing, "queued"), "duplicate": True}
+        return False, existing
     try:
         queue.publish(message.to_json())
     except QueueError as err:
@@ -128,7 +112,7 @@ def accept_upload(
         # The message is confirmed, so the upload will be processed: answer 202. Without the
         # marker a repeat of these bytes is queued again, which the pipeline deduplicates.
         log.warning("could not write the upload marker for %s: %s", asset_id, err)
-    return True, _body(message, "queued")
+    return True, message
 
 
-__all__ = ["accept_upload", "check_image", "ServiceUnavailable", "ImageRejected"]
+__all__ = ["ServiceUnavailable", "accept_upload"]

@@ -6,7 +6,36 @@ Submodules import torch/transformers; import them where needed (``dam_models.cap
 
 from __future__ import annotations
 
-__all__ = ["get_captioner", "get_embedder", "write_tiny_models"]
+import sys
+
+__all__ = ["get_captioner", "get_embedder", "set_query_threads", "write_tiny_models"]
+
+_query_threads: int | None = None
+
+
+def set_query_threads(threads: int = 1) -> None:
+    """Declare this process a query server: torch runs each op on `threads` intra-op threads.
+
+    A search query is a few tokens: splitting its matmuls over threads costs more than it saves,
+    and OpenMP threads spinning against the server's request threads (and the broker, and the
+    pipeline on a small machine) made a query 40x slower. torch has no per-call limit:
+    `torch.set_num_threads` sets the count of the calling thread and of every thread that uses
+    torch after it, so in effect the process's. The process that serves queries therefore
+    decides it once, at start-up, and a library never changes it from inside a request. torch is
+    not imported for this: the count applies now when torch is loaded, else when dam_models loads it.
+    """
+    global _query_threads
+    _query_threads = threads
+    if "torch" in sys.modules:
+        apply_query_threads()
+
+
+def apply_query_threads() -> None:
+    """Apply set_query_threads (dam_models.loading calls it once torch is imported)."""
+    if _query_threads is not None:
+        import torch
+
+        torch.set_num_threads(_query_threads)
 
 
 def __getattr__(name: str):

@@ -7,13 +7,18 @@ environment, Dagster resource config and the CLI.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 
 # One conversion for every image path (decode, thumbnails, models); it lives beside the decode.
 from dam_core.imaging import to_rgb  # noqa: F401  (re-exported for the model classes)
+from dam_models import apply_query_threads
+
+apply_query_threads()  # a query server that started before torch was loaded (dam_models.set_query_threads)
 
 T = TypeVar("T")
 
@@ -109,11 +114,43 @@ def cached(key: Hashable, factory: Callable[[], T]) -> T:
         with _cache_lock:
             if key in _cache:
                 return _cache[key]
-        value = factory()
+        _local.depth = getattr(_local, "depth", 0) + 1
+        started = time.perf_counter()
+        try:
+            value = factory()
+        finally:
+            _local.depth -= 1
+        if _local.depth == 0:  # a nested load (model inside its wrapper) is counted once, by the outer one
+            for tracker in getattr(_local, "trackers", ()):
+                tracker.seconds += time.perf_counter() - started
+                tracker.loads += 1
         with _cache_lock:
             _cache[key] = value
             _key_locks.pop(key, None)
         return value
+
+
+class LoadTime:
+    """What `track_loads` saw: seconds spent building cache entries, and how many were built."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.loads = 0
+
+
+_local = threading.local()
+
+
+@contextmanager
+def track_loads() -> Iterator[LoadTime]:
+    """Time the cache loads this thread makes inside the block: 0.0 s and 0 loads when all were warm."""
+    trackers = _local.__dict__.setdefault("trackers", [])
+    tracker = LoadTime()
+    trackers.append(tracker)
+    try:
+        yield tracker
+    finally:
+        trackers.remove(tracker)
 
 
 def clear_cache() -> None:

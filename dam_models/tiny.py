@@ -78,7 +78,8 @@ def _bert_vocab() -> list[str]:
     return out
 
 
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """Byte-level BPE vocab and merges covering WORDS (public: bench builds its full-size CLIP vocab on it)."""
     byte_chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for tok in byte_chars + [c + "</w>" for c in byte_chars]:
@@ -105,7 +106,7 @@ def _write_vocab_files(staging: Path) -> tuple[Path, Path]:
     bert_dir.mkdir(parents=True)
     clip_dir.mkdir(parents=True)
     (bert_dir / "vocab.txt").write_text("\n".join(_bert_vocab()) + "\n", encoding="utf-8")
-    vocab, merges = _clip_vocab_and_merges()
+    vocab, merges = clip_vocab_and_merges()
     (clip_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (clip_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return bert_dir, clip_dir

@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-export DAM_DATA_DIR="${DAM_DATA_DIR:-$PWD/.dam}"
+# The same data folder every `dam` command uses from any directory (dam_core.settings.default_data_dir):
+# $XDG_DATA_HOME/dam, else ~/.local/share/dam, unless DAM_DATA_DIR says otherwise.
+export DAM_DATA_DIR="${DAM_DATA_DIR:-$(python -c 'from dam_core.settings import default_data_dir; print(default_data_dir())')}"
 want_tiny=0
 [ "${1:-}" = "--tiny" ] && { want_tiny=1; shift; }
 if [ $want_tiny = 0 ] && [ -z "${DAM_CAPTION_MODEL:-}" ] && [ -z "${HF_HUB_OFFLINE:-}" ]; then

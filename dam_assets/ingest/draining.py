@@ -14,9 +14,10 @@ from dam_core.store import ObjectStore
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class DrainReport:
+    """What one drain did: the manifests written, messages taken, and why any were dead-lettered."""
+
     batches: list[BatchManifest] = field(default_factory=list)
     messages: int = 0
     dead_lettered: list[str] = field(default_factory=list)

@@ -1,7 +1,4 @@
-"""Ingest batches as dynamic partitions: one partition per drained batch of uploads.
-
-Batch keys (time-sorted, strictly increasing) are made in dam_core.manifests.
-"""
+"""Ingest batches as dynamic partitions, one per drained batch; dam_core.manifests makes the keys."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """The upload-queue sensor: queue -> batch manifests -> dynamic partitions + run requests."""
 
-
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
@@ -13,6 +12,7 @@ from dam_assets.ingest.draining import drain
 from dam_assets.ingest.jobs import enrich_batch_job
 from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.resources import DamResource
+from dam_assets.run_queues import MODELS_QUEUE, QUEUE_TAG
 from dam_core.manifests import batch_key_time, batches_after
 
 MAX_BATCHES_PER_TICK = 50
@@ -29,7 +29,8 @@ def batch_run_tags(batch: str) -> dict[str, str]:
     """
     t = batch_key_time(batch)
     micros = int(t.timestamp()) * 1_000_000 + t.microsecond
-    return {"dam/batch": batch, "dagster/priority": str(-micros)}
+    # On the production instance the run goes to the model workers (dam_assets/celery_launcher.py).
+    return {"dam/batch": batch, "dagster/priority": str(-micros), QUEUE_TAG: MODELS_QUEUE}
 
 
 @sensor(
@@ -40,12 +41,11 @@ def batch_run_tags(batch: str) -> dict[str, str]:
 )
 def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> SensorResult:
     """Drain the queue, then request a run for every manifest after the cursor."""
-    settings = dam.settings
     report = drain(
         dam.queue,
         dam.store,
-        batch_size=settings.dam_batch_size,
-        budget_seconds=settings.dam_sensor_budget_seconds,
+        batch_size=dam.batch_size,
+        budget_seconds=dam.sensor_budget_seconds,
         max_batches=MAX_BATCHES_PER_TICK,
         floor=context.cursor,  # new keys sort after it even if the clock stepped back
     )

@@ -11,15 +11,6 @@ SWEEP_INTERVAL_SECONDS = 900
 SWEEP_BUDGET_SECONDS = 40  # under the daemon's 60 s limit for one sensor evaluation
 
 
-def _table_keys(settings):
-    def keys():
-        from dam_core.table import connect
-
-        return [row[0] for row in connect(settings).execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()]
-
-    return keys
-
-
 @sensor(
     minimum_interval_seconds=SWEEP_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
@@ -31,12 +22,12 @@ def _table_keys(settings):
 )
 def orphan_sweep_sensor(context: SensorEvaluationContext, dam: DamResource) -> SkipReason:
     """One sweep per tick; it requests no runs, the tick's message says what it did."""
-    settings = dam.settings
     report = sweep_orphans(
         dam.store,
-        grace_seconds=settings.dam_orphan_grace_seconds,
+        grace_seconds=dam.orphan_grace_seconds,
         queue=dam.queue,
-        table_keys=_table_keys(settings),
+        # Read only when the sweep has candidates: the whole table is the costliest reference.
+        table_keys=lambda: [r[0] for r in dam.connect().execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()],
         budget_seconds=SWEEP_BUDGET_SECONDS,
     )
     for key in report.deleted:

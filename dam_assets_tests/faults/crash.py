@@ -57,10 +57,10 @@ def tick(home: str, step: str, cursor: str | None) -> None:
 
     from dam_assets.ingest.partitions import batches_partitions_def
     from dam_assets.ingest.sensors import upload_queue_sensor
-    from dam_assets.resources import DamResource
+    from dam_assets_tests.pipeline_harness import resources
 
     instance = DagsterInstance.local_temp(tempdir=home)
-    ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"dam": DamResource()})
+    ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources())
     result = upload_queue_sensor(ctx)
     print(json.dumps({"runs": [r.partition_key for r in result.run_requests or []], "cursor": result.cursor}), flush=True)
     if step == "before_partition":

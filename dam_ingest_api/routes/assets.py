@@ -4,53 +4,65 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 
 from dam_core.layout import thumbnail_key
-from dam_core.messages import ID_PATTERN
-from dam_core.store import KeyNotFound, StoreError
+from dam_core.store import KeyNotFound, ObjectStore, StoreError
 from dam_ingest_api.catalog import BadCursor, Catalog
-from dam_ingest_api.deps import ApiKey, SettingsDep, StoreDep
+from dam_ingest_api.deps import (
+    ApiKey,
+    AssetIdPath,
+    CatalogDep,
+    KnownAsset,
+    SettingsDep,
+    StoreDep,
+    known_asset,
+)
+from dam_ingest_api.schemas import (
+    AssetItem,
+    AssetPage,
+    NearDuplicates,
+    ScoredAsset,
+    SimilarAssets,
+    ValidationErrorBody,
+    errors,
+)
 
-router = APIRouter(tags=["assets"], dependencies=[ApiKey])
+_COMMON = {
+    **errors({401: "missing or wrong X-API-Key", 503: "the object store is unavailable"}),
+    **errors({422: "a malformed id or parameter"}, ValidationErrorBody),
+}
+_UNKNOWN = errors({404: "no asset with this id"})
+_NO_VECTOR = errors({409: "the asset has no embedding yet (queued) or failed"})
+_BYTES = {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
 
-AssetId = Annotated[str, Path(pattern=ID_PATTERN, description="32 lowercase hex characters")]
+router = APIRouter(tags=["assets"], dependencies=[ApiKey], responses=_COMMON)
+
 K = Annotated[int, Query(ge=1, le=1000, description="how many results (1-1000)")]
 
 
-def catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
+@router.get("/assets", responses=errors({400: "a cursor this API did not issue"}))
+def list_assets(
+    catalog: CatalogDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> AssetPage:
+    """Assets newest first, `limit` per page; pass `next` back as `cursor` for the next page."""
+    try:
+        items, nxt = catalog.list(limit, cursor)
+    except BadCursor as err:
+        raise HTTPException(400, str(err)) from None
+    return AssetPage(items=items, next=nxt)
 
 
-def _known(request: Request, asset_id: str) -> dict:
-    item = catalog(request).item(asset_id)
-    if item is None:
-        raise HTTPException(404, f"no asset with id {asset_id}")
+@router.get("/assets/{asset_id}", responses=_UNKNOWN)
+def get_asset(item: KnownAsset) -> AssetItem:
+    """One asset; `status` is queued, processed or error (with the error text)."""
     return item
 
 
-@router.get("/assets")
-def list_assets(
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> dict:
-    """Assets newest first, `limit` per page; pass `next` back as `cursor` for the next page."""
-    try:
-        items, nxt = catalog(request).list(limit, cursor)
-    except BadCursor as err:
-        raise HTTPException(400, str(err)) from None
-    return {"items": items, "next": nxt}
-
-
-@router.get("/assets/{asset_id}")
-def get_asset(request: Request, asset_id: AssetId) -> dict:
-    """One asset; `status` is queued, processed or error (with the error text)."""
-    return _known(request, asset_id)
-
-
-def _bytes(store, key: str, media_type: str, cache: str) -> Response:
+def _bytes(store: ObjectStore, key: str, media_type: str, cache: str) -> Response:
     try:
         data = store.get(key)
     except KeyNotFound:
@@ -63,38 +75,49 @@ def _bytes(store, key: str, media_type: str, cache: str) -> Response:
     )
 
 
-@router.get("/assets/{asset_id}/original", response_class=Response)
-def get_original(request: Request, asset_id: AssetId, store: StoreDep):
+@router.get(
+    "/assets/{asset_id}/original",
+    response_class=Response,
+    responses={200: _BYTES, **errors({404: "no asset with this id, or its original is not there"})},
+)
+def get_original(item: KnownAsset, catalog: CatalogDep, store: StoreDep) -> Response:
     """The uploaded bytes, with the Content-Type detected at upload."""
-    item = _known(request, asset_id)
-    key = catalog(request).original_key(asset_id)
+    key = catalog.original_key(item.id)
     if key is None:
         raise HTTPException(404, "original not found")
-    return _bytes(store, key, item["mime_type"] or "application/octet-stream", "private, max-age=86400, immutable")
+    return _bytes(store, key, item.mime_type or "application/octet-stream", "private, max-age=86400, immutable")
 
 
-@router.get("/assets/{asset_id}/thumbnail", response_class=Response)
-def get_thumbnail(request: Request, asset_id: AssetId, store: StoreDep):
+@router.get(
+    "/assets/{asset_id}/thumbnail",
+    response_class=Response,
+    responses={200: _BYTES, **errors({404: "no asset with this id, or no thumbnail yet"})},
+)
+def get_thumbnail(item: KnownAsset, store: StoreDep) -> Response:
     """A 256 px WebP thumbnail; 404 until the pipeline has made it."""
-    _known(request, asset_id)
-    return _bytes(store, thumbnail_key(asset_id), "image/webp", "private, max-age=3600")
+    return _bytes(store, thumbnail_key(item.id), "image/webp", "private, max-age=3600")
 
 
-@router.get("/assets/{asset_id}/similar")
-def similar(request: Request, asset_id: AssetId, k: K = 10) -> dict:
+# The two routes below look the asset up in the body, not through KnownAsset: a dependency runs
+# before the route's own parameters are checked, and a bad `k` answers 422 even for an unknown id.
+
+
+def _neighbours(catalog: Catalog, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset]:
+    item = known_asset(asset_id, catalog)
+    hits = catalog.similar(asset_id, k, min_score=min_score)
+    if hits is None:
+        raise HTTPException(409, f"asset {asset_id} is {item.status} and has no embedding to compare")
+    return hits
+
+
+@router.get("/assets/{asset_id}/similar", responses={**_UNKNOWN, **_NO_VECTOR})
+def similar(asset_id: AssetIdPath, catalog: CatalogDep, k: K = 10) -> SimilarAssets:
     """The k images most like this one by CLIP embedding, itself left out."""
-    item = _known(request, asset_id)
-    hits = catalog(request).similar(asset_id, k)
-    if hits is None:
-        raise HTTPException(409, f"asset {asset_id} is {item['status']} and has no embedding to compare")
-    return {"items": hits}
+    return SimilarAssets(items=_neighbours(catalog, asset_id, k))
 
 
-@router.get("/assets/{asset_id}/duplicates")
-def duplicates(request: Request, asset_id: AssetId, settings: SettingsDep, k: K = 100) -> dict:
+@router.get("/assets/{asset_id}/duplicates", responses={**_UNKNOWN, **_NO_VECTOR})
+def duplicates(asset_id: AssetIdPath, catalog: CatalogDep, settings: SettingsDep, k: K = 100) -> NearDuplicates:
     """Near duplicates: assets whose embedding cosine with this one is at least DAM_NEAR_DUPLICATE."""
-    item = _known(request, asset_id)
-    hits = catalog(request).similar(asset_id, k, min_score=settings.dam_near_duplicate)
-    if hits is None:
-        raise HTTPException(409, f"asset {asset_id} is {item['status']} and has no embedding to compare")
-    return {"threshold": settings.dam_near_duplicate, "items": hits}
+    hits = _neighbours(catalog, asset_id, k, min_score=settings.dam_near_duplicate)
+    return NearDuplicates(threshold=settings.dam_near_duplicate, items=hits)

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from dam_ingest_api.deps import QueueDep, StoreDep
+from dam_ingest_api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+def healthz() -> Health:
     """The process is up."""
-    return {"status": "ok"}
+    return Health()
 
 
-@router.get("/readyz")
-async def readyz(store: StoreDep, queue: QueueDep):
+@router.get("/readyz", responses={503: {"description": "the object store or the queue is unavailable", "model": Readiness}})
+async def readyz(store: StoreDep, queue: QueueDep, response: Response) -> Readiness:
     """The object store and the queue both answer."""
     checks = {}
     for name, probe in (("store", store.ping), ("queue", queue.ping)):
@@ -28,4 +28,6 @@ async def readyz(store: StoreDep, queue: QueueDep):
         except Exception as err:
             checks[name] = f"unavailable: {type(err).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+    if not ok:
+        response.status_code = 503
+    return Readiness(status="ok" if ok else "unavailable", **checks)

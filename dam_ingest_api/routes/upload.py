@@ -2,60 +2,63 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from dam_core.images import ImageRejected
-from dam_ingest_api.deps import ApiKey, QueueDep, SettingsDep, StoreDep
+from dam_core.queue import UploadQueue
+from dam_core.settings import Settings
+from dam_core.store import ObjectStore
+from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.deps import (
+    ApiKey,
+    CatalogDep,
+    QueueDep,
+    SettingsDep,
+    StoreDep,
+    UploadSlotsDep,
+)
 from dam_ingest_api.multipart import (
     BodyTooLarge,
     ClientTooSlow,
     MultiPartException,
+    max_body_bytes,
     parse_upload_form,
+)
+from dam_ingest_api.schemas import (
+    DuplicateAnswer,
+    ErrorBody,
+    RejectedBatch,
+    RejectedFile,
+    UploadAnswer,
+    UploadBatch,
 )
 from dam_ingest_api.service import ServiceUnavailable, accept_upload
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["upload"])
 
 FILE_FIELDS = ("file", "files")
-READ_IDLE_TIMEOUT = 30.0  # the default of DAM_READ_TIMEOUT_SECONDS
+Outcome = tuple[int, UploadAnswer | RejectedFile]  # the status this file alone gets, and its answer
 
 
-def _error(status: int, detail: str, *, unread_body: bool = False, **extra) -> JSONResponse:
+def _answer(body: BaseModel, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _error(status: int, detail: str, *, unread_body: bool = False) -> JSONResponse:
     headers = {"Retry-After": "5"} if status == 503 else {}
     if unread_body or status in (408, 413):
         headers["Connection"] = "close"  # the rest of the body is never read
-    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers or None)
+    return _answer(ErrorBody(detail=detail), status, headers or None)
 
 
-class _UploadSlots:
-    """How many uploads are being read or stored; the route runs on one event loop, so a plain count."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.active = 0
-
-    def try_take(self) -> bool:
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def give_back(self) -> None:
-        self.active -= 1
-
-
-def _slots(request: Request, settings) -> _UploadSlots:
-    slots = getattr(request.app.state, "upload_slots", None)
-    if slots is None:
-        slots = request.app.state.upload_slots = _UploadSlots(settings.dam_max_concurrent_uploads)
-    return slots
+def _refused(description: str) -> dict:
+    # One file: `{detail}`; several files, none accepted: the batch answer, with `detail` too.
+    return {"description": description, "model": ErrorBody | RejectedBatch}
 
 
 @router.post(
@@ -86,22 +89,34 @@ def _slots(request: Request, settings) -> _UploadSlots:
             },
         }
     },
+    response_model=None,
     responses={
-        400: {"description": "missing or empty file"},
-        401: {"description": "missing or wrong X-API-Key"},
-        408: {"description": "the body stalled, missed the upload deadline, or arrived under the minimum rate"},
-        413: {"description": "file or request over the size limit"},
-        415: {"description": "not an image, or an unsupported format"},
-        422: {"description": "truncated or corrupt image, or a decompression bomb"},
-        503: {"description": "object store or queue unavailable, or too many uploads at once; retry later"},
+        202: {"description": "stored and queued (several files: at least one)", "model": UploadAnswer | UploadBatch},
+        200: {
+            "description": "the same bytes were uploaded before: nothing stored or queued (several files: all were)",
+            "model": DuplicateAnswer | UploadBatch,
+        },
+        400: _refused("missing or empty file, or a malformed body"),
+        401: {"description": "missing or wrong X-API-Key", "model": ErrorBody},
+        408: _refused("the body stalled, missed the upload deadline, or arrived under the minimum rate"),
+        413: _refused("file or request over the size limit, or too many files"),
+        415: _refused("not an image, or an unsupported format"),
+        422: _refused("truncated or corrupt image, or a decompression bomb"),
+        503: _refused("object store or queue unavailable, or too many uploads at once; retry later"),
     },
 )
-async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue: QueueDep):
+async def upload(
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    catalog: CatalogDep,
+    slots: UploadSlotsDep,
+) -> JSONResponse:
     """Store each image and queue it; 202 once the original is stored and the message confirmed."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         return _error(400, "send the image as multipart/form-data in a field named 'file'")
-    slots = _slots(request, settings)
     if not slots.try_take():
         return _error(
             503,
@@ -109,15 +124,18 @@ async def upload(request: Request, settings: SettingsDep, store: StoreDep, queue
             unread_body=True,
         )
     try:
-        return await _upload(request, settings, store, queue)
+        return await _upload(request, settings, store, queue, catalog)
     finally:
         slots.give_back()
 
 
-async def _upload(request: Request, settings, store, queue) -> JSONResponse:
+async def _upload(
+    request: Request, settings: Settings, store: ObjectStore, queue: UploadQueue, catalog: Catalog
+) -> JSONResponse:
     declared = request.headers.get("content-length")
-    max_body = settings.dam_max_files_per_request * (settings.dam_max_upload_bytes + 16 * 1024) + 64 * 1024
-    if declared and declared.isdigit() and int(declared) > max_body:
+    if declared and declared.isdigit() and int(declared) > max_body_bytes(
+        settings.dam_max_files_per_request, settings.dam_max_upload_bytes
+    ):
         return _error(413, f"request body of {declared} bytes is over the limit")
     try:
         form = await parse_upload_form(
@@ -151,48 +169,46 @@ async def _upload(request: Request, settings, store, queue) -> JSONResponse:
                     "(curl -F file=@photo.jpg)",
                 )
             return _error(400, "no file: send the image in a multipart field named 'file'")
-        results = await run_in_threadpool(
-            _accept_all, files, settings, store, queue, getattr(request.app.state, "catalog", None)
-        )
+        outcomes = await run_in_threadpool(_accept_all, files, settings, store, queue, catalog)
     finally:
         await form.close()
 
-    if len(results) == 1:
-        status, body = results[0]
-        if status >= 400:
-            return _error(status, body["detail"])
-        return JSONResponse(body, status_code=status)
-    accepted = [b for s, b in results if s < 400]
-    status = (202 if any(s == 202 for s, _ in results) else 200) if accepted else results[0][0]
-    body = {
-        "accepted": len(accepted),
-        "rejected": len(results) - len(accepted),
-        "items": [b for _, b in results],
-    }
+    if len(outcomes) == 1:
+        status, answer = outcomes[0]
+        if isinstance(answer, RejectedFile):
+            return _error(status, answer.detail)
+        return _answer(answer, status)
+    accepted = [a for s, a in outcomes if s < 400]
+    items = [a for _, a in outcomes]
     if not accepted:
-        body["detail"] = "no file was accepted"
-    return JSONResponse(body, status_code=status)
+        body = RejectedBatch(accepted=0, rejected=len(items), items=items, detail="no file was accepted")
+        return _answer(body, outcomes[0][0])
+    status = 202 if any(s == 202 for s, _ in outcomes) else 200
+    return _answer(UploadBatch(accepted=len(accepted), rejected=len(items) - len(accepted), items=items), status)
 
 
-def _accept_all(files: list[UploadFile], settings, store, queue, catalog=None) -> list[tuple[int, dict]]:
-    out = []
+def _accept_all(
+    files: list[UploadFile], settings: Settings, store: ObjectStore, queue: UploadQueue, catalog: Catalog
+) -> list[Outcome]:
+    out: list[Outcome] = []
     for f in files:
         try:
-            is_new, body = accept_upload(f.file, f.filename, settings, store, queue)
-            if catalog is not None:
-                if is_new:
-                    catalog.note_upload(body)
-                else:
-                    body["status"] = catalog.status(body["id"]) or body["status"]
-            out.append((202 if is_new else 200, body))
+            is_new, upload = accept_upload(f.file, f.filename, settings, store, queue)
         except ImageRejected as err:
             out.append((err.status, _rejected(f.filename, err.status, err.message)))
+            continue
         except ServiceUnavailable as err:
             # Only this file: the others of the request stand or fall on their own.
             out.append((503, _rejected(f.filename, 503, str(err))))
+            continue
+        if is_new:
+            catalog.note_upload(upload)
+            out.append((202, UploadAnswer.of(upload, "queued")))
+        else:
+            out.append((200, DuplicateAnswer.of(upload, catalog.status(upload.id) or "queued")))
     return out
 
 
-def _rejected(filename: str | None, code: int, detail: str) -> dict:
+def _rejected(filename: str | None, code: int, detail: str) -> RejectedFile:
     # `code` tells a client which files to send again (503) and which never to (4xx).
-    return {"filename": filename, "status": "rejected", "code": code, "detail": detail}
+    return RejectedFile(filename=filename, code=code, detail=detail)

@@ -1,0 +1,84 @@
+"""A batch's rows of the `assets` table, from its manifest and stages, and what the checks look at."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from dam_assets.enrichment.stages import (
+    CaptionItem,
+    Captions,
+    EmbeddingItem,
+    Embeddings,
+)
+from dam_core.layout import vector_key
+from dam_core.messages import BatchManifest
+
+MISSING_UPSTREAM = "missing caption or embedding for this image (upstream asset out of date)"
+
+
+def batch_rows(
+    manifest: BatchManifest, captions: Captions, embeddings: Embeddings, processed_at: datetime
+) -> list[dict]:
+    """One row per upload; an image that failed anywhere upstream is a row with `error`, no caption or vector."""
+    rows = []
+    for u in manifest.uploads:
+        c = captions.items.get(u.id, CaptionItem(None))
+        e = embeddings.items.get(u.id, EmbeddingItem(None))
+        error = c.error or e.error
+        if not error and (c.caption is None or e.embedding is None):
+            error = MISSING_UPSTREAM
+        rows.append(
+            {
+                "id": u.id,
+                "filename": u.filename,
+                "r2_key": u.r2_key,
+                "vector_key": vector_key(u.id),
+                "mime_type": u.mime_type,
+                "caption": None if error else c.caption,
+                "embedding": None if error else e.embedding,
+                "width": u.width,
+                "height": u.height,
+                "bytes": u.bytes,
+                "sha256": u.sha256,
+                "uploaded_at": u.uploaded_at,
+                "processed_at": processed_at,
+                "caption_model": captions.model,
+                "embedding_model": embeddings.model,
+                "batch": manifest.batch,
+                "error": error,
+                "tags": None if error else e.tags,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class RowChecks:
+    """What asset_metadata's checks report on one batch's rows."""
+
+    rows: int
+    uploads: int
+    one_per_upload: bool  # the ids are exactly the manifest's, each once
+    duplicates: int
+    invalid_vectors: int  # wrong dimension or not finite
+    empty_captions: int  # rows without an error whose caption is blank
+
+    @classmethod
+    def of(cls, manifest: BatchManifest, rows: list[dict], dim: int) -> RowChecks:
+        ids = [r["id"] for r in rows]
+        expected = {u.id for u in manifest.uploads}
+        return cls(
+            rows=len(ids),
+            uploads=len(expected),
+            one_per_upload=set(ids) == expected and len(ids) == len(expected),
+            duplicates=len(ids) - len(set(ids)),
+            invalid_vectors=sum(
+                1
+                for r in rows
+                if r["embedding"] is not None
+                and (len(r["embedding"]) != dim or not all(math.isfinite(x) for x in r["embedding"]))
+            ),
+            empty_captions=sum(1 for r in rows if r["error"] is None and not (r["caption"] or "").strip()),
+        )

@@ -1,0 +1,32 @@
+"""The batch manifest as an asset: the root of every batch's lineage."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.resources import DamResource
+from dam_core.layout import manifest_key
+from dam_core.manifests import read_manifest
+
+PREVIEW_ROWS = 20
+
+
+@asset(
+    partitions_def=batches_partitions_def,
+    kinds={"json"},
+    group_name="ingest",
+    code_version="v1",
+)
+def upload_batch(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
+    """The batch manifest: the uploads the sensor drained from the queue into this partition."""
+    manifest = read_manifest(dam.store, context.partition_key)
+    preview = "\n".join(
+        f"| `{u.id}` | {u.filename} | {u.mime_type} | {u.width}x{u.height} |" for u in manifest.uploads[:PREVIEW_ROWS]
+    )
+    return MaterializeResult(
+        metadata={
+            "uploads": len(manifest.uploads),
+            "bytes": sum(u.bytes for u in manifest.uploads),
+            "manifest": MetadataValue.path(f"{dam.store.describe()}/{manifest_key(manifest.batch)}"),
+            "preview": MetadataValue.md("| id | filename | type | size |\n|---|---|---|---|\n" + preview),
+        }
+    )

@@ -1,0 +1,38 @@
+"""`dam sql`: SQL over the `assets` table with DuckDB."""
+
+from __future__ import annotations
+
+import sys
+
+from dam_cli._common import existing_store, say_no_data, settings_or_exit
+
+
+def _has_table(settings) -> bool:
+    from dam_core.layout import TABLE_PREFIX
+
+    store = existing_store(settings)
+    return store is not None and next(iter(store.list(TABLE_PREFIX)), None) is not None
+
+
+def cmd_sql(args) -> int:
+    settings = settings_or_exit()
+    from dam_core.table import connect, format_result
+
+    try:
+        con = connect(settings)
+        rel = con.sql(args.query)
+    except Exception as err:  # duckdb raises its own error family
+        print(f"dam sql: {err}", file=sys.stderr)
+        return 1
+    if rel is not None:
+        print(format_result(rel, args.format))
+    if not _has_table(settings):
+        say_no_data("sql", "assets table", settings, "it appears when the first batch is processed")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("sql", help="query the assets table with DuckDB")
+    s.add_argument("query")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.set_defaults(func=cmd_sql)

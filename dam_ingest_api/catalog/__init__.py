@@ -1,0 +1,66 @@
+"""The read side: items, listing, text and similar search, from the index the pipeline publishes.
+
+The API never scans the table per request: it serves a loaded index snapshot (swapped when a
+new version appears), plus uploads that are accepted but not yet in it ("queued"). One module
+per job: pending.py (the queued uploads), listing.py (items, pages, cursors), search.py (text
+and similar search). Nothing here imports the write side (the upload service) or the routes:
+an import-linter contract in pyproject.toml keeps it so.
+"""
+
+from __future__ import annotations
+
+from dam_core.index import IndexHolder, Snapshot
+from dam_core.messages import UploadMessage
+from dam_core.settings import Settings
+from dam_core.store import ObjectStore
+from dam_ingest_api.catalog.listing import BadCursor, Listing
+from dam_ingest_api.catalog.pending import PendingUploads
+from dam_ingest_api.catalog.search import Search, SearchUnavailable
+from dam_ingest_api.schemas import AssetItem, AssetStatus, ScoredAsset
+
+__all__ = ["BadCursor", "Catalog", "SearchUnavailable"]
+
+
+class Catalog:
+    """Everything the read routes need, shared by all requests of one app."""
+
+    def __init__(self, settings: Settings, store: ObjectStore):
+        self.index = IndexHolder(store, settings.dam_index_poll_seconds)
+        self.pending = PendingUploads(store, self.index)
+        self.listing = Listing(store, self.index, self.pending)
+        self.search = Search(settings, self.index)
+
+    def start(self) -> None:
+        self.index.start()
+
+    def stop(self) -> None:
+        self.index.stop()
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.index.snapshot
+
+    def note_upload(self, upload: UploadMessage) -> None:
+        """An upload this process just accepted: queued from now on, before its manifest exists."""
+        self.pending.note(upload)
+
+    def item(self, asset_id: str) -> AssetItem | None:
+        return self.listing.item(asset_id)
+
+    def status(self, asset_id: str) -> AssetStatus | None:
+        item = self.listing.item(asset_id)
+        return item.status if item else None
+
+    def original_key(self, asset_id: str) -> str | None:
+        return self.listing.original_key(asset_id)
+
+    def list(self, limit: int, cursor: str | None) -> tuple[list[AssetItem], str | None]:
+        """Raises BadCursor for a cursor this API did not issue."""
+        return self.listing.page(limit, cursor)
+
+    def similar(self, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset] | None:
+        return self.search.similar(asset_id, k, min_score)
+
+    def search_text(self, text: str, k: int) -> list[dict]:
+        """Text search as plain JSON-ready dicts (what `dam search` prints); raises SearchUnavailable."""
+        return [hit.model_dump(mode="json") for hit in self.search.text(text, k)]

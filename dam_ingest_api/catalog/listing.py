@@ -1,0 +1,120 @@
+"""Items and pages: one asset by id, and the newest-first listing with its opaque cursor.
+
+An id is `processed` or `error` from the index snapshot, else `queued` while its upload is
+pending (see pending.py). A page merges the two, both kept in the same order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import json
+import threading
+
+from dam_core.images import FORMATS
+from dam_core.index import IndexHolder, Snapshot
+from dam_core.layout import original_key
+from dam_core.markers import find_upload
+from dam_core.store import ObjectStore
+from dam_ingest_api.catalog.pending import PendingUploads
+from dam_ingest_api.schemas import AssetItem
+
+_EXT_BY_MIME = {mime: ext for mime, ext in FORMATS.values()}
+
+
+class BadCursor(ValueError):
+    """A listing cursor that this API did not produce."""
+
+
+def encode_cursor(ts: float, asset_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([ts, asset_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, asset_id = json.loads(raw)
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not isinstance(asset_id, str) or len(asset_id) > 64:
+            raise ValueError
+        ts = float(ts)  # a 320-digit integer overflows here
+        if ts != ts or ts in (float("inf"), float("-inf")):  # JSON "NaN"/"Infinity" would break the ordering
+            raise ValueError
+        return ts, asset_id
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor("malformed cursor: pass back the `next` value of a previous page") from None
+
+
+class _SortedSnapshot:
+    """Listing order of a snapshot's items: the index stores them newest first (by uploaded_at, id)."""
+
+    def __init__(self, snap: Snapshot):
+        self.snap = snap
+        self.neg_ts = -snap.items.uploaded_ts
+        self.ids = snap.items.ids
+
+    def key(self, i: int) -> tuple[float, str]:
+        return (float(self.neg_ts[i]), self.ids[i])
+
+    def position_after(self, after_key: tuple[float, str]) -> int:
+        return bisect.bisect_right(range(len(self.ids)), after_key, key=self.key)
+
+
+class Listing:
+    """One item by id, and pages of items newest first."""
+
+    def __init__(self, store: ObjectStore, index: IndexHolder, pending: PendingUploads):
+        self.store = store
+        self.index = index
+        self.pending = pending
+        self._lock = threading.Lock()
+        self._sorted: _SortedSnapshot | None = None
+
+    def item(self, asset_id: str) -> AssetItem | None:
+        snap = self.index.snapshot
+        row = snap.get(asset_id) if snap else None
+        if row is not None:
+            return AssetItem.indexed(row)
+        upload = self.pending.find(asset_id)
+        return AssetItem.queued(upload) if upload is not None else None
+
+    def original_key(self, asset_id: str) -> str | None:
+        snap = self.index.snapshot
+        row = snap.get(asset_id) if snap else None
+        if row is not None:
+            ext = _EXT_BY_MIME.get(row.get("mime_type") or "")
+            if ext:
+                return original_key(asset_id, ext)
+        upload = find_upload(self.store, asset_id)
+        return upload.r2_key if upload else None
+
+    def page(self, limit: int, cursor: str | None) -> tuple[list[AssetItem], str | None]:
+        """A page of items, newest first, and the cursor of the next page (None at the end)."""
+        after = decode_cursor(cursor) if cursor else None
+        after_key = (-after[0], after[1]) if after else None
+        pending = [(-u.uploaded_at.timestamp(), u.id, u) for u in self.pending.list()]
+        if after_key:
+            pending = [p for p in pending if (p[0], p[1]) > after_key]
+        ss = self._sorted_snapshot()
+        indexed: list[tuple[float, str, dict]] = []
+        if ss is not None:
+            start = ss.position_after(after_key) if after_key else 0
+            for i in range(start, min(start + limit + 1, len(ss.ids))):
+                indexed.append((*ss.key(i), ss.snap.items[i]))
+        merged = sorted(
+            [(k, i, AssetItem.queued, u) for k, i, u in pending] + [(k, i, AssetItem.indexed, r) for k, i, r in indexed],
+            key=lambda t: (t[0], t[1]),
+        )
+        page = merged[:limit]
+        items = [build(v) for _, _, build, v in page]
+        nxt = encode_cursor(-page[-1][0], page[-1][1]) if len(merged) > limit and page else None
+        return items, nxt
+
+    def _sorted_snapshot(self) -> _SortedSnapshot | None:
+        snap = self.index.snapshot
+        if snap is None:
+            return None
+        with self._lock:
+            if self._sorted is None or self._sorted.snap is not snap:
+                self._sorted = _SortedSnapshot(snap)
+            return self._sorted

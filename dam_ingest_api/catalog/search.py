@@ -1,0 +1,56 @@
+"""Text and similar search over the index snapshot, and the CLIP text encoder for queries.
+
+The encoder is loaded on the first text query, so the API starts without torch. How many
+threads torch uses is not decided here: it is process-wide, so the process that serves queries
+decides it once, at start-up (the API's lifespan; see dam_models.set_query_threads).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from dam_core.index import IndexHolder
+from dam_core.settings import Settings
+from dam_ingest_api.schemas import ScoredAsset
+
+
+class SearchUnavailable(RuntimeError):
+    """The text encoder could not be loaded."""
+
+
+class Search:
+    """Search by text (the CLIP text tower of the model that embedded the images) or by image."""
+
+    def __init__(self, settings: Settings, index: IndexHolder):
+        self.settings = settings
+        self.index = index
+        self._lock = threading.Lock()
+        self._encoder = None
+
+    def text(self, text: str, k: int) -> list[ScoredAsset]:
+        """The k assets whose embedding is closest to the text's, best first; [] before any vector."""
+        snap = self.index.snapshot
+        if snap is None or len(snap.vectors) == 0:
+            return []
+        query = self._text_encoder(snap.model or self.settings.dam_embedding_model).embed_texts([text])[0]
+        return [ScoredAsset.hit(row, score) for row, score in snap.search(query, k)]
+
+    def similar(self, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset] | None:
+        """Assets most like this one (itself left out); None when it has no vector (yet)."""
+        snap = self.index.snapshot
+        vec = snap.vector_of(asset_id) if snap else None
+        if vec is None:
+            return None
+        hits = snap.search(vec, k, exclude=asset_id)
+        return [ScoredAsset.hit(row, score) for row, score in hits if min_score is None or score >= min_score]
+
+    def _text_encoder(self, model: str):
+        with self._lock:
+            if self._encoder is None or self._encoder.model_id != model:
+                try:
+                    from dam_models.embedder import get_embedder
+
+                    self._encoder = get_embedder(model, device=self.settings.dam_device, dtype=self.settings.dam_dtype)
+                except Exception as err:
+                    raise SearchUnavailable(f"the text encoder {model!r} could not be loaded: {type(err).__name__}") from None
+            return self._encoder

@@ -1,0 +1,230 @@
+"""Every JSON body the API answers with, as pydantic models: `/openapi.json` and `/docs` show them.
+
+Field order is the JSON order, and `None` fields are kept (as `null`): the models describe the
+answers the API has always given, they do not reshape them. Times are ISO 8601 strings made by
+`datetime.isoformat()` (`+00:00`, not pydantic's `Z`), as they always were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from dam_core import layout
+from dam_core.messages import ID_PATTERN, UploadMessage
+
+IsoTime = Annotated[
+    datetime,
+    PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+AssetId = Annotated[str, Field(pattern=ID_PATTERN, description="32 lowercase hex characters: the start of the SHA-256")]
+AssetStatus = Literal["queued", "processed", "error"]
+
+
+class Body(BaseModel):
+    """A JSON answer: exactly these fields, each always present (`null` included) in the schema too."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+# ----------------------------------------------------------------------------- assets
+
+
+class AssetItem(Body):
+    """One asset as the read routes show it; `status` is queued until the pipeline has processed it."""
+
+    id: AssetId
+    filename: str | None
+    caption: str | None
+    tags: list[str]
+    mime_type: str | None
+    width: int | None
+    height: int | None
+    status: AssetStatus
+    error: str | None = Field(description="why processing failed (status `error`), else null")
+    uploaded_at: IsoTime | None
+    processed_at: IsoTime | None
+    thumbnail_url: str
+    original_url: str
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any], status: AssetStatus, **extra: Any) -> AssetItem:
+        """The one builder of the public asset shape: from an index row or a queued upload."""
+        asset_id = row["id"]
+        return cls(
+            id=asset_id,
+            filename=row.get("filename"),
+            caption=row.get("caption"),
+            tags=list(row.get("tags") or []),
+            mime_type=row.get("mime_type"),
+            width=row.get("width"),
+            height=row.get("height"),
+            status=status,
+            error=row.get("error"),
+            uploaded_at=row.get("uploaded_at"),
+            processed_at=row.get("processed_at"),
+            thumbnail_url=f"/assets/{asset_id}/thumbnail",
+            original_url=f"/assets/{asset_id}/original",
+            **extra,
+        )
+
+    @classmethod
+    def indexed(cls, row: Mapping[str, Any]) -> AssetItem:
+        """An asset from the search index: processed, or error with the reason."""
+        return cls.of(row, _indexed_status(row))
+
+    @classmethod
+    def queued(cls, upload: UploadMessage) -> AssetItem:
+        """An accepted upload the index does not hold yet."""
+        return cls.of(upload.model_dump(), "queued")
+
+
+class ScoredAsset(AssetItem):
+    """An asset with its cosine similarity to the query (text or image), rounded to 6 places."""
+
+    score: float
+
+    @classmethod
+    def hit(cls, row: Mapping[str, Any], score: float) -> ScoredAsset:
+        return cls.of(row, _indexed_status(row), score=round(float(score), 6))
+
+
+def _indexed_status(row: Mapping[str, Any]) -> AssetStatus:
+    return "error" if row.get("error") else "processed"
+
+
+class AssetPage(Body):
+    """One page of `GET /assets`, newest first."""
+
+    items: list[AssetItem]
+    next: str | None = Field(description="pass it back as `cursor` for the next page; null on the last page")
+
+
+class SimilarAssets(Body):
+    """Assets most like one asset, itself left out, highest cosine first."""
+
+    items: list[ScoredAsset]
+
+
+class NearDuplicates(Body):
+    """Assets whose cosine with this one is at least `threshold` (DAM_NEAR_DUPLICATE)."""
+
+    threshold: float
+    items: list[ScoredAsset]
+
+
+class SearchResults(Body):
+    """Assets ranked by the cosine of their embedding with the query text's, highest first."""
+
+    query: str = Field(description="the query as searched (surrounding spaces removed)")
+    items: list[ScoredAsset]
+
+
+# ----------------------------------------------------------------------------- upload
+
+
+class UploadAnswer(Body):
+    """One accepted upload: stored, and its message confirmed by the queue."""
+
+    id: AssetId
+    filename: str
+    r2_key: str
+    vector_key: str
+    mime_type: str
+    bytes: int
+    sha256: str
+    width: int
+    height: int
+    uploaded_at: IsoTime
+    status: AssetStatus
+
+    @classmethod
+    def of(cls, upload: UploadMessage, status: AssetStatus, **extra: Any) -> UploadAnswer:
+        return cls(
+            id=upload.id,
+            filename=upload.filename,
+            r2_key=upload.r2_key,
+            vector_key=layout.vector_key(upload.id),
+            mime_type=upload.mime_type,
+            bytes=upload.bytes,
+            sha256=upload.sha256,
+            width=upload.width,
+            height=upload.height,
+            uploaded_at=upload.uploaded_at,
+            status=status,
+            **extra,
+        )
+
+
+class DuplicateAnswer(UploadAnswer):
+    """The same bytes were uploaded before: the first upload's answer, nothing stored or queued."""
+
+    duplicate: Literal[True] = True
+
+    @classmethod
+    def of(cls, upload: UploadMessage, status: AssetStatus, **extra: Any) -> DuplicateAnswer:
+        return super().of(upload, status, duplicate=True, **extra)
+
+
+class RejectedFile(Body):
+    """One file of a multi-file upload that was not accepted."""
+
+    filename: str | None
+    status: Literal["rejected"] = "rejected"
+    code: int = Field(description="the status this file alone would have got: 503 send it again, 4xx don't")
+    detail: str
+
+
+class UploadBatch(Body):
+    """Several files in one request: each stands or falls alone, in the order sent."""
+
+    accepted: int
+    rejected: int
+    items: list[UploadAnswer | DuplicateAnswer | RejectedFile]
+
+
+class RejectedBatch(UploadBatch):
+    """Several files and none accepted: the status is the first file's."""
+
+    detail: str
+
+
+# ----------------------------------------------------------------------------- health and errors
+
+
+class Health(Body):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(Body):
+    """Whether the object store and the queue answer; each is `ok` or `unavailable: <error type>`."""
+
+    status: Literal["ok", "unavailable"]
+    store: str
+    queue: str
+
+
+class ErrorBody(Body):
+    """Every error answer: a sentence for people, never a traceback."""
+
+    detail: str
+
+
+class FieldError(Body):
+    loc: list[str | int] = Field(description="where: ['query', 'k'], ['path', 'asset_id'], ...")
+    msg: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A parameter failed validation; the input itself is never echoed (it may be large or hostile)."""
+
+    errors: list[FieldError]
+
+
+def errors(codes: dict[int, str], model: type[Body] = ErrorBody) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for error statuses that answer with `model`."""
+    return {code: {"description": text, "model": model} for code, text in codes.items()}
