@@ -416,6 +416,7 @@ def test_concurrent_validations_are_capped_so_a_burst_of_large_images_takes_one_
         baseline, peak, codes = _peak_rss_during_burst(url, pid, bodies)
         assert sorted(codes) == [202] * len(bodies), codes
         peaks[cap] = peak - baseline
+        print(f"validation cap {cap}: burst of {len(bodies)} 6000x6000 PNGs, peak RSS +{peaks[cap] / 2**20:.0f} MiB")
     # 6000x6000 RGB is ~108 MB of pixels per decode: one at a time stays near one decode's worth,
     # while four at once hold several.
     assert peaks[1] < 300 * 2**20, peaks

@@ -99,7 +99,7 @@ def decode(
         finally:
             img.close()  # drop the full-size pixels before anyone else may take their budget
             if cost > _STRIP_PIXELS:
-                _return_freed_memory()
+                return_freed_memory()
             if budget is not None:
                 budget.release(cost)
     method = _TRANSPOSE.get(orientation)
@@ -114,7 +114,7 @@ def _malloc_trim():
         return None
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Give a freed full-size decode back to the OS.
 
     glibc keeps freed blocks in the arena of the thread that freed them, so without this every

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from dam_core.images import inspect_image
+from dam_core.imaging import return_freed_memory
 from dam_core.layout import original_key
 from dam_core.markers import find_upload, write_marker
 from dam_core.messages import UploadMessage, clean_filename
@@ -46,7 +47,13 @@ def check_image(fp: IO[bytes], settings: Settings):
     large images would take memory in proportion to the number of request threads.
     """
     with _validation_slots(settings.dam_max_concurrent_validations):
-        return inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+        try:
+            return inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+        finally:
+            # Inside the slot: the freed pixels go back to the OS before the next decode starts,
+            # else each request thread's malloc arena keeps its largest image (the cap then
+            # bounds decodes in flight but not memory).
+            return_freed_memory()
 
 
 def accept_upload(
