@@ -25,6 +25,7 @@ from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.faults.http import multipart_head, send_raw
 from dam_assets_tests.faults.proxy import TcpProxy
 from dam_assets_tests.faults.server import serve
+from dam_assets_tests.processes import stop
 from dam_core.queue import RabbitQueue
 from dam_core.store import make_store
 from dam_ingest_api.main import create_app
@@ -39,14 +40,6 @@ def _clean_env(**extra) -> dict:
     return env
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -77,7 +70,7 @@ def dam_api(tmp_path):
 
     yield start
     for proc, log in procs:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import run_pending
+from dam_assets_tests.processes import stop
 
 REPO = Path(__file__).resolve().parent.parent
 DAM = str(Path(sys.executable).parent / "dam")
@@ -213,13 +213,7 @@ def api(tmp_path):
             time.sleep(0.1)
         yield url
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
         log.close()
 
 

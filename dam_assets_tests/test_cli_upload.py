@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
+from dam_assets_tests.processes import stop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAM = str(Path(sys.executable).parent / "dam")
@@ -55,13 +55,7 @@ def api(tmp_path):
             time.sleep(0.1)
         yield url, data_dir
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
         log.close()
 
 

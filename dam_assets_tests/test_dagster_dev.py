@@ -15,6 +15,7 @@ import pytest
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.pipeline_harness import dam_sql
+from dam_assets_tests.processes import wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,18 +31,6 @@ GRAPHQL = """
 """
 
 
-def _wait(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited early with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -61,8 +50,8 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
         env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        _wait(f"http://127.0.0.1:{api_port}/healthz", 60, proc)
-        _wait(f"http://127.0.0.1:{ui_port}/server_info", 180, proc)
+        wait_http(f"http://127.0.0.1:{api_port}/healthz", 60, proc)
+        wait_http(f"http://127.0.0.1:{ui_port}/server_info", 180, proc)
 
         # The UI's GraphQL endpoint lists the four assets and the running sensor.
         deadline = time.monotonic() + 120

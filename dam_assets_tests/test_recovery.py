@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.pipeline_harness import dam_sql, tick
+from dam_assets_tests.processes import wait_http
 from dam_core.manifests import batches_after, is_batch_key, new_batch_key, read_manifest
 from dam_core.store import make_store
 from dam_core.table import connect
@@ -43,17 +44,6 @@ def images(n: int, seed: int) -> list[bytes]:
     return [jpeg_bytes(64, 48, color=(seed * 37 % 256, i * 11 % 256, 255 - i * 9), seed=seed * 1000 + i + 1) for i in range(n)]
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"process exited early with {proc.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
 def kill_tree(proc: subprocess.Popen) -> int:

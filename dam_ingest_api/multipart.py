@@ -42,6 +42,9 @@ class LimitedMultiPartParser(MultiPartParser):
         super().on_part_data(data, start, end)
 
 
+TIMER_SLACK_SECONDS = 0.05
+
+
 async def limited_stream(
     stream: AsyncIterator[bytes],
     max_body_bytes: int,
@@ -85,7 +88,9 @@ async def limited_stream(
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
-            err = too_slow(time.monotonic() - start)
+            # The event loop may wake a timer up to its clock resolution early: judge the
+            # deadline as of the moment it was set for, or a missed deadline would read as idle.
+            err = too_slow(time.monotonic() - start + TIMER_SLACK_SECONDS)
             raise err or ClientTooSlow(f"no body data for {idle_timeout:g} seconds") from None
         total += len(chunk)
         if total > max_body_bytes:
