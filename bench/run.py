@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.fixtures import machine, other_load
 
-BENCHMARKS = ("enrichment", "upload", "scale", "search")
+BENCHMARKS = ("enrichment", "upload", "scale", "search", "scaleout", "latency")
 HERE = Path(__file__).resolve().parent
 
 
@@ -73,6 +73,13 @@ def main(argv=None) -> int:
                 from bench import search
 
                 results["benchmarks"][name] = search.run(args.quick, out_dir, log=log)
+            elif name == "scaleout":
+                from bench import scaleout
+                results["benchmarks"][name] = scaleout.run(args.quick, log=log, models_dir=args.models_dir)
+            elif name == "latency":
+                from bench import latency
+
+                results["benchmarks"][name] = latency.run(args.quick, log=log)
         except Exception as err:
             failed.append(name)
             log(f"bench: {name} FAILED: {type(err).__name__}: {err}")

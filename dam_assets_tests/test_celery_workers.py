@@ -6,6 +6,7 @@ in a run, when preloaded), exactly one row per upload; then one worker is SIGKIL
 process group, as a lost machine) in the middle of a run, and every upload still becomes
 exactly one row with no person involved. The victim reaches the store through a TCP proxy that
 is blackholed first, so its run is certainly in flight when it dies, not already finished.
+Another test launches a backfill of every partition through the webserver's GraphQL, as the UI does.
 """
 
 from __future__ import annotations
@@ -300,3 +301,131 @@ def test_run_of_a_dead_worker_nobody_else_serves_is_failed_by_the_health_check(
         for p in procs.values():
             kill_group(p)
         proxy.close()
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on PartitionSetNotFoundError { message }
+    ... on PartitionKeysNotFoundError { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions partitionNames }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def graphql(port: int, query: str, variables: dict) -> dict:
+    import httpx
+
+    body = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables}, timeout=60).json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+@pytest.mark.timeout(300)
+def test_graphql_backfill_of_every_partition_runs_on_the_workers(
+    tmp_path, prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, queue_name, monkeypatch
+):
+    """The UI's backfill of every batch (a model change made them all stale) re-runs them on warm workers."""
+    from dam_assets_tests.conftest import free_port
+    from dam_assets_tests.processes import wait_http
+
+    home, _ = prod_home
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
+    settings = make_settings(
+        **tiny_models, **s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name, DAM_BATCH_SIZE=str(BATCH), OMP_NUM_THREADS="1"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = free_port()
+    logs = {name: tmp_path / f"{name}.log" for name in ("webserver", "daemon", "w1", "w2")}
+    procs: dict[str, subprocess.Popen] = {}
+    client = TestClient(create_app(settings))
+    ids: set[str] = set()
+    for i, data in enumerate(images(3 * BATCH, seed=5)):
+        r = client.post("/upload", files={"file": (f"{i}.jpg", data, "image/jpeg")})
+        assert r.status_code == 202, r.text
+        ids.add(r.json()["id"])
+    try:
+        procs["webserver"] = spawn(
+            [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            env, logs["webserver"],
+        )
+        # Both preloaded: a backfill run on a warm worker loads nothing.
+        for name in ("w1", "w2"):
+            procs[name] = spawn([str(BIN / "dam"), "worker", "--name", name, "--preload"], env, logs[name])
+        procs["daemon"] = spawn([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"])
+        every = (list(logs.values()), list(procs.values()))
+
+        with DagsterInstance.get() as instance:
+
+            def batches_done() -> bool:
+                runs = [r for r in instance.get_runs() if "dam/batch" in r.tags]
+                n, distinct, ok = row_counts(settings)
+                return len(runs) == 3 and all(r.is_finished for r in runs) and n == distinct == len(ids) and ok == ids
+
+            wait_until("3 batches in rows", batches_done, 150, *every, every=1)
+            partitions = instance.get_dynamic_partitions("ingest_batches")
+            assert len(partitions) == 3
+            wait_http(f"http://127.0.0.1:{port}/server_info", 60, procs["webserver"])
+
+            started = time.monotonic()
+            launched = graphql(port, LAUNCH_BACKFILL, {"params": {
+                "selector": {
+                    "partitionSetName": "enrich_batch_partition_set",
+                    "repositorySelector": {"repositoryLocationName": "dam_assets", "repositoryName": "__repository__"},
+                },
+                "allPartitions": True,
+            }})["launchPartitionBackfill"]
+            assert launched["__typename"] == "LaunchBackfillSuccess", launched
+            backfill_id = launched["backfillId"]
+
+            def backfill_runs():
+                return instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
+
+            def backfill_done():
+                state = graphql(port, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+                runs = backfill_runs()
+                finished = state["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+                return state if finished and len(runs) == 3 and all(r.is_finished for r in runs) else None
+
+            state = wait_until("the backfill's runs finished", backfill_done, 120, *every, every=1)
+            backfill_s = time.monotonic() - started
+            runs = backfill_runs()
+            assert state["status"] == "COMPLETED_SUCCESS", state
+            assert sorted(state["partitionNames"]) == sorted(partitions)  # every partition, not a subset
+            assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 3
+            assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(partitions)
+
+            # Each run executed inside a worker: the launcher tagged it, the assets recorded where.
+            workers = {r.tags[WORKER_TAG].split("-")[0] for r in runs}
+            assert workers <= {"w1", "w2"}, workers
+            by_run = {r.run_id: r for r in runs}
+            for key in ("image_captions", "image_embeddings"):
+                records = [
+                    rec for rec in instance.fetch_materializations(AssetKey(key), limit=100).records if rec.run_id in by_run
+                ]
+                assert len(records) == 3
+                for rec in records:
+                    md = rec.asset_materialization.metadata
+                    assert md["worker_pid"].value == int(by_run[rec.run_id].tags[WORKER_PID_TAG])
+                    assert md["worker_host"].value
+                    assert md["model_load_seconds"].value == 0  # warm: preloaded, nothing loaded in the run
+
+            n, distinct, ok = row_counts(settings)
+            assert n == distinct == len(ids) == 3 * BATCH and ok == ids  # re-runs replaced rows, never appended
+            print(f"\nbackfill of {len(partitions)} partitions on workers {sorted(workers)} in {backfill_s:.1f}s")
+    finally:
+        for p in procs.values():
+            kill_group(p)
