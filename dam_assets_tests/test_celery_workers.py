@@ -116,17 +116,33 @@ def prod_home(tmp_path, rabbit_url):
     conn.close()
 
 
-@pytest.mark.timeout(420)
-def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
-    tmp_path, prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, queue_name, monkeypatch
-):
-    home, prefix = prod_home
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+@pytest.fixture
+def prod_env(prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, queue_name, monkeypatch):
+    """Settings and process environment of the production instance: PostgreSQL, RabbitMQ, S3 (moto)."""
+    monkeypatch.setenv("DAGSTER_HOME", str(prod_home[0]))
     monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
     settings = make_settings(
         **tiny_models, **s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name, DAM_BATCH_SIZE=str(BATCH), OMP_NUM_THREADS="1"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return settings, dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def upload_all(client: TestClient, datas: list[bytes], prefix: str) -> set[str]:
+    """POST each image; every one must be answered 202. Returns their ids."""
+    ids = set()
+    for i, data in enumerate(datas):
+        r = client.post("/upload", files={"file": (f"{prefix}-{i}.jpg", data, "image/jpeg")})
+        assert r.status_code == 202, r.text
+        ids.add(r.json()["id"])
+    return ids
+
+
+@pytest.mark.timeout(420)
+def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
+    tmp_path, prod_home, prod_env, s3_env
+):
+    home, prefix = prod_home
+    settings, env = prod_env
     s3 = urlparse(s3_env["R2_ENDPOINT"])
     proxy = TcpProxy(s3.hostname, s3.port)
     victim_env = dict(env, R2_ENDPOINT=f"http://127.0.0.1:{proxy.port}")
@@ -139,10 +155,7 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
     ids: set[str] = set()
 
     def upload(n: int, seed: int) -> None:
-        for i, data in enumerate(images(n, seed)):
-            r = client.post("/upload", files={"file": (f"{seed}-{i}.jpg", data, "image/jpeg")})
-            assert r.status_code == 202, r.text
-            ids.add(r.json()["id"])
+        ids.update(upload_all(client, images(n, seed), str(seed)))
 
     upload(8 * BATCH, seed=1)  # 8 batches at the sensor's first tick
     try:
@@ -241,27 +254,18 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
 
 @pytest.mark.timeout(300)
 def test_run_of_a_dead_worker_nobody_else_serves_is_failed_by_the_health_check(
-    tmp_path, prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, queue_name, monkeypatch
+    tmp_path, prod_home, prod_env, s3_env
 ):
     """With no other worker to take the redelivered task, run monitoring alone must fail the run."""
     home, _ = prod_home
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
-    settings = make_settings(
-        **tiny_models, **s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name, DAM_BATCH_SIZE=str(BATCH), OMP_NUM_THREADS="1"
-    )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    settings, env = prod_env
     s3 = urlparse(s3_env["R2_ENDPOINT"])
     proxy = TcpProxy(s3.hostname, s3.port)
     proxy.cut("blackhole")
     logs = {name: tmp_path / f"{name}.log" for name in ("daemon", "lone", "next")}
     procs: dict[str, subprocess.Popen] = {}
     client = TestClient(create_app(settings))
-    ids = set()
-    for i, data in enumerate(images(BATCH, seed=7)):
-        r = client.post("/upload", files={"file": (f"{i}.jpg", data, "image/jpeg")})
-        assert r.status_code == 202, r.text
-        ids.add(r.json()["id"])
+    ids = upload_all(client, images(BATCH, seed=7), "7")
     try:
         lone_env = dict(env, R2_ENDPOINT=f"http://127.0.0.1:{proxy.port}")
         procs["lone"] = spawn([str(BIN / "dam"), "worker", "--name", "lone"], lone_env, logs["lone"])
@@ -335,28 +339,19 @@ def graphql(port: int, query: str, variables: dict) -> dict:
 
 @pytest.mark.timeout(300)
 def test_graphql_backfill_of_every_partition_runs_on_the_workers(
-    tmp_path, prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, queue_name, monkeypatch
+    tmp_path, prod_home, prod_env, s3_env
 ):
     """The UI's backfill of every batch (a model change made them all stale) re-runs them on warm workers."""
     from dam_assets_tests.conftest import free_port
     from dam_assets_tests.processes import wait_http
 
     home, _ = prod_home
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
-    settings = make_settings(
-        **tiny_models, **s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name, DAM_BATCH_SIZE=str(BATCH), OMP_NUM_THREADS="1"
-    )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    settings, env = prod_env
     port = free_port()
     logs = {name: tmp_path / f"{name}.log" for name in ("webserver", "daemon", "w1", "w2")}
     procs: dict[str, subprocess.Popen] = {}
     client = TestClient(create_app(settings))
-    ids: set[str] = set()
-    for i, data in enumerate(images(3 * BATCH, seed=5)):
-        r = client.post("/upload", files={"file": (f"{i}.jpg", data, "image/jpeg")})
-        assert r.status_code == 202, r.text
-        ids.add(r.json()["id"])
+    ids = upload_all(client, images(3 * BATCH, seed=5), "5")
     try:
         procs["webserver"] = spawn(
             [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
