@@ -91,6 +91,14 @@ def summary_lines(results: dict) -> list[str]:
             lines.append(f"scale (c'): product search index (dam_core.index): top-10 in {ix['search_ms']} ms over {ix['rows']:,} rows")
     elif s:
         lines.append(f"scale: ERROR {s['error']}")
+    for key in ("latency", "latency_workers"):  # upload-to-row latency (bench/latency.py)
+        la = b.get(key)
+        if la and "error" not in la:
+            from bench.latency import lines as latency_lines
+
+            lines.extend(latency_lines(la))
+        elif la:
+            lines.append(f"{key}: ERROR {la['error']}")
     lines.append(f"total {results['seconds'].get('total')} s")
     return lines
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bench.fixtures import machine, other_load
 
-BENCHMARKS = ("enrichment", "upload", "scale", "search", "scaleout", "latency")
+BENCHMARKS = ("enrichment", "upload", "scale", "search", "scaleout", "latency", "latency_workers")
+OPTIONAL = ("gpu",)  # run only when named in --only; skipped where no CUDA device is visible
 HERE = Path(__file__).resolve().parent
 
 
@@ -27,14 +28,14 @@ def log(msg: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer images, shorter loads, smaller tables (< 5 min)")
-    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS))
+    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS + OPTIONAL))
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--models-dir", help="reuse (or create) the random full-size models here instead of a temp folder")
     p.add_argument("--no-report", action="store_true", help="do not write bench/RESULTS.md")
     args = p.parse_args(argv)
 
     only = [b.strip() for b in args.only.split(",") if b.strip()]
-    unknown = set(only) - set(BENCHMARKS)
+    unknown = set(only) - set(BENCHMARKS) - set(OPTIONAL)
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,6 +81,15 @@ def main(argv=None) -> int:
                 from bench import latency
 
                 results["benchmarks"][name] = latency.run(args.quick, log=log)
+            elif name == "latency_workers":  # the same on the production instance and `dam worker`s
+                from bench import latency
+
+                results["benchmarks"][name] = latency.run_workers(args.quick, log=log)
+            elif name == "gpu":
+                from bench import gpu
+
+                results["benchmarks"][name] = (gpu.run(args.quick, models_dir=args.models_dir, log=log)
+                                               if gpu.cuda_visible() else {"skipped": "no CUDA device"})
         except Exception as err:
             failed.append(name)
             log(f"bench: {name} FAILED: {type(err).__name__}: {err}")

@@ -71,7 +71,8 @@ def _naive_table(rows_total: int, rng: np.random.Generator):
         "batch": ["b"] * rows_total, "error": pa.nulls(rows_total, pa.string()),
         "tags": pa.array([["chair", "table"]] * rows_total, pa.list_(pa.string())),
     }
-    return pa.table({name: cols[name] for name in sch.names}, schema=sch)
+    # Columns a benchmark photo does not have (EXIF) are null.
+    return pa.table({name: cols.get(name, pa.nulls(rows_total, sch.field(name).type)) for name in sch.names}, schema=sch)
 
 
 # ----------------------------------------------------------------------------- (a)

@@ -146,7 +146,7 @@ def test_sql_piped_into_head_exits_quietly(tmp_path):
 
 
 def test_search_piped_into_head_exits_quietly(tmp_path, tiny_models):
-    from dam_core.index import ITEM_COLUMNS, write_index
+    from dam_core.index import write_index
     from dam_core.store import LocalStore
     from dam_models.tiny import CLIP_PROJECTION_DIM
 
@@ -165,7 +165,7 @@ def test_search_piped_into_head_exits_quietly(tmp_path, tiny_models):
         "processed_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
         "batch": ["20260101T000000Z-000000"] * n,
         "embedding_model": [tiny_models["DAM_EMBEDDING_MODEL"]] * n,
-    }).select(ITEM_COLUMNS)
+    })  # no EXIF columns, as an index written before them: they load as nulls
     vectors = np.random.default_rng(0).standard_normal((n, CLIP_PROJECTION_DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     store = LocalStore(tmp_path / "data" / "store")

@@ -19,6 +19,7 @@ ITEM = [
     "id", "filename", "caption", "tags", "mime_type", "width", "height", "status", "error",
     "uploaded_at", "processed_at", "thumbnail_url", "original_url",
 ]
+DETAIL = [*ITEM, "taken_at", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "orientation"]
 UPLOAD = [
     "id", "filename", "r2_key", "vector_key", "mime_type", "bytes", "sha256", "width", "height",
     "uploaded_at", "status",
@@ -26,6 +27,7 @@ UPLOAD = [
 # Every body component, with its properties in JSON order; all of them always present.
 COMPONENTS = {
     "AssetItem": ITEM,
+    "AssetDetail": DETAIL,
     "ScoredAsset": [*ITEM, "score"],
     "AssetPage": ["items", "next"],
     "SimilarAssets": ["items"],
@@ -62,7 +64,7 @@ OPERATIONS = {
         **dict.fromkeys(["400", "408", "413", "415", "422", "503"], REFUSED),
     },
     ("get", "/assets"): {"200": {"AssetPage"}, "400": E, "401": E, "422": V, "503": E},
-    ("get", "/assets/{asset_id}"): {"200": {"AssetItem"}, **ASSET_ERRORS},
+    ("get", "/assets/{asset_id}"): {"200": {"AssetDetail"}, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/original"): {"200": BYTES, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/thumbnail"): {"200": BYTES, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/similar"): {"200": {"SimilarAssets"}, "409": E, **ASSET_ERRORS},

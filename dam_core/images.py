@@ -7,9 +7,17 @@ import warnings
 from dataclasses import dataclass
 from typing import IO
 
+import pillow_heif
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+# HEIC/HEIF through libheif (pillow-heif), registered once for every process that reads user
+# images (the API's validation and the batch decode both import this module). Thumbnails,
+# depth maps and auxiliary images are never read: only the primary image is decoded.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Only these decoders ever see user bytes: a smaller attack surface than every Pillow plugin.
+# Pillow tries them in this order: AVIF before HEIF, so an AV1 file whose major brand is the
+# generic `mif1` is opened (and stored) as AVIF; Pillow's AVIF plugin passes on HEVC ones.
 FORMATS: dict[str, tuple[str, str]] = {
     "JPEG": ("image/jpeg", ".jpg"),
     "PNG": ("image/png", ".png"),
@@ -17,7 +25,10 @@ FORMATS: dict[str, tuple[str, str]] = {
     "GIF": ("image/gif", ".gif"),
     "TIFF": ("image/tiff", ".tiff"),
     "BMP": ("image/bmp", ".bmp"),
+    "AVIF": ("image/avif", ".avif"),
+    "HEIF": ("image/heic", ".heic"),
 }
+UNSUPPORTED = "not a supported image: expected JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC/HEIF or AVIF bytes"
 
 
 @functools.cache
@@ -40,6 +51,11 @@ _MAGIC: tuple[tuple[int, bytes], ...] = (
     (0, b"MM\x00*"),  # TIFF, big endian
     (8, b"WEBP"),  # after "RIFF" and the size
 )
+# HEIF and AVIF are ISO-BMFF files: a leading `ftyp` box names a major brand and compatible brands.
+_FTYP_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+)
+_FTYP_MAX = 64  # bytes of the ftyp box looked at: more brands than any real file lists
 _BMP_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)  # "BM" alone is too weak: text can start with it
 _ORIENTATION_TAG = 0x0112
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -66,12 +82,22 @@ class ImageInfo:
 
 def _has_magic(fp: IO[bytes]) -> bool:
     fp.seek(0)
-    head = fp.read(18)
+    head = fp.read(_FTYP_MAX)
     if head.startswith(b"RIFF") and head[8:12] != b"WEBP":
         return False
     if head.startswith(b"BM") and len(head) >= 18:
         return int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES
-    return any(head[at : at + len(sig)] == sig for at, sig in _MAGIC)
+    return _is_heif_family(head) or any(head[at : at + len(sig)] == sig for at, sig in _MAGIC)
+
+
+def _is_heif_family(head: bytes) -> bool:
+    """An ISO-BMFF `ftyp` box whose major or a compatible brand is HEIF's or AVIF's."""
+    if head[4:8] != b"ftyp":
+        return False
+    size = min(int.from_bytes(head[:4], "big"), len(head))
+    # major brand at 8, minor version at 12, compatible brands from 16 to the end of the box
+    brands = [head[8:12]] + [head[i : i + 4] for i in range(16, size - 3, 4)]
+    return any(b in _FTYP_BRANDS for b in brands)
 
 
 def _open(fp: IO[bytes]) -> Image.Image:
@@ -93,16 +119,12 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int) -> ImageInfo:
                 raise ImageRejected(
                     422, "corrupt image: the bytes start like a supported format but cannot be read"
                 ) from None
-            raise ImageRejected(
-                415, "not a supported image: expected JPEG, PNG, WebP, GIF, TIFF or BMP bytes"
-            ) from None
+            raise ImageRejected(415, UNSUPPORTED) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageRejected(422, "decompression bomb: the image declares too many pixels") from None
         except Exception as err:  # malformed headers surface as assorted errors
             if not _has_magic(fp):  # e.g. text starting with "BM": Pillow's BMP plugin tries it
-                raise ImageRejected(
-                    415, "not a supported image: expected JPEG, PNG, WebP, GIF, TIFF or BMP bytes"
-                ) from None
+                raise ImageRejected(415, UNSUPPORTED) from None
             raise ImageRejected(422, f"corrupt image header ({type(err).__name__})") from None
         with img:
             fmt = img.format

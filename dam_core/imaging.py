@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dam_core.budget import Budget, OverBudget
+from dam_core.exif import ExifInfo, exif_of
 from dam_core.images import FORMATS
 from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
@@ -44,6 +45,7 @@ class Decoded:
     upload: UploadMessage
     image: Image.Image | None  # reduced, upright; RGBA when the original has transparency, else RGB
     error: str | None = None
+    exif: ExifInfo | None = None  # read from the original while it was open; None when it was not decoded
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,6 +79,17 @@ def decode(
 
     The full-size decode exists only while ``budget`` holds its pixels; OverBudget when it never could.
     """
+    return decode_with_exif(data, min_side, max_pixels, budget, max_side)[0]
+
+
+def decode_with_exif(
+    data: bytes,
+    min_side: int = DECODE_MIN_SIDE,
+    max_pixels: int = 100_000_000,
+    budget: Budget | None = None,
+    max_side: int = DECODE_MAX_SIDE,
+) -> tuple[Image.Image, ExifInfo]:
+    """``decode``, and the original's EXIF columns, read from the one open of the bytes."""
     with Image.open(io.BytesIO(data), formats=list(FORMATS)) as img:
         if img.width * img.height > max_pixels:
             raise ValueError(f"image is {img.width}x{img.height} pixels, over the limit")
@@ -94,6 +107,8 @@ def decode(
             budget.acquire(cost)
         try:
             img.load()
+            # After load: PNG's eXIf chunk may follow the pixels, and reading it earlier would decode them.
+            exif = exif_of(img)
             orientation = _orientation(img)
             small = _reduce(img, reduce_factor(img.width, img.height, min_side, max_side))
         finally:
@@ -103,7 +118,7 @@ def decode(
             if budget is not None:
                 budget.release(cost)
     method = _TRANSPOSE.get(orientation)
-    return small.transpose(method) if method is not None else small
+    return (small.transpose(method) if method is not None else small), exif
 
 
 @functools.cache
@@ -219,7 +234,8 @@ def decode_batch(
             return Decoded(u, None, f"original not found at {u.r2_key}")
         # Any other store error propagates: the run fails loudly and a retry can succeed.
         try:
-            return Decoded(u, decode(data, budget=budget))
+            image, exif = decode_with_exif(data, budget=budget)
+            return Decoded(u, image, exif=exif)
         except OverBudget as err:
             return Decoded(u, None, f"could not decode image: {err}")
         except Exception as err:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from dam_core.exif import EXIF_COLUMNS
 from dam_core.layout import (
     CURRENT_INDEX_KEY,
     INDEX_PREFIX,
@@ -42,6 +43,7 @@ from dam_core.layout import (
 from dam_core.manifests import batches_after
 from dam_core.messages import BatchManifest
 from dam_core.store import KeyNotFound, LocalStore, ObjectStore
+from dam_core.table import schema
 
 if TYPE_CHECKING:
     from dam_core.settings import Settings
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 KEEP_VERSIONS = 3
 ITEM_COLUMNS = [
     "id", "filename", "caption", "tags", "mime_type", "width", "height", "error",
-    "uploaded_at", "processed_at", "batch", "embedding_model",
+    "uploaded_at", "processed_at", "batch", "embedding_model", *EXIF_COLUMNS,
 ]
 
 
@@ -71,12 +73,15 @@ def build_index(
         f"SELECT DISTINCT batch FROM assets_all {after}", {"after": previous} if previous else {}
     ).fetchall()}
     low = advance_low_watermark(store, previous, in_table)
-    cols = ", ".join(ITEM_COLUMNS)
+    # A table written before a column existed (EXIF) lacks it: it is added as nulls below.
+    present = set(con.sql("SELECT * FROM assets").columns)
+    cols = ", ".join(c for c in ITEM_COLUMNS if c in present)
     where = "" if model is None else "WHERE embedding_model = $model OR embedding IS NULL"
     params = {} if model is None else {"model": model}
     table: pa.Table = con.sql(
         f"SELECT {cols}, embedding FROM assets {where} ORDER BY uploaded_at DESC, id", params=params
     ).to_arrow_table()
+    table = with_item_columns(table)
     if model is None:
         # Vectors are comparable only within one model: index the newest row's model.
         with_vec = table.filter(pa.compute.is_valid(table.column("embedding")))
@@ -99,6 +104,15 @@ def build_index(
     else:
         vectors = np.zeros((0, 0), np.float32)
     return write_index(store, table.drop(["embedding"]), vectors, valid, exact_max, model, version, low_watermark=low)
+
+
+def with_item_columns(table: pa.Table) -> pa.Table:
+    """``table`` with every ITEM_COLUMNS column: the ones it lacks (older tables, older snapshots) as nulls."""
+    types = schema(None)
+    for name in ITEM_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(types.field(name), pa.nulls(table.num_rows, types.field(name).type))
+    return table
 
 
 def _previous_low_watermark(store: ObjectStore) -> str | None:
@@ -327,7 +341,7 @@ def load_snapshot(store: ObjectStore, current: dict | None = None) -> Snapshot |
         except KeyNotFound:
             return None
     version = current["version"]
-    items = Rows(pq.read_table(io.BytesIO(store.get(index_file_key(version, "items.parquet")))))
+    items = Rows(with_item_columns(pq.read_table(io.BytesIO(store.get(index_file_key(version, "items.parquet"))))))
     vectors_key = index_file_key(version, "vectors.npy")
     if isinstance(store, LocalStore):
         # Memory-mapped: the page cache holds the vectors, shared and reclaimable, not the heap.

@@ -51,6 +51,11 @@ def captions_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}captions/batch={batch}.json"
 
 
+def exif_stage_key(batch: str) -> str:
+    """The EXIF columns of a batch's images, read while decoding them."""
+    return f"{STAGES_PREFIX}exif/batch={batch}.json"
+
+
 def embeddings_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}embeddings/batch={batch}.parquet"
 

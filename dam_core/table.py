@@ -43,6 +43,16 @@ def schema(embedding_dim: int | None) -> pa.Schema:
             ("batch", pa.string()),
             ("error", pa.string()),
             ("tags", pa.list_(pa.string())),
+            # EXIF (dam_core/exif.py); null when the file has none, it is malformed, or the batch
+            # was enriched before EXIF was read. taken_at: UTC when the file states its offset,
+            # else the camera's clock as it is.
+            ("taken_at", ts),
+            ("camera_make", pa.string()),
+            ("camera_model", pa.string()),
+            ("lens", pa.string()),
+            ("gps_lat", pa.float64()),
+            ("gps_lon", pa.float64()),
+            ("orientation", pa.int8()),
         ]
     )
 

@@ -17,7 +17,7 @@ from dam_core.queue import UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
 from dam_ingest_api.catalog import Catalog
-from dam_ingest_api.schemas import AssetItem
+from dam_ingest_api.schemas import AssetDetail
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -80,7 +80,7 @@ def require_api_key(settings: SettingsDep, supplied: Annotated[str | None, Depen
         )
 
 
-def known_asset(asset_id: AssetIdPath, catalog: CatalogDep) -> AssetItem:
+def known_asset(asset_id: AssetIdPath, catalog: CatalogDep) -> AssetDetail:
     """The asset with this id, queued ones included; 404 when there is none (422 for a malformed id)."""
     item = catalog.item(asset_id)
     if item is None:
@@ -89,4 +89,4 @@ def known_asset(asset_id: AssetIdPath, catalog: CatalogDep) -> AssetItem:
 
 
 ApiKey = Depends(require_api_key)
-KnownAsset = Annotated[AssetItem, Depends(known_asset)]
+KnownAsset = Annotated[AssetDetail, Depends(known_asset)]

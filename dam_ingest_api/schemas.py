@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from dam_core import layout
+from dam_core.exif import EXIF_COLUMNS
 from dam_core.messages import ID_PATTERN, UploadMessage
 
 IsoTime = Annotated[
@@ -81,6 +82,28 @@ class AssetItem(Body):
     def queued(cls, upload: UploadMessage) -> AssetItem:
         """An accepted upload the index does not hold yet."""
         return cls.of(upload.model_dump(), "queued")
+
+
+class AssetDetail(AssetItem):
+    """One asset and what its file's EXIF says (`GET /assets/{id}`).
+
+    An EXIF field is null when the file does not say, says something unusable, or was processed
+    before EXIF was read; all of them while the asset is queued.
+    """
+
+    taken_at: IsoTime | None = Field(
+        description="DateTimeOriginal (else DateTime): UTC where the file states its offset, else the camera's clock"
+    )
+    camera_make: str | None
+    camera_model: str | None
+    lens: str | None = Field(description="LensModel")
+    gps_lat: float | None = Field(description="decimal degrees, north positive")
+    gps_lon: float | None = Field(description="decimal degrees, east positive")
+    orientation: int | None = Field(description="the EXIF orientation, 1-8 (width and height are already upright)")
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any], status: AssetStatus, **extra: Any) -> AssetDetail:
+        return super().of(row, status, **{name: row.get(name) for name in EXIF_COLUMNS}, **extra)
 
 
 class ScoredAsset(AssetItem):

@@ -28,8 +28,10 @@ from dam_assets.enrichment.rows import RowChecks, batch_rows
 from dam_assets.enrichment.stages import (
     read_captions,
     read_embeddings,
+    read_exif,
     write_captions,
     write_embeddings,
+    write_exif,
 )
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.partitions import batches_partitions_def
@@ -108,6 +110,8 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     decoded = decode_batch(store, read_manifest(store, batch).uploads, pixel_budget_size=dam.decode_pixel_budget)
     errors = sum(1 for d in decoded if d.image is None)
     selected = context.selected_asset_keys
+    # The EXIF columns were read during the decode: staged whichever assets are selected.
+    write_exif(store, batch, {d.upload.id: d.exif for d in decoded if d.exif is not None})
 
     # Each asset is written and reported before the next starts: a failure later in the step
     # leaves the earlier ones materialized.
@@ -186,7 +190,7 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
     manifest = read_manifest(store, batch)
     captions = read_captions(store, batch)
     embeddings = read_embeddings(store, batch)
-    rows = batch_rows(manifest, captions, embeddings, processed_at=datetime.now(UTC))
+    rows = batch_rows(manifest, captions, embeddings, processed_at=datetime.now(UTC), exif=read_exif(store, batch))
     key = write_batch(store, batch, rows, embeddings.dim)
     preview = "\n".join(
         f"| {r['filename'][:40]} | {r['caption'] or ''} | {r['error'] or ''} |" for r in rows[:10]

@@ -12,6 +12,7 @@ from dam_assets.enrichment.stages import (
     EmbeddingItem,
     Embeddings,
 )
+from dam_core.exif import ExifInfo
 from dam_core.layout import vector_key
 from dam_core.messages import BatchManifest
 
@@ -19,13 +20,22 @@ MISSING_UPSTREAM = "missing caption or embedding for this image (upstream asset 
 
 
 def batch_rows(
-    manifest: BatchManifest, captions: Captions, embeddings: Embeddings, processed_at: datetime
+    manifest: BatchManifest,
+    captions: Captions,
+    embeddings: Embeddings,
+    processed_at: datetime,
+    exif: dict[str, ExifInfo] | None = None,
 ) -> list[dict]:
-    """One row per upload; an image that failed anywhere upstream is a row with `error`, no caption or vector."""
+    """One row per upload; an image that failed anywhere upstream is a row with `error`, no caption or vector.
+
+    EXIF describes the original file, so it is kept on error rows too; null where none was read.
+    """
+    exif = exif or {}
     rows = []
     for u in manifest.uploads:
         c = captions.items.get(u.id, CaptionItem(None))
         e = embeddings.items.get(u.id, EmbeddingItem(None))
+        x = exif.get(u.id, ExifInfo())
         error = c.error or e.error
         if not error and (c.caption is None or e.embedding is None):
             error = MISSING_UPSTREAM
@@ -49,6 +59,13 @@ def batch_rows(
                 "batch": manifest.batch,
                 "error": error,
                 "tags": None if error else e.tags,
+                "taken_at": x.taken_at,
+                "camera_make": x.camera_make,
+                "camera_model": x.camera_model,
+                "lens": x.lens,
+                "gps_lat": x.gps_lat,
+                "gps_lon": x.gps_lon,
+                "orientation": x.orientation,
             }
         )
     return rows

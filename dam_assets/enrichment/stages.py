@@ -1,4 +1,4 @@
-"""A batch's captions and embeddings between image_enrichment and asset_metadata: each writer beside its reader."""
+"""A batch's captions, embeddings and EXIF between image_enrichment and asset_metadata: each writer beside its reader."""
 
 # Keys come from dam_core.layout; a re-run of the batch overwrites both files.
 
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dam_core.layout import captions_stage_key, embeddings_stage_key
-from dam_core.store import ObjectStore
+from dam_core.exif import ExifInfo
+from dam_core.layout import captions_stage_key, embeddings_stage_key, exif_stage_key
+from dam_core.store import KeyNotFound, ObjectStore
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,20 @@ def read_embeddings(store: ObjectStore, batch: str) -> Embeddings:
         dim=table.schema.field("embedding").type.list_size,
         items=items,
     )
+
+
+def write_exif(store: ObjectStore, batch: str, exif: dict[str, ExifInfo]) -> str:
+    """The EXIF columns by upload id (images that could not be decoded are left out)."""
+    key = exif_stage_key(batch)
+    body = {"items": {uid: e.to_json() for uid, e in exif.items()}}
+    store.put(key, json.dumps(body).encode(), content_type="application/json")
+    return key
+
+
+def read_exif(store: ObjectStore, batch: str) -> dict[str, ExifInfo]:
+    """Empty for a batch enriched before EXIF was read: its rows get null EXIF columns."""
+    try:
+        body = json.loads(store.get(exif_stage_key(batch)))
+    except KeyNotFound:
+        return {}
+    return {uid: ExifInfo.from_json(e) for uid, e in body["items"].items()}

@@ -16,7 +16,7 @@ from dam_core.store import ObjectStore
 from dam_ingest_api.catalog.listing import BadCursor, Listing
 from dam_ingest_api.catalog.pending import PendingUploads
 from dam_ingest_api.catalog.search import Search, SearchUnavailable
-from dam_ingest_api.schemas import AssetItem, AssetStatus, ScoredAsset
+from dam_ingest_api.schemas import AssetDetail, AssetItem, AssetStatus, ScoredAsset
 
 __all__ = ["BadCursor", "Catalog", "SearchUnavailable"]
 
@@ -44,7 +44,7 @@ class Catalog:
         """An upload this process just accepted: queued from now on, before its manifest exists."""
         self.pending.note(upload)
 
-    def item(self, asset_id: str) -> AssetItem | None:
+    def item(self, asset_id: str) -> AssetDetail | None:
         return self.listing.item(asset_id)
 
     def status(self, asset_id: str) -> AssetStatus | None:

@@ -18,7 +18,7 @@ from dam_core.layout import original_key
 from dam_core.markers import find_upload
 from dam_core.store import ObjectStore
 from dam_ingest_api.catalog.pending import PendingUploads
-from dam_ingest_api.schemas import AssetItem
+from dam_ingest_api.schemas import AssetDetail, AssetItem
 
 _EXT_BY_MIME = {mime: ext for mime, ext in FORMATS.values()}
 
@@ -70,13 +70,13 @@ class Listing:
         self._lock = threading.Lock()
         self._sorted: _SortedSnapshot | None = None
 
-    def item(self, asset_id: str) -> AssetItem | None:
+    def item(self, asset_id: str) -> AssetDetail | None:
         snap = self.index.snapshot
         row = snap.get(asset_id) if snap else None
         if row is not None:
-            return AssetItem.indexed(row)
+            return AssetDetail.indexed(row)
         upload = self.pending.find(asset_id)
-        return AssetItem.queued(upload) if upload is not None else None
+        return AssetDetail.queued(upload) if upload is not None else None
 
     def original_key(self, asset_id: str) -> str | None:
         snap = self.index.snapshot

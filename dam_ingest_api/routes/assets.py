@@ -20,7 +20,7 @@ from dam_ingest_api.deps import (
     known_asset,
 )
 from dam_ingest_api.schemas import (
-    AssetItem,
+    AssetDetail,
     AssetPage,
     NearDuplicates,
     ScoredAsset,
@@ -57,8 +57,8 @@ def list_assets(
 
 
 @router.get("/assets/{asset_id}", responses=_UNKNOWN)
-def get_asset(item: KnownAsset) -> AssetItem:
-    """One asset; `status` is queued, processed or error (with the error text)."""
+def get_asset(item: KnownAsset) -> AssetDetail:
+    """One asset with its EXIF fields; `status` is queued, processed or error (with the error text)."""
     return item
 
 
