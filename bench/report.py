@@ -99,6 +99,20 @@ def summary_lines(results: dict) -> list[str]:
             lines.extend(latency_lines(la))
         elif la:
             lines.append(f"{key}: ERROR {la['error']}")
+    t = b.get("table")  # the Delta `assets` table (bench/table.py)
+    if t and "error" not in t:
+        w = t["writes"]
+        lines.append(
+            f"table ({t['rows']:,} rows, compacted): top-10 recent {t['delta']['recent']['total_ms']} ms "
+            f"(legacy layout {t['legacy']['recent']['total_ms']} ms), cosine {t['delta']['cosine']['total_ms']} ms "
+            f"(legacy {t['legacy']['cosine']['total_ms']} ms)   [target < {t['delta']['recent']['target_ms']} ms: "
+            f"recent {'met' if t['delta']['recent']['met'] else 'SHORT'}, cosine {'met' if t['delta']['cosine']['met'] else 'SHORT'}]; "
+            f"write_batch median {w['windows'][0]['median_ms']} ms at batch 1 -> {w['windows'][-1]['median_ms']} ms at batch "
+            f"{w['windows'][-1]['batch']:,}; compact {t['compaction']['seconds']} s, files {t['compaction']['files_before']:,} -> "
+            f"{t['compaction']['files_after']:,}"
+        )
+    elif t:
+        lines.append(f"table: ERROR {t['error']}")
     lines.append(f"total {results['seconds'].get('total')} s")
     return lines
 

@@ -1,4 +1,5 @@
-"""Run the benchmark suite: `python -m bench.run [--quick] [--only enrichment,upload,scale,search] [--out bench/out]`.
+"""Run the benchmark suite: `python -m bench.run [--quick] [--only enrichment,upload,scale,search] [--out bench/out]`
+(optional, only when named: `--only gpu`, `--only upload_rtt`, `--only table`).
 
 Writes ``OUT/results.json`` (and ``OUT/results-quick.json`` with --quick). A full run (no --quick,
 every benchmark) also renders ``bench/RESULTS.md``.
@@ -17,7 +18,9 @@ from pathlib import Path
 from bench.fixtures import machine, other_load
 
 BENCHMARKS = ("enrichment", "upload", "scale", "search", "scaleout", "latency", "latency_workers")
-OPTIONAL = ("gpu",)  # run only when named in --only; skipped where no CUDA device is visible
+OPTIONAL = ("gpu", "upload_rtt", "table")  # run only when named in --only; gpu is skipped where no CUDA device is visible;
+# table: the Delta `assets` table (bench/table.py), 15-25 min in full mode
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -85,6 +88,18 @@ def main(argv=None) -> int:
                 from bench import latency
 
                 results["benchmarks"][name] = latency.run_workers(args.quick, log=log)
+            elif name == "upload_rtt":  # store ceiling, naive and `dam api` at 0, 10 and 20 ms round trips
+                from bench import upload
+
+                results["benchmarks"][name] = upload.run_rtt(args.quick, log=log)
+                for line in upload.rtt_table(results["benchmarks"][name]):
+                    log("upload_rtt: " + line)
+            elif name == "table":  # Delta table writes, compaction, `dam sql` top-10 vs the legacy layout
+                from bench import table
+
+                results["benchmarks"][name] = table.run(args.quick, out_dir, log=log)
+                for line in table.lines(results["benchmarks"][name]):
+                    log("table: " + line)
             elif name == "gpu":
                 from bench import gpu
 

@@ -1,6 +1,6 @@
 """Search benchmark: /search, /similar and GET /assets/{id} over 100k and 1M vectors; index recall.
 
-    python -m bench.search [--quick] [--out bench/out]
+    python -m bench.search [--quick] [--out bench/out] [--index-only update,clip]
 
 For each size: write an index version of N random unit 512-d vectors into a local store,
 serve it with the real API (`dam api`, full-size CLIP text encoder with random weights), and
@@ -62,6 +62,30 @@ def clustered_vectors(n: int, seed: int, clusters: int = 2000, spread: float = 0
         m = min(100_000, n - i)
         out[i:i + m] = centers[rng.integers(0, clusters, m)] + spread / np.sqrt(DIM) * rng.standard_normal((m, DIM), dtype=np.float32)
     return unit(out)
+
+
+def clip_like_vectors(n: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image-like vectors and text-like queries, shaped like CLIP ViT-B/32 embeddings.
+
+    Images: a shared image-cone direction plus one of n/500 topic directions (Zipf-sized topics)
+    plus noise: cosine ~0.67 within a topic, ~0.26 across. Queries ("text"): the same topic
+    directions but a different cone direction (CLIP's modality gap) and more noise, so a query's
+    best image scores ~0.45, as a CLIP text embedding's does: off the image clusters, which is
+    where graph indexes lose recall.
+    """
+    rng = np.random.default_rng(seed)
+    topics = max(50, n // 500)
+    img_cone, txt_cone = unit(rng.standard_normal((2, DIM), dtype=np.float32))
+    centers = unit(rng.standard_normal((topics, DIM), dtype=np.float32))
+    w = 1 / np.arange(1, topics + 1) ** 0.8
+    w /= w.sum()
+    out = np.empty((n, DIM), np.float32)
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        out[i:i + m] = 0.8 * img_cone + centers[rng.choice(topics, m, p=w)] + 0.9 / np.sqrt(DIM) * rng.standard_normal((m, DIM), dtype=np.float32)
+    c = rng.choice(topics, queries, p=w)
+    q = 0.8 * txt_cone + centers[c] + 1.2 / np.sqrt(DIM) * rng.standard_normal((queries, DIM), dtype=np.float32)
+    return unit(out), unit(q)
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
@@ -147,6 +171,102 @@ def hnsw_figures(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) ->
     }
 
 
+def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
+    """HNSW on CLIP-like vectors with text-like queries (the target): recall@10 and latency for
+    search (text-like queries) and similar (an indexed vector as the query, itself excluded)."""
+    from dam_core.index import load_snapshot, write_index
+    from dam_core.store import LocalStore
+
+    vectors, queries = clip_like_vectors(n, nq, seed=n)
+    truth = exact_top(vectors, queries)
+    rng = np.random.default_rng(5)
+    sim_rows = rng.choice(n, nq, replace=False)
+    sim_truth = []
+    for r in sim_rows:
+        s = vectors @ vectors[r]
+        s[r] = -np.inf
+        idx = np.argpartition(-s, 10)[:10]
+        sim_truth.append(idx[np.argsort(-s[idx])])
+    with tempfile.TemporaryDirectory(prefix="bench-clip-hnsw-") as tmp:
+        store = LocalStore(Path(tmp) / "store")
+        t0 = time.perf_counter()
+        write_index(store, items_table(n, "bench"), vectors, np.ones(n, bool), exact_max=0, model="bench")
+        build = time.perf_counter() - t0
+        log(f"  HNSW built over {n:,} CLIP-like vectors in {build:.0f} s")
+        snap = load_snapshot(store)
+        out = {"n": n, "build_s": round(build, 1)}
+        for name, qs, tr, excl in (("search", queries, truth, None), ("similar", vectors[sim_rows], np.array(sim_truth), True)):
+            lat, found = [], []
+            for q, r in zip(qs, sim_rows):
+                ex = f"{int(r):032x}" if excl else None
+                t = time.perf_counter()
+                hits = snap.search(q, 10, exclude=ex)
+                lat.append((time.perf_counter() - t) * 1000)
+                found.append([int(h[0]["id"], 16) for h in hits])
+            out[name] = {"p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2), "recall@10": round(recall(found, tr), 4)}
+        del snap
+    return out
+
+
+def batch_rows_table(n: int, batch: str, model: str, seed: int, first: int) -> pa.Table:
+    """A batch's rows as the table holds them (with `embedding`)."""
+    t = items_table(n, model)
+    t = t.set_column(0, "id", pa.array([f"{first + i:032x}" for i in range(n)]))
+    t = t.set_column(t.schema.get_field_index("batch"), "batch", pa.array([batch] * n))
+    vecs = random_vectors(n, seed)
+    return t.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), DIM))
+
+
+def update_figures(table_rows: int, batches: int = 40, batch_size: int = 64) -> dict:
+    """Per-batch index update (dam_core.index.add_batch: segment write, publish, merges) on an index
+    that already holds `table_rows` vectors, and the API side's swap (IndexHolder.refresh)."""
+    from dam_core.index import IndexHolder, add_batch, write_index
+    from dam_core.store import LocalStore
+
+    with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
+        store = LocalStore(Path(tmp) / "store")
+        write_index(store, items_table(table_rows, "bench"), random_vectors(table_rows, 3), np.ones(table_rows, bool),
+                    exact_max=10**9, model="bench")
+        holder = IndexHolder(store, poll_seconds=3600)
+        holder.refresh()
+        upd, swap = [], []
+        for b in range(batches):
+            batch = f"20261125T{b // 3600:02d}{b // 60 % 60:02d}{b % 60:02d}Z-000000"
+            rows = batch_rows_table(batch_size, batch, "bench", seed=100 + b, first=10**9 + b * batch_size)
+            t = time.perf_counter()
+            add_batch(store, batch, rows, exact_max=10**9)
+            upd.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            assert holder.refresh()
+            swap.append((time.perf_counter() - t) * 1000)
+            assert holder.snapshot.get(f"{10**9 + b * batch_size:032x}") is not None
+        segments = len(holder.snapshot.segments)
+        # Read-side lag: rows handed to the index -> the API's holder (polling at the product's
+        # default DAM_INDEX_POLL_SECONDS, in a background thread as in `dam api`) serves them.
+        from dam_core.settings import Settings
+
+        live = IndexHolder(store, poll_seconds=Settings().dam_index_poll_seconds)
+        live.start()
+        lag = []
+        for b in range(batches, batches + 4):
+            batch = f"20261125T{b // 3600:02d}{b // 60 % 60:02d}{b % 60:02d}Z-000000"
+            first = 10**9 + b * batch_size
+            rows = batch_rows_table(batch_size, batch, "bench", seed=100 + b, first=first)
+            t = time.perf_counter()
+            add_batch(store, batch, rows, exact_max=10**9)
+            while live._snapshot is None or live._snapshot.get(f"{first:032x}") is None:
+                time.sleep(0.02)
+            lag.append(time.perf_counter() - t)
+            time.sleep(1.3 * (b % 3))  # land at different points of the poll cycle
+        live.stop()
+    return {
+        "lag_p50_s": round(pct(lag, 50), 2), "lag_max_s": round(max(lag), 2),
+        "table_rows": table_rows, "batches": batches, "batch_size": batch_size, "segments_after": segments,
+        "update_p50_ms": round(pct(upd, 50), 1), "update_max_ms": round(max(upd), 1),
+        "swap_p50_ms": round(pct(swap, 50), 1), "swap_max_ms": round(max(swap), 1),
+    }
+
+
 # ----------------------------------------------------------------------------- through the API
 
 
@@ -221,6 +341,20 @@ def api_figures(data_dir: Path, clip_dir: Path, n: int, reps: int) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def index_figures(quick: bool, log=print, parts=("update", "clip")) -> dict:
+    """Issue 13: per-batch update time and API swap at growing table sizes; HNSW on CLIP-like vectors."""
+    out: dict = {}
+    if "update" in parts:
+        out["update"] = {}
+        for n in ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]):
+            out["update"][n] = fig = update_figures(n, batches=20 if quick else 40)
+            log(f"search: index update per 64-row batch at {n:,} rows: {fig}")
+    if "clip" in parts:
+        out["clip_hnsw"] = fig = clip_hnsw_figures(100_000 if quick else 1_000_000, log=log)
+        log(f"search: HNSW, CLIP-like vectors, text-like queries: {fig}")
+    return out
+
+
 def run(quick: bool, out_dir: Path, log=print) -> dict:
     from bench.fixtures import build_models
     from dam_core.index import load_snapshot, write_index
@@ -262,6 +396,7 @@ def run(quick: bool, out_dir: Path, log=print) -> dict:
             log(f"  {fig}")
         del vectors
 
+    results.update(index_figures(quick, log=log))
     for name, gen in (("random", random_vectors), ("clustered", clustered_vectors)):
         vectors = gen(hnsw_n, seed=11)
         qs = gen(len(queries), seed=12) if name == "clustered" else queries
@@ -286,7 +421,26 @@ def markdown(results: dict) -> str:
     for name, f in results["hnsw"].items():
         mem = f.get("loaded_mem_mb", f.get("build_mem_mb"))  # results.json from before this change
         lines.append(f"| {name} | {f['n']:,} | {f['build_s']} | {mem} | {f['p50_ms']} / {f['p99_ms']} | {f['recall@10']} |")
+    lines += index_markdown(results)
     return "\n".join(lines)
+
+
+def index_markdown(results: dict) -> list[str]:
+    lines = []
+    if results.get("update"):
+        lines += ["", "| index update per 64-row batch | table rows | update p50 / max ms | API swap p50 / max ms | segments after | read-side lag p50 / max s |",
+                  "|---|---|---|---|---|---|"]
+        for n, f in results["update"].items():
+            lines.append(f"| add_batch + IndexHolder.refresh | {int(n):,} | {f['update_p50_ms']} / {f['update_max_ms']} | "
+                         f"{f['swap_p50_ms']} / {f['swap_max_ms']} | {f['segments_after']} | "
+                         f"{f.get('lag_p50_s', '')} / {f.get('lag_max_s', '')} |")
+    if results.get("clip_hnsw"):
+        f = results["clip_hnsw"]
+        lines += ["", "| HNSW, CLIP-like vectors | vectors | build s | search p50 / p99 ms | search recall@10 | similar p50 / p99 ms | similar recall@10 |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| M=32, ef_add=200, ef=512, f16 | {f['n']:,} | {f['build_s']} | {f['search']['p50_ms']} / {f['search']['p99_ms']} | "
+                  f"{f['search']['recall@10']} | {f['similar']['p50_ms']} / {f['similar']['p99_ms']} | {f['similar']['recall@10']} |"]
+    return lines
 
 
 def verdicts(results: dict) -> list[str]:
@@ -304,9 +458,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--index-only", default="", help="only the index figures: update, clip or update,clip")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.index_only:
+        res = index_figures(args.quick, log=lambda m: print(m, file=sys.stderr, flush=True), parts=args.index_only.split(","))
+        (out / f"search-index-{args.index_only.replace(',', '-')}{'-quick' if args.quick else ''}.json").write_text(json.dumps(res, indent=1))
+        print("\n".join(index_markdown(res)))
+        return 0
     res = run(args.quick, out, log=lambda m: print(m, file=sys.stderr, flush=True))
     (out / ("search-quick.json" if args.quick else "search.json")).write_text(json.dumps(res, indent=1))
     print(markdown(res))

@@ -236,10 +236,12 @@ def _moto_main(port: int) -> int:
 # ----------------------------------------------------------------------------- one server run
 
 
-def start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
+def start_server(kind: str, port: int, env: dict, workers: int = 1) -> subprocess.Popen:
     bindir = Path(sys.executable).parent
     if kind == "api":
         cmd = [str(bindir / "dam"), "api", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
     else:
         cmd = [sys.executable, "-m", "bench.naive_producer", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -259,7 +261,7 @@ def stop_server(proc: subprocess.Popen) -> str:
 
 def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: float, warmup: float,
                moto: MotoServer | None, big: bytes | None, log=print, amqp_url: str = RABBIT_URL,
-               s3_endpoint: str | None = None, extra_pids: list[int] | None = None) -> dict:
+               s3_endpoint: str | None = None, extra_pids: list[int] | None = None, workers: int = 1) -> dict:
     import httpx
 
     queue = f"bench-{kind}-{uuid.uuid4().hex[:10]}"
@@ -270,7 +272,7 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
         if s3_endpoint:
             extra["R2_ENDPOINT"] = s3_endpoint
     port = free_port()
-    proc = start_server(kind, port, clean_env(extra))
+    proc = start_server(kind, port, clean_env(extra), workers)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz", 90, proc)
@@ -452,8 +454,157 @@ def run(quick: bool, log=print) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- at the store's speed
+
+
+RTTS_MS = (0.0, 10.0, 20.0)
+TARGETS = {"vs_ceiling": 0.8, "p99_vs_ceiling": 1.5, "vs_naive": 1.0}
+
+
+def s3_put_ceiling(s3_env: dict, payloads: list[bytes], seconds: float, warmup: float,
+                   threads: int = CONCURRENCY) -> dict:
+    """The store's own speed: `threads` clients doing nothing but unique-key creates (the API's
+    first call per upload), through the product's S3Store, with the same latency percentiles."""
+    from bench.loadgen import percentile
+    from dam_core.settings import load_settings
+    from dam_core.store import S3Store
+
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
+        store = S3Store.from_settings(load_settings(dam_data_dir=tmp, **{k.lower(): v for k, v in s3_env.items()}))
+    run_id = uuid.uuid4().hex[:8]
+    t_measure = time.perf_counter() + warmup
+    t_stop = t_measure + seconds
+    lat: list[list[float]] = [[] for _ in range(threads)]
+    last = [t_measure] * threads
+
+    def loop(t: int):
+        i = 0
+        while (t0 := time.perf_counter()) < t_stop:
+            store.create(f"assets/{run_id}{t:02d}{i:022d}.jpg", payloads[i % len(payloads)], content_type="image/jpeg")
+            t1 = time.perf_counter()
+            if t0 >= t_measure:
+                lat[t].append(t1 - t0)
+                last[t] = t1
+            i += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(loop, range(threads)))
+    all_lat = sorted(x for part in lat for x in part)
+    elapsed = max(max(last), t_stop) - t_measure
+    return {
+        "requests_ok": len(all_lat),
+        "requests_per_s": round(len(all_lat) / elapsed, 2),
+        "latency_ms": {q: round(1000 * percentile(all_lat, v), 1) for q, v in (("p50", 0.5), ("p99", 0.99))},
+    }
+
+
+def _compare(api: dict, ceiling: dict, naive: dict) -> dict:
+    rps, p99 = api["requests_per_s"] or 0.0, api["latency_ms"]["p99"]
+    out = {
+        "vs_ceiling": round(rps / ceiling["requests_per_s"], 2) if ceiling["requests_per_s"] else None,
+        "p99_vs_ceiling": round(p99 / ceiling["latency_ms"]["p99"], 2) if p99 and ceiling["latency_ms"]["p99"] else None,
+        "vs_naive": round(rps / naive["requests_per_s"], 2) if naive["requests_per_s"] else None,
+    }
+    out["met"] = bool(
+        out["vs_ceiling"] is not None and out["vs_ceiling"] >= TARGETS["vs_ceiling"]
+        and out["p99_vs_ceiling"] is not None and out["p99_vs_ceiling"] <= TARGETS["p99_vs_ceiling"]
+        and out["vs_naive"] is not None and out["vs_naive"] >= TARGETS["vs_naive"]
+    )
+    return out
+
+
+def run_rtt(quick: bool, log=print, workers: tuple[int, ...] = (1, 2), rtts_ms: tuple[float, ...] = RTTS_MS) -> dict:
+    """S3 (moto) and RabbitMQ at 0, 10 and 20 ms round trips (bench.netem): per RTT the store's
+    ceiling (raw creates at the same concurrency), the naive producer, and `dam api` with each
+    number of workers; requests/s, p99, and the API's ratios to the ceiling and to naive."""
+    duration, warmup = (4.0, 1.0) if quick else (15.0, 3.0)
+    out: dict = {"concurrency": CONCURRENCY, "duration_s": duration, "targets": dict(TARGETS), "rtts": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-upload-rtt-") as tmp:
+        tmp = Path(tmp)
+        sizes = make_images(tmp / "images", 8 if quick else 32)
+        payloads = [f.read_bytes() for f in sorted((tmp / "images").glob("*.jpg"))]
+        out["image_bytes_mean"] = int(sum(sizes) / len(sizes))
+        log(f"upload_rtt: {len(sizes)} JPEGs of ~{out['image_bytes_mean'] // 1000} KB (every body made unique); "
+            f"{CONCURRENCY} clients, {duration:g}s per run after {warmup:g}s warm-up; S3 = moto, RabbitMQ local")
+        moto = MotoServer()
+        try:
+            for rtt in rtts_ms:
+                proxies = []
+                try:
+                    amqp_url, s3_endpoint, extra_pids = RABBIT_URL, None, []
+                    if rtt:
+                        proxies = [Proxy(("127.0.0.1", 5672), rtt / 2000), Proxy(("127.0.0.1", moto.port), rtt / 2000)]
+                        amqp_url = RABBIT_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxies[0].port}")
+                        s3_endpoint = f"http://127.0.0.1:{proxies[1].port}"
+                        extra_pids = [px.proc.pid for px in proxies]
+                    row: dict = {}
+                    s3env = moto.bucket()
+                    if s3_endpoint:
+                        s3env["R2_ENDPOINT"] = s3_endpoint
+                    row["ceiling"] = s3_put_ceiling(s3env, payloads, duration, warmup)
+                    kw = dict(log=log, amqp_url=amqp_url, s3_endpoint=s3_endpoint, extra_pids=extra_pids)
+                    row["naive"] = run_server("naive", "s3", tmp / "images", tmp, duration, warmup, moto, None, **kw)
+                    for n in workers:
+                        api = run_server("api", "s3", tmp / "images", tmp, duration, warmup, moto, None, workers=n, **kw)
+                        api["vs"] = _compare(api, row["ceiling"], row["naive"])
+                        row[f"api_w{n}"] = api
+                    out["rtts"][f"{rtt:g}"] = row
+                    for line in rtt_table({"rtts": {f"{rtt:g}": row}})[2:]:
+                        log("  " + line)
+                finally:
+                    for px in proxies:
+                        px.stop()
+        finally:
+            moto.stop()
+    return out
+
+
+def rtt_table(result: dict) -> list[str]:
+    """The run_rtt result as a fixed-width table."""
+    head = f"{'RTT':>6}  {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  {'/ceiling':>8} {'p99/ceil':>8} {'/naive':>7}  target"
+    lines = [head, "-" * len(head)]
+    for rtt, row in result["rtts"].items():
+        for name, r in row.items():
+            lat = r["latency_ms"]
+            label = {"ceiling": "store ceiling", "naive": "naive"}.get(name, f"dam api w={name[5:]}")
+            vs = r.get("vs")
+            cols = (f"{vs['vs_ceiling']:>8} {vs['p99_vs_ceiling']:>8} {vs['vs_naive']:>7}  {'met' if vs['met'] else 'SHORT'}"
+                    if vs else f"{'':>8} {'':>8} {'':>7}")
+            bad = {k: v for k, v in r.get("statuses", {}).items() if k != "202"}
+            lines.append(f"{rtt + ' ms':>6}  {label:<14} {r['requests_per_s']:>8} {lat['p50']:>8} {lat['p99']:>8}  {cols}"
+                         + (f"  non-202: {bad}" if bad else ""))
+    return lines
+
+
+def _rtt_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.upload rtt", description=run_rtt.__doc__)
+    p.add_argument("--quick", action="store_true", help="4 s per run instead of 15 s")
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts for `dam api` (default 1,2)")
+    p.add_argument("--rtt-ms", default=",".join(f"{r:g}" for r in RTTS_MS), help="comma-separated round trips")
+    p.add_argument("--out", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    result = run_rtt(args.quick, log=log, workers=tuple(int(w) for w in args.workers.split(",")),
+                     rtts_ms=tuple(float(r) for r in args.rtt_ms.split(",")))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"targets: dam api >= {TARGETS['vs_ceiling']}x the store ceiling's req/s, p99 <= "
+          f"{TARGETS['p99_vs_ceiling']}x its p99, >= {TARGETS['vs_naive']}x naive")
+    for line in rtt_table(result):
+        print(line)
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "moto":
         raise SystemExit(_moto_main(int(sys.argv[2])))
-    print("usage: python -m bench.upload moto PORT  (used by bench.run)", file=sys.stderr)
+    if len(sys.argv) >= 2 and sys.argv[1] == "rtt":
+        raise SystemExit(_rtt_main(sys.argv[2:]))
+    print("usage: python -m bench.upload moto PORT  (used by bench.run)\n"
+          "       python -m bench.upload rtt [--quick] [--workers 1,2] [--rtt-ms 0,10,20] [--out FILE]", file=sys.stderr)
     raise SystemExit(2)

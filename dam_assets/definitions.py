@@ -9,11 +9,11 @@ from dam_assets.enrichment.assets import asset_metadata, image_enrichment
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.jobs import enrich_batch_job
 from dam_assets.ingest.sensors import upload_queue_sensor
+from dam_assets.maintenance.compaction import compact_assets, compact_assets_job, compact_assets_schedule
 from dam_assets.maintenance.sensors import orphan_sweep_sensor
 from dam_assets.resources import DamResource, ModelsResource
-from dam_assets.search.assets import search_index
+from dam_assets.search.assets import search_index, search_segment
 from dam_assets.search.jobs import search_index_job
-from dam_assets.search.sensors import search_index_sensor
 from dam_core.settings import Settings
 
 
@@ -26,9 +26,10 @@ def build_resources(settings: Settings, configuration_error: str | None = None) 
 
 
 defs = Definitions(
-    assets=[upload_batch, image_enrichment, asset_metadata, search_index],
-    jobs=[enrich_batch_job, search_index_job],
-    sensors=[upload_queue_sensor, search_index_sensor, orphan_sweep_sensor],
+    assets=[upload_batch, image_enrichment, asset_metadata, search_segment, search_index, compact_assets],
+    jobs=[enrich_batch_job, search_index_job, compact_assets_job],
+    schedules=[compact_assets_schedule],
+    sensors=[upload_queue_sensor, orphan_sweep_sensor],
     resources=build_resources(SETTINGS, SETTINGS_ERROR),
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,

@@ -48,6 +48,7 @@ class DamResource(ConfigurableResource):
     decode_pixel_budget: int = Field(description="DAM_DECODE_PIXEL_BUDGET")
     orphan_grace_seconds: float = Field(description="DAM_ORPHAN_GRACE_SECONDS")
     exact_search_max: int = Field(description="DAM_EXACT_SEARCH_MAX")
+    table_retention_hours: float = Field(description="DAM_TABLE_RETENTION_HOURS")
     configuration_error: Optional[str] = Field(
         default=None, description="Why the environment could not be read; when set, nothing runs."
     )
@@ -73,6 +74,7 @@ class DamResource(ConfigurableResource):
             decode_pixel_budget=s.dam_decode_pixel_budget,
             orphan_grace_seconds=s.dam_orphan_grace_seconds,
             exact_search_max=s.dam_exact_search_max,
+            table_retention_hours=s.dam_table_retention_hours,
             configuration_error=configuration_error,
         )
 

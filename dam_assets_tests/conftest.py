@@ -72,16 +72,38 @@ def queue_name(rabbit_url):
     conn.close()
 
 
+_MOTO = """
+import sys, threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
+server.start()
+print("ready", flush=True)
+sys.stdin.read()  # until the test session closes our stdin (or dies)
+server.stop()
+"""
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """moto's S3 server on a free port, spoken to over real HTTP."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server (ThreadedMotoServer) on a free port in its own process, spoken to over real HTTP.
+
+    Its own process, as R2 is: delta-rs holds the GIL in some blocking calls (a log listing), which
+    would deadlock against a server answering from threads of the same interpreter.
+    """
+    import subprocess
+    import sys
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOTO, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready", "moto did not start"
     yield f"http://127.0.0.1:{port}"
-    server.stop()
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture

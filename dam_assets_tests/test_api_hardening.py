@@ -194,11 +194,17 @@ def _hold_open_until_closed(url: str, lines: list[bytes], every: float, give_up:
         sock.close()
 
 
-def test_a_slow_request_head_is_disconnected_at_the_header_timeout(dam_api):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_slow_request_head_is_disconnected_at_the_header_timeout(dam_api, workers):
+    """The same in every worker process of `dam api --workers N` (each builds its protocol by name)."""
     import http.client
 
     timeout = 2.0
-    url, _ = dam_api(DAM_HEADER_TIMEOUT_SECONDS=timeout)
+    url, data_dir = dam_api("--workers", workers, DAM_HEADER_TIMEOUT_SECONDS=timeout)
+    if workers != "1":  # and the workers serve the app itself, not just the socket
+        r = httpx.post(f"{url}/upload", files={"file": ("w.jpg", jpeg_bytes(64, 48, seed=46), "image/jpeg")}, timeout=30)
+        assert r.status_code == 202, r.text
+        assert _originals(data_dir) == [f"{r.json()['id']}.jpg"]
     lines = [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n"] + [f"X-Slow-{i}: {i}\r\n".encode() for i in range(30)]
     closed = _hold_open_until_closed(url, lines, every=0.7, give_up=12)
     assert closed is not None and closed < timeout + 1.5, closed

@@ -16,10 +16,12 @@ ASSETS = {
     "image_embeddings": "enrichment",
     "image_thumbnails": "enrichment",
     "asset_metadata": "table",
+    "search_segment": "search",
     "search_index": "search",
+    "compact_assets": "maintenance",
 }
-JOBS = {"enrich_batch", "refresh_search_index"}
-SENSORS = {"upload_queue_sensor", "search_index_sensor", "orphan_sweep_sensor"}
+JOBS = {"enrich_batch", "refresh_search_index", "compact_assets_job"}
+SENSORS = {"upload_queue_sensor", "orphan_sweep_sensor"}
 
 
 def test_every_asset_job_and_sensor_loads_with_a_description():
@@ -34,11 +36,13 @@ def test_every_asset_job_and_sensor_loads_with_a_description():
     versions = {k: s.code_version for k, s in specs.items()}
     assert versions["image_captions"].startswith("blip:") and versions["image_embeddings"].startswith("clip:")
     assert {k: versions[k] for k in ("upload_batch", "image_thumbnails", "asset_metadata", "search_index")} == {
-        "upload_batch": "v1", "image_thumbnails": "webp256:v1", "asset_metadata": "v1", "search_index": "v1",
+        "upload_batch": "v1", "image_thumbnails": "webp256:v1", "asset_metadata": "delta-v2", "search_index": "v2",
     }
-    batch_assets = set(ASSETS) - {"search_index"}
+    batch_assets = set(ASSETS) - {"search_index", "compact_assets"}
     assert {k for k, s in specs.items() if s.partitions_def is not None} == batch_assets
     assert {s.partitions_def.name for k, s in specs.items() if k in batch_assets} == {"ingest_batches"}
+    # A batch's run indexes the batch itself: no index run waits in the queue behind other batches.
+    assert AssetKey("search_segment") in repo.get_job("enrich_batch").asset_layer.executable_asset_keys
 
     checks = repo.asset_graph.get_check_keys_for_assets([AssetKey("asset_metadata")])
     assert {c.name for c in checks} == {"one_row_per_upload", "unique_ids", "embeddings_valid", "captions_present"}
@@ -47,6 +51,10 @@ def test_every_asset_job_and_sensor_loads_with_a_description():
     assert all(repo.get_job(name).description for name in JOBS)
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert all(s.description for s in repo.sensor_defs)
+    # Table maintenance runs on a schedule that is on by default, on the light queue.
+    (schedule,) = repo.schedule_defs
+    assert schedule.job_name == "compact_assets_job" and schedule.default_status.value == "RUNNING"
+    assert repo.get_job("compact_assets_job").tags["dagster-celery/queue"] == "dam-light"
 
 
 def _load(env: dict[str, str], script: str) -> dict:

@@ -46,7 +46,7 @@ from dam_core.messages import UploadMessage
 from dam_core.queue import EmbeddedQueue, RabbitQueue, make_queue
 from dam_core.settings import load_settings
 from dam_core.store import LocalStore, StoreError, make_store
-from dam_core.table import connect
+from dam_core.table import connect, history, open_table
 from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -351,7 +351,10 @@ def test_run_killed_mid_batch_is_reexecuted_without_appending(request, make_sett
 
     con = connect(settings)
     assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == len(sent)  # overwritten, not appended
-    assert [k for k in store.list("metadata/")] == [f"metadata/assets/batch={batch}/part-0.parquet"]
+    # One live data file, and the log shows the two runs replacing the batch rather than adding to it.
+    assert len(open_table(settings).file_uris()) == 1
+    writes = [h for h in history(settings) if h["operation"] == "WRITE"]
+    assert len(writes) == 2 and all(f"batch = '{batch}'" in h["operationParameters"]["predicate"] for h in writes)
     table = {r[0]: r[1] for r in con.execute("SELECT id, embedding FROM assets").fetchall()}
     for s in sent:
         vec = json.loads(store.get(s["vector_key"]))
@@ -415,6 +418,21 @@ def _arm(prefix: str, nth: int, times: int, how: str) -> None:
     FAULT.update(prefix=prefix, nth=nth, seen=0, times=times, failed=0, how=how)
 
 
+def _flaky_table_write(real):
+    """delta-rs's write_deltalake, except that it fails while FAULT is armed for the table: the
+    Delta table is written by delta-rs straight to the store, not through FlakyStore."""
+
+    def write(table_or_uri, data, **kwargs):
+        if FAULT["prefix"] and FAULT["prefix"].startswith("metadata/"):
+            FAULT["seen"] += 1
+            if FAULT["seen"] >= FAULT["nth"] and FAULT["failed"] < FAULT["times"]:
+                FAULT["failed"] += 1
+                raise OSError("injected fault: connection reset while writing the table")
+        return real(table_or_uri, data, **kwargs)
+
+    return write
+
+
 def _materialize_flaky(instance, batch):
     return materialize(
         BATCH_ASSETS, partition_key=batch, instance=instance,
@@ -437,7 +455,10 @@ def _failure_text(result) -> str:
     [("metadata/assets/", 1, "midway"), ("vectors/", 2, "refused")],
     ids=["table-write-breaks-midway", "second-vector-put-refused"],
 )
-def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance, prefix, nth, how):
+def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance, prefix, nth, how, monkeypatch):
+    import deltalake
+
+    monkeypatch.setattr(deltalake, "write_deltalake", _flaky_table_write(deltalake.write_deltalake))
     client = TestClient(create_app(settings))
     sent = upload_all(client, images(3, seed=30 + nth))
     (batch,) = [r.partition_key for r in tick(instance).run_requests]
@@ -450,8 +471,8 @@ def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance
         FAULT["prefix"] = None
     assert not failed.success  # loudly
     assert FAULT["failed"] == 1 and "injected fault" in _failure_text(failed)
-    # Nothing half-written is visible: no table object, `dam sql` sees no rows, no stray temp files.
-    assert not list(store.list("metadata/"))
+    # Nothing half-written is visible: no table version, `dam sql` sees no rows, no stray temp files.
+    assert open_table(settings) is None
     assert connect(settings).execute("SELECT count(*) FROM assets_all").fetchone()[0] == 0
     if prefix.startswith("metadata/"):  # as a user sees it, right after the table write broke
         proc = dam_sql("SELECT count(*) AS n FROM assets", dict(os.environ))

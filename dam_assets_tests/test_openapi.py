@@ -40,6 +40,7 @@ COMPONENTS = {
     "RejectedBatch": ["accepted", "rejected", "items", "detail"],
     "Health": ["status"],
     "Readiness": ["status", "store", "queue"],
+    "DeleteAnswer": ["id", "deleted_at", "original", "thumbnail", "vector", "marker", "table_rows", "index"],
     "ErrorBody": ["detail"],
     "ValidationErrorBody": ["detail", "errors"],
 }
@@ -65,6 +66,7 @@ OPERATIONS = {
     },
     ("get", "/assets"): {"200": {"AssetPage"}, "400": E, "401": E, "422": V, "503": E},
     ("get", "/assets/{asset_id}"): {"200": {"AssetDetail"}, **ASSET_ERRORS},
+    ("delete", "/assets/{asset_id}"): {"200": {"DeleteAnswer"}, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/original"): {"200": BYTES, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/thumbnail"): {"200": BYTES, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/similar"): {"200": {"SimilarAssets"}, "409": E, **ASSET_ERRORS},
@@ -171,4 +173,6 @@ def test_real_answers_match_the_schema_of_their_status(make_settings, tiny_model
         check("get", "/assets/{asset_id}/duplicates", client.get(f"{asset}/duplicates"), 200)
         assert check("get", "/search", client.get("/search", params={"q": "a red photo"}), 200)["items"]
         check("post", "/upload", upload(("later.jpg", red, "image/jpeg")), 200)  # a processed duplicate
-    assert len(seen) == 15, sorted(seen)
+        check("delete", "/assets/{asset_id}", client.delete("/assets/" + "0" * 32), 404)
+        assert check("delete", "/assets/{asset_id}", client.delete(asset), 200)["table_rows"] == 1
+    assert len(seen) == 17, sorted(seen)

@@ -214,3 +214,22 @@ def test_s3_ping_missing_bucket_raises_store_error(make_settings, s3_env):
     store = make_store(make_settings(**{**s3_env, "R2_BUCKET": "no-such-bucket-here"}))
     with pytest.raises(StoreError):
         store.ping()
+
+
+def test_s3_file_bodies_skip_the_100_continue_round_trip_unless_large(make_settings, s3_env):
+    """An image body goes with its headers; only a body of EXPECT_CONTINUE_MIN_BYTES or more waits
+    for the server's `100 Continue` first (botocore's default for every file body)."""
+    from dam_core.store import EXPECT_CONTINUE_MIN_BYTES
+
+    store = make_store(make_settings(**s3_env))
+    sent = []
+    store.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(dict(request.headers)))
+    small = b"x" * 300_000
+    assert store.create("assets/small.jpg", io.BytesIO(small), content_type="image/jpeg")
+    store.put("assets/small2.jpg", io.BytesIO(small))
+    big = io.BytesIO(b"y" * EXPECT_CONTINUE_MIN_BYTES)
+    assert store.create("assets/big.jpg", big, content_type="image/jpeg")
+    expects = [h.get("Expect") for h in sent]
+    assert expects[:2] == [None, None] and expects[-1] in ("100-continue", b"100-continue"), expects
+    assert store.get("assets/small.jpg") == small and store.get("assets/small2.jpg") == small
+    assert len(store.get("assets/big.jpg")) == EXPECT_CONTINUE_MIN_BYTES

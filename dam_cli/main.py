@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from dam_cli import api, dev, models, search, sql, upload, worker
+from dam_cli import api, delete, dev, models, search, sql, table, upload, worker
 
-COMMANDS = (api, dev, upload, sql, search, models, worker)  # in the order `dam --help` lists them
+COMMANDS = (api, dev, upload, delete, sql, table, search, models, worker)  # in the order `dam --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,10 +16,11 @@ def _has_table(settings) -> bool:
 
 def cmd_sql(args) -> int:
     settings = settings_or_exit()
-    from dam_core.table import connect, format_result
+    from dam_cli._format import format_result
+    from dam_core.table import connect
 
     try:
-        con = connect(settings)
+        con = connect(settings, as_of=args.as_of)
         rel = con.sql(args.query)
     except Exception as err:  # duckdb raises its own error family
         print(f"dam sql: {err}", file=sys.stderr)
@@ -35,4 +36,8 @@ def register(sub) -> None:
     s = sub.add_parser("sql", help="query the assets table with DuckDB")
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument(
+        "--as-of", metavar="VERSION|TIME",
+        help="query an earlier version of the table: a version number (dam table history) or an ISO time",
+    )
     s.set_defaults(func=cmd_sql)

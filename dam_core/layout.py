@@ -16,6 +16,9 @@ STAGES_PREFIX = "stages/"
 TABLE_PREFIX = "metadata/assets/"
 INDEX_PREFIX = "index/"
 CURRENT_INDEX_KEY = f"{INDEX_PREFIX}CURRENT.json"
+INDEX_VERSIONS_PREFIX = f"{INDEX_PREFIX}versions/"
+INDEX_SEGMENTS_PREFIX = f"{INDEX_PREFIX}segments/"
+TOMBSTONES_PREFIX = "deleted/"
 
 
 def original_key(asset_id: str, ext: str) -> str:
@@ -60,9 +63,20 @@ def embeddings_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}embeddings/batch={batch}.parquet"
 
 
-def table_key(batch: str) -> str:
-    """Each batch owns one table file; re-running the batch overwrites it, never appends."""
-    return f"{TABLE_PREFIX}batch={batch}/part-0.parquet"
+LEGACY_TABLE_FILE = "part-0.parquet"
+
+
+def legacy_table_key(batch: str) -> str:
+    """A batch's table file before the table became a Delta table (`dam table migrate` moves them in)."""
+    return f"{TABLE_PREFIX}batch={batch}/{LEGACY_TABLE_FILE}"
+
+
+def batch_of_legacy_table_key(key: str) -> str | None:
+    """`metadata/assets/batch=B/part-0.parquet` -> `B`; None for any other key (the Delta table's own)."""
+    head = f"{TABLE_PREFIX}batch="
+    if not (key.startswith(head) and key.endswith(f"/{LEGACY_TABLE_FILE}")):
+        return None
+    return key[len(head):-len(LEGACY_TABLE_FILE) - 1]
 
 
 def index_version_prefix(version: str) -> str:
@@ -72,3 +86,22 @@ def index_version_prefix(version: str) -> str:
 def index_file_key(version: str, name: str) -> str:
     """A file of one search-index snapshot: `index/{version}/{name}`."""
     return f"{index_version_prefix(version)}{name}"
+
+
+def index_manifest_key(seq: int) -> str:
+    """One published index version's manifest, created exclusively: `index/versions/{seq}.json`."""
+    return f"{INDEX_VERSIONS_PREFIX}{seq:012d}.json"
+
+
+def index_segment_prefix(segment: str) -> str:
+    return f"{INDEX_SEGMENTS_PREFIX}{segment}/"
+
+
+def index_segment_key(segment: str, name: str) -> str:
+    """A file of one immutable index segment: `index/segments/{segment}/{name}`."""
+    return f"{index_segment_prefix(segment)}{name}"
+
+
+def tombstone_key(asset_id: str) -> str:
+    """Written when an asset is deleted: the index drops the id and never serves it again."""
+    return f"{TOMBSTONES_PREFIX}{asset_id}.json"

@@ -125,21 +125,59 @@ def _abort_at(conn, deadline: float | None):
                 impl._adapter_remove_timeout(handle)
 
 
+class _Publisher:
+    """One connection with a confirm channel; used by one thread at a time (pika is not thread-safe)."""
+
+    def __init__(self, conn, channel, generation: int):
+        self.conn = conn
+        self.channel = channel
+        self.generation = generation
+
+    def healthy(self) -> bool:
+        # Reads whatever arrived while the connection sat idle: a broker that restarted or
+        # closed it shows up here, before a message is sent on it, not after.
+        try:
+            if not self.channel.is_open:
+                return False
+            self.conn.process_data_events(0)
+            return self.channel.is_open
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        # A clean close waits for the broker's Close-Ok, forever on a partitioned network.
+        with contextlib.suppress(Exception), _abort_at(self.conn, time.monotonic() + 2.0):
+            if self.conn.is_open:
+                self.conn.close()
+
+
 class RabbitQueue(UploadQueue):
-    """A durable RabbitMQ queue with publisher confirms and a dead-letter queue."""
+    """A durable RabbitMQ queue with publisher confirms and a dead-letter queue.
+
+    Publishing goes through a pool of up to `publishers` connections, each with its own confirm
+    channel and checked out by one request at a time: confirms of different requests overlap
+    instead of queueing behind one lock, so N concurrent publishes take about one round trip, not N.
+    """
 
     def __init__(
-        self, url: str, name: str, dead_letter_queue: str | None = None, publish_timeout: float = 10.0
+        self,
+        url: str,
+        name: str,
+        dead_letter_queue: str | None = None,
+        publish_timeout: float = 10.0,
+        publishers: int = 16,
     ):
         self.url = url
         self.name = name
         self.dlq = dead_letter_queue or f"{name}.dead"
-        # The longest publish() may take, waiting for the lock included: a broker that stops
-        # answering (a partition, a frozen node) gives the caller a QueueError, never a hang.
+        # The longest publish() may take, the wait for a free connection included: a broker that
+        # stops answering (a partition, a frozen node) gives the caller a QueueError, never a hang.
         self.publish_timeout = publish_timeout
-        self._lock = threading.Lock()
-        self._conn = None
-        self._channel = None
+        self.publishers = publishers
+        self._cond = threading.Condition()
+        self._idle: list[_Publisher] = []  # last in, first out: the pool stays as small as the load
+        self._open = 0  # publishers that exist (idle, in use, or being connected)
+        self._generation = 0  # close() bumps it: connections in use then are closed when returned
 
     def _params(self, heartbeat: int | None = None, deadline: float | None = None):
         import pika
@@ -171,50 +209,86 @@ class RabbitQueue(UploadQueue):
         except Exception as err:
             raise QueueError(f"RabbitMQ at {self.describe()} unreachable: {type(err).__name__}") from err
 
-    def _drop(self):
-        with contextlib.suppress(Exception):
-            if self._conn is not None and self._conn.is_open:
-                self._conn.close()
-        self._conn = self._channel = None
+    def _timed_out(self) -> QueueError:
+        return QueueError(f"RabbitMQ at {self.describe()} did not confirm within {self.publish_timeout:g} s")
+
+    def _checkout(self, deadline: float) -> _Publisher:
+        """A healthy publisher for this thread alone: an idle one, or a new connection if the pool has room."""
+        while True:
+            with self._cond:
+                while not self._idle and self._open >= self.publishers:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._timed_out()
+                    self._cond.wait(left)
+                if self._idle:
+                    pub = self._idle.pop()
+                else:
+                    self._open += 1  # a slot for the connection opened below, outside the lock
+                    pub = None
+                generation = self._generation
+            if pub is not None:
+                if pub.healthy():
+                    return pub
+                self._discard(pub)
+                continue
+            if time.monotonic() >= deadline:
+                self._release_slot()
+                raise self._timed_out()
+            try:
+                # No heartbeats: a connection sits idle between requests; a dead one is found
+                # by the health check above and replaced.
+                conn, ch = self._connect(heartbeat=0, deadline=deadline)
+            except BaseException:
+                self._release_slot()
+                raise
+            return _Publisher(conn, ch, generation)
+
+    def _release_slot(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify()
+
+    def _checkin(self, pub: _Publisher) -> None:
+        with self._cond:
+            if pub.generation == self._generation:
+                self._idle.append(pub)
+                self._cond.notify()
+                return
+        self._discard(pub)
+
+    def _discard(self, pub: _Publisher) -> None:
+        pub.close()
+        self._release_slot()
 
     def publish(self, body: bytes) -> None:
         import pika
 
         props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
         deadline = time.monotonic() + self.publish_timeout
-        # One connection shared by all request threads (pika is not thread-safe); a request
-        # waits for it only until its own deadline.
-        if not self._lock.acquire(timeout=self.publish_timeout):
-            raise QueueError(f"RabbitMQ at {self.describe()} did not confirm within {self.publish_timeout:g} s")
+        pub = self._checkout(deadline)
+        if time.monotonic() >= deadline:
+            self._checkin(pub)
+            raise self._timed_out()
         try:
-            for attempt in (1, 2):
-                try:
-                    if time.monotonic() >= deadline:
-                        raise QueueError(
-                            f"RabbitMQ at {self.describe()} did not confirm within {self.publish_timeout:g} s"
-                        )
-                    if self._channel is None or not self._channel.is_open:
-                        self._drop()
-                        # No heartbeats: this connection sits idle between requests and a
-                        # dead one is detected by the failed publish and replaced.
-                        self._conn, self._channel = self._connect(heartbeat=0, deadline=deadline)
-                    with _abort_at(self._conn, deadline):  # the confirm wait has no timeout of its own
-                        self._channel.basic_publish("", self.name, body, props, mandatory=True)
-                    return
-                except pika.exceptions.UnroutableError as err:
-                    raise QueueError(f"queue {self.name!r} did not route the message") from err
-                except pika.exceptions.NackError as err:
-                    raise QueueError(f"queue {self.name!r} refused the message") from err
-                except (QueueError, pika.exceptions.AMQPError, OSError) as err:
-                    # A stale connection fails on first use after the broker restarted: retry once
-                    # on a fresh one. Publishing twice is safe; the pipeline is idempotent by id.
-                    self._drop()
-                    if attempt == 2 or time.monotonic() >= deadline:
-                        raise err if isinstance(err, QueueError) else QueueError(
-                            f"RabbitMQ at {self.describe()} failed: {type(err).__name__}"
-                        ) from err
-        finally:
-            self._lock.release()
+            with _abort_at(pub.conn, deadline):  # the confirm wait has no timeout of its own
+                pub.channel.basic_publish("", self.name, body, props, mandatory=True)
+        except pika.exceptions.UnroutableError as err:
+            self._checkin(pub)  # the broker answered: the channel is fine
+            raise QueueError(f"queue {self.name!r} did not route the message") from err
+        except pika.exceptions.NackError as err:
+            self._checkin(pub)
+            raise QueueError(f"queue {self.name!r} refused the message") from err
+        except BaseException as err:
+            # No retry once the message may have left: a lost confirm is the client's 503, and its
+            # retry is safe (the pipeline is idempotent by id), but a 202 stands for one message.
+            self._discard(pub)
+            if time.monotonic() >= deadline:
+                raise self._timed_out() from err
+            if isinstance(err, (pika.exceptions.AMQPError, OSError)):
+                raise QueueError(f"RabbitMQ at {self.describe()} failed: {type(err).__name__}") from err
+            raise
+        self._checkin(pub)
 
     def _open_consumer(self) -> Consumer:
         conn, ch = self._connect()
@@ -243,23 +317,16 @@ class RabbitQueue(UploadQueue):
         return out
 
     def ping(self) -> None:
-        deadline = time.monotonic() + self.publish_timeout
-        if not self._lock.acquire(timeout=self.publish_timeout):
-            raise QueueError(f"RabbitMQ at {self.describe()} is busy: no answer within {self.publish_timeout:g} s")
-        try:
-            if self._conn is not None and self._conn.is_open:
-                try:
-                    self._conn.process_data_events(0)
-                    return
-                except Exception:
-                    self._drop()
-            self._conn, self._channel = self._connect(heartbeat=0, deadline=deadline)
-        finally:
-            self._lock.release()
+        """Raise QueueError unless a publishing connection is (or can be) open within the deadline."""
+        self._checkin(self._checkout(time.monotonic() + self.publish_timeout))
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        """Close the idle connections now, the ones in use when they come back; publish() reconnects."""
+        with self._cond:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for pub in idle:
+            self._discard(pub)
 
     def describe(self) -> str:
         from urllib.parse import urlparse
@@ -477,5 +544,8 @@ class _EmbeddedConsumer(Consumer):
 def make_queue(settings: "Settings") -> UploadQueue:
     """The queue the settings ask for: RabbitMQ when AMQP_URL is set, else the embedded one."""
     if settings.uses_rabbitmq:
-        return RabbitQueue(settings.amqp_url.get_secret_value(), settings.dam_queue, settings.dead_letter_queue)
+        return RabbitQueue(
+            settings.amqp_url.get_secret_value(), settings.dam_queue, settings.dead_letter_queue,
+            publishers=settings.dam_publish_connections,
+        )
     return EmbeddedQueue(settings.data_dir / "queue", settings.dam_queue)

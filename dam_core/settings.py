@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     dam_max_connections: int = Field(default=1000, gt=0)  # open connections; beyond, uvicorn answers 503
     dam_max_concurrent_uploads: int = Field(default=64, gt=0)  # beyond: 503 + Retry-After at once
     dam_max_concurrent_validations: int = Field(default=4, gt=0)  # full decodes in memory at once
+    dam_publish_connections: int = Field(default=16, gt=0, le=256)  # RabbitMQ publishes in flight at once
     dam_orphan_grace_seconds: float = Field(default=3600.0, ge=60)  # originals without a confirmed message
 
     # Pipeline.
@@ -84,8 +85,14 @@ class Settings(BaseSettings):
     dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # softmax probability over the vocabulary
     dam_tags_top_k: int = Field(default=5, ge=0, le=50)
     dam_near_duplicate: float = Field(default=0.95, ge=-1, le=1)
-    dam_exact_search_max: int = Field(default=2_000_000, ge=0)  # above this many vectors, search uses HNSW
+    # Per index segment: above this many vectors a segment gets an HNSW graph (recall@10 >= 0.95 at
+    # ef=512, bench/NOTES.md); below, the exact scan is as fast or faster.
+    dam_exact_search_max: int = Field(default=50_000, ge=0)
     dam_index_poll_seconds: float = Field(default=5.0, gt=0)
+
+    # The assets table (Delta Lake): how long superseded and deleted rows stay in its history.
+    dam_table_retention_hours: float = Field(default=168.0, ge=0)  # compact_assets vacuums older files
+    dam_compact_cron: str = "0 3 * * *"  # compact_assets' schedule (UTC)
 
     @field_validator("r2_endpoint")
     @classmethod

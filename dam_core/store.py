@@ -251,13 +251,39 @@ class LocalStore(ObjectStore):
         self._tmp.mkdir(parents=True, exist_ok=True)
 
 
+EXPECT_CONTINUE_MIN_BYTES = 8 * 1024 * 1024
+
+
+def _expect_continue_for_large_bodies(model, params, **kwargs):
+    """botocore's `Expect: 100-continue` for file bodies, kept only for large ones.
+
+    botocore sends it for every file-like body: the headers go first and the body waits for the
+    server's `100 Continue`, one more round trip on every upload (an image is a spooled file).
+    It only pays off when the server refuses a body worth not sending.
+    """
+    from botocore.handlers import add_expect_header
+    from botocore.utils import determine_content_length
+
+    body = params.get("body")
+    if body is None or not hasattr(body, "read"):
+        return
+    size = determine_content_length(body)
+    if size is None or size >= EXPECT_CONTINUE_MIN_BYTES:
+        add_expect_header(model, params, **kwargs)
+
+
 class S3Store(ObjectStore):
     """Objects in a bucket through the S3 API (Cloudflare R2, MinIO, AWS S3, moto)."""
 
     def __init__(self, client, bucket: str, endpoint: str | None = None):
+        from botocore.handlers import add_expect_header
+
         self.client = client
         self.bucket = bucket
         self.endpoint = endpoint
+        events = client.meta.events  # this client's own copy of botocore's handlers
+        events.unregister("before-call.s3", add_expect_header)
+        events.register("before-call.s3", _expect_continue_for_large_bodies, unique_id="dam-expect-continue")
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "S3Store":

@@ -147,6 +147,19 @@ class SearchResults(Body):
     items: list[ScoredAsset]
 
 
+class DeleteAnswer(Body):
+    """What `DELETE /assets/{id}` removed; each flag is whether that part existed and is now gone."""
+
+    id: AssetId
+    deleted_at: IsoTime = Field(description="the tombstone's time: uploads of this id up to it stay hidden")
+    original: bool = Field(description="assets/{id}{ext}")
+    thumbnail: bool
+    vector: bool = Field(description="vectors/{id}.json")
+    marker: bool = Field(description="uploads/{id}.json: the same bytes can be uploaded again")
+    table_rows: int = Field(description="rows deleted from the assets table (0 while the asset was queued)")
+    index: bool = Field(description="a new search-index version drops the id")
+
+
 # ----------------------------------------------------------------------------- upload
 
 

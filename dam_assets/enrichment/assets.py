@@ -39,7 +39,8 @@ from dam_assets.resources import DamResource, ModelsResource
 from dam_core.imaging import decode_batch
 from dam_core.manifests import read_manifest
 from dam_core.settings import Settings
-from dam_core.table import write_batch
+from dam_core.table import delete_rows, location, write_batch
+from dam_core.tombstones import is_deleted, read_tombstones
 
 
 def _track_loads():
@@ -178,34 +179,55 @@ _CHECKS = {
 @asset(
     partitions_def=batches_partitions_def,
     deps=[upload_batch, CAPTIONS, EMBEDDINGS],
-    kinds={"parquet", "duckdb"},
+    kinds={"deltalake", "duckdb"},
     group_name="table",
-    code_version="v1",
+    # v2: the table became a Delta table; a backfill of this asset alone migrates an old one.
+    code_version="delta-v2",
     check_specs=[AssetCheckSpec(name, asset="asset_metadata", description=d) for name, d in _CHECKS.items()],
 )
 def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
-    """One row per image: the `assets` table's Parquet file for this batch (overwritten on re-run)."""
+    """One row per image: this batch's rows of the `assets` Delta table (replaced in one commit on re-run)."""
     batch = context.partition_key
     store = dam.store
     manifest = read_manifest(store, batch)
     captions = read_captions(store, batch)
     embeddings = read_embeddings(store, batch)
     rows = batch_rows(manifest, captions, embeddings, processed_at=datetime.now(UTC), exif=read_exif(store, batch))
-    key = write_batch(store, batch, rows, embeddings.dim)
+    # Deleted while the batch ran: left out before the commit, and removed again after it when
+    # the delete landed between the two (its own table delete may have run before our commit).
+    kept = _not_deleted(store, rows)
+    version = write_batch(dam.settings, batch, kept, embeddings.dim)
+    late = [r["id"] for r in _deleted(store, kept)]
+    if late:
+        delete_rows(dam.settings, late, batch=batch)  # a re-upload's row in a newer batch stays
+        context.log.info(f"{len(late)} id(s) deleted while this batch committed: their rows removed again")
     preview = "\n".join(
         f"| {r['filename'][:40]} | {r['caption'] or ''} | {r['error'] or ''} |" for r in rows[:10]
     )
     return MaterializeResult(
         metadata={
-            "dagster/row_count": len(rows),
+            "dagster/row_count": len(kept) - len(late),
+            "deleted_while_processing": len(rows) - len(kept) + len(late),
             "errors": sum(1 for r in rows if r["error"]),
             "caption_model": captions.model or "",
             "embedding_model": embeddings.model or "",
-            "path": MetadataValue.path(f"{store.describe()}/{key}"),
+            "table": MetadataValue.path(location(dam.settings).describe()),
+            "table_version": version,
             "preview": MetadataValue.md("| filename | caption | error |\n|---|---|---|\n" + preview),
         },
         check_results=_check_results(RowChecks.of(manifest, rows, embeddings.dim), embeddings.dim),
     )
+
+
+def _deleted(store, rows: list[dict]) -> list[dict]:
+    """The rows whose upload a tombstone written since (or before) covers."""
+    tombstones = read_tombstones(store, [r["id"] for r in rows])
+    return [r for r in rows if is_deleted(tombstones, r["id"], r["uploaded_at"])]
+
+
+def _not_deleted(store, rows: list[dict]) -> list[dict]:
+    gone = {id(r) for r in _deleted(store, rows)}
+    return [r for r in rows if id(r) not in gone]
 
 
 def _check_results(c: RowChecks, dim: int) -> list[AssetCheckResult]:

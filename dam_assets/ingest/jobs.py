@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetKey, AssetSelection, define_asset_job, in_process_executor
 
 from dam_assets.ingest.partitions import batches_partitions_def
 
-# In one process the models load once per run and each image is decoded once for both.
+# In one process the models load once per run and each image is decoded once for both. The
+# batch's index segment is the run's last step: a new batch is searchable as soon as its rows
+# land, never queued behind other batches' runs.
 enrich_batch_job = define_asset_job(
     "enrich_batch",
-    selection=AssetSelection.groups("ingest", "enrichment", "table"),
+    selection=AssetSelection.groups("ingest", "enrichment", "table") | AssetSelection.assets(AssetKey("search_segment")),
     partitions_def=batches_partitions_def,
     executor_def=in_process_executor,
-    description="Caption, embed and tabulate one ingest batch.",
+    description="Caption, embed, tabulate and index one ingest batch.",
 )

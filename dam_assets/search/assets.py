@@ -1,33 +1,53 @@
-"""The search index: a versioned snapshot of the `assets` table that the API swaps to live."""
+"""The search index: versioned snapshots of `assets` that the API swaps to live.
 
-from __future__ import annotations
+Each batch run adds its own rows as a segment (`search_segment`, a step of the batch's run: no
+separate run queued behind other batches); `search_index` rebuilds the whole index from the table.
+"""
 
-from dagster import AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.resources import DamResource
-from dam_core.index import build_index
+from dam_core.index import build_index, update_index
 from dam_core.layout import CURRENT_INDEX_KEY
+
+
+def _metadata(dam: DamResource, current: dict) -> dict:
+    return {
+        "version": current["version"],
+        "dagster/row_count": current["rows"],
+        "vectors": current["vectors"],
+        "segments": len(current["segments"]),
+        "removed_ids": len(current.get("removed", [])),
+        "dim": current["dim"],
+        "approximate": current["hnsw"],
+        "model": current["model"] or "",
+        # Manifests after this batch may still hold queued uploads (an older batch still running).
+        "low_watermark": current["low_watermark"] or "",
+        "pointer": MetadataValue.path(f"{dam.store.describe()}/{CURRENT_INDEX_KEY}"),
+    }
+
+
+@asset(
+    partitions_def=batches_partitions_def,
+    deps=[AssetKey("asset_metadata")],
+    kinds={"usearch", "numpy"},
+    group_name="search",
+    code_version="v1",
+)
+def search_segment(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
+    """This batch's rows added to the search index as a new version (one segment; the API serves it within a poll)."""
+    current = update_index(dam.store, dam.connect(), context.partition_key, dam.exact_search_max)
+    return MaterializeResult(metadata=_metadata(dam, current))
 
 
 @asset(
     deps=[AssetKey("asset_metadata")],
     kinds={"usearch", "numpy"},
     group_name="search",
-    code_version="v1",
+    code_version="v2",
 )
 def search_index(dam: DamResource) -> MaterializeResult:
-    """A versioned snapshot of `assets` with its vectors (HNSW when large); the API swaps to it live."""
+    """The whole `assets` table re-indexed as one segment (after a model change, or to repair); batches keep adding segments."""
     current = build_index(dam.store, dam.connect(), dam.exact_search_max)
-    return MaterializeResult(
-        metadata={
-            "version": current["version"],
-            "dagster/row_count": current["rows"],
-            "vectors": current["vectors"],
-            "dim": current["dim"],
-            "approximate": current["hnsw"],
-            "model": current["model"] or "",
-            # Manifests after this batch may still hold queued uploads (an older batch still running).
-            "low_watermark": current["low_watermark"] or "",
-            "pointer": MetadataValue.path(f"{dam.store.describe()}/{CURRENT_INDEX_KEY}"),
-        }
-    )
+    return MaterializeResult(metadata=_metadata(dam, current))

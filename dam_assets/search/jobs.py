@@ -1,4 +1,4 @@
-"""The job that refreshes the search index."""
+"""The job that rebuilds the search index from the whole table (batches index themselves in their own run)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,6 @@ search_index_job = define_asset_job(
     "refresh_search_index",
     selection=[search_index],
     executor_def=in_process_executor,
-    description="Rebuild the search index from the assets table.",
+    description="Rebuild the search index from the whole assets table (batch runs add their own rows).",
     tags={QUEUE_TAG: LIGHT_QUEUE},  # no models: the light workers, on the production instance
 )

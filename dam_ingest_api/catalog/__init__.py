@@ -1,18 +1,22 @@
 """The read side: items, listing, text and similar search, from the index the pipeline publishes.
 
 The API never scans the table per request: it serves a loaded index snapshot (swapped when a
-new version appears), plus uploads that are accepted but not yet in it ("queued"). One module
-per job: pending.py (the queued uploads), listing.py (items, pages, cursors), search.py (text
-and similar search). Nothing here imports the write side (the upload service) or the routes:
-an import-linter contract in pyproject.toml keeps it so.
+new version appears), plus uploads that are accepted but not yet in it ("queued"), minus
+deleted assets. One module per job: pending.py (the queued uploads), listing.py (items, pages,
+cursors), search.py (text and similar search), deleted.py (what deletes hide until the index
+drops them). Nothing here imports the write side (the upload service) or the routes: an
+import-linter contract in pyproject.toml keeps it so.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from dam_core.index import IndexHolder, Snapshot
 from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
+from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.catalog.listing import BadCursor, Listing
 from dam_ingest_api.catalog.pending import PendingUploads
 from dam_ingest_api.catalog.search import Search, SearchUnavailable
@@ -26,15 +30,18 @@ class Catalog:
 
     def __init__(self, settings: Settings, store: ObjectStore):
         self.index = IndexHolder(store, settings.dam_index_poll_seconds)
-        self.pending = PendingUploads(store, self.index)
-        self.listing = Listing(store, self.index, self.pending)
-        self.search = Search(settings, self.index)
+        self.deleted = DeletedAssets(store, self.index, settings.dam_index_poll_seconds)
+        self.pending = PendingUploads(store, self.index, self.deleted)
+        self.listing = Listing(store, self.index, self.pending, self.deleted)
+        self.search = Search(settings, self.index, self.deleted)
 
     def start(self) -> None:
         self.index.start()
+        self.deleted.start()
 
     def stop(self) -> None:
         self.index.stop()
+        self.deleted.stop()
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -43,6 +50,10 @@ class Catalog:
     def note_upload(self, upload: UploadMessage) -> None:
         """An upload this process just accepted: queued from now on, before its manifest exists."""
         self.pending.note(upload)
+
+    def note_deleted(self, asset_id: str, deleted_at: datetime) -> None:
+        """An asset this process just deleted: hidden from every read route from now on."""
+        self.deleted.note(asset_id, deleted_at)
 
     def item(self, asset_id: str) -> AssetDetail | None:
         return self.listing.item(asset_id)

@@ -1,7 +1,8 @@
 """Items and pages: one asset by id, and the newest-first listing with its opaque cursor.
 
 An id is `processed` or `error` from the index snapshot, else `queued` while its upload is
-pending (see pending.py). A page merges the two, both kept in the same order.
+pending (see pending.py). A page merges the two, both kept in the same order. Snapshot rows of
+deleted assets are left out (see deleted.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dam_core.index import IndexHolder, Snapshot
 from dam_core.layout import original_key
 from dam_core.markers import find_upload
 from dam_core.store import ObjectStore
+from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.catalog.pending import PendingUploads
 from dam_ingest_api.schemas import AssetDetail, AssetItem
 
@@ -63,24 +65,30 @@ class _SortedSnapshot:
 class Listing:
     """One item by id, and pages of items newest first."""
 
-    def __init__(self, store: ObjectStore, index: IndexHolder, pending: PendingUploads):
+    def __init__(self, store: ObjectStore, index: IndexHolder, pending: PendingUploads, deleted: DeletedAssets):
         self.store = store
         self.index = index
         self.pending = pending
+        self.deleted = deleted
         self._lock = threading.Lock()
         self._sorted: _SortedSnapshot | None = None
 
     def item(self, asset_id: str) -> AssetDetail | None:
-        snap = self.index.snapshot
-        row = snap.get(asset_id) if snap else None
+        row = self._row(asset_id)
         if row is not None:
             return AssetDetail.indexed(row)
         upload = self.pending.find(asset_id)
         return AssetDetail.queued(upload) if upload is not None else None
 
-    def original_key(self, asset_id: str) -> str | None:
+    def _row(self, asset_id: str) -> dict | None:
+        """The snapshot's row of this id, unless a delete hides it."""
         snap = self.index.snapshot
-        row = snap.get(asset_id) if snap else None
+        if snap is None or asset_id in self.deleted.hidden_in(snap):
+            return None
+        return snap.get(asset_id)
+
+    def original_key(self, asset_id: str) -> str | None:
+        row = self._row(asset_id)
         if row is not None:
             ext = _EXT_BY_MIME.get(row.get("mime_type") or "")
             if ext:
@@ -98,9 +106,12 @@ class Listing:
         ss = self._sorted_snapshot()
         indexed: list[tuple[float, str, dict]] = []
         if ss is not None:
-            start = ss.position_after(after_key) if after_key else 0
-            for i in range(start, min(start + limit + 1, len(ss.ids))):
-                indexed.append((*ss.key(i), ss.snap.items[i]))
+            hidden = self.deleted.hidden_in(ss.snap)
+            i = ss.position_after(after_key) if after_key else 0
+            while i < len(ss.ids) and len(indexed) < limit + 1:
+                if ss.ids[i] not in hidden:
+                    indexed.append((*ss.key(i), ss.snap.items[i]))
+                i += 1
         merged = sorted(
             [(k, i, AssetItem.queued, u) for k, i, u in pending] + [(k, i, AssetItem.indexed, r) for k, i, r in indexed],
             key=lambda t: (t[0], t[1]),

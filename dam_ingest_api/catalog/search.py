@@ -11,6 +11,7 @@ import threading
 
 from dam_core.index import IndexHolder
 from dam_core.settings import Settings
+from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.schemas import ScoredAsset
 
 
@@ -21,28 +22,37 @@ class SearchUnavailable(RuntimeError):
 class Search:
     """Search by text (the CLIP text tower of the model that embedded the images) or by image."""
 
-    def __init__(self, settings: Settings, index: IndexHolder):
+    def __init__(self, settings: Settings, index: IndexHolder, deleted: DeletedAssets):
         self.settings = settings
         self.index = index
+        self.deleted = deleted
         self._lock = threading.Lock()
         self._encoder = None
 
     def text(self, text: str, k: int) -> list[ScoredAsset]:
         """The k assets whose embedding is closest to the text's, best first; [] before any vector."""
         snap = self.index.snapshot
-        if snap is None or len(snap.vectors) == 0:
+        if snap is None or snap.vector_count == 0:
             return []
         query = self._text_encoder(snap.model or self.settings.dam_embedding_model).embed_texts([text])[0]
-        return [ScoredAsset.hit(row, score) for row, score in snap.search(query, k)]
+        return [ScoredAsset.hit(row, score) for row, score in self._search(snap, query, k)]
 
     def similar(self, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset] | None:
         """Assets most like this one (itself left out); None when it has no vector (yet)."""
         snap = self.index.snapshot
-        vec = snap.vector_of(asset_id) if snap else None
+        if snap is None or asset_id in self.deleted.hidden_in(snap):
+            return None
+        vec = snap.vector_of(asset_id)
         if vec is None:
             return None
-        hits = snap.search(vec, k, exclude=asset_id)
+        hits = self._search(snap, vec, k, exclude=asset_id)
         return [ScoredAsset.hit(row, score) for row, score in hits if min_score is None or score >= min_score]
+
+    def _search(self, snap, query, k: int, exclude: str | None = None) -> list[tuple[dict, float]]:
+        """snap.search without deleted assets: asks for as many more as the snapshot still hides."""
+        hidden = self.deleted.hidden_in(snap)
+        hits = snap.search(query, k + len(hidden), exclude=exclude)
+        return [(row, score) for row, score in hits if row["id"] not in hidden][:k]
 
     def _text_encoder(self, model: str):
         with self._lock:

@@ -1,4 +1,4 @@
-"""Reading assets: list, one item, original and thumbnail bytes, similar and near-duplicate images."""
+"""Assets: list, one item, original and thumbnail bytes, similar and near-duplicate images, and delete."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 
+from dam_core.deletion import DeletionFailed, delete_assets
 from dam_core.layout import thumbnail_key
 from dam_core.store import KeyNotFound, ObjectStore, StoreError
 from dam_ingest_api.catalog import BadCursor, Catalog
@@ -22,6 +23,7 @@ from dam_ingest_api.deps import (
 from dam_ingest_api.schemas import (
     AssetDetail,
     AssetPage,
+    DeleteAnswer,
     NearDuplicates,
     ScoredAsset,
     SimilarAssets,
@@ -121,3 +123,30 @@ def duplicates(asset_id: AssetIdPath, catalog: CatalogDep, settings: SettingsDep
     """Near duplicates: assets whose embedding cosine with this one is at least DAM_NEAR_DUPLICATE."""
     hits = _neighbours(catalog, asset_id, k, min_score=settings.dam_near_duplicate)
     return NearDuplicates(threshold=settings.dam_near_duplicate, items=hits)
+
+
+@router.delete(
+    "/assets/{asset_id}",
+    responses=errors({
+        404: "no asset with this id was ever stored",
+        503: "the object store, the table or the index failed; the asset is hidden already, send the DELETE again",
+    }),
+)
+def delete_asset(asset_id: AssetIdPath, settings: SettingsDep, store: StoreDep, catalog: CatalogDep) -> DeleteAnswer:
+    """Delete an asset everywhere: original, thumbnail, vector, upload marker, table rows, index entry.
+
+    Gone from every read route when this answers; uploading the same bytes again makes a new asset.
+    """
+    try:
+        [report] = delete_assets(settings, store, [asset_id])
+    except DeletionFailed as err:
+        # The tombstone is written: this process stops serving the id now, and a retry finishes.
+        for done in err.reports:
+            if done.deleted_at is not None:
+                catalog.note_deleted(done.id, done.deleted_at)
+        raise HTTPException(503, f"{err}; the asset is hidden already, send the DELETE again") from None
+    if not report.found:
+        raise HTTPException(404, f"no asset with id {asset_id}")
+    catalog.note_deleted(report.id, report.deleted_at)
+    fields = vars(report)
+    return DeleteAnswer(**{k: fields[k] for k in DeleteAnswer.model_fields})
