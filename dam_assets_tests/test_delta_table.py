@@ -20,7 +20,7 @@ from dam_assets.definitions import build_resources
 from dam_assets.maintenance.compaction import compact_assets
 from dam_core.layout import TABLE_PREFIX, legacy_table_key
 from dam_core.store import make_store
-from dam_core.table import COLUMNS, compact, connect, delete_rows, history, open_table, schema, write_batch
+from dam_core.table import COLUMNS, compact, connect, delete_rows, history, open_table, remove_duplicates, schema, write_batch
 
 DIM = 4
 
@@ -84,7 +84,33 @@ def test_one_row_per_id_across_batches_success_beats_error_then_newest(settings)
     con = connect(settings)
     got = dict(con.execute("SELECT id, batch FROM assets").fetchall())
     assert got == {"x": a, "y": c}
-    assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == 4
+    # Kept by the writes: c's commit deleted a's row of y, and b left out its error row of x.
+    assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == 2
+    # A re-run of the earlier batch (a backfill) does not take the id back from the later one.
+    write_batch(settings, a, rows(a, ["x", "y"], at=old), DIM)
+    assert dict(connect(settings).execute("SELECT id, batch FROM assets_all").fetchall()) == {"x": a, "y": c}
+
+
+def test_a_later_batch_that_commits_first_still_owns_the_id(settings):
+    """Two batches with the same id racing: the later one claims and commits while the earlier one
+    is between its claim check and its commit. The earlier one's second look removes its row."""
+    import dam_core.table as table_module
+
+    a, c = batch_key(24), batch_key(25)
+    real = table_module._overwrite
+
+    def overwrite_after_the_later_batch(settings_, batch, rows_, dim, replaced):
+        table_module._overwrite = real
+        write_batch(settings_, c, rows(c, ["x"]), DIM)  # the later batch runs to the end meanwhile
+        return real(settings_, batch, rows_, dim, replaced)
+
+    table_module._overwrite = overwrite_after_the_later_batch
+    try:
+        write_batch(settings, a, rows(a, ["x", "z"]), DIM)
+    finally:
+        table_module._overwrite = real
+    assert dict(connect(settings).execute("SELECT id, batch FROM assets_all").fetchall()) == {"x": c, "z": a}
+    assert remove_duplicates(settings) == 0
 
 
 _WRITER = """

@@ -24,6 +24,7 @@ from dam_core import layout
 from dam_core.images import FORMATS
 from dam_core.markers import find_upload
 from dam_core.messages import is_asset_id
+from dam_core.owners import release_all
 from dam_core.store import ObjectStore
 from dam_core.tombstones import read_tombstone, write_tombstone
 
@@ -141,6 +142,7 @@ def _delete_objects(store: ObjectStore, report: DeleteReport) -> None:
     report.original = any([_remove(store, k) for k in originals])
     report.thumbnail = _remove(store, layout.thumbnail_key(asset_id))
     report.vector = _remove(store, layout.vector_key(asset_id))
+    release_all(store, asset_id)  # its table-row claims: a new upload of the bytes starts afresh
     report.marker = _remove(store, layout.upload_marker_key(asset_id))  # last: the bytes are new again
 
 

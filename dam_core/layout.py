@@ -19,6 +19,7 @@ CURRENT_INDEX_KEY = f"{INDEX_PREFIX}CURRENT.json"
 INDEX_VERSIONS_PREFIX = f"{INDEX_PREFIX}versions/"
 INDEX_SEGMENTS_PREFIX = f"{INDEX_PREFIX}segments/"
 TOMBSTONES_PREFIX = "deleted/"
+OWNERS_PREFIX = "owners/"
 
 
 def original_key(asset_id: str, ext: str) -> str:
@@ -105,3 +106,12 @@ def index_segment_key(segment: str, name: str) -> str:
 def tombstone_key(asset_id: str) -> str:
     """Written when an asset is deleted: the index drops the id and never serves it again."""
     return f"{TOMBSTONES_PREFIX}{asset_id}.json"
+
+
+def owner_prefix(asset_id: str) -> str:
+    """The batches that claimed an id's row in the table: `owners/{id}/{batch}` (empty objects)."""
+    return f"{OWNERS_PREFIX}{asset_id}/"
+
+
+def owner_key(asset_id: str, batch: str) -> str:
+    return f"{owner_prefix(asset_id)}{batch}"

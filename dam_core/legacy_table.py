@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 
 from dam_core.layout import TABLE_PREFIX, batch_of_legacy_table_key
-from dam_core.table import write_batch
+from dam_core.table import remove_duplicates, write_batch
 
 if TYPE_CHECKING:
     from dam_core.settings import Settings
@@ -38,4 +38,6 @@ def migrate(settings: "Settings", store: "ObjectStore", progress: Callable[[str,
         moved += 1
         if progress is not None:
             progress(batch, len(rows))
+    if moved:
+        remove_duplicates(settings)  # the old layout kept every copy and let its view pick one
     return moved

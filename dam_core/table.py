@@ -13,10 +13,11 @@ commit:
 - a delete is a Delta delete: the rows leave the current version at once and stay readable only
   through time travel until `compact()` vacuums the files nothing references any more.
 
-One row per id is enforced by the `assets` view, not by the writes: an id may legitimately sit in
-two batches (a message redelivered into a second batch, or an upload re-enqueued by recovery), and
-finding it at write time would cost a scan of the whole table per batch. The view ranks only the
-ids that occur more than once (a success beats an error, then the newest `processed_at`).
+One row per id is enforced by the writes, so the `assets` view is a plain projection that stays
+interactive at millions of rows: an id that reaches a second batch (a redelivered message, a
+recovery re-enqueue) is owned by one batch through claims in the store (dam_core/owners.py), and
+the owning batch's commit deletes the other rows of the id. `remove_duplicates()` (run by
+compaction) is the safety net.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from dam_core.layout import TABLE_PREFIX
+from dam_core.owners import claim, claimants, release
 
 if TYPE_CHECKING:
     import duckdb
@@ -190,28 +192,94 @@ def _commit(action, what: str):
 
 
 def write_batch(settings: "Settings", batch: str, rows: list[dict], embedding_dim: int | None) -> int:
-    """Replace the batch's rows with `rows` in one commit; returns the table version written."""
+    """Replace the batch's rows with `rows` in one commit, owning each id's row (see
+    dam_core/owners.py): rows of these ids in earlier batches go in the same commit, ids a later
+    batch claimed are left to it. Returns the table version written."""
+    from dam_core.store import make_store
+
+    store = make_store(settings)
+    mine = {r["id"]: r for r in rows}
+    claim(store, batch, mine)
+    plan = _ownership(settings, batch, mine, claimants(store, mine))
+    kept = [r for r in rows if r["id"] not in plan.dropped]
+    _commit(lambda: _overwrite(settings, batch, kept, embedding_dim, plan.replaced), f"batch {batch}")
+    # A later batch that claimed one of our ids after we looked owns it: it may have committed
+    # first and found no row of ours to delete, so ours goes now.
+    overtaken = _later_claimed(batch, claimants(store, [r["id"] for r in kept]))
+    if overtaken:
+        delete_rows(settings, sorted(overtaken), batch=batch)
+    release(store, [(i, b) for b, ids in plan.replaced.items() for i in ids])
+    release(store, [(i, batch) for i in plan.dropped | overtaken])
+    return open_table(settings).version()
+
+
+@dataclass
+class _Plan:
+    dropped: set[str]  # ids this batch leaves out: a later batch owns them, or an earlier good row stays
+    replaced: dict[str, list[str]]  # earlier batch -> ids whose rows this batch's commit deletes
+
+
+def _later_claimed(batch: str, claims: dict[str, list[str]]) -> set[str]:
+    return {i for i, batches in claims.items() if any(b > batch for b in batches)}
+
+
+def _ownership(settings: "Settings", batch: str, mine: dict[str, dict], claims: dict[str, list[str]]) -> _Plan:
+    later = _later_claimed(batch, claims)
+    earlier = {i: [b for b in bs if b < batch] for i, bs in claims.items() if i not in later}
+    earlier = {i: bs for i, bs in earlier.items() if bs}
+    # An error row never replaces a row without error (the old `assets` view's rule).
+    failed = {i: bs for i, bs in earlier.items() if mine[i].get("error")}
+    keep_old = _ids_with_good_rows(settings, failed) if failed else set()
+    replaced: dict[str, list[str]] = {}
+    for i, bs in earlier.items():
+        if i in keep_old:
+            continue
+        for b in bs:
+            replaced.setdefault(b, []).append(i)
+    return _Plan(dropped=later | keep_old, replaced=replaced)
+
+
+def _ids_with_good_rows(settings: "Settings", where: dict[str, list[str]]) -> set[str]:
+    """Which of these ids have a row without error in one of the given batches."""
+    import pyarrow.compute as pc
+
+    table = open_table(settings)
+    if table is None:
+        return set()
+    batches = sorted({b for bs in where.values() for b in bs})
+    months = sorted({batch_month(b) for b in batches})
+    found = table.to_pyarrow_dataset().to_table(
+        columns=["id", "batch"],
+        filter=pc.field(PARTITION_COLUMN).isin(months) & pc.field("batch").isin(batches)
+        & pc.field("id").isin(sorted(where)) & pc.field("error").is_null(),
+    )
+    return {i for i, b in zip(found.column("id").to_pylist(), found.column("batch").to_pylist()) if b in where.get(i, [])}
+
+
+def _batch_predicate(batch: str, ids: list[str] | None = None) -> str:
+    where = f"{PARTITION_COLUMN} = '{batch_month(batch)}' AND batch = '{batch}'"
+    return where if ids is None else f"{where} AND id IN ({_quoted(sorted(set(ids)))})"
+
+
+def _overwrite(settings: "Settings", batch: str, rows: list[dict], dim: int | None, replaced: dict[str, list[str]]) -> None:
+    """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids."""
     from deltalake import WriterProperties, write_deltalake
 
-    month = batch_month(batch)
-    data = _arrow(rows, embedding_dim, month)
     where = location(settings)
-
-    def write():
-        write_deltalake(
-            where.uri,
-            data,
-            mode="overwrite",
-            predicate=f"{PARTITION_COLUMN} = '{month}' AND batch = '{batch}'",
-            partition_by=[PARTITION_COLUMN],
-            schema_mode="merge",
-            storage_options=where.storage_options,
-            configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
-            writer_properties=WriterProperties(compression="ZSTD"),
-        )
-
-    _commit(write, f"batch {batch}")
-    return open_table(settings).version()
+    predicate = " OR ".join(
+        f"({p})" for p in [_batch_predicate(batch), *(_batch_predicate(b, ids) for b, ids in sorted(replaced.items()))]
+    )
+    write_deltalake(
+        where.uri,
+        _arrow(rows, dim, batch_month(batch)),
+        mode="overwrite",
+        predicate=predicate,
+        partition_by=[PARTITION_COLUMN],
+        schema_mode="merge",
+        storage_options=where.storage_options,
+        configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
+        writer_properties=WriterProperties(compression="ZSTD"),
+    )
 
 
 def _quoted(values: list[str]) -> str:
@@ -224,15 +292,35 @@ def delete_rows(settings: "Settings", ids: list[str], batch: str | None = None) 
     table = open_table(settings)
     if table is None or not ids:
         return 0
-    predicate = f"id IN ({_quoted(sorted(set(ids)))})"
-    if batch is not None:
-        predicate = f"{PARTITION_COLUMN} = '{batch_month(batch)}' AND batch = '{batch}' AND {predicate}"
+    predicate = f"id IN ({_quoted(sorted(set(ids)))})" if batch is None else _batch_predicate(batch, ids)
+    metrics = _commit(lambda: open_table(settings).delete(predicate), f"delete {len(ids)} ids")
+    return int(metrics.get("num_deleted_rows", 0) or 0)
 
-    def delete():
-        fresh = open_table(settings)
-        return fresh.delete(predicate)
 
-    metrics = _commit(delete, f"delete {len(ids)} ids")
+def remove_duplicates(settings: "Settings") -> int:
+    """Delete every row that is not its id's best (a row without error, then the newest); the
+    safety net behind the ownership claims, run by compaction and after a migration."""
+    import duckdb
+
+    table = open_table(settings)
+    if table is None:
+        return 0
+    con = duckdb.connect()
+    con.register("_all", table.to_pyarrow_dataset())
+    losers = con.execute(
+        """
+        WITH repeated AS (SELECT id FROM _all GROUP BY id HAVING count(*) > 1)
+        SELECT batch, list(id) FROM (
+            SELECT id, batch, row_number() OVER (
+                PARTITION BY id ORDER BY (error IS NULL) DESC, processed_at DESC, batch DESC) AS _rank
+            FROM _all WHERE id IN (SELECT id FROM repeated)
+        ) WHERE _rank > 1 GROUP BY batch
+        """
+    ).fetchall()
+    if not losers:
+        return 0
+    predicate = " OR ".join(f"({_batch_predicate(b, ids)})" for b, ids in losers)
+    metrics = _commit(lambda: open_table(settings).delete(predicate), "remove duplicates")
     return int(metrics.get("num_deleted_rows", 0) or 0)
 
 
@@ -249,6 +337,7 @@ class Compaction:
     files_removed: int
     vacuumed: int
     retention_hours: float
+    duplicates_removed: int = 0
 
     def as_metadata(self) -> dict:
         return dict(self.__dict__)
@@ -261,6 +350,7 @@ def compact(settings: "Settings", retention_hours: float) -> Compaction | None:
     if table is None:
         return None
     before, files_before = table.version(), len(table.file_uris())
+    duplicates = remove_duplicates(settings)
     metrics = _commit(lambda: open_table(settings).optimize.compact(), "compact")
     table = open_table(settings)
     table.create_checkpoint()
@@ -278,6 +368,7 @@ def compact(settings: "Settings", retention_hours: float) -> Compaction | None:
         files_removed=int(metrics.get("numFilesRemoved", 0)),
         vacuumed=len(vacuumed),
         retention_hours=retention_hours,
+        duplicates_removed=duplicates,
     )
 
 
@@ -290,20 +381,8 @@ def history(settings: "Settings", limit: int | None = None) -> list[dict]:
 # ----------------------------------------------------------------------------- DuckDB
 
 
-# Only ids that occur more than once are ranked: counting ids is a hash aggregate over one column,
-# far cheaper than a window over every row; the rest pass straight through.
-_ASSETS_VIEW = """
-CREATE OR REPLACE VIEW assets AS
-WITH repeated AS (SELECT id FROM assets_all GROUP BY id HAVING count(*) > 1)
-SELECT * FROM assets_all WHERE id NOT IN (SELECT id FROM repeated)
-UNION ALL BY NAME
-SELECT * EXCLUDE (_rank) FROM (
-    SELECT *, row_number() OVER (
-        PARTITION BY id ORDER BY (error IS NULL) DESC, processed_at DESC, batch DESC
-    ) AS _rank
-    FROM assets_all WHERE id IN (SELECT id FROM repeated)
-) WHERE _rank = 1
-"""
+# One row per id is kept by the writes (dam_core/owners.py): the view only hides the partition column.
+_ASSETS_VIEW = "CREATE OR REPLACE VIEW assets AS SELECT * FROM assets_all"
 
 
 def _near_duplicates_view(threshold: float) -> str:
