@@ -9,7 +9,12 @@ from dam_assets.enrichment.assets import asset_metadata, image_enrichment
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.jobs import enrich_batch_job
 from dam_assets.ingest.sensors import upload_queue_sensor
-from dam_assets.maintenance.compaction import compact_assets, compact_assets_job, compact_assets_schedule
+from dam_assets.maintenance.compaction import (
+    compact_assets,
+    compact_assets_job,
+    compact_assets_schedule,
+    compact_assets_sensor,
+)
 from dam_assets.maintenance.sensors import orphan_sweep_sensor
 from dam_assets.resources import DamResource, ModelsResource
 from dam_assets.search.assets import search_index, search_segment
@@ -29,7 +34,7 @@ defs = Definitions(
     assets=[upload_batch, image_enrichment, asset_metadata, search_segment, search_index, compact_assets],
     jobs=[enrich_batch_job, search_index_job, compact_assets_job],
     schedules=[compact_assets_schedule],
-    sensors=[upload_queue_sensor, orphan_sweep_sensor],
+    sensors=[upload_queue_sensor, orphan_sweep_sensor, compact_assets_sensor],
     resources=build_resources(SETTINGS, SETTINGS_ERROR),
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,

@@ -49,6 +49,7 @@ class DamResource(ConfigurableResource):
     orphan_grace_seconds: float = Field(description="DAM_ORPHAN_GRACE_SECONDS")
     exact_search_max: int = Field(description="DAM_EXACT_SEARCH_MAX")
     table_retention_hours: float = Field(description="DAM_TABLE_RETENTION_HOURS")
+    compact_max_files: int = Field(description="DAM_COMPACT_MAX_FILES")
     configuration_error: Optional[str] = Field(
         default=None, description="Why the environment could not be read; when set, nothing runs."
     )
@@ -75,6 +76,7 @@ class DamResource(ConfigurableResource):
             orphan_grace_seconds=s.dam_orphan_grace_seconds,
             exact_search_max=s.dam_exact_search_max,
             table_retention_hours=s.dam_table_retention_hours,
+            compact_max_files=s.dam_compact_max_files,
             configuration_error=configuration_error,
         )
 

@@ -263,3 +263,26 @@ def test_a_delete_landing_while_the_batch_commits_does_not_resurrect_the_id(make
     (request,) = [r for r in tick(instance).run_requests if r.partition_key != first]
     materialize_batch(instance, request.partition_key)
     assert ids_in(settings) == sorted(ids)
+
+
+def test_the_sensor_requests_a_compaction_only_when_files_pile_up(make_settings, instance):
+    from dagster import build_sensor_context
+
+    from dam_assets.maintenance.compaction import compact_assets_sensor
+
+    settings = make_settings(DAM_COMPACT_MAX_FILES="10")
+
+    def evaluate():
+        return compact_assets_sensor(build_sensor_context(instance=instance, resources=build_resources(settings)))
+
+    assert "0 data files" in evaluate().skip_message
+    for n in range(10):
+        b = batch_key(24, n)
+        write_batch(settings, b, rows(b, [f"id{n}"]), DIM)
+    assert "10 data files" in evaluate().skip_message
+    b = batch_key(25)
+    write_batch(settings, b, rows(b, ["one-more"]), DIM)
+    request = evaluate()
+    assert request.run_key == "compact-v10" and request.tags["files"] == "11"  # the sensor's job: compact_assets_job
+    compact(settings, retention_hours=168)
+    assert "1 data files" in evaluate().skip_message

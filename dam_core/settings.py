@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     # The assets table (Delta Lake): how long superseded and deleted rows stay in its history.
     dam_table_retention_hours: float = Field(default=168.0, ge=0)  # compact_assets vacuums older files
     dam_compact_cron: str = "0 3 * * *"  # compact_assets' schedule (UTC)
+    dam_compact_max_files: int = Field(default=1000, ge=10)  # more data files: compact_assets_sensor compacts
 
     @field_validator("r2_endpoint")
     @classmethod

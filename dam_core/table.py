@@ -413,9 +413,16 @@ def connect(
         settings = get_settings()
     table = open_table(settings, as_of)
     con = duckdb.connect(database)
-    if table is not None:
+    files = table.file_uris() if table is not None else []
+    columns = _column_list({f.name for f in table.schema().fields}) if files else ""
+    if files and not settings.uses_s3:
+        # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
+        # union_by_name: files written before a column existed read it as null.
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
+    elif files:
         con.register("_assets_dataset", table.to_pyarrow_dataset())
-        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT * EXCLUDE ({PARTITION_COLUMN}) FROM _assets_dataset")
+        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM _assets_dataset")
     else:
         con.register("_assets_empty", schema(None).empty_table())
         con.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM _assets_empty")
@@ -423,3 +430,20 @@ def connect(
     con.execute(_near_duplicates_view(settings.dam_near_duplicate))
     return con
 
+
+def _column_list(present: set[str]) -> str:
+    """The views' columns in schema order; one the table has never held (a column newer than every
+    write) reads as null."""
+    def typed_null(name: str) -> str:
+        kind = schema(None).field(name).type
+        if pa.types.is_timestamp(kind):
+            return "NULL::TIMESTAMPTZ"
+        if pa.types.is_list(kind):
+            return "NULL::FLOAT[]" if name == "embedding" else "NULL::VARCHAR[]"
+        if pa.types.is_floating(kind):
+            return "NULL::DOUBLE"
+        if pa.types.is_integer(kind):
+            return "NULL::BIGINT"
+        return "NULL::VARCHAR"
+
+    return ", ".join(c if c in present else f"{typed_null(c)} AS {c}" for c in COLUMNS)

@@ -6,20 +6,27 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     Config,
+    DagsterRunStatus,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
+    RunRequest,
+    RunsFilter,
     ScheduleDefinition,
+    SensorEvaluationContext,
+    SkipReason,
     asset,
     define_asset_job,
     in_process_executor,
+    sensor,
 )
 from pydantic import Field
 
 from dam_assets.config import SETTINGS
 from dam_assets.resources import DamResource
 from dam_assets.run_queues import LIGHT_QUEUE, QUEUE_TAG
-from dam_core.table import compact, location
+from dam_core.table import compact, location, open_table
 
 
 class CompactConfig(Config):
@@ -64,3 +71,26 @@ compact_assets_schedule = ScheduleDefinition(
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.RUNNING,
 )
+
+
+_ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
+@sensor(
+    job=compact_assets_job,
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Requests compact_assets when the assets table holds more than DAM_COMPACT_MAX_FILES data files: "
+        "a batch's commit costs grow with the file count, so compaction keeps them flat between the "
+        "nightly runs."
+    ),
+)
+def compact_assets_sensor(context: SensorEvaluationContext, dam: DamResource):
+    table = open_table(dam.settings)
+    files = len(table.file_uris()) if table is not None else 0
+    if files <= dam.compact_max_files:
+        return SkipReason(f"{files} data files (compacts above {dam.compact_max_files})")
+    if context.instance.get_runs(RunsFilter(job_name=compact_assets_job.name, statuses=_ACTIVE), limit=1):
+        return SkipReason(f"{files} data files; a compaction is already running")
+    return RunRequest(run_key=f"compact-v{table.version()}", tags={"files": str(files)})
