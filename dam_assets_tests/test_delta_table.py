@@ -286,3 +286,18 @@ def test_the_sensor_requests_a_compaction_only_when_files_pile_up(make_settings,
     assert request.run_key == "compact-v10" and request.tags["files"] == "11"  # the sensor's job: compact_assets_job
     compact(settings, retention_hours=168)
     assert "1 data files" in evaluate().skip_message
+
+
+def test_cosine_over_a_table_with_error_rows_and_near_duplicates(settings):
+    """Error rows have no embedding: list_cosine_similarity over the column still works, through
+    the view (DuckDB's Parquet reader otherwise refuses a column holding a NULL list)."""
+    a = batch_key(24)
+    good = rows(a, ["p", "q"])
+    good[1]["embedding"] = [1.0, 0.0, 0.0, 0.01]  # nearly p's
+    write_batch(settings, a, good + rows(a, ["broken"], error="decode failed"), DIM)
+    con = connect(settings)
+    scores = dict(con.execute(
+        "SELECT id, list_cosine_similarity(embedding, [1.0, 0.0, 0.0, 0.0]::FLOAT[]) FROM assets"
+    ).fetchall())
+    assert scores["broken"] is None and scores["p"] == pytest.approx(1.0)
+    assert con.execute("SELECT a, b FROM near_duplicates").fetchall() == [("p", "q")]

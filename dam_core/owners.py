@@ -28,9 +28,10 @@ _PARALLEL = 16
 
 
 def _each(store: ObjectStore, fn, items: list):
-    if isinstance(store, LocalStore) or len(items) < 2:
+    # In parallel on both stores: S3 round trips, and a local folder's fsyncs, wait outside the GIL.
+    if len(items) < 2:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(_PARALLEL, len(items))) as pool:
+    with ThreadPoolExecutor(min(_PARALLEL if not isinstance(store, LocalStore) else 8, len(items))) as pool:
         return list(pool.map(fn, items))
 
 

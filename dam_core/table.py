@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 PARTITION_COLUMN = "batch_month"
 # Statistics only where a filter can use them: the batch predicate of a write, and time ranges.
 # (By default delta-rs collects min/max for the first 32 columns, the embedding list included.)
-_STATS_COLUMNS = "batch,uploaded_at,processed_at,taken_at"
 COMMIT_ATTEMPTS = 8
+# Compacted files of about 32 MiB: few enough files for DuckDB, and a batch that replaces a
+# redelivered id's old row (Delta rewrites the file holding it) rewrites at most this much.
+COMPACT_FILE_BYTES = 32 << 20
+# A checkpoint every 10 commits: opening the table replays at most 9 JSON commits.
+_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "batch,uploaded_at,processed_at,taken_at", "delta.checkpointInterval": "10"}
 _BATCH_KEY = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
@@ -202,7 +206,7 @@ def write_batch(settings: "Settings", batch: str, rows: list[dict], embedding_di
     claim(store, batch, mine)
     plan = _ownership(settings, batch, mine, claimants(store, mine))
     kept = [r for r in rows if r["id"] not in plan.dropped]
-    _commit(lambda: _overwrite(settings, batch, kept, embedding_dim, plan.replaced), f"batch {batch}")
+    version = _commit(lambda: _overwrite(settings, batch, kept, embedding_dim, plan.replaced), f"batch {batch}")
     # A later batch that claimed one of our ids after we looked owns it: it may have committed
     # first and found no row of ours to delete, so ours goes now.
     overtaken = _later_claimed(batch, claimants(store, [r["id"] for r in kept]))
@@ -210,7 +214,7 @@ def write_batch(settings: "Settings", batch: str, rows: list[dict], embedding_di
         delete_rows(settings, sorted(overtaken), batch=batch)
     release(store, [(i, b) for b, ids in plan.replaced.items() for i in ids])
     release(store, [(i, batch) for i in plan.dropped | overtaken])
-    return open_table(settings).version()
+    return version if not overtaken else open_table(settings).version()
 
 
 @dataclass
@@ -261,25 +265,28 @@ def _batch_predicate(batch: str, ids: list[str] | None = None) -> str:
     return where if ids is None else f"{where} AND id IN ({_quoted(sorted(set(ids)))})"
 
 
-def _overwrite(settings: "Settings", batch: str, rows: list[dict], dim: int | None, replaced: dict[str, list[str]]) -> None:
-    """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids."""
+def _overwrite(settings: "Settings", batch: str, rows: list[dict], dim: int | None, replaced: dict[str, list[str]]) -> int:
+    """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids.
+    Returns the version written (read off the table the write loaded: no second load)."""
     from deltalake import WriterProperties, write_deltalake
 
     where = location(settings)
+    table = open_table(settings)
     predicate = " OR ".join(
         f"({p})" for p in [_batch_predicate(batch), *(_batch_predicate(b, ids) for b, ids in sorted(replaced.items()))]
     )
     write_deltalake(
-        where.uri,
+        table if table is not None else where.uri,
         _arrow(rows, dim, batch_month(batch)),
         mode="overwrite",
         predicate=predicate,
         partition_by=[PARTITION_COLUMN],
         schema_mode="merge",
         storage_options=where.storage_options,
-        configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
+        configuration=_TABLE_PROPERTIES,
         writer_properties=WriterProperties(compression="ZSTD"),
     )
+    return table.version() if table is not None else 0
 
 
 def _quoted(values: list[str]) -> str:
@@ -351,7 +358,7 @@ def compact(settings: "Settings", retention_hours: float) -> Compaction | None:
         return None
     before, files_before = table.version(), len(table.file_uris())
     duplicates = remove_duplicates(settings)
-    metrics = _commit(lambda: open_table(settings).optimize.compact(), "compact")
+    metrics = _commit(lambda: open_table(settings).optimize.compact(target_size=COMPACT_FILE_BYTES), "compact")
     table = open_table(settings)
     table.create_checkpoint()
     vacuumed = table.vacuum(
@@ -419,6 +426,9 @@ def connect(
         # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
         # union_by_name: files written before a column existed read it as null.
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
+        # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
+        columns = columns.replace("embedding,", "embedding[:] AS embedding,", 1)
         con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
     elif files:
         con.register("_assets_dataset", table.to_pyarrow_dataset())
