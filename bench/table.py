@@ -3,11 +3,13 @@
 `python -m bench.table [--quick] [--out DIR] [--all-real]` (or `python -m bench.run --only table`).
 
 One run, one table of N batches of 64 rows (512-float embeddings, ~60-char captions, tags, EXIF
-mostly null, 32-hex ids, ~3% of rows redeliveries of an id from an earlier batch, ~1% error rows):
+mostly null, 32-hex ids, one batch in 100 carrying ~5% redeliveries of ids from earlier batches, ~1% error rows):
 
 1. writes: ``dam_core.table.write_batch`` (real, into a local store under a temp DAM_DATA_DIR),
    timed per batch; the median (and mean / max: the delta-rs checkpoint every 100 commits lands
-   in the window) of a window around batches 1, 10, 100, 1k, 5k, 10k, 15k and the last.
+   in the window) of a window around batches 1, 10, 100, 1k, 5k, 10k, 15k and the last. With
+   --compact-above N the table is compacted before a write_batch whenever it holds more than N data
+   files, as compact_assets_sensor does in production (N = DAM_COMPACT_MAX_FILES = 1000).
    --quick (1,563 batches) writes every batch through write_batch. The full run (15,625 batches,
    1M rows) writes only the windows through write_batch (about 100 commits each) and the batches
    between them *in bulk*: the same rows as one Parquet file per batch (pyarrow, zstd), committed
@@ -53,7 +55,8 @@ import numpy as np
 
 BATCH = 64
 DIM = 512
-REDELIVERED = 0.03  # share of a batch's rows that repeat an id from an earlier batch
+REDELIVERED = 0.05  # share of a redelivery batch's rows that repeat an id from an earlier batch
+REDELIVERY_EVERY = 100  # one batch in this many carries redeliveries (they follow a crash, not every batch)
 ERRORS = 0.01
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 BATCH_EVERY = timedelta(minutes=10)  # 15,625 batches span ~108 days: 4 monthly partitions
@@ -97,7 +100,7 @@ def _ids_err(k: int):
     """Batch k's ids (a few redelivered from up to 50 batches earlier) and error flags, and the rng after them."""
     rng = np.random.default_rng([11, k])
     ids = _own_ids(k)
-    if k > 0:  # redeliveries: an id first seen up to 50 batches earlier, processed again here
+    if k > 0 and k % REDELIVERY_EVERY == REDELIVERY_EVERY // 2:  # redeliveries: ids first seen up to 50 batches earlier
         for pos in rng.choice(BATCH, size=rng.binomial(BATCH, REDELIVERED), replace=False):
             ids[pos] = _own_ids(k - int(rng.integers(1, min(k, 50) + 1)))[int(rng.integers(BATCH))]
     err = rng.random(BATCH) < ERRORS
@@ -326,9 +329,12 @@ def sample_points(n_batches: int, quick: bool) -> list[int]:
     return sorted({p for p in pts if p <= n_batches} | {n_batches})
 
 
-def build_delta(settings, n_batches: int, points: list[int], window: int, all_real: bool, log=print) -> dict:
-    """Write the table; returns the per-window write times and what was done in bulk."""
-    from dam_core.table import batch_month, location, write_batch
+def build_delta(settings, n_batches: int, points: list[int], window: int, all_real: bool, log=print,
+                compact_above: int = 0) -> dict:
+    """Write the table; returns the per-window write times and what was done in bulk. With
+    `compact_above`, the table is compacted (as compact_assets_sensor does) whenever it holds more
+    data files than that before a write_batch call; those compactions are timed apart."""
+    from dam_core.table import batch_month, compact, location, open_table, write_batch
 
     uri = location(settings).uri
     half = window // 2
@@ -346,6 +352,7 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
     owners_root = settings.data_dir / "store"
     claims_written = 0
     bulk_commits = bulk_files = 0
+    compactions: list[dict] = []
     t_all = time.perf_counter()
     t_real = 0.0
     last_log = time.monotonic()
@@ -359,6 +366,13 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
                 bulk_files += len(pending)
                 pending = []
                 os.sync()  # the bulk's dirty pages are not flushed inside the next timed window
+            if compact_above and len(open_table(settings).file_uris()) > compact_above:
+                t = time.perf_counter()
+                done = compact(settings, retention_hours=168)
+                compactions.append({"before_batch": b, "seconds": round(time.perf_counter() - t, 2),
+                                    "files_before": done.files_before, "files_after": done.files_after})
+                log(f"  compaction before batch {b:,}: {done.files_before:,} -> {done.files_after:,} files "
+                    f"in {compactions[-1]['seconds']} s")
             rows = table.to_pylist()
             with _timing_open_table() as opened:
                 t = time.perf_counter()
@@ -416,6 +430,7 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
                    f"write_batch's one-row-per-id outcome applied ({sum(len(v) for v in plan['drop'].values()):,} "
                    f"bulk rows left out) and {claims_written:,} owner claims for rows a write_batch window replaces"),
         "write_batch_calls": len(times), "bulk_files": bulk_files, "bulk_commits": bulk_commits,
+        "compact_above": compact_above, "compactions": compactions,
         "bulk_rows_left_out": sum(len(v) for v in plan["drop"].values()),
         "bulk_rows_left_out_superseding_write_batch_rows": plan["skipped_superseding_real"],
         "bulk_claims_written": claims_written,
@@ -669,7 +684,7 @@ def profile_delta(settings, runs: int, log=print) -> dict:
 
 
 def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: str | None = None,
-        batches: int | None = None, log=print) -> dict:
+        batches: int | None = None, log=print, compact_above: int = 0) -> dict:
     import deltalake
     import duckdb
 
@@ -694,7 +709,7 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
         log(f"table: {n_batches:,} batches x {BATCH} rows into {uri} "
             f"({'all through write_batch' if quick or all_real else 'write_batch windows + bulk'})")
         out["writes"] = build_delta(settings, n_batches, sample_points(n_batches, quick), window,
-                                    all_real=quick or all_real, log=log)
+                                    all_real=quick or all_real, log=log, compact_above=compact_above)
         for w in out["writes"]["windows"]:
             log(f"  write_batch at batch {w['batch']:>6,}: median {w['median_ms']} ms, mean {w['mean_ms']}, "
                 f"max {w['max_ms']} (window {w['window']})")
@@ -753,7 +768,7 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
     out["seconds"] = round(time.perf_counter() - t_run, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / ("table-quick.json" if quick else "table.json")
+        path = out_dir / (("table-quick" if quick else "table") + (f"-compact{compact_above}" if compact_above else "") + ".json")
         path.write_text(json.dumps(out, indent=1, default=str))
         log(f"table: wrote {path}")
     return out
@@ -905,6 +920,15 @@ def lines(r: dict) -> list[str]:
     L.append(f"  last/first median {w['first_last_ratio']}x  [target flat (<= 2x): {'met' if w['flat'] else 'SHORT'}]; "
              f"write_batch median {w['write_batch_median_ms']} ms over {w['write_batch_calls']:,} calls "
              f"({w['write_batch_rate_per_s']} commits/s); table built in {w['build_s']:.0f} s")
+    if w.get("compact_above"):
+        cs = w.get("compactions") or []
+        L.append(f"  compacted whenever over {w['compact_above']:,} files before a write_batch (compact_assets_sensor's "
+                 f"rule): {len(cs)} compaction(s), " + ", ".join(
+                     f"before batch {c['before_batch']:,}: {c['files_before']:,} -> {c['files_after']:,} files in {c['seconds']} s"
+                     for c in cs))
+    else:
+        L.append("  no compaction while writing (the table's raw growth; compact_assets_sensor compacts above "
+                 "1,000 files: `--compact-above 1000`)")
     for key, what in (("writes_after_compaction", "after compaction, default checkpoint interval (100)"),
                       ("writes_checkpoint_interval_10", "after compaction, ALT delta.checkpointInterval=10")):
         x = r.get(key)
@@ -932,6 +956,9 @@ def main(argv=None) -> int:
     ap.add_argument("--all-real", action="store_true", help="full run: every batch through write_batch (slow)")
     ap.add_argument("--keep", metavar="DIR", help="build the tables under DIR and keep them")
     ap.add_argument("--batches", type=int, help="another table size (a smoke test); the results JSON is not written")
+    ap.add_argument("--compact-above", type=int, default=0, metavar="FILES",
+                    help="compact whenever the table holds more data files than this before a write_batch "
+                         "(what compact_assets_sensor does at DAM_COMPACT_MAX_FILES=1000); 0: never")
     ap.add_argument("--write-profile", action="store_true",
                     help="only: why write_batch grows with the file count (snapshot loads, alternatives), "
                          "at 15,625 files (1,563 with --quick); writes OUT/table-write-profile.json")
@@ -948,7 +975,7 @@ def main(argv=None) -> int:
         return 0
 
     r = run(args.quick, None if args.batches else Path(args.out), all_real=args.all_real, keep=args.keep,
-            batches=args.batches, log=log)
+            batches=args.batches, log=log, compact_above=args.compact_above)
     for line in lines(r):
         print(line)
     return 0
