@@ -74,7 +74,24 @@ def queue_name(rabbit_url):
 
 _MOTO = """
 import sys, threading
+from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
+
+# moto checks If-None-Match / If-Match and then stores, unlocked: two racing conditional PUTs can
+# both succeed. S3 and R2 decide atomically (the store's create() and delta-rs's commits rely on it),
+# so the stand-in takes one lock around a conditional PUT's check and store.
+_conditional = threading.Lock()
+_put_object = S3Response.put_object
+
+
+def put_object(self):
+    if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+        with _conditional:
+            return _put_object(self)
+    return _put_object(self)
+
+
+S3Response.put_object = put_object
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
 server.start()
 print("ready", flush=True)
