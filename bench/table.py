@@ -366,7 +366,8 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
                 bulk_files += len(pending)
                 pending = []
                 os.sync()  # the bulk's dirty pages are not flushed inside the next timed window
-            if compact_above and len(open_table(settings).file_uris()) > compact_above:
+            current = open_table(settings) if compact_above else None
+            if current is not None and len(current.file_uris()) > compact_above:
                 t = time.perf_counter()
                 done = compact(settings, retention_hours=168)
                 compactions.append({"before_batch": b, "seconds": round(time.perf_counter() - t, 2),
@@ -900,8 +901,8 @@ def lines(r: dict) -> list[str]:
              f"{alt['cosine']['total_ms']:.0f} = {alt['cosine']['connect_ms']:.0f} + {alt['cosine']['query_ms']:.0f} ms")
     ac = p["array_cosine_product"]["cosine"]
     L.append(f"{'  product connect(), cosine*':<44}| {ac['total_ms']:.0f} = {ac['connect_ms']:.0f} + {ac['query_ms']:.0f} ms"
-             f"   (* array_cosine_similarity(embedding::FLOAT[512], ...): list_cosine_similarity fails on "
-             f"DuckDB 2.0.1 with NULL embeddings: on its Parquet reader always, through connect() with the new write path)")
+             f"   (* array_cosine_similarity(embedding::FLOAT[512], ...), the array form; on a raw read_parquet "
+             f"DuckDB 2.0.1's list_cosine_similarity refuses a column with NULL lists, connect()'s view slices them clean)")
     cs = p["connect_split_ms"]
     L.append(f"{'  connect() split (compacted)':<44}| open_table {cs['open_table']} ms, to_pyarrow_dataset "
              f"{cs['to_pyarrow_dataset']} ms, DuckDB register+views {cs['duckdb_register_views']} ms")
