@@ -203,12 +203,16 @@ def _clip_vocab(size: int) -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def build_models(directory: str | Path, log=print) -> tuple[Path, Path]:
+def build_models(
+    directory: str | Path, log=print, blip_text_heads: int | None = None, name: str = ""
+) -> tuple[Path, Path]:
     """Write BLIP-base captioning (ViT-B/16 @384, bert-base decoder) and CLIP ViT-B/32 with random weights.
 
     Both get processors and tokenizers with vocabularies of the configs' sizes, saved with
     ``save_pretrained``, so they load through ``from_pretrained`` like the real checkpoints.
-    Reused when ``directory/ok.json`` says the folder is complete.
+    Reused when ``directory/{name}ok.json`` says the folder is complete. `blip_text_heads`
+    replaces the decoder's head count (transformers' default is 8; the real checkpoint has 12);
+    `name` prefixes the folders, so two variants can share one directory.
     """
     import tempfile
 
@@ -228,9 +232,9 @@ def build_models(directory: str | Path, log=print) -> tuple[Path, Path]:
     )
 
     directory = Path(directory)
-    blip_dir, clip_dir = directory / "blip-base-random", directory / "clip-b32-random"
-    stamp = directory / "ok.json"
-    want = {"transformers": transformers.__version__, "torch": torch.__version__, "v": 3}
+    blip_dir, clip_dir = directory / f"{name}blip-base-random", directory / f"{name}clip-b32-random"
+    stamp = directory / f"{name}ok.json"
+    want = {"transformers": transformers.__version__, "torch": torch.__version__, "v": 3, "heads": blip_text_heads}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return blip_dir, clip_dir
     t0 = time.perf_counter()
@@ -244,7 +248,8 @@ def build_models(directory: str | Path, log=print) -> tuple[Path, Path]:
         # Defaults: ViT-B/16 at 384 px, bert-base text decoder, vocab 30524. Only the vision tower's
         # init std changes: its default (1e-10) gives activations near the denormal range, which
         # neither real checkpoints nor a fair timing have; 0.02 is what the text side already uses.
-        config = BlipConfig(vision_config={"initializer_range": 0.02})
+        text = {} if blip_text_heads is None else {"num_attention_heads": blip_text_heads, "sep_token_id": 102, "pad_token_id": 0}
+        config = BlipConfig(text_config=text, vision_config={"initializer_range": 0.02})
         torch.manual_seed(0)
         model = BlipForConditionalGeneration(config).eval()
         processor = BlipProcessor(

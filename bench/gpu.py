@@ -140,88 +140,11 @@ def import_project() -> dict:
 
 
 def build_models(directory: Path, log=log) -> tuple[Path, Path]:
-    """Full-size BLIP-base captioning and CLIP ViT-B/32 with random weights (reused when complete)."""
-    import torch
-    import transformers
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessorPil,
-        BlipProcessor,
-        CLIPConfig,
-        CLIPImageProcessorPil,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
+    """Full-size BLIP-base captioning (with the real checkpoint's 12 decoder heads) and CLIP ViT-B/32,
+    random weights, reused when complete; folders of their own beside bench/fixtures.py's 8-head BLIP."""
+    from bench.fixtures import build_models as build
 
-    from bench.fixtures import (
-        BLIP_IMAGE_SIZE,
-        BLIP_VOCAB_SIZE,
-        CLIP_IMAGE_SIZE,
-        CLIP_VOCAB_SIZE,
-        OPENAI_CLIP_MEAN,
-        OPENAI_CLIP_STD,
-        _bert_vocab,
-        _clip_vocab,
-    )
-
-    # Names of their own: bench/fixtures.py keeps its (8-head) BLIP in the same --models-dir.
-    blip_dir, clip_dir = directory / "gpu-blip-base-random", directory / "gpu-clip-b32-random"
-    stamp = directory / "gpu-ok.json"
-    want = {"transformers": transformers.__version__, "torch": torch.__version__, "v": "gpu-1"}
-    if stamp.exists() and json.loads(stamp.read_text()) == want:
-        log(f"gpu: reusing the random full-size models in {directory}")
-        return blip_dir, clip_dir
-    t0 = time.perf_counter()
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-vocab-") as tmp:
-        tmp = Path(tmp)
-        (tmp / "bert").mkdir()
-        (tmp / "bert" / "vocab.txt").write_text("\n".join(_bert_vocab(BLIP_VOCAB_SIZE)) + "\n", encoding="utf-8")
-        tok = BertTokenizer.from_pretrained(tmp / "bert", do_lower_case=True, bos_token="[DEC]", model_max_length=512)
-        assert len(tok) == BLIP_VOCAB_SIZE, len(tok)
-        # Defaults are BLIP-base (ViT-B/16 @ 384, 12-layer 768-wide decoder, vocab 30524) except the
-        # decoder's head count; the vision init std 0.02 as in bench/fixtures.py (the default 1e-10
-        # gives near-denormal activations, which no real checkpoint has).
-        config = BlipConfig(
-            text_config={"num_attention_heads": BLIP_TEXT_HEADS, "sep_token_id": 102, "pad_token_id": 0},
-            vision_config={"initializer_range": 0.02},
-        )
-        torch.manual_seed(0)
-        model = BlipForConditionalGeneration(config).eval()
-        BlipProcessor(
-            image_processor=BlipImageProcessorPil(
-                do_resize=True, size={"height": BLIP_IMAGE_SIZE, "width": BLIP_IMAGE_SIZE}, do_rescale=True,
-                do_normalize=True, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD, do_convert_rgb=True,
-            ),
-            tokenizer=tok,
-        ).save_pretrained(blip_dir)
-        model.save_pretrained(blip_dir)
-        del model
-
-        (tmp / "clip").mkdir()
-        vocab, merges = _clip_vocab(CLIP_VOCAB_SIZE)
-        (tmp / "clip" / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        (tmp / "clip" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        ctok = CLIPTokenizer.from_pretrained(tmp / "clip", model_max_length=77)
-        assert len(ctok) == CLIP_VOCAB_SIZE, len(ctok)
-        torch.manual_seed(1)
-        cmodel = CLIPModel(CLIPConfig()).eval()  # defaults: ViT-B/32 @ 224, 512-d projection, quick_gelu
-        CLIPProcessor(
-            image_processor=CLIPImageProcessorPil(
-                do_resize=True, size={"shortest_edge": CLIP_IMAGE_SIZE}, do_center_crop=True,
-                crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}, do_rescale=True,
-                do_normalize=True, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD, do_convert_rgb=True,
-            ),
-            tokenizer=ctok,
-        ).save_pretrained(clip_dir)
-        cmodel.save_pretrained(clip_dir)
-        del cmodel
-    stamp.write_text(json.dumps(want))
-    log(f"gpu: BLIP-base + CLIP B/32 (random weights) written to {directory} in {time.perf_counter() - t0:.1f}s")
-    return blip_dir, clip_dir
+    return build(directory, log=log, blip_text_heads=BLIP_TEXT_HEADS, name="gpu-")
 
 
 def _architecture(captioner, embedder) -> dict:

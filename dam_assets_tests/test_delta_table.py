@@ -244,10 +244,10 @@ def test_a_delete_landing_while_the_batch_commits_does_not_resurrect_the_id(make
     doomed, kept = ids
     real_write = enrichment.write_batch
 
-    def write_racing_a_delete(settings_, batch, rows, dim):
+    def write_racing_a_delete(settings_, batch, rows, dim, store):
         assert {r["id"] for r in rows} == set(ids)  # the tombstone was not there when the batch looked
-        delete_assets(settings_, make_store(settings_), [doomed])  # tombstone, table (no row yet), objects
-        return real_write(settings_, batch, rows, dim)
+        delete_assets(settings_, store, [doomed])  # tombstone, table (no row yet), objects
+        return real_write(settings_, batch, rows, dim, store)
 
     monkeypatch.setattr(enrichment, "write_batch", write_racing_a_delete)
     result = materialize_batch(instance, request.partition_key)

@@ -33,7 +33,7 @@ def migrate(settings: "Settings", store: "ObjectStore", progress: Callable[[str,
     for batch, key in legacy_batches(store):
         rows = pq.read_table(io.BytesIO(store.get(key))).to_pylist()
         dim = next((len(r["embedding"]) for r in rows if r.get("embedding")), None)
-        write_batch(settings, batch, rows, dim)
+        write_batch(settings, batch, rows, dim, store)
         store.delete(key)
         moved += 1
         if progress is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from dam_core.layout import OWNERS_PREFIX, owner_key, owner_prefix
+from dam_core.layout import owner_key, owner_prefix
 from dam_core.store import LocalStore, ObjectStore
 
 _PARALLEL = 16
@@ -56,6 +56,3 @@ def release_all(store: ObjectStore, asset_id: str) -> None:
     """Every claim of a deleted id: the same bytes uploaded again start afresh."""
     for key in list(store.list(owner_prefix(asset_id))):
         store.delete(key)
-
-
-__all__ = ["OWNERS_PREFIX", "claim", "claimants", "release", "release_all"]

@@ -40,18 +40,22 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
     from dam_core.settings import Settings
+    from dam_core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 PARTITION_COLUMN = "batch_month"
-# Statistics only where a filter can use them: the batch predicate of a write, and time ranges.
-# (By default delta-rs collects min/max for the first 32 columns, the embedding list included.)
 COMMIT_ATTEMPTS = 8
 # Compacted files of about 32 MiB: few enough files for DuckDB, and a batch that replaces a
 # redelivered id's old row (Delta rewrites the file holding it) rewrites at most this much.
 COMPACT_FILE_BYTES = 32 << 20
-# A checkpoint every 10 commits: opening the table replays at most 9 JSON commits.
-_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "batch,uploaded_at,processed_at,taken_at", "delta.checkpointInterval": "10"}
+_TABLE_PROPERTIES = {
+    # Statistics only where a filter can use them: the batch predicate of a write, and time ranges.
+    # (By default delta-rs collects min/max for the first 32 columns, the embedding list included.)
+    "delta.dataSkippingStatsColumns": "batch,uploaded_at,processed_at,taken_at",
+    # A checkpoint every 10 commits: opening the table replays at most 9 JSON commits.
+    "delta.checkpointInterval": "10",
+}
 _BATCH_KEY = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
@@ -195,13 +199,17 @@ def _commit(action, what: str):
             time.sleep(pause)
 
 
-def write_batch(settings: "Settings", batch: str, rows: list[dict], embedding_dim: int | None) -> int:
+def write_batch(
+    settings: "Settings", batch: str, rows: list[dict], embedding_dim: int | None, store: "ObjectStore | None" = None
+) -> int:
     """Replace the batch's rows with `rows` in one commit, owning each id's row (see
     dam_core/owners.py): rows of these ids in earlier batches go in the same commit, ids a later
-    batch claimed are left to it. Returns the table version written."""
-    from dam_core.store import make_store
+    batch claimed are left to it. `store` holds the claims (default: the settings' store).
+    Returns the table version written."""
+    if store is None:
+        from dam_core.store import make_store
 
-    store = make_store(settings)
+        store = make_store(settings)
     mine = {r["id"]: r for r in rows}
     claim(store, batch, mine)
     plan = _ownership(settings, batch, mine, claimants(store, mine))
@@ -421,18 +429,18 @@ def connect(
     table = open_table(settings, as_of)
     con = duckdb.connect(database)
     files = table.file_uris() if table is not None else []
-    columns = _column_list({f.name for f in table.schema().fields}) if files else ""
+    present = {f.name for f in table.schema().fields} if files else set()
     if files and not settings.uses_s3:
         # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
         # union_by_name: files written before a column existed read it as null.
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
         # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
-        columns = columns.replace("embedding,", "embedding[:] AS embedding,", 1)
+        columns = _column_list(present, {"embedding": "embedding[:]"})
         con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
     elif files:
         con.register("_assets_dataset", table.to_pyarrow_dataset())
-        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM _assets_dataset")
+        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {_column_list(present)} FROM _assets_dataset")
     else:
         con.register("_assets_empty", schema(None).empty_table())
         con.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM _assets_empty")
@@ -441,9 +449,10 @@ def connect(
     return con
 
 
-def _column_list(present: set[str]) -> str:
-    """The views' columns in schema order; one the table has never held (a column newer than every
-    write) reads as null."""
+def _column_list(present: set[str], reads: dict[str, str] | None = None) -> str:
+    """The views' columns in schema order, each read as `reads` says (default: as stored); one the
+    table has never held (a column newer than every write) reads as null."""
+    reads = reads or {}
     def typed_null(name: str) -> str:
         kind = schema(None).field(name).type
         if pa.types.is_timestamp(kind):
@@ -456,4 +465,6 @@ def _column_list(present: set[str]) -> str:
             return "NULL::BIGINT"
         return "NULL::VARCHAR"
 
-    return ", ".join(c if c in present else f"{typed_null(c)} AS {c}" for c in COLUMNS)
+    return ", ".join(
+        (f"{reads[c]} AS {c}" if c in reads else c) if c in present else f"{typed_null(c)} AS {c}" for c in COLUMNS
+    )

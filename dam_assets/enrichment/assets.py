@@ -196,7 +196,7 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
     # Deleted while the batch ran: left out before the commit, and removed again after it when
     # the delete landed between the two (its own table delete may have run before our commit).
     kept = _not_deleted(store, rows)
-    version = write_batch(dam.settings, batch, kept, embeddings.dim)
+    version = write_batch(dam.settings, batch, kept, embeddings.dim, store)
     late = [r["id"] for r in _deleted(store, kept)]
     if late:
         delete_rows(dam.settings, late, batch=batch)  # a re-upload's row in a newer batch stays
