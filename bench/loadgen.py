@@ -99,6 +99,7 @@ async def _run(url: str, images: list[bytes], concurrency: int, duration: float,
         "concurrency": concurrency,
         "duration_s": round(elapsed, 3),
         "requests_ok": ok,
+        "requests_total": counter,  # sent over the whole run, warm-up included (per-request CPU)
         "requests_per_s": round(ok / elapsed, 2) if elapsed else None,
         "mb_per_s": round(sent_bytes / elapsed / 1e6, 2) if elapsed else None,
         "latency_ms": {

@@ -281,6 +281,8 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
         rss_start = pid_rss_mb(proc.pid)
         own = [proc.pid] + ([moto.proc.pid] if backend == "s3" else []) + list(extra_pids or [])
         mon = CpuMonitor(pids=own, broker_pids=broker_pids())
+        split = CpuSplit({"server": [proc.pid], "store": [moto.proc.pid] if backend == "s3" else [],
+                          "broker": broker_pids(), "proxies": list(extra_pids or [])})
         server_cpu0 = pid_cpu(proc.pid)
         lg = subprocess.run(
             [sys.executable, "-m", "bench.loadgen", "--url", base + "/upload", "--images", str(images_dir),
@@ -292,6 +294,8 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
         if lg.returncode != 0:
             raise RuntimeError(f"load generator exited {lg.returncode}")
         load = json.loads(lg.stdout.strip().splitlines()[-1])
+        # Per request over the whole load-generator run (warm-up included, so are its requests).
+        cpu_ms = split.stop(load.get("requests_total") or load["requests_ok"], children_as="client")
         result = {
             "server": kind,
             "backend": backend,
@@ -301,6 +305,7 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
             "cpu": cpu,
             "server_cores": round(server_cpu / cpu["wall_s"], 2),
             "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, load["requests_ok"]), 2),
+            "cpu_ms_per_request": cpu_ms,
         }
         depth = _queue_depth(queue)
         result["queued_messages"] = depth
@@ -325,6 +330,62 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
             log(f"  server stderr: {err[-500:]}")
         delete_queues([queue, f"{queue}.dead"])
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- CPU per request
+
+
+def _family(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's worker processes under `dam api --workers N`)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class CpuSplit:
+    """CPU seconds spent by each named part of a run (a process and its descendants, this
+    process, or its waited-for children) between start and stop, as ms per request."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        import resource
+
+        self._resource = resource
+        self.groups = {name: [q for p in pids for q in _family(p)] for name, pids in groups.items()}
+        self.before = {name: self._cpu(pids) for name, pids in self.groups.items()}
+        self.self0 = self._rusage(resource.RUSAGE_SELF)
+        self.children0 = self._rusage(resource.RUSAGE_CHILDREN)
+
+    def _rusage(self, who) -> float:
+        r = self._resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> float:
+        return sum(pid_cpu(p) or 0.0 for p in pids)
+
+    def stop(self, requests: int, self_as: str | None = None, children_as: str | None = None) -> dict:
+        """ms of CPU per request for each group (plus this process and its waited-for children
+        when named), and their total."""
+        spent = {name: self._cpu(pids) - self.before[name] for name, pids in self.groups.items()}
+        if self_as:
+            spent[self_as] = self._rusage(self._resource.RUSAGE_SELF) - self.self0
+        if children_as:
+            spent[children_as] = self._rusage(self._resource.RUSAGE_CHILDREN) - self.children0
+        n = max(1, requests)
+        out = {name: round(1000 * v / n, 2) for name, v in spent.items()}
+        out["total"] = round(sum(out.values()), 2)
+        return out
 
 
 # ----------------------------------------------------------------------------- ceilings
@@ -462,7 +523,7 @@ TARGETS = {"vs_ceiling": 0.8, "p99_vs_ceiling": 1.5, "vs_naive": 1.0}
 
 
 def s3_put_ceiling(s3_env: dict, payloads: list[bytes], seconds: float, warmup: float,
-                   threads: int = CONCURRENCY) -> dict:
+                   threads: int = CONCURRENCY, cpu_groups: dict[str, list[int]] | None = None) -> dict:
     """The store's own speed: `threads` clients doing nothing but unique-key creates (the API's
     first call per upload), through the product's S3Store, with the same latency percentiles."""
     from bench.loadgen import percentile
@@ -477,6 +538,8 @@ def s3_put_ceiling(s3_env: dict, payloads: list[bytes], seconds: float, warmup: 
     lat: list[list[float]] = [[] for _ in range(threads)]
     last = [t_measure] * threads
 
+    puts = [0] * threads
+
     def loop(t: int):
         i = 0
         while (t0 := time.perf_counter()) < t_stop:
@@ -486,7 +549,9 @@ def s3_put_ceiling(s3_env: dict, payloads: list[bytes], seconds: float, warmup: 
                 lat[t].append(t1 - t0)
                 last[t] = t1
             i += 1
+        puts[t] = i
 
+    split = CpuSplit(cpu_groups or {})
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
     all_lat = sorted(x for part in lat for x in part)
@@ -495,6 +560,7 @@ def s3_put_ceiling(s3_env: dict, payloads: list[bytes], seconds: float, warmup: 
         "requests_ok": len(all_lat),
         "requests_per_s": round(len(all_lat) / elapsed, 2),
         "latency_ms": {q: round(1000 * percentile(all_lat, v), 1) for q, v in (("p50", 0.5), ("p99", 0.99))},
+        "cpu_ms_per_request": split.stop(sum(puts), self_as="client"),
     }
 
 
@@ -541,7 +607,8 @@ def run_rtt(quick: bool, log=print, workers: tuple[int, ...] = (1, 2), rtts_ms: 
                     s3env = moto.bucket()
                     if s3_endpoint:
                         s3env["R2_ENDPOINT"] = s3_endpoint
-                    row["ceiling"] = s3_put_ceiling(s3env, payloads, duration, warmup)
+                    row["ceiling"] = s3_put_ceiling(s3env, payloads, duration, warmup, cpu_groups={
+                        "store": [moto.proc.pid], "proxies": extra_pids})
                     kw = dict(log=log, amqp_url=amqp_url, s3_endpoint=s3_endpoint, extra_pids=extra_pids)
                     row["naive"] = run_server("naive", "s3", tmp / "images", tmp, duration, warmup, moto, None, **kw)
                     for n in workers:
@@ -560,8 +627,9 @@ def run_rtt(quick: bool, log=print, workers: tuple[int, ...] = (1, 2), rtts_ms: 
 
 
 def rtt_table(result: dict) -> list[str]:
-    """The run_rtt result as a fixed-width table."""
-    head = f"{'RTT':>6}  {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  {'/ceiling':>8} {'p99/ceil':>8} {'/naive':>7}  target"
+    """The run_rtt result as a fixed-width table, then the CPU each request cost, per process."""
+    head = (f"{'RTT':>6}  {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  {'/ceiling':>8} {'p99/ceil':>8} "
+            f"{'/naive':>7}  target")
     lines = [head, "-" * len(head)]
     for rtt, row in result["rtts"].items():
         for name, r in row.items():
@@ -573,6 +641,15 @@ def rtt_table(result: dict) -> list[str]:
             bad = {k: v for k, v in r.get("statuses", {}).items() if k != "202"}
             lines.append(f"{rtt + ' ms':>6}  {label:<14} {r['requests_per_s']:>8} {lat['p50']:>8} {lat['p99']:>8}  {cols}"
                          + (f"  non-202: {bad}" if bad else ""))
+    lines.append("CPU ms per request, by process (all on this machine's cores; `client` is the load generator,"
+                 " or the ceiling's own threads):")
+    for rtt, row in result["rtts"].items():
+        for name, r in row.items():
+            cpu = r.get("cpu_ms_per_request")
+            if cpu:
+                label = {"ceiling": "store ceiling", "naive": "naive"}.get(name, f"dam api w={name[5:]}")
+                parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total" and v)
+                lines.append(f"{rtt + ' ms':>6}  {label:<14} total {cpu['total']:>6}  ({parts})")
     return lines
 
 

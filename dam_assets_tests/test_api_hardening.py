@@ -133,6 +133,7 @@ def test_a_failed_publish_never_deletes_the_original_another_request_got_202_for
     key = b.json()["r2_key"]
     # B's confirmed message names this object: it must still be there after A gave up.
     assert store.get(key) == data
+    assert app_b.state.markers.flush(10)  # written after the answer
     assert store.exists(f"uploads/{b.json()['id']}.json")
     assert app_b.state.queue.depth() == 1
 

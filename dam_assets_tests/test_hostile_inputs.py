@@ -45,6 +45,7 @@ class Api:
 
     def state(self) -> tuple[list[str], list[str], int]:
         """What an upload can leave behind: originals, upload markers, queued messages."""
+        assert self.app.state.markers.flush(10)  # markers are written after the answer
         return list(self.store.list("assets/")), list(self.store.list("uploads/")), self.queue.depth()
 
     def queued(self) -> list[UploadMessage]:

@@ -1,4 +1,4 @@
-"""Request dependencies: settings, store, queue, catalog, upload slots, the API-key check and a known asset.
+"""Request dependencies: settings, store, queue, catalog, marker writer, upload slots, the API-key check and a known asset.
 
 Each per-app object is created once by `create_app` (on `app.state`) and reached only through
 these; routes never read `app.state` themselves.
@@ -17,6 +17,7 @@ from dam_core.queue import UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
 from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.marker_writer import MarkerWriter
 from dam_ingest_api.schemas import AssetDetail
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -55,6 +56,10 @@ def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
+def get_markers(request: Request) -> MarkerWriter:
+    return request.app.state.markers
+
+
 def get_upload_slots(request: Request) -> UploadSlots:
     return request.app.state.upload_slots
 
@@ -63,6 +68,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 QueueDep = Annotated[UploadQueue, Depends(get_queue)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+MarkersDep = Annotated[MarkerWriter, Depends(get_markers)]
 UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 AssetIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="32 lowercase hex characters")]
 

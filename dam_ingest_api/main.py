@@ -15,6 +15,7 @@ from dam_core.settings import Settings, get_settings
 from dam_core.store import ObjectStore, StoreError, make_store
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.deps import UploadSlots
+from dam_ingest_api.marker_writer import MarkerWriter
 from dam_ingest_api.routes import assets, health, page, search, upload
 from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
 
@@ -36,6 +37,7 @@ def create_app(
         dam_models.set_query_threads(1)
         app.state.catalog.start()
         yield
+        app.state.markers.close()  # before the store's clients go: the markers in flight land
         app.state.catalog.stop()
         app.state.queue.close()
 
@@ -44,6 +46,7 @@ def create_app(
     app.state.store = store or make_store(settings)
     app.state.queue = queue or make_queue(settings)
     app.state.catalog = Catalog(settings, app.state.store)
+    app.state.markers = MarkerWriter(app.state.store)
     app.state.upload_slots = UploadSlots(settings.dam_max_concurrent_uploads)
 
     origins = [o.strip() for o in settings.dam_cors_origins.split(",") if o.strip()]

@@ -12,11 +12,12 @@ from typing import IO
 from dam_core.images import inspect_image
 from dam_core.imaging import return_freed_memory
 from dam_core.layout import original_key
-from dam_core.markers import find_upload, write_marker
+from dam_core.markers import find_upload
 from dam_core.messages import UploadMessage, clean_filename
 from dam_core.queue import QueueError, UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore, StoreError
+from dam_ingest_api.marker_writer import MarkerWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def _sha256(fp: IO[bytes]) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+_TRIM_ABOVE_PIXELS = 4_000_000
+
+
 @functools.lru_cache(maxsize=None)
 def _validation_slots(limit: int) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(limit)
@@ -47,24 +51,34 @@ def check_image(fp: IO[bytes], settings: Settings):
     large images would take memory in proportion to the number of request threads.
     """
     with _validation_slots(settings.dam_max_concurrent_validations):
+        info = None
         try:
-            return inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+            info = inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+            return info
         finally:
             # Inside the slot: the freed pixels go back to the OS before the next decode starts,
             # else each request thread's malloc arena keeps its largest image (the cap then
-            # bounds decodes in flight but not memory).
-            return_freed_memory()
+            # bounds decodes in flight but not memory). A small image's pixels are not worth
+            # the trim (a few % of the upload's CPU): glibc reuses them.
+            if info is None or info.width * info.height > _TRIM_ABOVE_PIXELS:
+                return_freed_memory()
 
 
 def accept_upload(
-    fp: IO[bytes], filename: str | None, settings: Settings, store: ObjectStore, queue: UploadQueue
+    fp: IO[bytes],
+    filename: str | None,
+    settings: Settings,
+    store: ObjectStore,
+    queue: UploadQueue,
+    markers: MarkerWriter,
 ) -> tuple[bool, UploadMessage]:
     """Store and queue one file; returns (is_new, the upload: this one, or the first of these bytes).
 
     Raises ImageRejected for bad bytes and ServiceUnavailable when a service is down.
     The id is derived from the content: the same bytes map to the same key. Once an
-    upload's message is confirmed, a marker `uploads/{id}.json` records it, and the same
-    bytes again are answered as a duplicate with nothing stored or queued. Two copies
+    upload's message is confirmed, a marker `uploads/{id}.json` records it (written by
+    `markers` after the answer), and the same bytes again are answered as a duplicate with
+    nothing stored or queued. Two copies
     racing past the marker check both publish; the pipeline's one-row-per-id rule still
     makes them one asset.
 
@@ -93,7 +107,7 @@ def accept_upload(
         created = store.create(key, fp, content_type=info.mime_type)
         # Only bytes seen before need the marker: it tells a confirmed duplicate from an
         # earlier attempt that stored the original but never got its message confirmed.
-        existing = None if created else find_upload(store, asset_id)
+        existing = None if created else (markers.pending(asset_id) or find_upload(store, asset_id))
         if not created and existing is None:
             # Present without a marker: an attempt whose publish failed (an orphan the sweep
             # may be about to remove), or one still in flight. Writing the same bytes again
@@ -113,12 +127,7 @@ def accept_upload(
             "the queue is unavailable or did not confirm the upload; nothing was queued, "
             "send it again (repeating the same file is safe)"
         ) from None
-    try:
-        write_marker(store, message)
-    except StoreError as err:
-        # The message is confirmed, so the upload will be processed: answer 202. Without the
-        # marker a repeat of these bytes is queued again, which the pipeline deduplicates.
-        log.warning("could not write the upload marker for %s: %s", asset_id, err)
+    markers.submit(message)  # the message is confirmed: the upload will be processed, answer 202 now
     return True, message
 
 

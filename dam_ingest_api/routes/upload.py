@@ -14,9 +14,11 @@ from dam_core.queue import UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
 from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.marker_writer import MarkerWriter
 from dam_ingest_api.deps import (
     ApiKey,
     CatalogDep,
+    MarkersDep,
     QueueDep,
     SettingsDep,
     StoreDep,
@@ -111,6 +113,7 @@ async def upload(
     store: StoreDep,
     queue: QueueDep,
     catalog: CatalogDep,
+    markers: MarkersDep,
     slots: UploadSlotsDep,
 ) -> JSONResponse:
     """Store each image and queue it; 202 once the original is stored and the message confirmed."""
@@ -124,13 +127,18 @@ async def upload(
             unread_body=True,
         )
     try:
-        return await _upload(request, settings, store, queue, catalog)
+        return await _upload(request, settings, store, queue, catalog, markers)
     finally:
         slots.give_back()
 
 
 async def _upload(
-    request: Request, settings: Settings, store: ObjectStore, queue: UploadQueue, catalog: Catalog
+    request: Request,
+    settings: Settings,
+    store: ObjectStore,
+    queue: UploadQueue,
+    catalog: Catalog,
+    markers: MarkerWriter,
 ) -> JSONResponse:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_body_bytes(
@@ -169,7 +177,7 @@ async def _upload(
                     "(curl -F file=@photo.jpg)",
                 )
             return _error(400, "no file: send the image in a multipart field named 'file'")
-        outcomes = await run_in_threadpool(_accept_all, files, settings, store, queue, catalog)
+        outcomes = await run_in_threadpool(_accept_all, files, settings, store, queue, catalog, markers)
     finally:
         await form.close()
 
@@ -188,12 +196,17 @@ async def _upload(
 
 
 def _accept_all(
-    files: list[UploadFile], settings: Settings, store: ObjectStore, queue: UploadQueue, catalog: Catalog
+    files: list[UploadFile],
+    settings: Settings,
+    store: ObjectStore,
+    queue: UploadQueue,
+    catalog: Catalog,
+    markers: MarkerWriter,
 ) -> list[Outcome]:
     out: list[Outcome] = []
     for f in files:
         try:
-            is_new, upload = accept_upload(f.file, f.filename, settings, store, queue)
+            is_new, upload = accept_upload(f.file, f.filename, settings, store, queue, markers)
         except ImageRejected as err:
             out.append((err.status, _rejected(f.filename, err.status, err.message)))
             continue
