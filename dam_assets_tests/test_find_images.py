@@ -129,6 +129,7 @@ def test_duplicate_upload_returns_first_id_and_stores_nothing(env, instance):
         data = jpeg_bytes(200, 150, seed=3)
         first = post(client, data, "first.jpg")
         assert first.status_code == 202
+        assert app.state.markers.flush(10)  # the marker is written after the answer
         store, queue = make_store(env), make_queue(env)
         before = sorted(store.list(""))
         depth = queue.depth()

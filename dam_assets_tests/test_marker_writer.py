@@ -94,3 +94,27 @@ def test_stopping_the_api_waits_for_the_markers_in_flight(make_settings, s3_env,
         threading.Timer(0.5, gated.gate.set).start()
     for asset_id in ids:
         assert real.exists(upload_marker_key(asset_id)), f"{asset_id}: marker lost at shutdown"
+
+
+def test_a_delete_right_after_the_202_waits_for_the_marker_and_leaves_none(make_settings, s3_env, rabbit_url, queue_name):
+    """The marker write is in flight when the DELETE arrives: the delete waits for it, then removes it
+    (else the late write would land after the delete and leave a marker of a deleted upload)."""
+    settings = make_settings(**s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name)
+    real = make_store(settings)
+    gated = GatedMarkers(real)
+    app = create_app(settings, store=gated)
+    with serve(app) as url:
+        r = _post(url, jpeg_bytes(80, 60, seed=930))
+        assert r.status_code == 202, r.text
+        asset_id = r.json()["id"]
+        deadline = time.monotonic() + 10
+        while gated.waiting < 1:
+            assert time.monotonic() < deadline, "the marker write never started"
+            time.sleep(0.02)
+        threading.Timer(0.5, gated.gate.set).start()
+        gone = httpx.delete(f"{url}/assets/{asset_id}", timeout=30)
+        assert gone.status_code == 200, gone.text
+        assert gated.gate.is_set()  # it did wait for the write
+        assert not real.exists(upload_marker_key(asset_id))
+        assert list(real.list(f"assets/{asset_id}")) == []
+        assert httpx.get(f"{url}/assets/{asset_id}", timeout=10).status_code == 404

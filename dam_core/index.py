@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -157,10 +158,11 @@ def write_segment(store: ObjectStore, items: pa.Table, vectors: np.ndarray, vali
 # M=16/ef_add=128 searched at ef=96 gave recall@10 0.81 and the search asked for only k keys; at
 # M=32/ef_add=200 recall@10 is 0.975 at ef=256 and 0.99 at ef=512 (usearch searches max(ef, count)
 # candidates; asking for more keys than ef does not widen it). Inner product on unit vectors is the
-# cosine without a normalization per distance.
+# cosine without a normalization per distance. At 1M vectors in the product's segments (3 graphs of
+# 262,144 and the tiers below) ef=256 gives recall@10 0.98 and ef=512 0.99 at about twice the time.
 HNSW_CONNECTIVITY = 32
 HNSW_EXPANSION_ADD = 200
-HNSW_EXPANSION_SEARCH = 512
+HNSW_EXPANSION_SEARCH = 256
 HNSW_CANDIDATES = 64  # keys re-scored exactly per segment (at least k + removed rows of the segment)
 
 
@@ -633,8 +635,13 @@ class Segment:
                 self._quantized = quantize(self.vectors)
             return self._quantized
 
-    def candidates(self, q: np.ndarray, want: int, dead: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `want` live vector rows nearest to `q` with their exact scores (unsorted)."""
+    def candidates(
+        self, q: np.ndarray, want: int, dead: np.ndarray | None, threads: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `want` live vector rows nearest to `q` with their exact scores (unsorted).
+
+        `threads` is for the exact int8 scan (0: every core); a graph search is one thread.
+        """
         n = len(self.vectors)
         ndead = int(dead.sum()) if dead is not None else 0
         if n - ndead <= 0:
@@ -661,7 +668,9 @@ class Segment:
                 from usearch.index import search as usearch_exact
 
                 cand = min(max(fetch * 8, 128), n)
-                found = usearch_exact(self.quantized, quantize(q[None, :])[0], cand, MetricKind.Cos, exact=True, threads=0)
+                found = usearch_exact(
+                    self.quantized, quantize(q[None, :])[0], cand, MetricKind.Cos, exact=True, threads=threads
+                )
                 rows = np.asarray(found.keys, dtype=np.int64).ravel()
             if ndead:
                 rows = rows[~dead[rows]]
@@ -670,6 +679,19 @@ class Segment:
             fetch = min(n, fetch * 4)
         # Re-score exactly from the stored vectors: scores are true cosines, order is exact.
         return rows, np.asarray(self.vectors[rows]) @ q
+
+
+_search_threads: ThreadPoolExecutor | None = None
+_search_threads_lock = threading.Lock()
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    """The process's threads for searching one query's segments side by side (one per core, up to 4)."""
+    global _search_threads
+    with _search_threads_lock:
+        if _search_threads is None:
+            _search_threads = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="dam-search")
+        return _search_threads
 
 
 @dataclass
@@ -723,14 +745,23 @@ class Snapshot:
         if q.shape[0] != self.dim:
             raise ValueError(f"query has dimension {q.shape[0]}, the index {self.dim}")
         want = k + (1 if exclude else 0)
-        pos, scores = [], []
-        for seg, dead, item_of in zip(self.segments, self.dead, self.item_of):
-            if len(seg.vectors) == 0:
-                continue
-            rows, s = seg.candidates(q, want, dead)
-            pos.append(item_of[rows])
-            scores.append(s)
-        pos, scores = np.concatenate(pos), np.concatenate(scores).astype(np.float32)
+        work = [(seg, dead, item_of) for seg, dead, item_of in zip(self.segments, self.dead, self.item_of) if len(seg.vectors)]
+        threads = 0 if len(work) == 1 else 1  # several segments: the cores go to segments side by side
+
+        def one(part) -> tuple[np.ndarray, np.ndarray]:
+            seg, dead, item_of = part
+            rows, s = seg.candidates(q, want, dead, threads)
+            return item_of[rows], s
+
+        if len(work) > 1:
+            # usearch and numpy release the GIL: the segments are searched in parallel, this
+            # thread taking the first. Results keep the segments' order (ties stay deterministic).
+            later = [_search_pool().submit(one, part) for part in work[1:]]
+            found = [one(work[0])] + [f.result() for f in later]
+        else:
+            found = [one(part) for part in work]
+        pos = np.concatenate([p for p, _ in found])
+        scores = np.concatenate([s for _, s in found]).astype(np.float32)
         order = np.lexsort((pos, -scores))  # best first; ties by listing order
         out = []
         for j in order:

@@ -85,9 +85,9 @@ class Settings(BaseSettings):
     dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # softmax probability over the vocabulary
     dam_tags_top_k: int = Field(default=5, ge=0, le=50)
     dam_near_duplicate: float = Field(default=0.95, ge=-1, le=1)
-    # Per index segment: above this many vectors a segment gets an HNSW graph (recall@10 >= 0.95 at
-    # ef=512, bench/NOTES.md); below, the exact scan is as fast or faster.
-    dam_exact_search_max: int = Field(default=50_000, ge=0)
+    # Per index segment: above this many vectors a segment gets an HNSW graph (recall@10 about 0.98
+    # at 1M in segments, ef=256; bench/NOTES.md); up to it, a float32 scan takes ~1 ms.
+    dam_exact_search_max: int = Field(default=20_000, ge=0)
     dam_index_poll_seconds: float = Field(default=5.0, gt=0)
 
     # The assets table (Delta Lake): how long superseded and deleted rows stay in its history.

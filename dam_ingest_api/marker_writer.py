@@ -35,7 +35,8 @@ class MarkerWriter:
         self.backlog = backlog
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dam-marker")
         self._cond = threading.Condition()
-        self._pending: dict[str, UploadMessage] = {}
+        self._pending: dict[str, UploadMessage] = {}  # submitted, not written yet
+        self._writing: dict[str, UploadMessage] = {}  # being written now
         self._in_flight = 0
         self._closed = False
 
@@ -57,7 +58,16 @@ class MarkerWriter:
     def pending(self, asset_id: str) -> UploadMessage | None:
         """A confirmed upload of this process whose marker is not written yet."""
         with self._cond:
-            return self._pending.get(asset_id)
+            return self._pending.get(asset_id) or self._writing.get(asset_id)
+
+    def settle(self, asset_id: str, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Before a delete: drop this id's marker if it is still waiting, wait for it if it is being
+        written (so the delete, which removes markers, cannot run before a late write lands)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._pending.pop(asset_id, None)
+            while asset_id in self._writing and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted marker is written (or failed); False on timeout."""
@@ -79,13 +89,20 @@ class MarkerWriter:
         self._pool.shutdown(wait=False, cancel_futures=False)
 
     def _run(self, message: UploadMessage) -> None:
+        with self._cond:
+            # Not pending any more: settled by a delete (or replaced by a newer upload's marker).
+            live = self._pending.get(message.id) is message
+            if live:
+                del self._pending[message.id]
+                self._writing[message.id] = message
         try:
-            self._write(message)
+            if live:
+                self._write(message)
         finally:
             with self._cond:
                 self._in_flight -= 1
-                if self._pending.get(message.id) is message:
-                    del self._pending[message.id]
+                if self._writing.get(message.id) is message:
+                    del self._writing[message.id]
                 self._cond.notify_all()
 
     def _write(self, message: UploadMessage) -> None:

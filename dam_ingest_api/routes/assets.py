@@ -16,6 +16,7 @@ from dam_ingest_api.deps import (
     AssetIdPath,
     CatalogDep,
     KnownAsset,
+    MarkersDep,
     SettingsDep,
     StoreDep,
     known_asset,
@@ -132,11 +133,14 @@ def duplicates(asset_id: AssetIdPath, catalog: CatalogDep, settings: SettingsDep
         503: "the object store, the table or the index failed; the asset is hidden already, send the DELETE again",
     }),
 )
-def delete_asset(asset_id: AssetIdPath, settings: SettingsDep, store: StoreDep, catalog: CatalogDep) -> DeleteAnswer:
+def delete_asset(
+    asset_id: AssetIdPath, settings: SettingsDep, store: StoreDep, catalog: CatalogDep, markers: MarkersDep
+) -> DeleteAnswer:
     """Delete an asset everywhere: original, thumbnail, vector, upload marker, table rows, index entry.
 
     Gone from every read route when this answers; uploading the same bytes again makes a new asset.
     """
+    markers.settle(asset_id)  # a marker this process still owes would otherwise land after the delete
     try:
         [report] = delete_assets(settings, store, [asset_id])
     except DeletionFailed as err:
