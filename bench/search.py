@@ -208,6 +208,273 @@ def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
     return out
 
 
+def product_layout(n: int, seg_rows: int = 262_144, batch_rows: int = 64) -> list[int]:
+    """Segment sizes, oldest first, that the product leaves after `n` rows arrive in batches of
+    `batch_rows`: add_batch appends one segment per batch and merges by the product's own rule
+    (dam_core.index._merge_run) with MAX_MERGED_ROWS = `seg_rows`. At 1,000,000 rows in 64-row
+    batches: 3 x 262,144, 6 x 32,768, 4 x 4,096, 512, 64 (15,625 batches, base 8: 3 6 4 1 1)."""
+    import dam_core.index as index
+
+    saved = index.MAX_MERGED_ROWS
+    index.MAX_MERGED_ROWS = seg_rows
+    try:
+        segs: list[dict] = []
+        for start in range(0, n, batch_rows):
+            segs.append({"rows": min(batch_rows, n - start)})
+            while k := index._merge_run(segs):
+                segs[-k:] = [{"rows": sum(s["rows"] for s in segs[-k:])}]
+    finally:
+        index.MAX_MERGED_ROWS = saved
+    return [s["rows"] for s in segs]
+
+
+def _exact_truth(vectors: np.ndarray, queries: np.ndarray, exclude: np.ndarray | None = None, k: int = 10,
+                 chunk: int = 65_536) -> np.ndarray:
+    """Exact top-k rows of `vectors` (a memory map is fine) per query, in chunks; `exclude[i]`: a row left out for query i."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for a in range(0, len(vectors), chunk):
+        s = np.asarray(vectors[a:a + chunk]) @ queries.T  # (m, q)
+        if exclude is not None:
+            hit = (exclude >= a) & (exclude < a + len(s))
+            s[exclude[hit] - a, np.flatnonzero(hit)] = -np.inf
+        top = np.argpartition(-s, k, axis=0)[:k].T  # (q, k)
+        cs = np.concatenate([best_s, np.take_along_axis(s.T, top, axis=1)], axis=1)
+        ci = np.concatenate([best_i, top + a], axis=1)
+        keep = np.argsort(-cs, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cs, keep, axis=1), np.take_along_axis(ci, keep, axis=1)
+    return best_i
+
+
+def _segment_items(start: int, stop: int, t0: datetime, batch: str) -> pa.Table:
+    """Items of global rows [start, stop), newest first: row i has id i (hex) and was uploaded at t0 - i s."""
+    m = stop - start
+    t = items_table(m, "bench")
+    stamps = pa.array([t0 - timedelta(seconds=i) for i in range(start, stop)], type=pa.timestamp("us", tz="UTC"))
+    t = t.set_column(t.schema.get_field_index("id"), "id", pa.array([f"{i:032x}" for i in range(start, stop)]))
+    t = t.set_column(t.schema.get_field_index("filename"), "filename", pa.array([f"img_{i}.jpg" for i in range(start, stop)]))
+    t = t.set_column(t.schema.get_field_index("uploaded_at"), "uploaded_at", stamps)
+    t = t.set_column(t.schema.get_field_index("processed_at"), "processed_at", stamps)
+    return t.set_column(t.schema.get_field_index("batch"), "batch", pa.array([batch] * m))
+
+
+SEGMENTED_SETTINGS = ((256, 64), (384, 64), (512, 64), (512, 128), (768, 64), (1024, 64), (1024, 128))  # (HNSW expansion_search, HNSW_CANDIDATES)
+
+
+def clip_segmented_figures(
+    n: int,
+    nq: int = 300,
+    seg_rows: int = 262_144,
+    store_dir: str | Path | None = None,
+    log=print,
+    batch_rows: int = 64,
+    exact_max: int | None = None,
+    layouts: tuple[str, ...] = ("batches", "one"),
+    settings: tuple[tuple[int, int], ...] = SEGMENTED_SETTINGS,
+) -> dict:
+    """HNSW recall@10 and latency on CLIP-like vectors in the product's segmented layout (issue 13).
+
+    Layouts (segments oldest first; the same rows and ids in each):
+      "batches": what add_batch + merge_segments leave after n rows in `batch_rows`-row batches
+                 (product_layout: at 1M, 3 x 262,144 + 6 x 32,768 + 4 x 4,096 + 512 + 64);
+      "one":     full `seg_rows` segments plus the remainder as one segment (HNSW above exact_max):
+                 the worst case, e.g. one big import batch.
+    Every segment is written by dam_core.index.write_segment (HNSW only above `exact_max`, default
+    the product's DAM_EXACT_SEARCH_MAX), a layout is published as one index version by
+    dam_core.index.publish, loaded by load_snapshot and searched by Snapshot.search as the API does
+    (`similar`: the indexed vector from snap.vector_of, itself excluded). Each (expansion_search,
+    HNSW_CANDIDATES) pair of `settings` is set on the loaded graphs / the module before measuring.
+
+    The store, vectors, queries and exact truth stay in `store_dir` (default /tmp/hnsw-1m-store at
+    1M, /tmp/hnsw-{n//1000}k-store else) and are reused: a second call only loads and measures. A
+    call with another `exact_max` reuses the segments it shares (the HNSW ones at or above it) and
+    publishes its own version (publish keeps the last 3 versions: older ones' segments may be
+    pruned and are then rebuilt). Figures also go to `store_dir`/figures-exact{exact_max}.json.
+    """
+    import dam_core.index as index
+    from dam_core.index import load_snapshot, publish, with_item_columns, write_segment
+    from dam_core.layout import index_manifest_key
+    from dam_core.store import LocalStore
+
+    if exact_max is None:
+        from dam_core.settings import Settings
+
+        exact_max = Settings().dam_exact_search_max
+    if store_dir is None:
+        store_dir = f"/tmp/hnsw-{n // 1000}k-store" if n % 1_000_000 else f"/tmp/hnsw-{n // 1_000_000}m-store"
+    root = Path(store_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    meta_path = root / "layout.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    # exact_max is not part of the data: a store holds segments and versions for several values.
+    params = {"n": n, "nq": nq, "seg_rows": seg_rows, "batch_rows": batch_rows}
+    if meta and "exact_max" in meta["params"]:  # a store from before several exact_max per store
+        old = meta["params"].pop("exact_max")
+        meta["segments"] = {f"{k}:{'hnsw' if v['entry']['hnsw'] else 'exact'}": v for k, v in meta["segments"].items()}
+        meta["versions"] = {f"{k}@{old}": v for k, v in meta["versions"].items()}
+    if meta.get("params") != params:
+        if meta:
+            raise ValueError(f"{root} holds a store built with {meta.get('params')}, not {params}: use another store_dir")
+        meta = {"params": params, "t0": datetime.now(UTC).isoformat(), "segments": {}, "versions": {}}
+    save = lambda: meta_path.write_text(json.dumps(meta, indent=1))  # noqa: E731
+    save()
+    t0 = datetime.fromisoformat(meta["t0"])
+
+    if not (root / "sim_truth.npy").exists():
+        t = time.perf_counter()
+        vectors, queries = clip_like_vectors(n, nq, seed=n)  # the same data as clip_hnsw_figures(n, nq)
+        np.save(root / "vectors.npy", vectors)
+        np.save(root / "queries.npy", queries)
+        del vectors
+        vectors = np.load(root / "vectors.npy", mmap_mode="r")
+        np.save(root / "truth.npy", _exact_truth(vectors, queries))
+        sim_rows = np.random.default_rng(5).choice(n, nq, replace=False)
+        np.save(root / "sim_rows.npy", sim_rows)
+        np.save(root / "sim_truth.npy", _exact_truth(vectors, np.asarray(vectors[sim_rows]), exclude=sim_rows))
+        log(f"  data and exact truth for {n:,} vectors in {time.perf_counter() - t:.0f} s")
+    vectors = np.load(root / "vectors.npy", mmap_mode="r")
+    queries = np.load(root / "queries.npy")
+    truth, sim_rows, sim_truth = np.load(root / "truth.npy"), np.load(root / "sim_rows.npy"), np.load(root / "sim_truth.npy")
+    store = LocalStore(root / "store")
+
+    sizes = product_layout(n, seg_rows, batch_rows)
+    plans = {"batches": sizes}
+    full = [s for s in sizes if s >= seg_rows]
+    plans["one"] = full + ([n - sum(full)] if n > sum(full) else [])
+    out: dict = {"n": n, "seg_rows": seg_rows, "batch_rows": batch_rows, "exact_max": exact_max, "layouts": {}}
+    fig_path = root / f"figures-exact{exact_max}.json"
+    for name in layouts:
+        plan = plans[name]
+        entries, keys, stop = [], [], n
+        for rows in plan:  # oldest first: the oldest segments hold the highest rows (uploaded earliest)
+            start = stop - rows
+            key = f"{start}:{stop}:{'hnsw' if rows > exact_max else 'exact'}"
+            keys.append(key)
+            got = meta["segments"].get(key)
+            if got is None or not store.exists(got["entry"]["prefix"] + "vectors.npy"):
+                t = time.perf_counter()
+                items = with_item_columns(_segment_items(start, stop, t0, f"20261124T000000Z-{start:07d}"))
+                entry = write_segment(store, items, np.ascontiguousarray(vectors[start:stop]), np.ones(rows, bool), exact_max)
+                got = meta["segments"][key] = {"entry": entry, "build_s": round(time.perf_counter() - t, 1)}
+                save()
+                log(f"  segment rows {start:,}-{stop:,} ({rows:,}, {'HNSW' if entry['hnsw'] else 'exact'}) written in {got['build_s']} s")
+            entries.append(got["entry"])
+            stop = start
+        version = f"{name}@{exact_max}"
+        seq = meta["versions"].get(version)
+        if seq is None or not store.exists(index_manifest_key(seq)):
+            m = publish(store, lambda head, e=entries: {**head, "segments": e, "model": "bench", "removed": {},
+                                                      "watermark": None, "low_watermark": None, "pending": []})
+            seq = meta["versions"][version] = m["seq"]
+            save()
+        manifest = json.loads(store.get(index_manifest_key(seq)))
+        build = [meta["segments"][k]["build_s"] for k in keys]
+        fig = {
+            "segments": [{"rows": r, "hnsw": e["hnsw"], "build_s": b} for r, e, b in zip(plan, entries, build)],
+            "build_s": round(sum(build), 1),
+        }
+        rss0 = rss_mb()
+        t = time.perf_counter()
+        snap = load_snapshot(store, manifest)
+        fig["load_s"] = round(time.perf_counter() - t, 1)
+        fig["loaded_mem_mb"] = round(rss_mb() - rss0, 1)
+        assert snap.vector_count == n and [len(s.vectors) for s in snap.segments] == plan
+        warm = np.random.default_rng(9).choice(n, 20, replace=False)
+        for r in warm:  # page in the memory-mapped vectors, quantize the exact segments (lazily, on first use)
+            snap.search(np.asarray(vectors[r]), 10)
+        fig["mem_after_warmup_mb"] = round(rss_mb() - rss0, 1)
+        saved = index.HNSW_CANDIDATES
+        fig["settings"] = {}
+        try:
+            for ef, cand in settings:
+                index.HNSW_CANDIDATES = cand
+                for seg in snap.segments:
+                    if seg.hnsw is not None:
+                        seg.hnsw.expansion_search = ef
+                res = {}
+                for kind in ("search", "similar"):
+                    lat, found = [], []
+                    for i in range(nq):
+                        if kind == "search":
+                            q, ex = queries[i], None
+                        else:
+                            ex = f"{int(sim_rows[i]):032x}"
+                            q = snap.vector_of(ex)
+                        t = time.perf_counter()
+                        hits = snap.search(q, 10, exclude=ex)
+                        lat.append((time.perf_counter() - t) * 1000)
+                        found.append([int(h[0]["id"], 16) for h in hits])
+                    res[kind] = {"recall@10": round(recall(found, truth if kind == "search" else sim_truth), 4),
+                                 "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2)}
+                # Where the time goes: per segment kind, summed over the segments, on 50 text-like queries.
+                split = {"hnsw": [], "exact": []}
+                for q in queries[:50]:
+                    per = {"hnsw": 0.0, "exact": 0.0}
+                    for seg, dead in zip(snap.segments, snap.dead):
+                        t = time.perf_counter()
+                        seg.candidates(q, 10, dead)
+                        per["hnsw" if seg.hnsw is not None else "exact"] += (time.perf_counter() - t) * 1000
+                    for k2 in split:
+                        split[k2].append(per[k2])
+                res["search_p50_ms_in_hnsw"] = round(pct(split["hnsw"], 50), 2)
+                res["search_p50_ms_in_exact"] = round(pct(split["exact"], 50), 2)
+                res["load_avg_1min"] = round(os.getloadavg()[0], 2)  # the machine's other work while measuring
+                fig["settings"][f"ef={ef},candidates={cand}"] = res
+                log(f"  {name} layout ({len(plan)} segments), ef {ef}, candidates {cand}: {res}")
+        finally:
+            index.HNSW_CANDIDATES = saved
+        del snap
+        out["layouts"][name] = fig
+    fig_path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def clip_segmented_interleaved(
+    store_dir: str | Path = "/tmp/hnsw-1m-store",
+    versions: tuple[str, ...] = ("batches@20000", "one@20000", "batches@50000"),
+    efs: tuple = (256, 512),
+    nq: int | None = None,
+    small_rows: int = 131_072,
+) -> dict:
+    """Search p50/p99 and recall@10 of published layouts of a clip_segmented_figures store, the
+    configurations taking turns query by query, so the machine's other load falls on all alike.
+    `versions`: keys of the store's layout.json ("{layout}@{exact_max}"); each is loaded once
+    (load_snapshot, segments shared between versions) and searched by Snapshot.search. An `efs`
+    entry is an expansion_search for every graph, or (ef, ef_small): ef_small for the graphs of
+    fewer than `small_rows` vectors (a small graph reaches the same recall at a smaller ef)."""
+    from dam_core.index import load_snapshot
+    from dam_core.layout import index_manifest_key
+    from dam_core.store import LocalStore
+
+    root = Path(store_dir)
+    meta = json.loads((root / "layout.json").read_text())
+    store = LocalStore(root / "store")
+    queries, truth = np.load(root / "queries.npy"), np.load(root / "truth.npy")
+    nq = nq or len(queries)
+    snaps, prev = {}, None
+    for v in versions:
+        prev = snaps[v] = load_snapshot(store, json.loads(store.get(index_manifest_key(meta["versions"][v]))), reuse=prev)
+    configs = [(v, ef) for v in versions for ef in efs]
+    lat = {c: [] for c in configs}
+    found = {c: [] for c in configs}
+    for i in range(-10, nq):  # 10 warm-up rounds
+        q = queries[i % nq]
+        for c in configs[i % len(configs):] + configs[:i % len(configs)]:
+            big, small = c[1] if isinstance(c[1], tuple) else (c[1], c[1])
+            for seg in snaps[c[0]].segments:
+                if seg.hnsw is not None:
+                    seg.hnsw.expansion_search = big if len(seg.vectors) >= small_rows else small
+            t = time.perf_counter()
+            hits = snaps[c[0]].search(q, 10)
+            if i >= 0:
+                lat[c].append((time.perf_counter() - t) * 1000)
+                found[c].append([int(h[0]["id"], 16) for h in hits])
+    return {f"{v} ef={ef}": {"segments": len(snaps[v].segments), "graphs": sum(s.hnsw is not None for s in snaps[v].segments),
+                             "recall@10": round(recall(found[(v, ef)], truth[:nq]), 4),
+                             "p50_ms": round(pct(lat[(v, ef)], 50), 2), "p99_ms": round(pct(lat[(v, ef)], 99), 2)}
+            for v, ef in configs} | {"load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
 def batch_rows_table(n: int, batch: str, model: str, seed: int, first: int) -> pa.Table:
     """A batch's rows as the table holds them (with `embedding`)."""
     t = items_table(n, model)

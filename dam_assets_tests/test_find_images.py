@@ -232,8 +232,12 @@ def test_new_index_version_is_picked_up_without_restart(make_settings, tiny_mode
         assert sorted(ids) == sorted({a["id"], b["id"]})
 
 
-def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instance):
+def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instance, monkeypatch):
     """Above DAM_EXACT_SEARCH_MAX the index is an HNSW graph; results keep the same contract."""
+    import dam_core.index as ix
+
+    # Every graph "big", searched at HNSW_EXPANSION_SEARCH: not usearch's default after a restore.
+    monkeypatch.setattr(ix, "HNSW_SMALL_GRAPH", 1)
     env = make_settings(**tiny_models, DAM_EXACT_SEARCH_MAX="0")
     app = create_app(env)
     with TestClient(app) as client:

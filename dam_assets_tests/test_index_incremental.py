@@ -227,8 +227,9 @@ def test_the_api_swaps_to_new_segments_reusing_loaded_ones(env):
     assert json.loads(store.get(CURRENT_INDEX_KEY))["version"] == holder.snapshot.version
 
 
-def test_hnsw_segments_keep_the_contract(env):
+def test_hnsw_segments_keep_the_contract(env, monkeypatch):
     """Segments over DAM_EXACT_SEARCH_MAX get an HNSW graph; removed ids are still never returned."""
+    monkeypatch.setattr(ix, "HNSW_SMALL_GRAPH", 1)  # every graph "big": searched at HNSW_EXPANSION_SEARCH
     settings, store = env
     batches = random_batches(2, 40)
     for key, rows in batches:
@@ -243,3 +244,10 @@ def test_hnsw_segments_keep_the_contract(env):
     snap = load_snapshot(store, reuse=snap)
     assert target["id"] not in [r["id"] for r, _ in snap.search(q, 10)]
     assert len(snap.search(q, 10)) == 10
+
+
+def test_search_expansion_by_graph_size():
+    """Big graphs (the 262,144-row merged segments) are searched wide; small tier graphs at the floor."""
+    assert ix.expansion_search(262_144) == ix.HNSW_EXPANSION_SEARCH == 256
+    assert ix.expansion_search(ix.HNSW_SMALL_GRAPH) == 256
+    assert ix.expansion_search(32_768) == ix.HNSW_EXPANSION_SEARCH_SMALL == ix.HNSW_CANDIDATES

@@ -163,6 +163,16 @@ def write_segment(store: ObjectStore, items: pa.Table, vectors: np.ndarray, vali
 HNSW_CONNECTIVITY = 32
 HNSW_EXPANSION_ADD = 200
 HNSW_EXPANSION_SEARCH = 256
+# A small graph (a 32,768-row tier segment) keeps its recall at ef=64 (the per-segment candidate
+# count, usearch's floor): at 1M rows a query searches up to 7 of them beside the big graphs, and
+# their cost is per graph, not per row (bench/NOTES.md: 0.978 at ~21 ms p50 against 0.979 at ~30).
+HNSW_EXPANSION_SEARCH_SMALL = 64
+HNSW_SMALL_GRAPH = 131_072
+
+
+def expansion_search(vectors: int) -> int:
+    """The search-time expansion for a graph of this many vectors."""
+    return HNSW_EXPANSION_SEARCH if vectors >= HNSW_SMALL_GRAPH else HNSW_EXPANSION_SEARCH_SMALL
 HNSW_CANDIDATES = 64  # keys re-scored exactly per segment (at least k + removed rows of the segment)
 
 
@@ -600,7 +610,10 @@ class Rows:
         return cls(pa.Table.from_pylist(rows))
 
 
-NUMPY_EXACT_MAX = 20_000
+# Up to this many vectors a segment is scanned in float32 by numpy; above, the int8 scan (a quarter
+# of the bytes) with exact re-scoring. At 1M rows the 4,096-row tier segments took ~0.9 ms each in
+# float32: the int8 scan cut the query's p50 from 21 to 16 ms at the same recall (bench/NOTES.md).
+NUMPY_EXACT_MAX = 1_024
 
 
 class Segment:
@@ -826,8 +839,8 @@ def _load_segment(store: ObjectStore, entry: dict) -> Segment:
                 f.write(store.get(prefix + "hnsw.usearch"))
             hnsw = Index.restore(path)
         # A saved graph does not keep its search-time expansion: restored, it would search at
-        # usearch's default (64), where recall@10 is far below the target.
-        hnsw.expansion_search = HNSW_EXPANSION_SEARCH
+        # usearch's default (64), where recall@10 of a big graph is far below the target.
+        hnsw.expansion_search = expansion_search(len(vectors))
     return Segment(entry["name"], items, vectors, hnsw)
 
 
