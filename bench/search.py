@@ -190,7 +190,8 @@ def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-clip-hnsw-") as tmp:
         store = LocalStore(Path(tmp) / "store")
         t0 = time.perf_counter()
-        write_index(store, items_table(n, "bench"), vectors, np.ones(n, bool), exact_max=0, model="bench")
+        write_index(store, items_table(n, "bench"), vectors, np.ones(n, bool), exact_max=0, model="bench",
+                    max_rows=n)  # one graph of n (the product cuts a rebuild at MAX_MERGED_ROWS)
         build = time.perf_counter() - t0
         log(f"  HNSW built over {n:,} CLIP-like vectors in {build:.0f} s")
         snap = load_snapshot(store)

@@ -251,3 +251,32 @@ def test_search_expansion_by_graph_size():
     assert ix.expansion_search(262_144) == ix.HNSW_EXPANSION_SEARCH == 256
     assert ix.expansion_search(ix.HNSW_SMALL_GRAPH) == 256
     assert ix.expansion_search(32_768) == ix.HNSW_EXPANSION_SEARCH_SMALL == ix.HNSW_CANDIDATES
+
+
+def test_a_full_rebuild_is_cut_into_segments_of_the_merge_cap(env, tmp_path, make_settings, monkeypatch):
+    """build_index writes segments of at most MAX_MERGED_ROWS (a 1M rebuild is four graphs, not one)
+    and serves exactly what one segment would."""
+    settings, store = env
+    batches = random_batches(6, 10)
+    for key, rows in batches:
+        land(settings, store, key, rows)
+    build_index(store, connect(settings), exact_max=1_000_000)
+    whole = load_snapshot(store)
+    assert len(whole.segments) == 1
+
+    monkeypatch.setattr(ix, "MAX_MERGED_ROWS", 16)
+    cut_settings = make_settings(DAM_DATA_DIR=str(tmp_path / "cut"))
+    cut_store = make_store(cut_settings)
+    for key, rows in batches:
+        land(cut_settings, cut_store, key, rows)
+    build_index(cut_store, connect(cut_settings), exact_max=1_000_000)
+    cut = load_snapshot(cut_store)
+    assert len(cut.segments) == -(-whole.size // 16) >= 3
+    assert all(len(s.ids) <= 16 for s in cut.segments)
+    assert cut.items.ids == whole.items.ids
+    assert [cut.get(i)["batch"] for i in whole.items.ids] == [whole.get(i)["batch"] for i in whole.items.ids]
+    queries = np.random.default_rng(2).standard_normal((20, DIM)).astype(np.float32)
+    assert top_ids(cut, queries) == top_ids(whole, queries)
+    for i in whole.items.ids:
+        a, b = whole.vector_of(i), cut.vector_of(i)
+        assert (a is None and b is None) or np.allclose(a, b)

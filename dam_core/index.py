@@ -291,7 +291,7 @@ def _prune(store: ObjectStore) -> None:
 
 
 def build_index(store: ObjectStore, con, exact_max: int, model: str | None = None) -> dict:
-    """Snapshot the whole `assets` view of a DuckDB connection as one new segment; returns the manifest.
+    """Snapshot the whole `assets` view of a DuckDB connection as new segments; returns the manifest.
 
     The full rebuild (a model change, a repair). Batches indexed while it ran stay on top of it.
     """
@@ -331,14 +331,23 @@ def write_index(
     low_watermark: str | None = None,
     in_table: set[str] | None = None,
     _since: set[str] | None = None,
+    max_rows: int | None = None,
 ) -> dict:
-    """Publish a version whose only segment holds `items` (newest first; vectors where `valid`).
+    """Publish a version whose segments hold `items` (newest first; vectors where `valid`).
 
+    The rows are cut into segments of at most `max_rows` (default MAX_MERGED_ROWS, the size merges
+    stop at): a rebuild at 1M rows is searched as four graphs like the incremental index, not one
+    graph of a million (recall@10 0.938 there at ef 512, 0.975-0.98 in segments at ef 256).
     With `in_table` (the batches the items came from) the low watermark advances over them from
     the head's; else it is `low_watermark` (None: no manifest is known to be fully indexed).
     Segments published by others since `_since` was read (batches indexed meanwhile) stay on top.
     """
-    entry = write_segment(store, with_item_columns(items), vectors, valid, exact_max)
+    items = with_item_columns(items)
+    entries = [
+        write_segment(store, items.slice(a, b - a), vectors[va:vb], valid[a:b], exact_max)
+        for a, b, va, vb in _row_slices(valid, items.num_rows, max_rows or MAX_MERGED_ROWS)
+    ]
+    entries.reverse()  # segments are listed oldest first; the items are newest first
     batches = set(pa.compute.unique(items.column("batch")).to_pylist()) - {None} if items.num_rows else set()
 
     def change(m: dict) -> dict:
@@ -347,12 +356,20 @@ def write_index(
         if in_table is not None:
             low, pending = _advance(store, m.get("low_watermark"), (in_table | set(m.get("pending", []))))
         return {
-            **m, "segments": [entry, *newer], "removed": {}, "model": model,
+            **m, "segments": [*entries, *newer], "removed": {}, "model": model,
             "watermark": max(batches | ({m["watermark"]} if newer and m.get("watermark") else set()), default=None),
             "low_watermark": low, "pending": pending,
         }
 
     return publish(store, change)
+
+
+def _row_slices(valid: np.ndarray, rows: int, size: int) -> list[tuple[int, int, int, int]]:
+    """(first row, end row, first vector, end vector) of consecutive slices of at most `size` rows
+    (one empty slice for no rows); vector i belongs to the i-th row where `valid`."""
+    before = np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])  # vectors before each row
+    bounds = list(range(0, rows, size)) + [rows] if rows else [0, 0]
+    return [(a, b, int(before[a]), int(before[b])) for a, b in zip(bounds, bounds[1:])]
 
 
 def _newest_model(table: pa.Table) -> str | None:
