@@ -257,3 +257,28 @@ def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instanc
         sim = client.get(f"/assets/{first['id']}/similar", params={"k": 3}).json()["items"]
         assert [s["id"] for s in sim][0] == edit["id"] and first["id"] not in [s["id"] for s in sim]
         assert len(client.get("/search", params={"q": "red", "k": 10}).json()["items"]) == 4
+
+
+def test_a_repeated_text_query_is_encoded_once(env, instance, monkeypatch):
+    """The text encoder is most of a search's time: pages of one query reuse its vector (a bounded LRU)."""
+    import dam_ingest_api.catalog.search as search_mod
+
+    monkeypatch.setattr(search_mod, "QUERY_CACHE_SIZE", 2)
+    app = create_app(env)
+    with TestClient(app) as client:
+        for i, c in enumerate(((220, 30, 30), (20, 40, 230))):
+            assert post(client, jpeg_bytes(160, 120, c, seed=300 + i), f"{i}.jpg").status_code == 202
+        run_pending(instance)
+        build_index(instance)
+        app.state.catalog.index.refresh()
+        search = app.state.catalog.search
+        encoder = search._text_encoder(app.state.catalog.snapshot.model)
+        calls = []
+        real = encoder.embed_texts
+        monkeypatch.setattr(encoder, "embed_texts", lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw))
+        first = client.get("/search", params={"q": "a red photo", "k": 2}).json()
+        again = client.get("/search", params={"q": "a red photo", "k": 2}).json()
+        assert first == again and calls == [["a red photo"]]
+        for q in ("blue", "green", "a red photo"):  # two newer queries push it out of a cache of 2
+            client.get("/search", params={"q": q, "k": 2})
+        assert calls == [["a red photo"], ["blue"], ["green"], ["a red photo"]]

