@@ -48,6 +48,6 @@ def search_segment(context: AssetExecutionContext, dam: DamResource) -> Material
     code_version="v2",
 )
 def search_index(dam: DamResource) -> MaterializeResult:
-    """The whole `assets` table re-indexed as one segment (after a model change, or to repair); batches keep adding segments."""
+    """The whole `assets` table re-indexed in segments of at most 262,144 rows (after a model change, or to repair); batches keep adding segments."""
     current = build_index(dam.store, dam.connect(), dam.exact_search_max)
     return MaterializeResult(metadata=_metadata(dam, current))
