@@ -77,6 +77,16 @@ def top_ids(snap, queries, k=5):
     return [[r["id"] for r, _ in snap.search(q, k)] for q in queries]
 
 
+def rebuilt_snapshot(make_settings, data_dir, batches):
+    """The batches landed in a fresh store under `data_dir`, indexed by one full rebuild, loaded."""
+    settings = make_settings(DAM_DATA_DIR=str(data_dir))
+    store = make_store(settings)
+    for key, rows in batches:
+        land(settings, store, key, rows)
+    build_index(store, connect(settings), exact_max=1_000_000)
+    return load_snapshot(store)
+
+
 def test_batch_by_batch_equals_a_full_rebuild(env, tmp_path, make_settings):
     settings, store = env
     batches = random_batches(20, 6)
@@ -88,12 +98,7 @@ def test_batch_by_batch_equals_a_full_rebuild(env, tmp_path, make_settings):
     assert len(head["segments"]) < 20 and head["low_watermark"] == batches[-1][0]
     incremental = load_snapshot(store)
 
-    rebuilt_settings = make_settings(DAM_DATA_DIR=str(tmp_path / "rebuilt"))
-    rebuilt_store = make_store(rebuilt_settings)
-    for key, rows in batches:
-        land(rebuilt_settings, rebuilt_store, key, rows)
-    build_index(rebuilt_store, connect(rebuilt_settings), exact_max=1_000_000)
-    full = load_snapshot(rebuilt_store)
+    full = rebuilt_snapshot(make_settings, tmp_path / "rebuilt", batches)
 
     assert incremental.items.ids == full.items.ids  # same ids, same listing order
     def public(row):  # where its vector sits differs (segments); everything else is the same
@@ -253,24 +258,15 @@ def test_search_expansion_by_graph_size():
     assert ix.expansion_search(32_768) == ix.HNSW_EXPANSION_SEARCH_SMALL == ix.HNSW_CANDIDATES
 
 
-def test_a_full_rebuild_is_cut_into_segments_of_the_merge_cap(env, tmp_path, make_settings, monkeypatch):
+def test_a_full_rebuild_is_cut_into_segments_of_the_merge_cap(tmp_path, make_settings, monkeypatch):
     """build_index writes segments of at most MAX_MERGED_ROWS (a 1M rebuild is four graphs, not one)
     and serves exactly what one segment would."""
-    settings, store = env
     batches = random_batches(6, 10)
-    for key, rows in batches:
-        land(settings, store, key, rows)
-    build_index(store, connect(settings), exact_max=1_000_000)
-    whole = load_snapshot(store)
+    whole = rebuilt_snapshot(make_settings, tmp_path / "whole", batches)
     assert len(whole.segments) == 1
 
     monkeypatch.setattr(ix, "MAX_MERGED_ROWS", 16)
-    cut_settings = make_settings(DAM_DATA_DIR=str(tmp_path / "cut"))
-    cut_store = make_store(cut_settings)
-    for key, rows in batches:
-        land(cut_settings, cut_store, key, rows)
-    build_index(cut_store, connect(cut_settings), exact_max=1_000_000)
-    cut = load_snapshot(cut_store)
+    cut = rebuilt_snapshot(make_settings, tmp_path / "cut", batches)
     assert len(cut.segments) == -(-whole.size // 16) >= 3
     assert all(len(s.ids) <= 16 for s in cut.segments)
     assert cut.items.ids == whole.items.ids

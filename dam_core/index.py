@@ -169,11 +169,12 @@ HNSW_EXPANSION_SEARCH = 256
 HNSW_EXPANSION_SEARCH_SMALL = 64
 HNSW_SMALL_GRAPH = 131_072
 
+HNSW_CANDIDATES = 64  # keys re-scored exactly per segment (at least k + removed rows of the segment)
+
 
 def expansion_search(vectors: int) -> int:
     """The search-time expansion for a graph of this many vectors."""
     return HNSW_EXPANSION_SEARCH if vectors >= HNSW_SMALL_GRAPH else HNSW_EXPANSION_SEARCH_SMALL
-HNSW_CANDIDATES = 64  # keys re-scored exactly per segment (at least k + removed rows of the segment)
 
 
 def _new_hnsw(dim: int):
