@@ -1,5 +1,5 @@
 """Run the benchmark suite: `python -m bench.run [--quick] [--only enrichment,upload,scale,search] [--out bench/out]`
-(optional, only when named: `--only gpu`, `--only upload_rtt`, `--only table`).
+(optional, only when named: `--only gpu`, `--only upload_rtt`, `--only table`, `--only upload_metrics`).
 
 Writes ``OUT/results.json`` (and ``OUT/results-quick.json`` with --quick). A full run (no --quick,
 every benchmark) also renders ``bench/RESULTS.md``.
@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.fixtures import machine, other_load
 
 BENCHMARKS = ("enrichment", "upload", "scale", "search", "scaleout", "latency", "latency_workers")
-OPTIONAL = ("gpu", "upload_rtt", "table")  # run only when named in --only; gpu is skipped where no CUDA device is visible;
+OPTIONAL = ("gpu", "upload_rtt", "table", "upload_metrics")  # run only when named in --only; gpu is skipped where no CUDA device is visible;
 # table: the Delta `assets` table (bench/table.py), 15-25 min in full mode
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +94,10 @@ def main(argv=None) -> int:
                 results["benchmarks"][name] = upload.run_rtt(args.quick, log=log)
                 for line in upload.rtt_table(results["benchmarks"][name]):
                     log("upload_rtt: " + line)
+            elif name == "upload_metrics":  # `dam api` upload rate with metrics on vs DAM_METRICS=0
+                from bench import upload
+
+                results["benchmarks"][name] = upload.run_metrics(args.quick, log=log)
             elif name == "table":  # Delta table writes, compaction, `dam sql` top-10 vs the legacy layout
                 from bench import table
 

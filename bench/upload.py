@@ -677,11 +677,108 @@ def _rtt_main(argv: list[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- metrics on vs off
+
+
+METRICS_TARGET = 0.05  # metrics may cost at most 5% of the upload rate
+
+
+def run_metrics(quick: bool = False, log=print, rounds: int | None = None, seconds: float | None = None) -> dict:
+    """`dam api` with metrics on and with DAM_METRICS=0, both started at once on the local store and
+    RabbitMQ, loaded in turn (on, off, off, on, ...: drift on a shared machine hits both alike); the
+    ratio of their mean upload rates, and of the server's CPU per request."""
+    rounds = rounds or (2 if quick else 4)
+    seconds = seconds or (4.0 if quick else 8.0)
+    warmup = 1.0
+    out: dict = {"concurrency": CONCURRENCY, "rounds": rounds, "seconds_per_round": seconds, "runs": {"on": [], "off": []}}
+    with tempfile.TemporaryDirectory(prefix="bench-upload-metrics-") as tmp:
+        tmp = Path(tmp)
+        sizes = make_images(tmp / "images", 8)
+        out["image_bytes_mean"] = int(sum(sizes) / len(sizes))
+        servers, queues = {}, []
+        try:
+            for mode in ("on", "off"):
+                queue = f"bench-metrics-{mode}-{uuid.uuid4().hex[:10]}"
+                queues += [queue, f"{queue}.dead"]
+                env = clean_env({"DAM_DATA_DIR": str(tmp / f"data-{mode}"), "AMQP_URL": RABBIT_URL, "DAM_QUEUE": queue,
+                                 "DAM_METRICS": "1" if mode == "on" else "0"})
+                port = free_port()
+                servers[mode] = (start_server("api", port, env), f"http://127.0.0.1:{port}")
+            for proc, base in servers.values():
+                wait_http(base + "/readyz", 90, proc)
+            log(f"upload_metrics: {rounds} rounds of {seconds:g}s per server, {CONCURRENCY} clients, "
+                f"~{out['image_bytes_mean'] // 1000} KB JPEGs, local store + RabbitMQ")
+            order = [m for i in range(rounds) for m in (("on", "off") if i % 2 == 0 else ("off", "on"))]
+            for mode in order:
+                proc, base = servers[mode]
+                cpu0 = pid_cpu(proc.pid) or 0.0
+                lg = subprocess.run(
+                    [sys.executable, "-m", "bench.loadgen", "--url", base + "/upload", "--images", str(tmp / "images"),
+                     "--concurrency", str(CONCURRENCY), "--duration", str(seconds), "--warmup", str(warmup)],
+                    stdout=subprocess.PIPE, text=True, timeout=seconds + warmup + 120, env=clean_env({}),
+                )
+                if lg.returncode != 0:
+                    raise RuntimeError(f"load generator exited {lg.returncode}")
+                load = json.loads(lg.stdout.strip().splitlines()[-1])
+                cpu = (pid_cpu(proc.pid) or 0.0) - cpu0
+                run = {"requests_per_s": load["requests_per_s"], "p99_ms": load["latency_ms"]["p99"],
+                       "server_cpu_ms_per_request": round(1000 * cpu / max(1, load["requests_total"]), 2),
+                       "statuses": load["statuses"]}
+                out["runs"][mode].append(run)
+                log(f"  metrics {mode:>3}: {run['requests_per_s']} req/s, p99 {run['p99_ms']} ms, "
+                    f"server CPU {run['server_cpu_ms_per_request']} ms/request")
+            if servers["on"][0].poll() is None:  # the metrics were there all along
+                import httpx
+
+                text = httpx.get(servers["on"][1] + "/metrics", timeout=10).text
+                out["accepted_on_server"] = next(
+                    (float(line.split()[-1]) for line in text.splitlines() if line.startswith("dam_uploads_accepted_total")), None)
+        finally:
+            for proc, _ in servers.values():
+                stop_server(proc)
+            delete_queues(queues)
+
+    def mean(mode: str, key: str) -> float:
+        vals = [r[key] for r in out["runs"][mode] if r[key] is not None]
+        return sum(vals) / len(vals) if vals else 0.0
+
+    on, off = mean("on", "requests_per_s"), mean("off", "requests_per_s")
+    out["requests_per_s"] = {"on": round(on, 1), "off": round(off, 1)}
+    out["rate_ratio"] = round(on / off, 3) if off else None
+    cpu_on, cpu_off = mean("on", "server_cpu_ms_per_request"), mean("off", "server_cpu_ms_per_request")
+    out["server_cpu_ms_per_request"] = {"on": round(cpu_on, 2), "off": round(cpu_off, 2)}
+    out["cpu_ratio"] = round(cpu_on / cpu_off, 3) if cpu_off else None
+    out["target"] = f"rate with metrics >= {1 - METRICS_TARGET:.2f}x without"
+    out["met"] = bool(out["rate_ratio"] is not None and out["rate_ratio"] >= 1 - METRICS_TARGET)
+    return out
+
+
+def _metrics_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.upload metrics", description=run_metrics.__doc__)
+    p.add_argument("--rounds", type=int, default=4, help="rounds per server (default 4)")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per round (default 8)")
+    args = p.parse_args(argv)
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    r = run_metrics(log=log, rounds=args.rounds, seconds=args.seconds)
+    print(f"upload rate, metrics on / off: {r['requests_per_s']['on']} / {r['requests_per_s']['off']} req/s "
+          f"= {r['rate_ratio']} ({'met' if r['met'] else 'SHORT'}: {r['target']}); server CPU per request "
+          f"{r['server_cpu_ms_per_request']['on']} / {r['server_cpu_ms_per_request']['off']} ms = {r['cpu_ratio']}")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "metrics":
+        raise SystemExit(_metrics_main(sys.argv[2:]))
     if len(sys.argv) == 3 and sys.argv[1] == "moto":
         raise SystemExit(_moto_main(int(sys.argv[2])))
     if len(sys.argv) >= 2 and sys.argv[1] == "rtt":
         raise SystemExit(_rtt_main(sys.argv[2:]))
     print("usage: python -m bench.upload moto PORT  (used by bench.run)\n"
-          "       python -m bench.upload rtt [--quick] [--workers 1,2] [--rtt-ms 0,10,20] [--out FILE]", file=sys.stderr)
+          "       python -m bench.upload rtt [--quick] [--workers 1,2] [--rtt-ms 0,10,20] [--out FILE]\n"
+          "       python -m bench.upload metrics [--rounds 4] [--seconds 8]", file=sys.stderr)
     raise SystemExit(2)

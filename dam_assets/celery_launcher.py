@@ -57,6 +57,7 @@ from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 from kombu import Exchange, Queue
 
+from dam_assets import metrics
 from dam_assets.run_queues import MODELS_QUEUE, QUEUE_TAG, QUEUES
 
 EXECUTE_TASK = "dam.execute_run"
@@ -84,6 +85,23 @@ CELERY_DEFAULTS: dict[str, Any] = {
 }
 
 
+_OUTCOMES = {
+    DagsterRunStatus.SUCCESS: "success",
+    DagsterRunStatus.FAILURE: "failure",
+    DagsterRunStatus.CANCELED: "canceled",
+    DagsterRunStatus.CANCELING: "canceled",
+}
+
+
+def _count_outcome(instance: DagsterInstance, run_id: str) -> None:
+    """dam_runs_total: the status the run ended with here (a run still STARTED after its body: a failure)."""
+    try:
+        ended = instance.get_run_by_id(run_id)
+    except Exception:  # the run storage is unreachable: the run's own failure says more than this
+        ended = None
+    metrics.run_finished(_OUTCOMES.get(ended.status if ended else None, "failure"))
+
+
 def holds_task(app: Celery, node: str | None, task_id: str, pid: Any, timeout: float) -> bool | None:
     """Whether Celery node `node` still runs `task_id` in pool process `pid`; None when it does not answer."""
     if not node:
@@ -108,15 +126,20 @@ def _register_tasks(app: Celery, health_timeout: float) -> None:
             if run.status == DagsterRunStatus.STARTED and not resuming:
                 _take_over_or_fail(task, instance, run, health_timeout)
                 return 0
-            if resuming or run.status in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING):
+            executes = resuming or run.status in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING)
+            if executes:
                 tags = {WORKER_TAG: task.request.hostname, WORKER_PID_TAG: str(os.getpid())}
                 instance.add_run_tags(run.run_id, tags)
-            return body(
-                instance=instance,
-                run_id=run.run_id,
-                write_stream_fn=lambda _event: None,
-                set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
-            )
+            try:
+                return body(
+                    instance=instance,
+                    run_id=run.run_id,
+                    write_stream_fn=lambda _event: None,
+                    set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+                )
+            finally:
+                if executes:  # not a stale redelivery of a run that already ended
+                    _count_outcome(instance, run.run_id)
 
     @app.task(bind=True, name=EXECUTE_TASK, track_started=True)
     def execute_run(self, execute_job_args_packed):
@@ -146,6 +169,7 @@ def _take_over_or_fail(task, instance: DagsterInstance, run: DagsterRun, health_
     instance.report_run_failed(
         run, msg, JobFailureData(error=None, failure_reason=RunFailureReason.RUN_WORKER_RESTART)
     )
+    metrics.run_finished("worker_lost")
 
 
 class DamCeleryRunLauncher(CeleryRunLauncher):

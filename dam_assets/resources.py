@@ -46,6 +46,12 @@ class DamResource(ConfigurableResource):
     batch_size: int = Field(description="DAM_BATCH_SIZE")
     sensor_budget_seconds: float = Field(description="DAM_SENSOR_BUDGET_SECONDS")
     decode_pixel_budget: int = Field(description="DAM_DECODE_PIXEL_BUDGET")
+    max_image_pixels: int = Field(
+        default=Settings.model_fields["dam_max_image_pixels"].default, description="DAM_MAX_IMAGE_PIXELS"
+    )
+    max_image_side: int = Field(
+        default=Settings.model_fields["dam_max_image_side"].default, description="DAM_MAX_IMAGE_SIDE"
+    )
     orphan_grace_seconds: float = Field(description="DAM_ORPHAN_GRACE_SECONDS")
     exact_search_max: int = Field(description="DAM_EXACT_SEARCH_MAX")
     table_retention_hours: float = Field(description="DAM_TABLE_RETENTION_HOURS")
@@ -73,6 +79,8 @@ class DamResource(ConfigurableResource):
             batch_size=s.dam_batch_size,
             sensor_budget_seconds=s.dam_sensor_budget_seconds,
             decode_pixel_budget=s.dam_decode_pixel_budget,
+            max_image_pixels=s.dam_max_image_pixels,
+            max_image_side=s.dam_max_image_side,
             orphan_grace_seconds=s.dam_orphan_grace_seconds,
             exact_search_max=s.dam_exact_search_max,
             table_retention_hours=s.dam_table_retention_hours,
@@ -127,6 +135,8 @@ class ModelsResource(ConfigurableResource):
     embedding_model: str = Field(description="DAM_EMBEDDING_MODEL: a hub id or a local folder.")
     device: str = Field(description="DAM_DEVICE")
     dtype: str = Field(description="DAM_DTYPE")
+    runtime: str = Field(default="auto", description="DAM_RUNTIME: auto, torch or openvino.")
+    model_cache_dir: str = Field(default="", description="DAM_MODEL_CACHE_DIR, resolved: converted models.")
     caption_max_tokens: int = Field(description="DAM_CAPTION_MAX_TOKENS")
     tags_file: Optional[str] = Field(description="DAM_TAGS_FILE; unset: the list shipped in dam_models.")
     tag_threshold: float = Field(description="DAM_TAG_THRESHOLD")
@@ -139,6 +149,8 @@ class ModelsResource(ConfigurableResource):
             embedding_model=s.dam_embedding_model,
             device=s.dam_device,
             dtype=s.dam_dtype,
+            runtime=s.dam_runtime,
+            model_cache_dir=str(s.model_cache_dir),
             caption_max_tokens=s.dam_caption_max_tokens,
             tags_file=str(s.dam_tags_file) if s.dam_tags_file else None,
             tag_threshold=s.dam_tag_threshold,
@@ -149,13 +161,17 @@ class ModelsResource(ConfigurableResource):
         from dam_models.captioner import get_captioner
 
         return get_captioner(
-            self.caption_model, device=self.device, dtype=self.dtype, max_new_tokens=self.caption_max_tokens
+            self.caption_model, device=self.device, dtype=self.dtype, max_new_tokens=self.caption_max_tokens,
+            runtime=self.runtime, cache_dir=self.model_cache_dir or None,
         )
 
     def embedder(self) -> Embedder:
         from dam_models.embedder import get_embedder
 
-        return get_embedder(self.embedding_model, device=self.device, dtype=self.dtype)
+        return get_embedder(
+            self.embedding_model, device=self.device, dtype=self.dtype,
+            runtime=self.runtime, cache_dir=self.model_cache_dir or None,
+        )
 
     def vocabulary(self) -> list[str]:
         from dam_models.tagging import load_vocabulary

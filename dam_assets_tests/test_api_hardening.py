@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,12 +48,13 @@ def dam_api(tmp_path):
     """Start `dam api` as a subprocess with extra environment; yields (url, data_dir)."""
     procs = []
 
-    def start(*args: str, **env) -> tuple[str, Path]:
+    def start(*args: str, wrap: tuple[str, ...] = (), **env) -> tuple[str, Path]:
+        """`wrap`: a command line that runs the rest (`dam api ...`) as its arguments."""
         port = free_port()
         data_dir = tmp_path / f"data-{port}"
         log = open(tmp_path / f"api-{port}.log", "w+b")
         proc = subprocess.Popen(
-            [DAM, "api", "--port", str(port), "--log-level", "warning", *args],
+            [*wrap, DAM, "api", "--port", str(port), "--log-level", "warning", *args],
             env=_clean_env(DAM_DATA_DIR=data_dir, **env), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         )
         procs.append((proc, log))
@@ -431,3 +433,190 @@ def _pid_listening(url: str) -> int:
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
             return conn.pid
     raise AssertionError(f"no process listens on {port}")
+
+
+# ----------------------------------------------------------------------------- issue 22
+
+
+def _upload_three(client) -> list[str]:
+    ids = []
+    for i in range(3):
+        r = client.post("/upload", files={"file": (f"{i}.jpg", jpeg_bytes(40, 30, seed=60 + i), "image/jpeg")})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    return ids
+
+
+def test_a_cursor_the_api_did_not_issue_is_a_400(make_settings):
+    """Issue 22, 6c: a well-formed made-up cursor answered 200 with an empty page."""
+    settings = make_settings()
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    _upload_three(client)
+    first = client.get("/assets", params={"limit": 1}).json()
+    assert len(first["items"]) == 1 and first["next"]
+    second = client.get("/assets", params={"limit": 1, "cursor": first["next"]})
+    assert second.status_code == 200 and len(second.json()["items"]) == 1
+    assert second.json()["items"][0]["id"] != first["items"][0]["id"]
+    # Forged: a plausible position in the format the API used before signing...
+    payload = base64.urlsafe_b64encode(f'[1700000000.0, "{"f" * 32}"]'.encode()).decode().rstrip("=")
+    r = client.get("/assets", params={"cursor": payload})
+    assert r.status_code == 400, r.text
+    assert "cursor" in r.json()["detail"] and "not issued" in r.json()["detail"]
+    # ... with a made-up signature, and an issued cursor's signature on another position.
+    real_payload, real_sig = first["next"].rsplit(".", 1)
+    for forged in (f"{payload}.{'A' * 22}", f"{real_payload}.{'A' * 22}", f"{payload}.{real_sig}"):
+        r = client.get("/assets", params={"cursor": forged})
+        assert r.status_code == 400, (forged, r.text)
+        assert "not issued" in r.json()["detail"]
+    # Issued cursors stay valid in another process on the same store (a restart, a worker, a replica).
+    other = TestClient(create_app(settings), raise_server_exceptions=False)
+    again = other.get("/assets", params={"limit": 1, "cursor": first["next"]})
+    assert again.status_code == 200 and again.json()["items"] == second.json()["items"]
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    probe = subprocess.run(
+        ["unshare", "-rm", "--propagation", "private", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(where)],
+        capture_output=True,
+    ) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+def test_a_full_spool_folder_is_503_not_500(dam_api, tmp_path):
+    """Issue 22, 3: Starlette spools an upload over 1 MiB to a temp file (TMPDIR); a full disk there
+    answered 500 "internal error". A real 256 KiB tmpfs, mounted in the server's own mount namespace."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    if not _can_mount_tmpfs(spool):
+        pytest.skip("cannot mount a tmpfs in a user namespace here (test_a_spool_write_error_is_503 covers it in-process)")
+    mount = 'mount -t tmpfs -o size=256k tmpfs "$0" && exec "$@"'
+    url, data_dir = dam_api(
+        wrap=("unshare", "-rm", "--propagation", "private", "sh", "-c", mount, str(spool)), TMPDIR=spool
+    )
+    big = os.urandom(3 * 1024 * 1024)  # over the 1 MiB kept in memory: it must go to the spool
+    r = httpx.post(f"{url}/upload", files={"file": ("big.jpg", big, "image/jpeg")}, timeout=30)
+    assert r.status_code == 503, r.text
+    assert r.headers.get("retry-after")
+    assert "temporary storage is full" in r.json()["detail"] and "nothing was stored" in r.json()["detail"]
+    assert _originals(data_dir) == []
+    # The server is fine otherwise: a file small enough to stay in memory goes through.
+    r = httpx.post(f"{url}/upload", files={"file": ("s.jpg", jpeg_bytes(64, 48, seed=70), "image/jpeg")}, timeout=30)
+    assert r.status_code == 202, r.text
+
+
+def test_a_spool_write_error_is_503(make_settings, monkeypatch):
+    """The same in-process, anywhere: the spool's rollover to disk fails with EDQUOT."""
+    import errno
+    import tempfile
+
+    def over_quota(*args, **kwargs):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    app = create_app(make_settings())
+    client = TestClient(app, raise_server_exceptions=False)
+    monkeypatch.setattr(tempfile, "TemporaryFile", over_quota)  # what SpooledTemporaryFile.rollover calls
+    r = client.post("/upload", files={"file": ("big.jpg", os.urandom(2 * 1024 * 1024), "image/jpeg")})
+    assert r.status_code == 503, r.text
+    assert r.headers.get("retry-after") and "temporary storage is full" in r.json()["detail"]
+    assert app.state.queue.depth() == 0 and list(app.state.store.list("assets/")) == []
+
+
+KEY = "hardening-key-3e7d"
+
+
+def _idle_keepalive(host: str, port: int) -> socket.socket:
+    """A connection that did one GET /healthz (no key) and then stays open, idle, if the server lets it."""
+    s = socket.create_connection((host, port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 "), "no answer to GET /healthz"
+    return s
+
+
+def _still_open(socks: list[socket.socket]) -> int:
+    n = 0
+    for s in socks:
+        r, _, _ = select.select([s], [], [], 0)
+        if not r:
+            n += 1  # nothing to read, not even the EOF of a close
+    return n
+
+
+def test_idle_and_unauthenticated_connections_cannot_lock_out_a_key_holder(dam_api):
+    """Issue 22, 4: connections without a key filled DAM_MAX_CONNECTIONS and every request with the key got 503."""
+    limit = 20
+    url, data_dir = dam_api(DAM_API_KEY=KEY, DAM_MAX_CONNECTIONS=limit, DAM_HEADER_TIMEOUT_SECONDS=60)
+    host, port = url.removeprefix("http://").split(":")
+    authorized = {"X-API-Key": KEY}
+    idle = [_idle_keepalive(host, int(port)) for _ in range(5 * limit)]
+    silent: list[socket.socket] = []
+    try:
+        r = httpx.get(f"{url}/assets", headers=authorized, timeout=5)
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{url}/upload", headers=authorized, timeout=5,
+            files={"file": ("k.jpg", jpeg_bytes(64, 48, seed=71), "image/jpeg")},
+        )
+        assert r.status_code == 202, r.text
+        # Past half the cap the idle ones were closed, so clients without a key get in as well.
+        assert _still_open(idle) <= limit // 2, _still_open(idle)
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        # Connections that never send a request fill the cap (until their head deadline): requests
+        # without a key get 503, requests with one are still served.
+        silent = [socket.create_connection((host, int(port))) for _ in range(2 * limit)]
+        time.sleep(0.3)
+        r = httpx.get(f"{url}/healthz", timeout=5)
+        assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+        assert "DAM_MAX_CONNECTIONS" in r.json()["detail"]
+        r = httpx.get(f"{url}/assets", headers=authorized, timeout=5)
+        assert r.status_code == 200, r.text
+        # A wrong key is no key.
+        r = httpx.get(f"{url}/assets", headers={"X-API-Key": KEY + "x"}, timeout=5)
+        assert r.status_code == 503, r.text
+    finally:
+        for s in idle + silent:
+            s.close()
+
+
+def test_one_address_holds_at_most_its_share_of_connections(dam_api):
+    url, _ = dam_api(DAM_MAX_CONNECTIONS_PER_CLIENT=5, DAM_HEADER_TIMEOUT_SECONDS=60)
+    host, port = url.removeprefix("http://").split(":")
+    held = [socket.create_connection((host, int(port))) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        r = httpx.get(f"{url}/healthz", timeout=5)
+        assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+        assert "DAM_MAX_CONNECTIONS_PER_CLIENT" in r.json()["detail"]
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while (r := httpx.get(f"{url}/healthz", timeout=5)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server sees the closes
+    assert r.status_code == 200, r.text
+
+
+def test_docs_load_no_script_from_elsewhere_without_integrity(make_settings):
+    """Issue 22, 6f: /docs loaded swagger-ui-dist@5 (any 5.x) from a CDN with no integrity check."""
+    import re
+
+    client = TestClient(create_app(make_settings()))
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    tags = re.findall(r"<(script|link)\b([^>]*)>", page.text)
+    refs = []
+    for tag, attrs in tags:
+        m = re.search(r'\b(src|href)="([^"]*)"', attrs)
+        if not m or m.group(2).startswith("data:"):
+            continue
+        ref = m.group(2)
+        if not ref.startswith("/") or ref.startswith("//"):
+            assert "integrity=" in attrs and "crossorigin" in attrs, f"unpinned {tag} from elsewhere: {ref}"
+            continue
+        refs.append(ref)
+    assert any(r.endswith(".js") for r in refs) and any(r.endswith(".css") for r in refs), refs
+    for ref in refs:
+        r = client.get(ref)
+        assert r.status_code == 200 and len(r.content) > 10_000, ref
+        assert r.headers["content-type"].startswith(("text/javascript", "text/css")), ref
+    assert client.get("/redoc").status_code == 404  # ReDoc loaded an unpinned CDN script too: off
+

@@ -32,7 +32,7 @@ from dagster import (
 from fastapi.testclient import TestClient
 
 from dam_assets.celery_launcher import WORKER_PID_TAG, WORKER_TAG
-from dam_assets_tests.conftest import jpeg_bytes
+from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.faults.proxy import TcpProxy
 from dam_core.table import connect
 from dam_ingest_api.main import create_app
@@ -127,6 +127,19 @@ def prod_env(prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, 
     return settings, dict(os.environ, OMP_NUM_THREADS="1")
 
 
+def scrape_worker(port: int) -> dict:
+    """Every sample of a worker's metrics port as {(name, sorted labels): value}."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def upload_all(client: TestClient, datas: list[bytes], prefix: str) -> set[str]:
     """POST each image; every one must be answered 202. Returns their ids."""
     ids = set()
@@ -161,7 +174,10 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
     try:
         # "warm" preloads its models and serves every queue; "victim" loads in its first run and
         # serves only dam-models, so the index runs never hold it.
-        procs["warm"] = spawn([str(BIN / "dam"), "worker", "--name", "warm", "--preload"], env, logs["warm"])
+        metrics_port = free_port()
+        procs["warm"] = spawn(
+            [str(BIN / "dam"), "worker", "--name", "warm", "--preload", "--metrics-port", str(metrics_port)], env, logs["warm"]
+        )
         procs["victim"] = spawn(
             [str(BIN / "dam"), "worker", "--name", "victim", "--queue", "dam-models"], victim_env, logs["victim"]
         )
@@ -246,6 +262,26 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
             n, distinct, _ = row_counts(settings)
             assert n == distinct == len(ids) == 11 * BATCH  # the retry replaced the batch's rows, never appended
             print(f"killed worker recovered in {recovery_s:.1f}s: {failure}")
+
+            # The warm worker's --metrics-port: what its pool process recorded, summed from its files.
+            def counted():
+                runs = instance.get_runs()
+                warm = [r for r in runs if r.tags.get(WORKER_TAG, "").startswith("warm")]
+                if not all(r.is_finished for r in runs):
+                    return None
+                m = scrape_worker(metrics_port)
+                ok = [r for r in warm if r.status == DagsterRunStatus.SUCCESS]
+                return (warm, m) if m[("dam_runs_total", (("outcome", "success"),))] == len(ok) == len(warm) else None
+
+            warm, m = wait_until("every warm run counted, once", counted, 60, list(logs.values()), list(procs.values()))
+            warm_batches = [r for r in warm if "dam/batch" in r.tags]
+            assert m[("dam_runs_total", (("outcome", "failure"),))] == 0
+            for stage in ("decode", "caption", "embed", "thumbnail", "write"):
+                assert m[("dam_enrichment_stage_seconds_count", (("stage", stage),))] == len(warm_batches), stage
+            assert m[("dam_images_enriched_total", (("outcome", "ok"),))] == BATCH * len(warm_batches)
+            assert m[("dam_upload_to_row_seconds_count", ())] == BATCH * len(warm_batches)
+            for model in ("caption", "embedding"):  # preloaded once, never again in a run
+                assert m[("dam_model_load_seconds_count", (("model", model),))] == 1, model
     finally:
         for p in procs.values():
             kill_group(p)

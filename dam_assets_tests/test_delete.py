@@ -1,7 +1,7 @@
 """Delete, everywhere: `DELETE /assets/{id}` over a real socket (`dam api` on moto's S3 and RabbitMQ)
 and `dam delete` on the embedded default remove the original, thumbnail, vector, upload marker,
-table rows and index entry; the id is gone from every read route and from SQL at once, and the
-same bytes uploaded again make the asset anew."""
+the id's row claims (nothing left under owners/{id}/), table rows and index entry; the id is gone
+from every read route and from SQL at once, and the same bytes uploaded again make the asset anew."""
 
 from __future__ import annotations
 
@@ -55,6 +55,15 @@ def objects_of(store, asset_id: str) -> list[str]:
     """Every object left under the id's keys (originals with any extension)."""
     keys = [layout.thumbnail_key(asset_id), layout.vector_key(asset_id), layout.upload_marker_key(asset_id)]
     return [k for k in keys if store.exists(k)] + list(store.list(f"{layout.ORIGINALS_PREFIX}{asset_id}"))
+
+
+def owners_left(store, asset_id: str) -> list[str]:
+    """Anything under owners/{id}/: its claims, and on the local store the folder itself."""
+    left = list(store.list(layout.owner_prefix(asset_id)))
+    if not left and hasattr(store, "root"):  # LocalStore: an empty folder may be left over
+        folder = store.root / layout.owner_prefix(asset_id).rstrip("/")
+        left += [f"{folder} (empty folder)"] if folder.exists() else []
+    return left
 
 
 def table_rows(settings, asset_id: str) -> int:
@@ -163,6 +172,7 @@ def test_delete_over_http_removes_everything_and_the_same_bytes_come_back(prod_a
     wait_for(lambda: listed(client) == dict.fromkeys([red, blue, green], "processed"), what="all three served")
     assert red in searched(client) and red in similar(client, blue)
     assert table_rows(settings, red) == 1 and len(objects_of(store, red)) == 4
+    assert len(owners_left(store, red)) == 1  # the batch's claim on the id's row
 
     # Only with the key; malformed ids are 4xx; an id never seen is 404; nothing was touched.
     anonymous = httpx.delete(f"{client.base_url}/assets/{red}")
@@ -191,6 +201,7 @@ def test_delete_over_http_removes_everything_and_the_same_bytes_come_back(prod_a
     assert listed(client) == dict.fromkeys([blue, green], "processed")
     assert red not in searched(client) and red not in similar(client, blue)
     assert objects_of(store, red) == []
+    assert owners_left(store, red) == []
     assert table_rows(settings, red) == 0
     assert connect(settings).execute("SELECT count(*) FROM assets").fetchone()[0] == 2
     assert read_tombstone(store, red) == datetime.fromisoformat(body["deleted_at"])
@@ -262,6 +273,7 @@ def test_dam_delete_removes_everything_and_a_running_api_stops_serving_it(make_s
         bad = dam(["delete", red, "../etc/passwd"], env, tmp_path)
         assert bad.returncode == 2 and "not an asset id" in bad.stderr and "Traceback" not in bad.stderr
         assert len(objects_of(store, red)) == 4  # nothing deleted when any id is malformed
+        assert len(owners_left(store, red)) == 1  # the batch's claim on the id's row
 
         proc = dam(["delete", red, "0" * 32, "--json"], env, tmp_path)
         assert proc.returncode == 1, proc.stderr  # one id was not found
@@ -273,6 +285,7 @@ def test_dam_delete_removes_everything_and_a_running_api_stops_serving_it(make_s
         }
         assert reports[1]["found"] is False and reports[1]["deleted_at"] is None
         assert objects_of(store, red) == [] and table_rows(settings, red) == 0
+        assert owners_left(store, red) == []  # no claim, and on this local store no empty owners/{id}/
         assert read_tombstone(store, "0" * 32) is None  # an unknown id leaves no tombstone
 
         # The API process learns of it from the store within its poll interval.

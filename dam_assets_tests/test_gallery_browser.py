@@ -133,3 +133,53 @@ def test_empty_gallery_and_no_results_states(make_settings):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+NARROW_LAYOUT = """() => {
+  const box = s => { const r = document.querySelector(s).getBoundingClientRect(); return [r.left, r.right, r.width]; };
+  return { scrollWidth: document.documentElement.scrollWidth, bodyWidth: document.body.scrollWidth,
+           upload: box('.upload-button'), key: box('#key-button'), search: box('#search-input'),
+           clear: box('#clear-search'), keyInput: box('#key-input') };
+}"""
+
+
+def test_a_phone_wide_viewport_has_no_horizontal_overflow(make_settings):
+    """At 390 px (a phone) nothing is wider than the screen; the key and upload controls are on it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    app = create_app(make_settings(DAM_API_KEY="narrow-key"))  # the page asks for the key at once
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    def assert_fits(page, what: str, *controls: str) -> None:
+        layout = page.evaluate(NARROW_LAYOUT)
+        assert layout["scrollWidth"] <= 390 and layout["bodyWidth"] <= 390, (what, layout)
+        for name in controls:
+            left, right, width = layout[name]
+            assert width > 0 and 0 <= left and right <= 390, (what, name, layout)
+
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 390, "height": 844})
+                page.goto(f"http://127.0.0.1:{port}/")
+                expect(page.locator("#key-dialog")).to_be_visible(timeout=10_000)  # 401: asks for the key
+                assert_fits(page, "key dialog", "keyInput", "upload", "key", "search")
+                page.fill("#key-input", "narrow-key")
+                page.click('#key-form button[value="ok"]')
+                expect(page.locator('[data-testid="empty"]')).to_be_visible(timeout=10_000)
+                assert_fits(page, "empty gallery", "upload", "key", "search")
+                page.fill('[data-testid="search-input"]', "anything")
+                page.press('[data-testid="search-input"]', "Enter")
+                expect(page.locator('[data-testid="no-results"]')).to_be_visible(timeout=10_000)
+                assert_fits(page, "search results, with Show all", "upload", "key", "search", "clear")
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

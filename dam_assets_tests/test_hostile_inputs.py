@@ -9,7 +9,9 @@ the body carries no stack trace and no configured secret.
 
 from __future__ import annotations
 
+import functools
 import io
+import random
 import struct
 import zlib
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from dam_assets_tests.faults.http import chunked, multipart_head, send_raw
 from dam_assets_tests.faults.server import serve
 from dam_core.messages import UploadMessage
 from dam_ingest_api.main import create_app
+from dam_ingest_api.multipart import MAX_PART_HEADER_BYTES
 
 API_KEY = "hostile-test-key-7Q9xZ2vL"
 MAX_UPLOAD = 1024 * 1024  # DAM_MAX_UPLOAD_BYTES for these tests
@@ -185,6 +188,35 @@ SVG = (
 )
 
 
+@functools.cache
+def jpeg_header_claiming_9000x9000() -> bytes:
+    """1.4 KB: the start of a real 9000x9000 JPEG (headers and a little scan data), then its EOI marker.
+
+    libjpeg decodes it without an error, the missing rest grey: only its size gives it away.
+    """
+    buf = io.BytesIO()
+    Image.new("RGB", (9000, 9000), (120, 30, 200)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()[:1400] + b"\xff\xd9"
+
+
+@functools.cache
+def png_1_by_89_million() -> bytes:
+    """173 KB, 1x89,000,000 grayscale: within the pixel limit, but seconds of CPU to decode row by row."""
+    rows = 89_000_000
+    ihdr = struct.pack(">IIBBBBB", 1, rows, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00\x00" * rows, 9)  # each row: filter byte 0, one pixel
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def noise_jpeg(size: int, seed: int) -> bytes:
+    """A real JPEG of about `size` bytes (random pixels do not compress)."""
+    rnd = random.Random(seed)
+    side = int((size / 0.765) ** 0.5)  # ~0.77 bytes per pixel at quality 85
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), rnd.randbytes(side * side * 3)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 def file_part(data: bytes, filename: str | bytes = "photo.jpg", ctype: str = "image/jpeg"):
     return ("file", filename, ctype, data)
 
@@ -200,6 +232,19 @@ REJECTED = {
     "svg-with-script": (lambda: multipart([file_part(SVG, "logo.svg", "image/svg+xml")]), 415, ("not a supported image",)),
     "unsupported-format-ico": (lambda: multipart([file_part(ico_bytes(), "favicon.png", "image/png")]), 415, ("not a supported image",)),
     "truncated-jpeg": (lambda: multipart([file_part(jpeg_bytes(320, 240, seed=5)[:1500])]), 422, ("truncated",)),
+    # Issue 22, 6b: accepted before, and processed as a grey 9000x9000 image.
+    "jpeg-header-of-9000x9000-in-1.4-kb": (
+        lambda: multipart([file_part(jpeg_header_claiming_9000x9000())]), 422, ("truncated", "9000x9000")),
+    "jpeg-header-of-9000x9000-cut-without-eoi": (
+        lambda: multipart([file_part(jpeg_header_claiming_9000x9000()[:-2])]), 422, ("truncated",)),
+    # Issue 22, 6e: ~5 s of API CPU before; now refused from the header, before any decode.
+    "png-1x89000000": (
+        lambda: multipart([file_part(png_1_by_89_million(), "thin.png", "image/png")]), 422,
+        ("1x89000000", "DAM_MAX_IMAGE_SIDE", "65535")),
+    # Issue 22, 6d: "Invalid multipart data." before, with no hint.
+    "filename-of-8000-characters": (
+        lambda: multipart([file_part(jpeg_bytes(32, 32, seed=19), "a" * 8000 + ".jpg")]), 413,
+        ("header is too long", "filename", str(MAX_PART_HEADER_BYTES))),
     "png-bad-crc": (lambda: multipart([file_part(png_bad_crc(), "x.png", "image/png")]), 422, ()),
     "png-truncated-idat": (lambda: multipart([file_part(png_truncated_idat(), "x.png", "image/png")]), 422, ()),
     "png-decompression-bomb": (lambda: multipart([file_part(png_declaring(60000, 60000), "bomb.png")]), 422, ("pixels",)),
@@ -294,6 +339,70 @@ def test_one_bad_file_among_good_ones_rejects_only_itself(api):
     assert [i["status"] for i in out["items"]] == ["queued", "rejected", "rejected"]
     originals, markers, depth = api.state()
     assert originals == [out["items"][0]["r2_key"]] and depth == 1 and len(markers) == 1
+
+
+@pytest.mark.parametrize("chunk", [16 * 1024, 64 * 1024])
+def test_several_files_each_under_the_limit_are_counted_each_alone_over_tcp(api, chunk):
+    """Issue 22, 2: three files at 60-90% of the limit in one request got 413.
+
+    The per-file count was keyed by id(part), and a finished part's id is reused by the next one:
+    their sizes added up. Over real uvicorn, the body arriving in TCP-sized pieces.
+    """
+    files = [noise_jpeg(int(MAX_UPLOAD * share), seed=30 + i) for i, share in enumerate((0.65, 0.75, 0.85))]
+    assert all(0.6 * MAX_UPLOAD < len(f) < 0.9 * MAX_UPLOAD for f in files), [len(f) for f in files]
+    body = multipart([file_part(f, f"{i}.jpg") for i, f in enumerate(files)])
+    with serve(api.app) as url:
+        head = multipart_head(url, BOUNDARY, len(body), {"X-API-Key": API_KEY})
+        resp = send_raw(url, head, [body[i : i + chunk] for i in range(0, len(body), chunk)], timeout=60)
+    assert resp.status == 202, resp
+    out = resp.json()
+    assert (out["accepted"], out["rejected"]) == (3, 0), out
+    assert [i["bytes"] for i in out["items"]] == [len(f) for f in files]
+    originals, _, depth = api.state()
+    assert len(originals) == 3 and depth == 3
+    # The limit still holds per file: one just over it among them is refused, with nothing kept.
+    over = b"\xff\xd8\xff\xe0" + b"\x00" * MAX_UPLOAD
+    body = multipart([file_part(files[0], "again.jpg"), file_part(over, "over.jpg")])
+    r = post_raw(api, body)
+    assert_error(r, 413, "limit")
+    after, _, depth = api.state()
+    assert after == originals and depth == 3
+
+
+def test_the_pixel_setting_is_the_limit_not_pillows_own(make_settings, tmp_path):
+    """Issue 22, 6a: 90,250,000 pixels is under DAM_MAX_IMAGE_PIXELS=100,000,000 but over Pillow's
+    default MAX_IMAGE_PIXELS (89,478,485), which answered 422 "decompression bomb"."""
+    buf = io.BytesIO()
+    Image.new("L", (9500, 9500), 77).save(buf, "PNG")  # solid: a few hundred KB
+    png = buf.getvalue()
+    for limit, status in ((100_000_000, 202), (90_000_000, 422)):
+        settings = make_settings(DAM_MAX_IMAGE_PIXELS=str(limit), DAM_DATA_DIR=str(tmp_path / f"data-{limit}"))
+        app = create_app(settings)
+        try:
+            r = TestClient(app).post("/upload", files={"file": ("big.png", png, "image/png")})
+            if status == 202:
+                assert r.status_code == 202, r.text
+                assert (r.json()["width"], r.json()["height"]) == (9500, 9500)
+                assert app.state.queue.depth() == 1
+            else:
+                assert_error(r, 422, "90,250,000", "90,000,000", "DAM_MAX_IMAGE_PIXELS")
+                assert list(app.state.store.list("assets/")) == [] and app.state.queue.depth() == 0
+        finally:
+            app.state.queue.close()
+
+
+def test_the_pipeline_decodes_up_to_the_pixel_setting_too():
+    """The batch decode uses the same setting (it used 100 Mpx, and Pillow's 89 Mpx warned or refused)."""
+    from dam_core.imaging import decode_with_exif
+
+    buf = io.BytesIO()
+    Image.new("L", (9500, 9500), 77).save(buf, "PNG")
+    image, _ = decode_with_exif(buf.getvalue(), max_pixels=100_000_000)
+    assert max(image.size) <= 1536
+    with pytest.raises(ValueError, match="over the limit"):
+        decode_with_exif(buf.getvalue(), max_pixels=50_000_000)
+    with pytest.raises(ValueError, match="side over the limit"):
+        decode_with_exif(png_1_by_89_million(), max_image_side=65_535)
 
 
 # ----------------------------------------------------------------------------- accepted

@@ -103,13 +103,14 @@ def test_batched_captions_equal_single(captioner, images):
 def test_max_new_tokens_bounds_caption_and_changes_version(tiny_model_dirs, captioner, images):
     short = get_captioner(tiny_model_dirs[0], device="cpu", dtype="float32", max_new_tokens=3)
     assert short.version != captioner.version
-    assert short.model is captioner.model  # same weights, other generation settings
+    assert short.backend is captioner.backend  # same weights, other generation settings
     tok = short.processor.tokenizer
     for c in short.caption(images[:3]):
         assert 1 <= len(tok.tokenize(c)) <= 3
     beams = get_captioner(tiny_model_dirs[0], device="cpu", dtype="float32", num_beams=2)
     assert len({beams.version, short.version, captioner.version}) == 3
-    assert captioner.version == f"blip:{tiny_model_dirs[0]}:max30:beams1:fp32"
+    assert captioner.version == f"blip:{tiny_model_dirs[0]}:max30:beams1:min1:dtype=float32:runtime=auto"
+    assert beams.runtime == "torch"  # beam search: PyTorch whatever auto would pick
 
 
 def test_captioner_is_cached(tiny_model_dirs, captioner):
@@ -150,7 +151,7 @@ def test_text_embeddings_share_the_space(embedder, images):
 
 def test_embedder_is_cached_and_versioned(tiny_model_dirs, embedder):
     assert get_embedder(tiny_model_dirs[1], device="cpu", dtype="float32") is embedder
-    assert embedder.version == f"clip:{tiny_model_dirs[1]}:fp32"
+    assert embedder.version == f"clip:{tiny_model_dirs[1]}:l2norm:dtype=float32:runtime=auto"
     bf16 = get_embedder(tiny_model_dirs[1], device="cpu", dtype="bfloat16")
     assert bf16 is not embedder and bf16.version != embedder.version
     vecs = bf16.embed_images([Image.new("RGB", (70, 50), (120, 30, 200))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 from dam_cli._common import INSECURE_HELP, refuse_open_api, settings_or_exit
@@ -14,17 +16,23 @@ def cmd_api(args) -> int:
     if args.workers < 1:
         print("dam: --workers must be at least 1", file=sys.stderr)
         return 2
-    from dam_ingest_api.main import create_app
-    from dam_ingest_api.server import run
+    from dam_core.metrics import ENV, use_multiprocess_dir
 
-    try:
-        # With --workers N each worker builds its own app; this one checks the settings and the
-        # wiring first, so a bad configuration fails here with one message, not once per worker.
-        app = create_app(settings)
-    except Exception as err:
-        print(f"dam: cannot start the API: {err}", file=sys.stderr)
-        return 2
-    run(app, settings, args.host, args.port, log_level=args.log_level, workers=args.workers)
+    # Several workers answer /metrics for all of them only through shared files: the variable is
+    # set (to an empty folder) before anything here imports prometheus_client or starts a worker.
+    shared = settings.dam_metrics and (args.workers > 1 or bool(os.environ.get(ENV)))
+    with use_multiprocess_dir() if shared else contextlib.nullcontext():
+        from dam_ingest_api.main import create_app
+        from dam_ingest_api.server import run
+
+        try:
+            # With --workers N each worker builds its own app; this one checks the settings and the
+            # wiring first, so a bad configuration fails here with one message, not once per worker.
+            app = create_app(settings)
+        except Exception as err:
+            print(f"dam: cannot start the API: {err}", file=sys.stderr)
+            return 2
+        run(app, settings, args.host, args.port, log_level=args.log_level, workers=args.workers)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""`dam dev`: the API and `dagster dev` together, with DAGSTER_HOME under the data folder."""
+"""`dam dev`: the API and `dagster dev` together, with DAGSTER_HOME under the data folder.
+
+The Dagster UI has no authentication: it listens on 127.0.0.1 whatever `--host` (the API's address)
+says, answers only loopback `Host` headers there, and listens elsewhere only when told so twice
+(`--dagster-host` and `--dagster-behind-auth-proxy` or `--dagster-read-only`).
+"""
 
 from __future__ import annotations
 
@@ -66,9 +71,60 @@ def _restore_signals():
         signal.signal(sig, signal.SIG_DFL)
 
 
+DAGSTER_EXPOSED_HELP = (
+    "let --dagster-host be an address other than loopback: you have put a reverse proxy that "
+    "authenticates (and checks the Host header) in front of the Dagster UI, which has no authentication"
+)
+DAGSTER_READ_ONLY_HELP = "serve the Dagster UI read-only (no launching, terminating or deleting runs, no wiping)"
+
+
+def refuse_open_dagster(host: str, behind_proxy: bool, read_only: bool) -> bool:
+    """True (after saying why) when the Dagster UI would listen beyond this machine, writable, unguarded."""
+    from dam_ingest_api.server import is_loopback
+
+    if is_loopback(host) or behind_proxy or read_only:
+        return False
+    print(
+        f"dam dev: refusing to serve the Dagster UI on {host}: it has no authentication, and anyone who "
+        "reaches it can launch, terminate and delete runs and wipe assets. Keep it on 127.0.0.1 (the "
+        "default, whatever --host says; reach it through an SSH tunnel or a reverse proxy on this "
+        "machine), add --dagster-read-only, or add --dagster-behind-auth-proxy if an authenticating "
+        "reverse proxy stands in front of it (README, \"Security\").",
+        file=sys.stderr,
+    )
+    return True
+
+
+def dagster_env(env: dict, dagster_host: str, read_only: bool) -> dict:
+    """The environment of `dagster dev`: read-only or not; the Host check on loopback (dagster_ui.py)."""
+    from dam_cli.dagster_ui import ALLOWED_HOSTS_ENV, LOOPBACK_HOSTS
+    from dam_ingest_api.server import is_loopback
+
+    env = dict(env)
+    if read_only:
+        env["DAGSTER_WEBSERVER_READ_ONLY"] = "true"  # dagster-webserver reads DAGSTER_WEBSERVER_<OPTION>
+    else:
+        env.pop("DAGSTER_WEBSERVER_READ_ONLY", None)
+    if is_loopback(dagster_host):
+        env[ALLOWED_HOSTS_ENV] = ",".join(dict.fromkeys([*LOOPBACK_HOSTS, dagster_host.strip("[]")]))
+    else:
+        env.pop(ALLOWED_HOSTS_ENV, None)  # exposed on purpose: the proxy in front checks Host
+    return env
+
+
+def _where(host: str) -> str:
+    from dam_ingest_api.server import is_loopback
+
+    if is_loopback(host):
+        return "this machine only"
+    return "every interface" if host in ("0.0.0.0", "::", "[::]") else "beyond this machine"
+
+
 def cmd_dev(args) -> int:
     settings = settings_or_exit()
     if refuse_open_api(settings, args.host, args.insecure_no_auth, "dev"):
+        return 2
+    if refuse_open_dagster(args.dagster_host, args.dagster_behind_auth_proxy, args.dagster_read_only):
         return 2
     env = dict(os.environ)
     # The children get the resolved folder, so a relative or default DAM_DATA_DIR means the same to all.
@@ -80,14 +136,19 @@ def cmd_dev(args) -> int:
             + (["--insecure-no-auth"] if args.insecure_no_auth else []),
             env=env, preexec_fn=_restore_signals, start_new_session=True,
         ),
+        # `dagster dev` whose webserver refuses foreign Host headers on loopback (dam_cli/dagster_ui.py).
         "dagster": subprocess.Popen(
-            [bin_path("dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
-             "-h", args.host, "-p", str(args.dagster_port)],
-            env=env, cwd=str(REPO_ROOT), preexec_fn=_restore_signals, start_new_session=True,
+            [sys.executable, "-m", "dam_cli.dagster_ui", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+             "-h", args.dagster_host, "-p", str(args.dagster_port)],
+            env=dagster_env(env, args.dagster_host, args.dagster_read_only), cwd=str(REPO_ROOT),
+            preexec_fn=_restore_signals, start_new_session=True,
         ),
     }
+    ui_mode = "read-only, " if args.dagster_read_only else ""
     print(
-        f"dam dev: API on http://{args.host}:{args.port}  Dagster UI on http://{args.host}:{args.dagster_port}\n"
+        f"dam dev: API on http://{args.host}:{args.port} ({_where(args.host)})\n"
+        f"         Dagster UI on http://{args.dagster_host}:{args.dagster_port} ({ui_mode}{_where(args.dagster_host)}; "
+        "no authentication: see README, \"Security\")\n"
         f"         data in {settings.data_dir}  (Ctrl-C stops both)",
         file=sys.stderr,
     )
@@ -124,8 +185,15 @@ def cmd_dev(args) -> int:
 
 def register(sub) -> None:
     s = sub.add_parser("dev", help="run the API and `dagster dev` together (Ctrl-C stops both)")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="the API's address (the Dagster UI's is --dagster-host)")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--dagster-host", default="127.0.0.1",
+        help="the Dagster UI's address (default 127.0.0.1 whatever --host says); another than loopback "
+        "needs --dagster-behind-auth-proxy or --dagster-read-only",
+    )
     s.add_argument("--dagster-port", type=int, default=3000)
+    s.add_argument("--dagster-behind-auth-proxy", action="store_true", help=DAGSTER_EXPOSED_HELP)
+    s.add_argument("--dagster-read-only", action="store_true", help=DAGSTER_READ_ONLY_HELP)
     s.add_argument("--insecure-no-auth", action="store_true", help=INSECURE_HELP)
     s.set_defaults(func=cmd_dev)

@@ -49,14 +49,18 @@ def _queues_or_exit(launcher, wanted: list[str] | None) -> list[str]:
 
 def _preload(**_) -> None:
     # Runs in each pool process as it starts, not before the fork: CUDA cannot cross a fork.
+    from dam_assets import metrics
     from dam_assets.config import SETTINGS
     from dam_assets.resources import ModelsResource
+    from dam_models.loading import track_loads
 
     started = time.perf_counter()
     try:
         models = ModelsResource.from_settings(SETTINGS)
-        models.captioner()
-        models.embedder()
+        for name, load_model in (("caption", models.captioner), ("embedding", models.embedder)):
+            with track_loads() as load:
+                load_model()
+            metrics.model_loaded(name, load.seconds, load.loads)
     except Exception:  # the run that needs the model reports the error where it is seen
         log.exception("dam worker: preloading the models failed; runs will load them")
         return
@@ -85,11 +89,46 @@ def ping(launcher, queues: list[str] | None, timeout: float, any_host: bool) -> 
     return 0 if alive else 1
 
 
+def _process_gone(pid=None, **_) -> None:
+    # In the pool process that exits: its live gauges leave the sum (its counters stay).
+    from dam_core.metrics import mark_process_dead
+
+    mark_process_dead(pid)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """Every pool process's metrics (dam_assets/metrics.py), summed, on http://host:port/metrics."""
+    from celery.signals import worker_process_shutdown
+    from prometheus_client import start_http_server
+
+    from dam_core.metrics import scrape_registry
+
+    try:
+        start_http_server(port, addr=host, registry=scrape_registry())
+    except OSError as err:
+        print(f"dam worker: cannot serve metrics on {host}:{port}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    worker_process_shutdown.connect(_process_gone, weak=False)
+
+
 def cmd_worker(args) -> int:
+    if args.metrics_port is None or args.ping:
+        return _work(args)
+    from dam_core.metrics import use_multiprocess_dir
+
+    # Set before the instance (and with it prometheus_client) is imported: the pool processes,
+    # forked later, then write their metrics to files the main process serves.
+    with use_multiprocess_dir():
+        return _work(args)
+
+
+def _work(args) -> int:
     launcher = _launcher_or_exit()
     queues = _queues_or_exit(launcher, args.queue)
     if args.ping:
         return ping(launcher, args.queue, args.timeout, args.any_host)
+    if args.metrics_port is not None:
+        _serve_metrics(args.metrics_host, args.metrics_port)
     app = launcher.celery
     if args.preload:
         from celery.signals import worker_process_init
@@ -123,6 +162,14 @@ def register(sub) -> None:
     s.add_argument("--preload", action="store_true", help="load BLIP and CLIP when the worker starts, not in its first run")
     s.add_argument("--name", default=None, help="node name prefix (default: dam); a unique suffix and @host are added")
     s.add_argument("--loglevel", default="INFO")
+    s.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="serve Prometheus metrics of every pool process on this port (docs/metrics.md); default: none",
+    )
+    s.add_argument(
+        "--metrics-host", default="127.0.0.1",
+        help="address of --metrics-port (default 127.0.0.1; it has no auth: widen it only on a trusted network)",
+    )
     s.add_argument(
         "--ping", action="store_true",
         help="health check: exit 0 when a worker on this host (serving --queue, if given) answers, else 1",

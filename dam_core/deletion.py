@@ -4,8 +4,9 @@ Order, and why:
 1. the tombstone (`deleted/{id}.json`): from here on the API, the batch and the index hide every
    upload of the id made before now, even while the steps below are still running or failed;
 2. the table rows (a batch racing us drops the id before and after its commit, by the tombstone);
-3. the objects: original, thumbnail, vector, then the upload marker, whose removal makes the
-   same bytes uploadable again (as a new asset, newer than the tombstone);
+3. the objects: original, thumbnail, vector, the id's row claims (`owners/{id}/`, folder and all),
+   then the upload marker, whose removal makes the same bytes uploadable again (as a new asset,
+   newer than the tombstone);
 4. the search index (a new version that no longer serves the id).
 A failure part way leaves the tombstone, so the id stays hidden, and deleting it again finishes.
 The per-batch stage files (captions, EXIF, embeddings) are left: they are the table's inputs,

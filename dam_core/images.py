@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from dataclasses import dataclass
 from typing import IO
@@ -100,28 +101,105 @@ def _is_heif_family(head: bytes) -> bool:
     return any(b in _FTYP_BRANDS for b in brands)
 
 
-def _open(fp: IO[bytes]) -> Image.Image:
+def open_image(fp: IO[bytes], max_pixels: int) -> Image.Image:
+    """Image.open restricted to FORMATS, with Pillow's own decompression-bomb check at ``max_pixels``.
+
+    Pillow checks sizes against the global Image.MAX_IMAGE_PIXELS (89,478,485 unless set) at open
+    and again for GIF frames: left alone, it, not DAM_MAX_IMAGE_PIXELS, was the effective limit.
+    Every process passes its one setting, so the global only ever takes that value.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
     fp.seek(0)
     return Image.open(fp, formats=list(FORMATS))
 
 
-def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int) -> ImageInfo:
-    """Identify, bound and fully decode an image; raise ImageRejected with a clear reason."""
+_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb(err: Exception, max_pixels: int) -> ImageRejected:
+    found = _BOMB_SIZE.search(str(err))
+    declared = f"{int(found.group(1)):,} pixels" if found else "more pixels"
+    return ImageRejected(
+        422, f"decompression bomb: the image declares {declared}, over the limit of {max_pixels:,} pixels "
+        "(DAM_MAX_IMAGE_PIXELS)"
+    )
+
+
+# JPEG frame headers: huffman-coded (baseline, extended, progressive, lossless) and the arithmetic
+# and hierarchical kinds, for which no cheap lower bound on the data size holds.
+_SOF_HUFFMAN = {0xC0: 8, 0xC1: 8, 0xC2: 8, 0xC3: 1}  # marker -> samples per side of a data unit
+_SOF_OTHER = {0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def jpeg_min_bytes(fp: IO[bytes]) -> int | None:
+    """The fewest bytes a huffman-coded JPEG of its declared size can hold; None when unknown.
+
+    Every data unit (an 8x8 block; a sample for lossless JPEG) of a component's first scan codes at
+    least one huffman symbol of at least one bit, so a file has at least one bit per data unit of
+    its smallest component. A 1.4 KB file whose header declares 9000x9000 (at least 158 KB) is a
+    truncated one; libjpeg fills the missing part with grey and raises nothing, so Pillow cannot tell.
+    """
+    fp.seek(2)
+    for _ in range(10_000):  # markers before the frame header; real files have a few dozen
+        head = fp.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return None
+        marker = head[1]
+        if marker == 0xFF:  # fill byte before a marker
+            fp.seek(-3, 1)
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers: no length
+            fp.seek(-2, 1)
+            continue
+        length = int.from_bytes(head[2:4], "big")
+        if marker in _SOF_OTHER or marker == 0xDA:  # no bound, or a scan before any frame header
+            return None
+        if marker in _SOF_HUFFMAN:
+            seg = fp.read(max(0, length - 2))
+            if len(seg) < 6:
+                return None
+            height, width, ncomp = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+            comps = [seg[6 + 3 * i + 1] for i in range(ncomp) if 6 + 3 * i + 1 < len(seg)]
+            sampling = [(c >> 4, c & 0x0F) for c in comps if c >> 4 and c & 0x0F]
+            if not height or not width or not sampling:
+                return None  # height from a DNL marker later, or a broken header Pillow judges itself
+            hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
+            unit = _SOF_HUFFMAN[marker]
+            units = min(
+                _ceil_div(_ceil_div(width * h, hmax), unit) * _ceil_div(_ceil_div(height * v, vmax), unit)
+                for h, v in sampling
+            )
+            return _ceil_div(units, 8)
+        fp.seek(length - 2, 1)
+    return None
+
+
+def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int, max_side: int | None = None) -> ImageInfo:
+    """Identify, bound and fully decode an image; raise ImageRejected with a clear reason.
+
+    Limits: ``max_pixels`` (width x height, DAM_MAX_IMAGE_PIXELS), ``max_side`` (either side,
+    DAM_MAX_IMAGE_SIDE; checked from the header, before any decode), ``max_frames``.
+    """
     fp.seek(0, 2)
-    if fp.tell() == 0:
+    size = fp.tell()
+    if size == 0:
         raise ImageRejected(400, "the file is empty")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = _open(fp)
+            img = open_image(fp, max_pixels)
         except UnidentifiedImageError:
             if _has_magic(fp):
                 raise ImageRejected(
                     422, "corrupt image: the bytes start like a supported format but cannot be read"
                 ) from None
             raise ImageRejected(415, UNSUPPORTED) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageRejected(422, "decompression bomb: the image declares too many pixels") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _bomb(err, max_pixels) from None
         except Exception as err:  # malformed headers surface as assorted errors
             if not _has_magic(fp):  # e.g. text starting with "BM": Pillow's BMP plugin tries it
                 raise ImageRejected(415, UNSUPPORTED) from None
@@ -135,6 +213,18 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int) -> ImageInfo:
                 raise ImageRejected(
                     422, f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels"
                 )
+            if max_side is not None and max(width, height) > max_side:
+                raise ImageRejected(
+                    422, f"image is {width}x{height} pixels: a side is over the limit of {max_side} pixels "
+                    "(DAM_MAX_IMAGE_SIDE)"
+                )
+            if fmt == "JPEG":
+                needed = jpeg_min_bytes(fp)
+                if needed is not None and size < needed:
+                    raise ImageRejected(
+                        422, f"truncated image: a {width}x{height} JPEG needs at least {needed:,} bytes of image "
+                        f"data, the file has {size:,} bytes"
+                    )
             try:
                 frames = getattr(img, "n_frames", 1)
             except Exception:
@@ -147,15 +237,15 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int) -> ImageInfo:
                 orientation = 1
         # verify() checks structure and checksums (PNG CRCs) without decoding pixels.
         try:
-            with _open(fp) as img:
+            with open_image(fp, max_pixels) as img:
                 img.verify()
-            with _open(fp) as img:
+            with open_image(fp, max_pixels) as img:
                 if fmt == "JPEG":
                     # Decoding at 1/8 scale still reads every entropy-coded byte: finds truncation cheaply.
                     img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageRejected(422, "decompression bomb: the image declares too many pixels") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _bomb(err, max_pixels) from None
         except Exception as err:
             reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise ImageRejected(422, f"truncated or corrupt image: {reason}") from None

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dam_core.budget import Budget, OverBudget
 from dam_core.exif import ExifInfo, exif_of
-from dam_core.images import FORMATS
+from dam_core.images import open_image
 from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
 from dam_core.store import KeyNotFound, ObjectStore
@@ -68,31 +68,41 @@ def has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
+MAX_IMAGE_PIXELS: int = Settings.model_fields["dam_max_image_pixels"].default
+MAX_IMAGE_SIDE: int = Settings.model_fields["dam_max_image_side"].default
+
+
 def decode(
     data: bytes,
     min_side: int = DECODE_MIN_SIDE,
-    max_pixels: int = 100_000_000,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     budget: Budget | None = None,
     max_side: int = DECODE_MAX_SIDE,
+    max_image_side: int = MAX_IMAGE_SIDE,
 ) -> Image.Image:
     """Bytes -> upright image reduced at open (RGBA if it has transparency, else RGB); ``min_side=0``: full size.
 
     The full-size decode exists only while ``budget`` holds its pixels; OverBudget when it never could.
+    ``max_pixels`` and ``max_image_side`` are DAM_MAX_IMAGE_PIXELS and DAM_MAX_IMAGE_SIDE (``max_side``
+    is the reduced copy's long side).
     """
-    return decode_with_exif(data, min_side, max_pixels, budget, max_side)[0]
+    return decode_with_exif(data, min_side, max_pixels, budget, max_side, max_image_side)[0]
 
 
 def decode_with_exif(
     data: bytes,
     min_side: int = DECODE_MIN_SIDE,
-    max_pixels: int = 100_000_000,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     budget: Budget | None = None,
     max_side: int = DECODE_MAX_SIDE,
+    max_image_side: int = MAX_IMAGE_SIDE,
 ) -> tuple[Image.Image, ExifInfo]:
     """``decode``, and the original's EXIF columns, read from the one open of the bytes."""
-    with Image.open(io.BytesIO(data), formats=list(FORMATS)) as img:
+    with open_image(io.BytesIO(data), max_pixels) as img:
         if img.width * img.height > max_pixels:
-            raise ValueError(f"image is {img.width}x{img.height} pixels, over the limit")
+            raise ValueError(f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels} pixels")
+        if max(img.size) > max_image_side:
+            raise ValueError(f"image is {img.width}x{img.height} pixels, a side over the limit of {max_image_side}")
         if img.format == "JPEG" and min_side:
             scale = min_side / min(img.size)
             if scale < 1:
@@ -218,12 +228,18 @@ def to_rgb(img: Image.Image, peak: float | None = None) -> Image.Image:
 
 
 def decode_batch(
-    store: ObjectStore, uploads: list[UploadMessage], threads: int = 4, pixel_budget_size: int = DEFAULT_PIXEL_BUDGET
+    store: ObjectStore,
+    uploads: list[UploadMessage],
+    threads: int = 4,
+    pixel_budget_size: int = DEFAULT_PIXEL_BUDGET,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_image_side: int = MAX_IMAGE_SIDE,
 ) -> list[Decoded]:
     """Fetch and decode every original of a batch, reduced; a failure becomes an error, not an exception.
 
     Only reduced images are returned; the threads' full-size decodes share the process-wide
-    ``pixel_budget(pixel_budget_size)``, so the batch size does not change the peak.
+    ``pixel_budget(pixel_budget_size)``, so the batch size does not change the peak. An image over
+    ``max_pixels`` or ``max_image_side`` (the API's limits) becomes an error row.
     """
     budget = pixel_budget(pixel_budget_size)
 
@@ -234,7 +250,7 @@ def decode_batch(
             return Decoded(u, None, f"original not found at {u.r2_key}")
         # Any other store error propagates: the run fails loudly and a retry can succeed.
         try:
-            image, exif = decode_with_exif(data, budget=budget)
+            image, exif = decode_with_exif(data, max_pixels=max_pixels, budget=budget, max_image_side=max_image_side)
             return Decoded(u, image, exif=exif)
         except OverBudget as err:
             return Decoded(u, None, f"could not decode image: {err}")

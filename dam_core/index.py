@@ -739,6 +739,7 @@ class Snapshot:
     by_id: "IdLookup"
     low_watermark: str | None = None  # queued uploads can only be in manifests after this batch
     seq: int = 0
+    built_at: str | None = None  # ISO time the version was published (its age, for metrics)
 
     @property
     def size(self) -> int:
@@ -962,6 +963,7 @@ def load_snapshot(store: ObjectStore, current: dict | None = None, reuse: Snapsh
     return Snapshot(
         version=current["version"],
         seq=current.get("seq", 0),
+        built_at=current.get("built_at"),
         model=current.get("model"),
         watermark=current.get("watermark"),
         low_watermark=current.get("low_watermark"),
@@ -985,6 +987,7 @@ class IndexHolder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_swap: Callable[[Snapshot], None] | None = None  # told of each new snapshot (metrics)
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -1012,6 +1015,8 @@ class IndexHolder:
                 return False
             self._snapshot, self._version = snap, current["version"]
             log.info("index: now serving version %s (%d items)", snap.version, snap.size)
+            if self.on_swap is not None:
+                self.on_swap(snap)
             return True
 
     def start(self) -> None:

@@ -20,6 +20,9 @@ INDEX_VERSIONS_PREFIX = f"{INDEX_PREFIX}versions/"
 INDEX_SEGMENTS_PREFIX = f"{INDEX_PREFIX}segments/"
 TOMBSTONES_PREFIX = "deleted/"
 OWNERS_PREFIX = "owners/"
+# The API's secret for signing listing cursors (random, written once by the first API process that
+# needs it): every process and replica on the store signs alike, across restarts.
+CURSOR_SECRET_KEY = "api/cursor-secret"
 
 
 def original_key(asset_id: str, ext: str) -> str:
@@ -49,6 +52,14 @@ def thumbnail_key(asset_id: str) -> str:
 def upload_marker_key(asset_id: str) -> str:
     """Written once an upload's message is confirmed: the same bytes again are a duplicate."""
     return f"{MARKERS_PREFIX}{asset_id}{MARKER_SUFFIX}"
+
+
+def asset_id_of_marker_key(key: str) -> str | None:
+    """`uploads/{id}.json` -> `{id}`; None for any other key."""
+    if not (key.startswith(MARKERS_PREFIX) and key.endswith(MARKER_SUFFIX)):
+        return None
+    name = key[len(MARKERS_PREFIX):-len(MARKER_SUFFIX)]
+    return name if name and "/" not in name else None
 
 
 def captions_stage_key(batch: str) -> str:

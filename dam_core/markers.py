@@ -6,8 +6,10 @@ confirmed, and lets the read side answer "queued" before the sensor drains the m
 
 from __future__ import annotations
 
-from dam_core.layout import upload_marker_key
-from dam_core.messages import UploadMessage
+from collections.abc import Iterator
+
+from dam_core.layout import MARKERS_PREFIX, asset_id_of_marker_key, upload_marker_key
+from dam_core.messages import UploadMessage, is_asset_id
 from dam_core.store import KeyNotFound, ObjectStore
 
 
@@ -17,6 +19,14 @@ def find_upload(store: ObjectStore, asset_id: str) -> UploadMessage | None:
         return UploadMessage.from_json(store.get(upload_marker_key(asset_id)))
     except KeyNotFound:
         return None
+
+
+def marker_ids(store: ObjectStore) -> Iterator[str]:
+    """The id of every upload marker, in key order (one listing of `uploads/`; nothing is read)."""
+    for key in store.list(MARKERS_PREFIX):
+        asset_id = asset_id_of_marker_key(key)
+        if asset_id is not None and is_asset_id(asset_id):
+            yield asset_id
 
 
 def write_marker(store: ObjectStore, message: UploadMessage) -> None:

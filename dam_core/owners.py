@@ -18,11 +18,13 @@ removes any duplicate left by an interrupted batch as a safety net.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from dam_core.layout import owner_key, owner_prefix
-from dam_core.store import LocalStore, ObjectStore
+from dam_core.store import LocalStore, ObjectStore, StoreError
 
 _PARALLEL = 16
 
@@ -37,7 +39,17 @@ def _each(store: ObjectStore, fn, items: list):
 
 def claim(store: ObjectStore, batch: str, ids: Iterable[str]) -> None:
     """Record that `batch` is about to write a row for each id."""
-    _each(store, lambda i: store.put(owner_key(i, batch), b""), sorted(set(ids)))
+    _each(store, lambda i: _put_claim(store, owner_key(i, batch)), sorted(set(ids)))
+
+
+def _put_claim(store: ObjectStore, key: str) -> None:
+    try:
+        store.put(key, b"")
+    except StoreError:
+        if not isinstance(store, LocalStore):
+            raise
+        # A delete of the id removed its empty folder between our mkdir and rename (release_all): once more.
+        store.put(key, b"")
 
 
 def claimants(store: ObjectStore, ids: Iterable[str]) -> dict[str, list[str]]:
@@ -53,6 +65,14 @@ def release(store: ObjectStore, pairs: Iterable[tuple[str, str]]) -> None:
 
 
 def release_all(store: ObjectStore, asset_id: str) -> None:
-    """Every claim of a deleted id: the same bytes uploaded again start afresh."""
-    for key in list(store.list(owner_prefix(asset_id))):
+    """Every claim of a deleted id, and on a local store its folder: nothing is left under owners/{id}/.
+
+    The same bytes uploaded again start afresh.
+    """
+    prefix = owner_prefix(asset_id)
+    for key in list(store.list(prefix)):
         store.delete(key)
+    if isinstance(store, LocalStore):
+        # A folder is no object, but an empty owners/{id}/ per deleted id would pile up all the same.
+        with contextlib.suppress(OSError):  # gone already, or a new claim landed (not empty)
+            os.rmdir(store.path(prefix.rstrip("/")))

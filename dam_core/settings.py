@@ -53,7 +53,12 @@ class Settings(BaseSettings):
     dam_data_dir: Path = Field(default_factory=default_data_dir)  # a relative value is from the current folder
     dam_max_upload_bytes: int = Field(default=25 * MiB, gt=0)
     dam_max_files_per_request: int = Field(default=32, gt=0, le=1000)
+    # Decompression-bomb limit (width x height), the one limit wherever an image is opened (Pillow's own
+    # MAX_IMAGE_PIXELS is set to it): the API's validation and the pipeline's decode.
     dam_max_image_pixels: int = Field(default=100_000_000, gt=0)
+    # Longest side an image may have, checked from the header before any decode: a 1x89,000,000 PNG
+    # is within the pixel limit but costs seconds of CPU per row-heavy decode. 65,535 is JPEG's own maximum.
+    dam_max_image_side: int = Field(default=65_535, gt=0)
     dam_max_frames: int = Field(default=1000, gt=0)
     dam_read_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)  # a stalled upload body gets 408
     dam_api_key: SecretStr | None = None
@@ -63,11 +68,17 @@ class Settings(BaseSettings):
     dam_min_upload_bytes_per_second: int = Field(default=4096, ge=0)  # average, enforced after the grace
     dam_upload_rate_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     dam_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)  # request line + headers
-    dam_max_connections: int = Field(default=1000, gt=0)  # open connections; beyond, uvicorn answers 503
+    # Open connections beyond which requests without a valid X-API-Key get 503 (requests with one have
+    # their own allowance of as many in flight); past half of it, idle keep-alive connections are closed.
+    dam_max_connections: int = Field(default=1000, gt=0)
+    # Open connections one client address may hold; more are answered 503 and closed at once. 0: no cap
+    # (set 0, or a high value, behind a reverse proxy: every client then has the proxy's address).
+    dam_max_connections_per_client: int = Field(default=256, ge=0)
     dam_max_concurrent_uploads: int = Field(default=64, gt=0)  # beyond: 503 + Retry-After at once
     dam_max_concurrent_validations: int = Field(default=4, gt=0)  # full decodes in memory at once
     dam_publish_connections: int = Field(default=16, gt=0, le=256)  # RabbitMQ publishes in flight at once
     dam_orphan_grace_seconds: float = Field(default=3600.0, ge=60)  # originals without a confirmed message
+    dam_metrics: bool = True  # Prometheus metrics and GET /metrics (docs/metrics.md); 0 turns both off
 
     # Pipeline.
     dam_batch_size: int = Field(default=64, gt=0, le=10_000)
@@ -79,6 +90,9 @@ class Settings(BaseSettings):
     dam_caption_max_tokens: int = Field(default=30, gt=0, le=512)
     dam_device: str = "auto"
     dam_dtype: str = "auto"
+    # auto: OpenVINO on a CPU where installed (fastest at parity, bench/RESULTS.md), PyTorch on a GPU.
+    dam_runtime: str = "auto"
+    dam_model_cache_dir: Path | None = None  # converted models; default: DATA_DIR/models/converted
 
     # Finding images: zero-shot tags, near duplicates, the vector index.
     dam_tags_file: Path | None = None  # one label per line; default: the list shipped in the package
@@ -125,6 +139,14 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, float32, bfloat16 or float16")
         return v
 
+    @field_validator("dam_runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ("auto", "torch", "openvino"):
+            raise ValueError("must be auto, torch or openvino")
+        return v
+
     @field_validator("dam_tags_file")
     @classmethod
     def _tags_file_exists(cls, v: Path | None) -> Path | None:
@@ -154,6 +176,12 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.dam_data_dir.expanduser().resolve()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        if self.dam_model_cache_dir is not None:
+            return self.dam_model_cache_dir.expanduser().resolve()
+        return self.data_dir / "models" / "converted"
 
     @property
     def dead_letter_queue(self) -> str:

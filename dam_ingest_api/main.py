@@ -10,13 +10,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from dam_core.metrics import mark_process_dead
 from dam_core.queue import UploadQueue, make_queue
 from dam_core.settings import Settings, get_settings
 from dam_core.store import ObjectStore, StoreError, make_store
+from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.deps import UploadSlots
 from dam_ingest_api.marker_writer import MarkerWriter
+from dam_ingest_api.request_metrics import RequestMetrics
 from dam_ingest_api.routes import assets, health, page, search, upload
+from dam_ingest_api.routes import metrics as metrics_route
 from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
 
 log = logging.getLogger("dam_ingest_api")
@@ -40,14 +44,19 @@ def create_app(
         app.state.markers.close()  # before the store's clients go: the markers in flight land
         app.state.catalog.stop()
         app.state.queue.close()
+        mark_process_dead()  # a worker of `dam api --workers N`: its live gauges leave the sum
 
-    app = FastAPI(title="dam-pipeline ingest API", version="0.1.0", lifespan=lifespan)
+    # /docs is served from the package (routes/page.py), not FastAPI's CDN-loaded page; no ReDoc.
+    app = FastAPI(title="dam-pipeline ingest API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.store = store or make_store(settings)
     app.state.queue = queue or make_queue(settings)
     app.state.catalog = Catalog(settings, app.state.store)
     app.state.markers = MarkerWriter(app.state.store)
     app.state.upload_slots = UploadSlots(settings.dam_max_concurrent_uploads)
+    metrics.configure(settings.dam_metrics)
+    if settings.dam_metrics:
+        app.state.catalog.index.on_swap = metrics.index_swapped
 
     origins = [o.strip() for o in settings.dam_cors_origins.split(",") if o.strip()]
     if origins:  # CORS stays off unless configured
@@ -80,6 +89,9 @@ def create_app(
     # fuzz test) can rely on the document. Each router declares its own.
     for module in (health, upload, assets, search, page):
         app.include_router(module.router)
+    if settings.dam_metrics:
+        app.include_router(metrics_route.router)
+        app.add_middleware(RequestMetrics)  # outermost of ours: it times CORS and the routes
     return app
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dam_core.markers import write_marker
 from dam_core.messages import UploadMessage
 from dam_core.store import ObjectStore, StoreError
+from dam_ingest_api import metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class MarkerWriter:
             if queued:
                 self._in_flight += 1
                 self._pending[message.id] = message
+                metrics.marker_queued()
         if not queued:
             self._write(message)
             return
@@ -101,6 +103,7 @@ class MarkerWriter:
         finally:
             with self._cond:
                 self._in_flight -= 1
+                metrics.marker_done()
                 if self._writing.get(message.id) is message:
                     del self._writing[message.id]
                 self._cond.notify_all()

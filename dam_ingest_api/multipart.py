@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import AsyncIterator
 
+from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -16,6 +18,20 @@ class BodyTooLarge(Exception):
 
 class ClientTooSlow(Exception):
     """The client stopped sending the body."""
+
+
+class PartHeadersTooLong(Exception):
+    """A part's header line (its Content-Disposition with the filename, usually) is over the parser's limit."""
+
+
+class SpoolFailed(Exception):
+    """The body could not be buffered on this server's disk (full, over quota, or failing); retry later."""
+
+
+# python-multipart's limits on one part's headers (Starlette uses its defaults): a header line of
+# at most this many bytes, the filename included, and at most this many headers per part.
+MAX_PART_HEADER_BYTES = DEFAULT_MAX_HEADER_SIZE
+MAX_PART_HEADERS = DEFAULT_MAX_HEADER_COUNT
 
 
 def max_body_bytes(max_files: int, max_file_bytes: int) -> int:
@@ -30,15 +46,19 @@ class LimitedMultiPartParser(MultiPartParser):
     def __init__(self, headers: Headers, stream: AsyncIterator[bytes], *, max_file_bytes: int, max_files: int):
         super().__init__(headers, stream, max_files=max_files, max_fields=100, max_part_size=64 * 1024)
         self.max_file_bytes = max_file_bytes
-        self._sizes: dict[int, int] = {}
+        # Bytes of the part being read. Not a dict keyed by id(part): a finished part is freed and
+        # the next one may get its id, which added the sizes of several files together.
+        self._part_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._part_bytes = 0
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        part = self._current_part
-        if part.file is not None:
-            size = self._sizes.get(id(part), 0) + (end - start)
-            if size > self.max_file_bytes:
+        if self._current_part.file is not None:
+            self._part_bytes += end - start
+            if self._part_bytes > self.max_file_bytes:
                 raise BodyTooLarge(f"a file is larger than the limit of {self.max_file_bytes} bytes")
-            self._sizes[id(part)] = size
         super().on_part_data(data, start, end)
 
 
@@ -109,7 +129,11 @@ async def parse_upload_form(
     min_bytes_per_second: float = 0,
     rate_grace_seconds: float = 0,
 ) -> FormData:
-    """Parse a multipart body into spooled files, enforcing every limit while reading."""
+    """Parse a multipart body into spooled files, enforcing every limit while reading.
+
+    Raises BodyTooLarge, ClientTooSlow, PartHeadersTooLong, SpoolFailed (the server's temp folder
+    could not take the body: ENOSPC, EDQUOT or another OSError) or MultiPartException.
+    """
     parser = LimitedMultiPartParser(
         headers,
         limited_stream(
@@ -119,7 +143,38 @@ async def parse_upload_form(
         max_file_bytes=max_file_bytes,
         max_files=max_files,
     )
-    return await parser.parse()
+    try:
+        return await parser.parse()
+    except MultiPartException as err:
+        # Starlette words every parser error "Invalid multipart data."; the cause says which.
+        cause = str(err.__cause__ or "")
+        if "header size" in cause:
+            raise PartHeadersTooLong(
+                f"a part's header is too long: a filename (or any other part header line) may take at most "
+                f"{MAX_PART_HEADER_BYTES} bytes"
+            ) from None
+        if "header count" in cause:
+            raise MultiPartException(f"a part has more than {MAX_PART_HEADERS} headers") from None
+        raise
+    except OSError as err:
+        if isinstance(err, TimeoutError):  # not a disk error (a subclass of OSError since 3.10)
+            raise
+        # Starlette spools each file to a temp file (tempfile's folder: TMPDIR) past 1 MiB: the
+        # files parsed so far are closed already, so nothing is left behind.
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason = "the server's temporary storage is full"
+        else:
+            reason = f"the server could not buffer the upload ({err.strerror or type(err).__name__})"
+        raise SpoolFailed(reason) from None
 
 
-__all__ = ["BodyTooLarge", "ClientTooSlow", "MultiPartException", "max_body_bytes", "parse_upload_form"]
+__all__ = [
+    "BodyTooLarge",
+    "ClientTooSlow",
+    "MAX_PART_HEADER_BYTES",
+    "MultiPartException",
+    "PartHeadersTooLong",
+    "SpoolFailed",
+    "max_body_bytes",
+    "parse_upload_form",
+]

@@ -17,13 +17,22 @@ from dam_core.messages import UploadMessage, clean_filename
 from dam_core.queue import QueueError, UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore, StoreError
+from dam_ingest_api import metrics
 from dam_ingest_api.marker_writer import MarkerWriter
 
 log = logging.getLogger(__name__)
 
 
 class ServiceUnavailable(RuntimeError):
-    """The store or the queue is down; nothing was kept."""
+    """The store or the queue is down; nothing was kept. `reason` names which (a metrics label)."""
+
+    reason = "store_unavailable"
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The queue failed or did not confirm the message."""
+
+    reason = "broker_unavailable"
 
 
 def _sha256(fp: IO[bytes]) -> tuple[str, int]:
@@ -53,7 +62,9 @@ def check_image(fp: IO[bytes], settings: Settings):
     with _validation_slots(settings.dam_max_concurrent_validations):
         info = None
         try:
-            info = inspect_image(fp, settings.dam_max_image_pixels, settings.dam_max_frames)
+            info = inspect_image(
+                fp, settings.dam_max_image_pixels, settings.dam_max_frames, settings.dam_max_image_side
+            )
             return info
         finally:
             # Inside the slot: the freed pixels go back to the OS before the next decode starts,
@@ -104,7 +115,8 @@ def accept_upload(
     )
     fp.seek(0)
     try:
-        created = store.create(key, fp, content_type=info.mime_type)
+        with metrics.store_put_timer():
+            created = store.create(key, fp, content_type=info.mime_type)
         # Only bytes seen before need the marker: it tells a confirmed duplicate from an
         # earlier attempt that stored the original but never got its message confirmed.
         existing = None if created else (markers.pending(asset_id) or find_upload(store, asset_id))
@@ -113,17 +125,19 @@ def accept_upload(
             # may be about to remove), or one still in flight. Writing the same bytes again
             # makes the object young, so the sweep leaves it alone while this message is queued.
             fp.seek(0)
-            store.put(key, fp, content_type=info.mime_type)
+            with metrics.store_put_timer():
+                store.put(key, fp, content_type=info.mime_type)
     except StoreError as err:
         log.warning("store failed for %s: %s", asset_id, err)
         raise ServiceUnavailable("the object store is unavailable; nothing was queued, try again") from None
     if existing is not None:
         return False, existing
     try:
-        queue.publish(message.to_json())
+        with metrics.publish_timer():
+            queue.publish(message.to_json())
     except QueueError as err:
         log.warning("queue failed for %s: %s", asset_id, err)
-        raise ServiceUnavailable(
+        raise BrokerUnavailable(
             "the queue is unavailable or did not confirm the upload; nothing was queued, "
             "send it again (repeating the same file is safe)"
         ) from None
@@ -131,4 +145,4 @@ def accept_upload(
     return True, message
 
 
-__all__ = ["ServiceUnavailable", "accept_upload"]
+__all__ = ["BrokerUnavailable", "ServiceUnavailable", "accept_upload"]

@@ -30,6 +30,11 @@ def set_query_threads(threads: int = 1) -> None:
         apply_query_threads()
 
 
+def query_threads() -> int | None:
+    """The thread count set_query_threads declared for this process, or None (all cores)."""
+    return _query_threads
+
+
 def apply_query_threads() -> None:
     """Apply set_query_threads (dam_models.loading calls it once torch is imported)."""
     if _query_threads is not None:

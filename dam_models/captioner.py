@@ -13,44 +13,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from dam_models.loading import (
-    cached,
-    dtype_name,
-    model_key,
-    normalize_model_id,
-    resolve_device,
-    resolve_dtype,
-    to_rgb,
-)
+from dam_models import query_threads
+from dam_models.base import InferenceModel, ModelSpec
+from dam_models.loading import cached, model_cache_dir, to_rgb
+from dam_models.runtime import build_once, conversion_dir
+from dam_models.versions import caption_version
 
 DEFAULT_MIN_NEW_TOKENS = 1
 
 _WS = re.compile(r"\s+")
-
-
-def _load_blip(model_id: str, device: str, dtype: torch.dtype):
-    from transformers import (
-        AutoTokenizer,
-        BlipForConditionalGeneration,
-        BlipImageProcessorPil,
-        BlipProcessor,
-    )
-
-    # transformers 5 would pick the torchvision-backed fast image processor by default; this
-    # project does not ship torchvision, so the PIL one is named explicitly.
-    processor = BlipProcessor(
-        image_processor=BlipImageProcessorPil.from_pretrained(model_id),
-        tokenizer=AutoTokenizer.from_pretrained(model_id),
-    )
-    model = BlipForConditionalGeneration.from_pretrained(model_id, dtype=dtype)
-    model.to(device).eval()
-    model.requires_grad_(False)
-    use_sdpa_vision_attention(model)
-    return model, processor
 
 
 def _sdpa_attention_forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, None]:
@@ -89,31 +66,61 @@ def clean_caption(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
-class Captioner:
-    """A BLIP captioning model plus its processor and generation settings."""
+class TorchBlip:
+    """BLIP on eager PyTorch: HF's own `generate` (greedy or beams)."""
+
+    def __init__(self, model, device: str, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def generate(self, pixel_values: torch.Tensor, **kw) -> torch.Tensor:
+        with torch.inference_mode():
+            pixel_values = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
+            return self.model.generate(pixel_values=pixel_values, **kw)
+
+    def prefix_logits(self, pixel_values: torch.Tensor, prefix: np.ndarray) -> np.ndarray:
+        """Teacher-forced next-token logits (B, n, vocab) after each token of `prefix` (B, n)."""
+        with torch.inference_mode():
+            pixel_values = pixel_values.to(self.device, dtype=self.dtype)
+            out = self.model(pixel_values=pixel_values, input_ids=torch.as_tensor(prefix, device=self.device))
+            return out.logits.float().cpu().numpy()
+
+
+class OpenVinoBlipBackend:
+    """BLIP on OpenVINO (`dam_models.openvino_blip`): greedy only."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0, **_) -> np.ndarray:
+        return self.compiled.generate(pixel_values.float().numpy(), max_new_tokens, min_new_tokens)
+
+    def prefix_logits(self, pixel_values: torch.Tensor, prefix: np.ndarray) -> np.ndarray:
+        return self.compiled.prefix_logits(pixel_values.float().numpy(), np.asarray(prefix, np.int64))
+
+
+class Captioner(InferenceModel):
+    """A BLIP captioning model on one runtime, plus its processor and generation settings."""
 
     kind = "blip"
 
     def __init__(
         self,
-        model,
+        backend,
         processor,
-        model_id: str,
-        device: str,
-        dtype: torch.dtype,
+        spec: ModelSpec,
         max_new_tokens: int = 30,
         num_beams: int = 1,
         min_new_tokens: int | None = None,
     ):
+        super().__init__(spec)
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         if num_beams < 1:
             raise ValueError("num_beams must be at least 1")
-        self.model = model
+        if num_beams > 1 and spec.runtime != "torch":
+            raise ValueError(f"beam search runs on the torch runtime only, not {spec.runtime}")
+        self.backend = backend
         self.processor = processor
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
         self.max_new_tokens = int(max_new_tokens)
         self.num_beams = int(num_beams)
         self.min_new_tokens = DEFAULT_MIN_NEW_TOKENS if min_new_tokens is None else int(min_new_tokens)
@@ -121,13 +128,17 @@ class Captioner:
             raise ValueError("min_new_tokens cannot exceed max_new_tokens")
 
     @property
+    def model(self):
+        """The PyTorch model (torch runtime only)."""
+        return getattr(self.backend, "model", None)
+
+    @property
     def version(self) -> str:
-        """Deterministic code version: model, generation settings and dtype, e.g. ``blip:ID:max30:beams1:fp32``."""
-        parts = [self.kind, self.model_id, f"max{self.max_new_tokens}", f"beams{self.num_beams}"]
-        if self.min_new_tokens != DEFAULT_MIN_NEW_TOKENS:
-            parts.append(f"min{self.min_new_tokens}")
-        parts.append(dtype_name(self.dtype))
-        return ":".join(parts)
+        """Model, generation settings, dtype and runtime as set: also the captions' Dagster code_version."""
+        s = self.spec
+        return caption_version(
+            s.model_id, self.max_new_tokens, self.num_beams, self.min_new_tokens, s.dtype_setting, s.runtime_setting
+        )
 
     def _generate_kwargs(self) -> dict:
         kw = {
@@ -141,6 +152,11 @@ class Captioner:
             kw["early_stopping"] = True
         return kw
 
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's input for these images (any size or mode)."""
+        chunk = [to_rgb(im) for im in images]
+        return self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
+
     def caption(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[str]:
         """One caption per image, in order. Images of any size or mode; processed ``batch_size`` at a time."""
         if batch_size < 1:
@@ -148,18 +164,51 @@ class Captioner:
         images = list(images)
         out: list[str] = []
         kw = self._generate_kwargs()
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = [to_rgb(im) for im in images[start : start + batch_size]]
-                pixel_values = self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
-                pixel_values = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
-                ids = self.model.generate(pixel_values=pixel_values, **kw)
-                texts = self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
-                out.extend(clean_caption(t) for t in texts)
+        for start in range(0, len(images), batch_size):
+            ids = self.backend.generate(self.pixel_values(images[start : start + batch_size]), **kw)
+            texts = self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            out.extend(clean_caption(t) for t in texts)
         return out
 
-    def __repr__(self) -> str:
-        return f"Captioner({self.version!r}, device={self.device!r})"
+    def prefix_logits(self, images: Sequence[Image.Image], prefix: np.ndarray) -> np.ndarray:
+        """Teacher-forced next-token logits (parity checks between runtimes)."""
+        return self.backend.prefix_logits(self.pixel_values(images), prefix)
+
+
+def _load_torch_blip(spec: ModelSpec) -> TorchBlip:
+    from transformers import BlipForConditionalGeneration
+
+    model = BlipForConditionalGeneration.from_pretrained(spec.model_id, dtype=spec.dtype)
+    model.to(spec.device).eval()
+    model.requires_grad_(False)
+    use_sdpa_vision_attention(model)
+    return TorchBlip(model, spec.device, spec.dtype)
+
+
+def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBackend:
+    from dam_models.openvino_blip import OpenVinoBlip, export_blip, is_exported
+
+    def build(folder: Path) -> None:
+        from transformers import BlipForConditionalGeneration
+
+        # Exported from fp32 weights: the precision is chosen when the graphs are compiled.
+        model = BlipForConditionalGeneration.from_pretrained(spec.model_id, dtype=torch.float32).eval()
+        export_blip(model, folder)
+
+    folder = conversion_dir(cache_root, "blip", spec.model_id, "openvino")
+    build_once(folder, is_exported, build)
+    return OpenVinoBlipBackend(OpenVinoBlip(folder, spec.precision, threads=query_threads()))
+
+
+def _load_processor(model_id: str):
+    from transformers import AutoTokenizer, BlipImageProcessorPil, BlipProcessor
+
+    # transformers 5 would pick the torchvision-backed fast image processor by default; this
+    # project does not ship torchvision, so the PIL one is named explicitly.
+    return BlipProcessor(
+        image_processor=BlipImageProcessorPil.from_pretrained(model_id),
+        tokenizer=AutoTokenizer.from_pretrained(model_id),
+    )
 
 
 def get_captioner(
@@ -169,16 +218,27 @@ def get_captioner(
     max_new_tokens: int = 30,
     num_beams: int = 1,
     min_new_tokens: int | None = None,
+    runtime: str = "auto",
+    cache_dir: str | Path | None = None,
 ) -> Captioner:
-    """The process-wide captioner for these settings; the weights load once per (model, device, dtype)."""
-    model_id = normalize_model_id(model_id)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    mkey = model_key("blip", model_id, dev, dt)
+    """The process-wide captioner for these settings; weights load (and convert) once per (model, device, dtype, runtime).
+
+    `runtime` auto picks OpenVINO on a CPU where installed (greedy only: beams keep PyTorch);
+    `cache_dir` holds converted models (default: the settings' model cache folder).
+    """
+    if num_beams > 1 and (runtime or "auto").strip().lower() == "auto":
+        runtime = "torch"
+    spec = ModelSpec.resolve(model_id, device, dtype, runtime)
     min_eff = DEFAULT_MIN_NEW_TOKENS if min_new_tokens is None else int(min_new_tokens)
+    root = Path(cache_dir) if cache_dir else model_cache_dir()
+
+    def load_backend():
+        return _load_openvino_blip(spec, root) if spec.runtime == "openvino" else _load_torch_blip(spec)
 
     def build() -> Captioner:
-        model, processor = cached(mkey, lambda: _load_blip(model_id, dev, dt))
-        return Captioner(model, processor, model_id, dev, dt, max_new_tokens, num_beams, min_eff)
+        backend = cached(spec.cache_key("blip"), load_backend)
+        processor = cached(("blip-processor", spec.model_id), lambda: _load_processor(spec.model_id))
+        return Captioner(backend, processor, spec, max_new_tokens, num_beams, min_eff)
 
-    return cached(("captioner", *mkey[1:], int(max_new_tokens), int(num_beams), min_eff), build)
+    key = ("captioner", spec, int(max_new_tokens), int(num_beams), min_eff)
+    return cached(key, build)

@@ -8,39 +8,27 @@ is the cosine similarity whatever dtype the model ran in.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from dam_models.loading import (
-    cached,
-    dtype_name,
-    model_key,
-    normalize_model_id,
-    resolve_device,
-    resolve_dtype,
-    to_rgb,
-)
+from dam_models import query_threads
+from dam_models.base import InferenceModel, ModelSpec
+from dam_models.loading import cached, model_cache_dir, to_rgb
+from dam_models.runtime import build_once, conversion_dir
+from dam_models.versions import embedding_version
 
 
-def _load_clip(model_id: str, device: str, dtype: torch.dtype):
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessorPil,
-        CLIPModel,
-        CLIPProcessor,
-    )
+def _load_processor(model_id: str):
+    from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPProcessor
 
     # Named explicitly: transformers 5 defaults to the torchvision-backed image processor.
-    processor = CLIPProcessor(
+    return CLIPProcessor(
         image_processor=CLIPImageProcessorPil.from_pretrained(model_id),
         tokenizer=AutoTokenizer.from_pretrained(model_id),
     )
-    model = CLIPModel.from_pretrained(model_id, dtype=dtype)
-    model.to(device).eval()
-    model.requires_grad_(False)
-    return model, processor
 
 
 def _pooled(out) -> torch.Tensor:
@@ -53,38 +41,72 @@ def _pooled(out) -> torch.Tensor:
     return pooled
 
 
-def _normalize(x: torch.Tensor) -> np.ndarray:
-    x = x.float()
-    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return x.cpu().numpy().astype(np.float32, copy=False)
+def _normalize(x) -> np.ndarray:
+    x = np.asarray(x.float().cpu().numpy() if isinstance(x, torch.Tensor) else x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-class Embedder:
-    """A CLIP model plus its processor."""
+class TorchClip:
+    """CLIP on eager PyTorch."""
+
+    def __init__(self, model, device: str, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.dim = int(model.config.projection_dim)
+        self.logit_scale = float(model.logit_scale.exp().item())
+
+    def image_features(self, pixel_values: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            pixel_values = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
+            return _normalize(_pooled(self.model.get_image_features(pixel_values=pixel_values)))
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.model.get_text_features(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+            return _normalize(_pooled(out))
+
+
+class OpenVinoClipBackend:
+    """CLIP on OpenVINO (`dam_models.openvino_clip`)."""
+
+    def __init__(self, compiled, logit_scale: float):
+        self.compiled, self.logit_scale, self.dim = compiled, logit_scale, compiled.dim
+
+    def image_features(self, pixel_values: torch.Tensor) -> np.ndarray:
+        return _normalize(self.compiled.image_features(pixel_values.float().numpy()))
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        return _normalize(self.compiled.text_features(input_ids.numpy(), attention_mask.numpy()))
+
+
+class Embedder(InferenceModel):
+    """A CLIP model on one runtime, plus its processor."""
 
     kind = "clip"
 
-    def __init__(self, model, processor, model_id: str, device: str, dtype: torch.dtype):
-        self.model = model
+    def __init__(self, backend, processor, spec: ModelSpec, max_text_len: int):
+        super().__init__(spec)
+        self.backend = backend
         self.processor = processor
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
-        self._max_text_len = int(
-            min(
-                model.config.text_config.max_position_embeddings,
-                getattr(processor.tokenizer, "model_max_length", 77) or 77,
-            )
-        )
+        self._max_text_len = max_text_len
+
+    @property
+    def model(self):
+        """The PyTorch model (torch runtime only)."""
+        return getattr(self.backend, "model", None)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        return int(self.backend.dim)
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature (exp of logit_scale): zero-shot tags use it."""
+        return self.backend.logit_scale
 
     @property
     def version(self) -> str:
-        """Deterministic code version, e.g. ``clip:openai/clip-vit-base-patch32:fp32``."""
-        return f"{self.kind}:{self.model_id}:{dtype_name(self.dtype)}"
+        """Model, dtype and runtime as set: also the embeddings' part of their Dagster code_version."""
+        return embedding_version(self.spec.model_id, self.spec.dtype_setting, self.spec.runtime_setting)
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dim), np.float32)
@@ -97,12 +119,10 @@ class Embedder:
         if not images:
             return self._empty()
         parts = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = [to_rgb(im) for im in images[start : start + batch_size]]
-                pixel_values = self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
-                pixel_values = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
-                parts.append(_normalize(_pooled(self.model.get_image_features(pixel_values=pixel_values))))
+        for start in range(0, len(images), batch_size):
+            chunk = [to_rgb(im) for im in images[start : start + batch_size]]
+            pixel_values = self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
+            parts.append(self.backend.image_features(pixel_values))
         return np.concatenate(parts, axis=0)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -113,32 +133,77 @@ class Embedder:
         if not texts:
             return self._empty()
         parts = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                enc = self.processor.tokenizer(
-                    texts[start : start + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._max_text_len,
-                    return_tensors="pt",
-                )
-                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-                parts.append(_normalize(_pooled(self.model.get_text_features(**enc))))
+        for start in range(0, len(texts), batch_size):
+            enc = self.processor.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self._max_text_len,
+                return_tensors="pt",
+            )
+            parts.append(self.backend.text_features(enc["input_ids"], enc["attention_mask"]))
         return np.concatenate(parts, axis=0)
 
-    def __repr__(self) -> str:
-        return f"Embedder({self.version!r}, device={self.device!r})"
+
+def _load_torch_clip(spec: ModelSpec) -> TorchClip:
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(spec.model_id, dtype=spec.dtype)
+    model.to(spec.device).eval()
+    model.requires_grad_(False)
+    return TorchClip(model, spec.device, spec.dtype)
 
 
-def get_embedder(model_id: str, device: str = "auto", dtype: str = "auto") -> Embedder:
-    """The process-wide embedder for (model, device, dtype); loaded once per process."""
-    model_id = normalize_model_id(model_id)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    mkey = model_key("clip", model_id, dev, dt)
+def _clip_config(model_id: str):
+    from transformers import CLIPConfig
+
+    return CLIPConfig.from_pretrained(model_id)
+
+
+def _load_openvino_clip(spec: ModelSpec, cache_root: Path) -> OpenVinoClipBackend:
+    from dam_models.openvino_clip import OpenVinoClip, export_clip, is_exported
+
+    def build(folder: Path) -> None:
+        from transformers import CLIPModel
+
+        export_clip(CLIPModel.from_pretrained(spec.model_id, dtype=torch.float32).eval(), folder)
+
+    folder = conversion_dir(cache_root, "clip", spec.model_id, "openvino")
+    build_once(folder, is_exported, build)
+    scale = float(np.exp(_clip_config(spec.model_id).logit_scale_init_value))
+    scale = _stored_logit_scale(spec.model_id, scale)
+    return OpenVinoClipBackend(OpenVinoClip(folder, spec.precision, threads=query_threads()), scale)
+
+
+def _stored_logit_scale(model_id: str, default: float) -> float:
+    """exp(logit_scale) as trained, read from the weights file without loading the model."""
+    from transformers.utils import cached_file
+
+    try:
+        from safetensors import safe_open
+
+        path = cached_file(model_id, "model.safetensors")
+        with safe_open(path, "np") as f:
+            return float(np.exp(f.get_tensor("logit_scale")).item())
+    except Exception:  # no safetensors file (old .bin checkpoints): the config's initial value
+        return default
+
+
+def get_embedder(
+    model_id: str, device: str = "auto", dtype: str = "auto", runtime: str = "auto", cache_dir: str | Path | None = None
+) -> Embedder:
+    """The process-wide embedder for (model, device, dtype, runtime); loaded (and converted) once per process."""
+    spec = ModelSpec.resolve(model_id, device, dtype, runtime)
+    root = Path(cache_dir) if cache_dir else model_cache_dir()
+
+    def load_backend():
+        return _load_openvino_clip(spec, root) if spec.runtime == "openvino" else _load_torch_clip(spec)
 
     def build() -> Embedder:
-        model, processor = cached(mkey, lambda: _load_clip(model_id, dev, dt))
-        return Embedder(model, processor, model_id, dev, dt)
+        backend = cached(spec.cache_key("clip"), load_backend)
+        processor = cached(("clip-processor", spec.model_id), lambda: _load_processor(spec.model_id))
+        config = _clip_config(spec.model_id)
+        max_len = int(min(config.text_config.max_position_embeddings, getattr(processor.tokenizer, "model_max_length", 77) or 77))
+        return Embedder(backend, processor, spec, max_len)
 
-    return cached(("embedder", *mkey[1:]), build)
+    return cached(("embedder", spec), build)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -157,6 +158,13 @@ def clear_cache() -> None:
     """Drop every cached model (tests; freeing memory). Objects already handed out keep working."""
     with _cache_lock:
         _cache.clear()
+
+
+def model_cache_dir() -> Path:
+    """Where converted models are kept: DAM_MODEL_CACHE_DIR, else the data folder's models/converted."""
+    from dam_core.settings import get_settings
+
+    return get_settings().model_cache_dir
 
 
 def model_key(kind: str, model_id: str, device: str, dtype: torch.dtype) -> tuple:

@@ -39,8 +39,7 @@ def label_embeddings(embedder, labels: list[str]) -> np.ndarray:
 
 
 def logit_scale(embedder) -> float:
-    scale = getattr(getattr(embedder, "model", None), "logit_scale", None)
-    return float(scale.exp().item()) if scale is not None else 100.0
+    return float(getattr(embedder, "logit_scale", 100.0))
 
 
 def tag_images(

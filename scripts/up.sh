@@ -2,7 +2,8 @@
 # Install, then run the whole pipeline on the embedded default: API on :8000, Dagster UI on :3000.
 #   bash scripts/up.sh           real BLIP/CLIP from the Hugging Face hub (tiny offline models if unreachable)
 #   bash scripts/up.sh --tiny    tiny random models, fully offline
-# Ctrl-C stops everything.
+# Other arguments go to `dam dev` (e.g. --host 0.0.0.0 opens the API only: the Dagster UI stays on
+# 127.0.0.1 unless --dagster-host says otherwise; see the README's "Security"). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -17,6 +17,7 @@ from dagster import (
     multi_asset,
 )
 
+from dam_assets import metrics
 from dam_assets.config import SETTINGS
 from dam_assets.enrichment.batch import caption_batch, embed_batch, thumbnail_batch
 from dam_assets.enrichment.renditions import (
@@ -35,12 +36,14 @@ from dam_assets.enrichment.stages import (
 )
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.markdown import md_table, md_text
 from dam_assets.resources import DamResource, ModelsResource
 from dam_core.imaging import decode_batch
 from dam_core.manifests import read_manifest
 from dam_core.settings import Settings
 from dam_core.table import delete_rows, location, write_batch
 from dam_core.tombstones import is_deleted, read_tombstones
+from dam_models.versions import caption_version, embedding_version
 
 
 def _track_loads():
@@ -55,20 +58,23 @@ def _where(load) -> dict:
     return {"model_load_seconds": round(load.seconds, 3), "worker_host": socket.gethostname(), "worker_pid": os.getpid()}
 
 
+BACKFILL_TAG = "dagster/backfill"
 CAPTIONS = AssetKey("image_captions")
 EMBEDDINGS = AssetKey("image_embeddings")
 THUMBNAILS = AssetKey("image_thumbnails")
 
 
 def caption_code_version(settings: Settings) -> str:
-    """Model id and generation settings: changing either marks every batch's captions stale."""
-    return f"blip:{settings.dam_caption_model}:greedy:max{settings.dam_caption_max_tokens}:v1"
+    """The captioner's own version (model, generation, dtype, runtime): a change marks every batch's captions stale."""
+    return caption_version(
+        settings.dam_caption_model, settings.dam_caption_max_tokens, dtype=settings.dam_dtype, runtime=settings.dam_runtime
+    )
 
 
 def embedding_code_version(settings: Settings) -> str:
     """Model id and tag settings: tags are computed from the embeddings in the same step."""
     tags = f"{settings.dam_tags_file or 'default'}:{settings.dam_tag_threshold}:{settings.dam_tags_top_k}"
-    return f"clip:{settings.dam_embedding_model}:l2norm:tags={tags}:v2"
+    return f"{embedding_version(settings.dam_embedding_model, settings.dam_dtype, settings.dam_runtime)}:tags={tags}"
 
 
 @multi_asset(
@@ -108,7 +114,14 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     """Decode each image once, then caption, embed, tag and thumbnail the whole batch."""
     batch = context.partition_key
     store = dam.store
-    decoded = decode_batch(store, read_manifest(store, batch).uploads, pixel_budget_size=dam.decode_pixel_budget)
+    with metrics.stage("decode") as decoding:
+        decoded = decode_batch(
+        store,
+        read_manifest(store, batch).uploads,
+        pixel_budget_size=dam.decode_pixel_budget,
+        max_pixels=dam.max_image_pixels,
+        max_image_side=dam.max_image_side,
+    )
     errors = sum(1 for d in decoded if d.image is None)
     selected = context.selected_asset_keys
     # The EXIF columns were read during the decode: staged whichever assets are selected.
@@ -119,8 +132,10 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     if CAPTIONS in selected:
         with _track_loads() as load:
             captioner = models.captioner()
-        captions = caption_batch(decoded, captioner)
-        write_captions(store, batch, captions)
+        metrics.model_loaded("caption", load.seconds, load.loads)
+        with metrics.stage("caption") as took:
+            captions = caption_batch(decoded, captioner)
+            write_captions(store, batch, captions)
         samples = [(d.upload.filename, captions.items[d.upload.id].caption) for d in decoded if d.image is not None]
         yield MaterializeResult(
             asset_key=CAPTIONS,
@@ -129,9 +144,9 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
                 "errors": errors,
                 "model": captions.model,
                 **_where(load),
-                "sample_captions": MetadataValue.md(
-                    "\n".join(f"- **{name}**: {text}" for name, text in samples[:10]) or "_none_"
-                ),
+                "decode_seconds": round(decoding.seconds, 3),
+                "seconds": round(took.seconds, 3),
+                "sample_captions": MetadataValue.md(captions_preview(samples)),
             },
         )
 
@@ -139,9 +154,11 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
         labels = models.vocabulary()
         with _track_loads() as load:
             embedder = models.embedder()
-        embeddings = embed_batch(decoded, embedder, labels, models.tag_threshold, models.tags_top_k)
-        write_vectors(store, embeddings)
-        write_embeddings(store, batch, embeddings)
+        metrics.model_loaded("embedding", load.seconds, load.loads)
+        with metrics.stage("embed") as took:
+            embeddings = embed_batch(decoded, embedder, labels, models.tag_threshold, models.tags_top_k)
+            write_vectors(store, embeddings)
+            write_embeddings(store, batch, embeddings)
         yield MaterializeResult(
             asset_key=EMBEDDINGS,
             metadata={
@@ -149,6 +166,8 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
                 "errors": errors,
                 "model": embeddings.model,
                 **_where(load),
+                "decode_seconds": round(decoding.seconds, 3),
+                "seconds": round(took.seconds, 3),
                 "dim": embeddings.dim,
                 "tag_vocabulary": len(labels),
                 "tagged_images": sum(1 for e in embeddings.items.values() if e.tags),
@@ -156,14 +175,17 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
         )
 
     if THUMBNAILS in selected:
-        thumbnails = thumbnail_batch(decoded)
-        write_thumbnails(store, thumbnails)
+        with metrics.stage("thumbnail") as took:
+            thumbnails = thumbnail_batch(decoded)
+            write_thumbnails(store, thumbnails)
         yield MaterializeResult(
             asset_key=THUMBNAILS,
             metadata={
                 "thumbnails": len(thumbnails),
                 "errors": len(decoded) - len(thumbnails),
                 "long_edge_px": THUMBNAIL_LONG_EDGE,
+                "decode_seconds": round(decoding.seconds, 3),
+                "seconds": round(took.seconds, 3),
             },
         )
 
@@ -196,13 +218,17 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
     # Deleted while the batch ran: left out before the commit, and removed again after it when
     # the delete landed between the two (its own table delete may have run before our commit).
     kept = _not_deleted(store, rows)
-    version = write_batch(dam.settings, batch, kept, embeddings.dim, store)
+    with metrics.stage("write") as took:
+        version = write_batch(dam.settings, batch, kept, embeddings.dim, store)
+    committed_at = datetime.now(UTC)
     late = [r["id"] for r in _deleted(store, kept)]
     if late:
         delete_rows(dam.settings, late, batch=batch)  # a re-upload's row in a newer batch stays
         context.log.info(f"{len(late)} id(s) deleted while this batch committed: their rows removed again")
-    preview = "\n".join(
-        f"| {r['filename'][:40]} | {r['caption'] or ''} | {r['error'] or ''} |" for r in rows[:10]
+    # A backfill re-commits old uploads: their lag says nothing about the pipeline keeping up.
+    gone = set(late)
+    metrics.rows_committed(
+        [r for r in kept if r["id"] not in gone], committed_at, lag=BACKFILL_TAG not in context.run.tags
     )
     return MaterializeResult(
         metadata={
@@ -213,9 +239,22 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
             "embedding_model": embeddings.model or "",
             "table": MetadataValue.path(location(dam.settings).describe()),
             "table_version": version,
-            "preview": MetadataValue.md("| filename | caption | error |\n|---|---|---|\n" + preview),
+            "write_seconds": round(took.seconds, 3),
+            "preview": MetadataValue.md(rows_preview(rows)),
         },
         check_results=_check_results(RowChecks.of(manifest, rows, embeddings.dim), embeddings.dim),
+    )
+
+
+def captions_preview(samples: list[tuple[str, str | None]]) -> str:
+    """Up to 10 (filename, caption) pairs as a Markdown list (both are data: escaped)."""
+    return "\n".join(f"- **{md_text(name)}**: {md_text(text)}" for name, text in samples[:10]) or "_none_"
+
+
+def rows_preview(rows: list[dict]) -> str:
+    """The first 10 table rows as a Markdown table (filenames, captions and errors are data: escaped)."""
+    return md_table(
+        ["filename", "caption", "error"], ([r["filename"], r["caption"], r["error"]] for r in rows[:10]), limit=40
     )
 
 

@@ -3,6 +3,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.markdown import md_table
 from dam_assets.resources import DamResource
 from dam_core.layout import manifest_key
 from dam_core.manifests import read_manifest
@@ -19,14 +20,19 @@ PREVIEW_ROWS = 20
 def upload_batch(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
     """The batch manifest: the uploads the sensor drained from the queue into this partition."""
     manifest = read_manifest(dam.store, context.partition_key)
-    preview = "\n".join(
-        f"| `{u.id}` | {u.filename} | {u.mime_type} | {u.width}x{u.height} |" for u in manifest.uploads[:PREVIEW_ROWS]
-    )
     return MaterializeResult(
         metadata={
             "uploads": len(manifest.uploads),
             "bytes": sum(u.bytes for u in manifest.uploads),
             "manifest": MetadataValue.path(f"{dam.store.describe()}/{manifest_key(manifest.batch)}"),
-            "preview": MetadataValue.md("| id | filename | type | size |\n|---|---|---|---|\n" + preview),
+            "preview": MetadataValue.md(manifest_preview(manifest.uploads)),
         }
+    )
+
+
+def manifest_preview(uploads) -> str:
+    """The first PREVIEW_ROWS uploads as a Markdown table (filenames are data: escaped)."""
+    return md_table(
+        ["id", "filename", "type", "size"],
+        ([u.id, u.filename, u.mime_type, f"{u.width}x{u.height}"] for u in uploads[:PREVIEW_ROWS]),
     )

@@ -1,7 +1,8 @@
 """The read side: items, listing, text and similar search, from the index the pipeline publishes.
 
 The API never scans the table per request: it serves a loaded index snapshot (swapped when a
-new version appears), plus uploads that are accepted but not yet in it ("queued"), minus
+new version appears), plus uploads that are accepted but not yet in it ("queued", from what this
+process accepted, the manifests and a periodic scan of the upload markers), minus
 deleted assets. One module per job: pending.py (the queued uploads), listing.py (items, pages,
 cursors), search.py (text and similar search), deleted.py (what deletes hide until the index
 drops them). Nothing here imports the write side (the upload service) or the routes: an
@@ -31,15 +32,17 @@ class Catalog:
     def __init__(self, settings: Settings, store: ObjectStore):
         self.index = IndexHolder(store, settings.dam_index_poll_seconds)
         self.deleted = DeletedAssets(store, self.index, settings.dam_index_poll_seconds)
-        self.pending = PendingUploads(store, self.index, self.deleted)
+        self.pending = PendingUploads(store, self.index, self.deleted, settings.dam_index_poll_seconds)
         self.listing = Listing(store, self.index, self.pending, self.deleted)
         self.search = Search(settings, self.index, self.deleted)
 
     def start(self) -> None:
         self.index.start()
         self.deleted.start()
+        self.pending.start()  # in the background: the restart does not wait for the marker scan
 
     def stop(self) -> None:
+        self.pending.stop()
         self.index.stop()
         self.deleted.stop()
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import hashlib
+import hmac
 import json
+import secrets
 import threading
 
 from dam_core.images import FORMATS
 from dam_core.index import IndexHolder, Snapshot
-from dam_core.layout import original_key
+from dam_core.layout import CURSOR_SECRET_KEY, original_key
 from dam_core.markers import find_upload
-from dam_core.store import ObjectStore
+from dam_core.store import KeyNotFound, ObjectStore
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.catalog.pending import PendingUploads
 from dam_ingest_api.schemas import AssetDetail, AssetItem
@@ -29,13 +32,64 @@ class BadCursor(ValueError):
     """A listing cursor that this API did not produce."""
 
 
-def encode_cursor(ts: float, asset_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([ts, asset_id]).encode()).decode().rstrip("=")
+_NOT_OURS = "cursor not issued by this API: pass back the `next` value of a previous page"
+_SIG_BYTES = 16  # a truncated HMAC-SHA256: 128 bits cannot be guessed
 
 
-def decode_cursor(cursor: str) -> tuple[float, str]:
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+class CursorKey:
+    """The HMAC key that signs listing cursors: a random secret kept in the store (CURSOR_SECRET_KEY).
+
+    The store, not the process: a cursor stays valid across restarts, across the workers of
+    `dam api --workers N` and across replicas sharing the store. The first process that needs it
+    creates it (a conditional create: racing processes end up with the same one). Read lazily, so a
+    store that is down at start-up only makes the listing answer 503 (StoreError) until it is back.
+    """
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> bytes:
+        if self._key is None:
+            with self._lock:
+                if self._key is None:
+                    self._key = self._load()
+        return self._key
+
+    def _load(self) -> bytes:
+        try:
+            key = self.store.get(CURSOR_SECRET_KEY)
+        except KeyNotFound:
+            self.store.create(CURSOR_SECRET_KEY, secrets.token_hex(32).encode())  # loses to an earlier writer
+            key = self.store.get(CURSOR_SECRET_KEY)
+        if len(key) < 32:  # damaged: start over (cursors issued before become invalid, 400)
+            key = secrets.token_hex(32).encode()
+            self.store.put(CURSOR_SECRET_KEY, key)
+        return key
+
+
+def _signature(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest()[:_SIG_BYTES])
+
+
+def encode_cursor(ts: float, asset_id: str, key: bytes) -> str:
+    """`{payload}.{signature}`: the position (base64 JSON) and its HMAC under ``key``."""
+    payload = _b64(json.dumps([ts, asset_id]).encode())
+    return f"{payload}.{_signature(key, payload)}"
+
+
+def decode_cursor(cursor: str, key: bytes) -> tuple[float, str]:
+    """The position of a cursor this API issued; BadCursor for anything else, a made-up one included."""
+    payload, dot, sig = cursor.rpartition(".")
+    if not dot or not hmac.compare_digest(sig.encode("utf-8", "surrogateescape"), _signature(key, payload).encode()):
+        raise BadCursor(_NOT_OURS)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         ts, asset_id = json.loads(raw)
         if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not isinstance(asset_id, str) or len(asset_id) > 64:
             raise ValueError
@@ -67,6 +121,7 @@ class Listing:
 
     def __init__(self, store: ObjectStore, index: IndexHolder, pending: PendingUploads, deleted: DeletedAssets):
         self.store = store
+        self.cursor_key = CursorKey(store)
         self.index = index
         self.pending = pending
         self.deleted = deleted
@@ -98,7 +153,7 @@ class Listing:
 
     def page(self, limit: int, cursor: str | None) -> tuple[list[AssetItem], str | None]:
         """A page of items, newest first, and the cursor of the next page (None at the end)."""
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor, self.cursor_key.get()) if cursor else None
         after_key = (-after[0], after[1]) if after else None
         pending = [(-u.uploaded_at.timestamp(), u.id, u) for u in self.pending.list()]
         if after_key:
@@ -118,7 +173,7 @@ class Listing:
         )
         page = merged[:limit]
         items = [build(v) for _, _, build, v in page]
-        nxt = encode_cursor(-page[-1][0], page[-1][1]) if len(merged) > limit and page else None
+        nxt = encode_cursor(-page[-1][0], page[-1][1], self.cursor_key.get()) if len(merged) > limit and page else None
         return items, nxt
 
     def _sorted_snapshot(self) -> _SortedSnapshot | None:

@@ -82,7 +82,10 @@ class Search:
                 try:
                     from dam_models.embedder import get_embedder
 
-                    self._encoder = get_embedder(model, device=self.settings.dam_device, dtype=self.settings.dam_dtype)
+                    self._encoder = get_embedder(
+                        model, device=self.settings.dam_device, dtype=self.settings.dam_dtype,
+                        runtime=self.settings.dam_runtime, cache_dir=self.settings.model_cache_dir,
+                    )
                 except Exception as err:
                     raise SearchUnavailable(f"the text encoder {model!r} could not be loaded: {type(err).__name__}") from None
             return self._encoder

@@ -1,10 +1,11 @@
-"""The gallery page: static files shipped in the package, no build step, no CDN."""
+"""The gallery page and the API docs (/docs): static files shipped in the package, no build step, no CDN."""
 
 from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
 router = APIRouter(tags=["page"], include_in_schema=False)
@@ -31,3 +32,19 @@ def static(name: str) -> Response:
     if not f.is_file():
         raise HTTPException(404, "not found")
     return Response(f.read_bytes(), media_type=_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+
+
+# FastAPI's own /docs loads swagger-ui-dist@5 (whatever 5.x is newest) from a CDN with no integrity
+# check: whoever serves that file runs script on this origin. Swagger UI is served from the package
+# instead (swagger-ui-dist 5.35.0, Apache-2.0: static/swagger-ui.LICENSE.txt), so /docs also works
+# offline. ReDoc (/redoc) is off for the same reason.
+@router.get("/docs", response_class=HTMLResponse)
+def docs(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{request.app.openapi_url}",
+        title=f"{request.app.title} - docs",
+        swagger_js_url=f"{root}/static/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/static/swagger-ui.css",
+        swagger_favicon_url="data:,",  # no request for a favicon (FastAPI's default is on its own site)
+    )

@@ -13,6 +13,7 @@ from dam_core.images import ImageRejected
 from dam_core.queue import UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
+from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.marker_writer import MarkerWriter
 from dam_ingest_api.deps import (
@@ -28,6 +29,8 @@ from dam_ingest_api.multipart import (
     BodyTooLarge,
     ClientTooSlow,
     MultiPartException,
+    PartHeadersTooLong,
+    SpoolFailed,
     max_body_bytes,
     parse_upload_form,
 )
@@ -101,10 +104,13 @@ def _refused(description: str) -> dict:
         400: _refused("missing or empty file, or a malformed body"),
         401: {"description": "missing or wrong X-API-Key", "model": ErrorBody},
         408: _refused("the body stalled, missed the upload deadline, or arrived under the minimum rate"),
-        413: _refused("file or request over the size limit, or too many files"),
+        413: _refused("file or request over the size limit, too many files, or a part header (filename) too long"),
         415: _refused("not an image, or an unsupported format"),
         422: _refused("truncated or corrupt image, or a decompression bomb"),
-        503: _refused("object store or queue unavailable, or too many uploads at once; retry later"),
+        503: _refused(
+            "object store, queue or the server's temporary storage unavailable, or too many uploads at once; "
+            "retry later"
+        ),
     },
 )
 async def upload(
@@ -160,6 +166,10 @@ async def _upload(
         return _error(413, f"{err}; nothing was stored")
     except ClientTooSlow as err:
         return _error(408, f"{err}; nothing was stored")
+    except PartHeadersTooLong as err:
+        return _error(413, f"{err}; nothing was stored")
+    except SpoolFailed as err:  # e.g. ENOSPC in TMPDIR: an outage of this server, not a bad request
+        return _error(503, f"{err}; nothing was stored, try again later")
     except ClientDisconnect:
         return _error(400, "the client went away before the body was complete; nothing was stored")
     except MultiPartException as err:
@@ -178,6 +188,7 @@ async def _upload(
                 )
             return _error(400, "no file: send the image in a multipart field named 'file'")
         outcomes = await run_in_threadpool(_accept_all, files, settings, store, queue, catalog, markers)
+        metrics.files_counted(request.scope)  # each file was counted: the request is not, again
     finally:
         await form.close()
 
@@ -208,16 +219,20 @@ def _accept_all(
         try:
             is_new, upload = accept_upload(f.file, f.filename, settings, store, queue, markers)
         except ImageRejected as err:
+            metrics.file_rejected(metrics.image_reason(err), f.size)
             out.append((err.status, _rejected(f.filename, err.status, err.message)))
             continue
         except ServiceUnavailable as err:
+            metrics.file_rejected(err.reason, f.size)
             # Only this file: the others of the request stand or fall on their own.
             out.append((503, _rejected(f.filename, 503, str(err))))
             continue
         if is_new:
+            metrics.file_accepted(f.size)
             catalog.note_upload(upload)
             out.append((202, UploadAnswer.of(upload, "queued")))
         else:
+            metrics.file_duplicate(f.size)
             out.append((200, DuplicateAnswer.of(upload, catalog.status(upload.id) or "queued")))
     return out
 
