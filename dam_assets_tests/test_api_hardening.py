@@ -488,7 +488,7 @@ def test_a_full_spool_folder_is_503_not_500(dam_api, tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
     if not _can_mount_tmpfs(spool):
-        pytest.skip("cannot mount a tmpfs in a user namespace here (test_a_spool_write_error_is_503 covers it in-process)")
+        pytest.skip("no tmpfs in a user namespace here; test_a_spool_write_error_is_503 covers it in-process")
     mount = 'mount -t tmpfs -o size=256k tmpfs "$0" && exec "$@"'
     url, data_dir = dam_api(
         wrap=("unshare", "-rm", "--propagation", "private", "sh", "-c", mount, str(spool)), TMPDIR=spool

@@ -242,7 +242,9 @@ class HeaderTimeoutProtocol(H11Protocol):
                 return _BUSY_AUTHORIZED
             return self._counted(app, shared)
         if len(self.connections) >= limit or len(self.tasks) >= limit:
-            log.info("503 for %s: %d connections open, %d requests in flight", self.client, len(self.connections), len(self.tasks))
+            log.info(
+                "503 for %s: %d connections open, %d requests in flight", self.client, len(self.connections), len(self.tasks)
+            )
             return _BUSY
         return _closing(app) if self._under_pressure() else app
 
@@ -268,11 +270,16 @@ class HeaderTimeoutProtocol(H11Protocol):
         shared.last_shed = now
         shed = 0
         for conn in list(self.connections):
-            if conn is not self and isinstance(conn, HeaderTimeoutProtocol) and conn._is_idle() and not conn._authorized:
+            if conn is self or not isinstance(conn, HeaderTimeoutProtocol):
+                continue
+            if conn._is_idle() and not conn._authorized:
                 conn.timeout_keep_alive_handler()  # what uvicorn does when keep-alive runs out
                 shed += 1
         if shed:
-            log.info("closed %d idle keep-alive connections: %d open, the cap is %s", shed, len(self.connections), self.policy.max_connections)
+            log.info(
+                "closed %d idle keep-alive connections: %d open, the cap is %s",
+                shed, len(self.connections), self.policy.max_connections,
+            )
 
     def _refuse_connection(self, detail: str) -> None:
         """Answer 503 before any request and close: the client reads it as the answer to what it sends."""
