@@ -64,6 +64,13 @@ def stage(name: str) -> Iterator[Timed]:
         STAGE_SECONDS.labels(name).observe(timed.seconds)
 
 
+def stages_observed(busy: dict[str, float]) -> None:
+    """One batch's pipelined step: seconds per stage, summed over its chunks (the stages overlapped)."""
+    for name in ("decode", "caption", "embed", "thumbnail"):
+        if name in busy:
+            STAGE_SECONDS.labels(name).observe(busy[name])
+
+
 def model_loaded(model: str, seconds: float, loads: int) -> None:
     """A model load seen by dam_models.loading.track_loads (nothing when the process held it already)."""
     if loads:
@@ -85,4 +92,4 @@ def run_finished(outcome: str) -> None:
     RUNS.labels(outcome if outcome in RUN_OUTCOMES else "failure").inc()
 
 
-__all__ = ["RUN_OUTCOMES", "STAGES", "model_loaded", "rows_committed", "run_finished", "stage"]
+__all__ = ["RUN_OUTCOMES", "STAGES", "model_loaded", "rows_committed", "run_finished", "stage", "stages_observed"]

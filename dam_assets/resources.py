@@ -128,6 +128,10 @@ class DamResource(ConfigurableResource):
         return connect(self.settings)
 
 
+# A CPU gains nothing past 16 images per call; a GPU needs 64 or more to be kept busy (bench/RESULTS.md).
+DEVICE_BATCH_SIZE = {"cpu": 16, "cuda": 64}
+
+
 class ModelsResource(ConfigurableResource):
     """The captioning and embedding models and the tag vocabulary; weights load once per process."""
 
@@ -138,6 +142,10 @@ class ModelsResource(ConfigurableResource):
     runtime: str = Field(default="auto", description="DAM_RUNTIME: auto, torch or openvino.")
     model_cache_dir: str = Field(default="", description="DAM_MODEL_CACHE_DIR, resolved: converted models.")
     caption_max_tokens: int = Field(description="DAM_CAPTION_MAX_TOKENS")
+    model_batch_size: int = Field(
+        default=0, description="DAM_MODEL_BATCH_SIZE: images per model call and pipeline chunk; 0: by device."
+    )
+    prefetch_chunks: int = Field(default=1, description="DAM_PREFETCH_CHUNKS: chunks prepared ahead; 0: in line.")
     tags_file: Optional[str] = Field(description="DAM_TAGS_FILE; unset: the list shipped in dam_models.")
     tag_threshold: float = Field(description="DAM_TAG_THRESHOLD")
     tags_top_k: int = Field(description="DAM_TAGS_TOP_K")
@@ -152,10 +160,18 @@ class ModelsResource(ConfigurableResource):
             runtime=s.dam_runtime,
             model_cache_dir=str(s.model_cache_dir),
             caption_max_tokens=s.dam_caption_max_tokens,
+            model_batch_size=s.dam_model_batch_size,
+            prefetch_chunks=s.dam_prefetch_chunks,
             tags_file=str(s.dam_tags_file) if s.dam_tags_file else None,
             tag_threshold=s.dam_tag_threshold,
             tags_top_k=s.dam_tags_top_k,
         )
+
+    def chunk_size(self, device: str) -> int:
+        """Images per model call: the setting, else by device (measured, bench/RESULTS.md)."""
+        if self.model_batch_size:
+            return self.model_batch_size
+        return DEVICE_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
 
     def captioner(self) -> Captioner:
         from dam_models.captioner import get_captioner

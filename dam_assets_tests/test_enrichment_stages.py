@@ -135,3 +135,71 @@ def test_one_decoded_batch_with_an_unreadable_image(store, tiny_models):
 
     thumbs = thumbnail_batch(decoded)
     assert set(thumbs) == {GOOD, LATE} and all(t[8:12] == b"WEBP" for t in thumbs.values())
+
+
+def _pipeline_batch(store, n: int = 7) -> list[UploadMessage]:
+    uploads = []
+    for i in range(n):
+        u = upload(f"{i:x}" * 32 if i < 16 else "d" * 32, ext="png" if i % 3 == 0 else "jpeg")
+        data = png_bytes(40 + i, 30 + 2 * i, mode="RGB") if i % 3 == 0 else jpeg_bytes(64 + 3 * i, 48, seed=i)
+        store.put(u.r2_key, data[:150] if i == 4 else data)  # the fifth is truncated: an error row
+        uploads.append(u)
+    return uploads
+
+
+def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(store, tiny_models):
+    """Chunks prepared on a thread ahead of the models: the same captions, vectors, tags and thumbnails."""
+    import functools
+
+    from dam_assets.enrichment.pipeline import Enrichment, run_step
+    from dam_core.layout import thumbnail_key
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
+    from dam_models.tagging import load_vocabulary
+
+    uploads = _pipeline_batch(store)
+    work = Enrichment(
+        captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"),
+        embedder=get_embedder(tiny_models["DAM_EMBEDDING_MODEL"], device="cpu", dtype="float32"),
+        labels=load_vocabulary(), threshold=0.0, top_k=3,
+    )
+    results = {}
+    for prefetch, chunk in ((0, 64), (2, 2), (1, 3)):
+        step = run_step(store, uploads, work, functools.partial(decode_batch), chunk_size=chunk, prefetch=prefetch)
+        thumbs = {u.id: store.get(thumbnail_key(u.id)) for u in uploads if u.id != uploads[4].id}
+        results[prefetch] = (step.captions, step.embeddings, step.thumbnails, thumbs, [d.error for d in step.decoded])
+        assert list(step.captions.items) == [u.id for u in uploads]
+        assert step.captions.items[uploads[4].id].error and step.embeddings.items[uploads[4].id].error
+        assert {"decode", "caption", "embed", "thumbnail"} <= set(step.busy)
+    sequential = results[0]
+    for prefetch in (2, 1):
+        got = results[prefetch]
+        assert got[0] == sequential[0] and got[2:] == sequential[2:]
+        for uid, item in sequential[1].items.items():
+            other = got[1].items[uid]
+            assert (other.error, other.tags) == (item.error, item.tags)
+            if item.embedding is not None:
+                assert max(abs(a - b) for a, b in zip(item.embedding, other.embedding)) < 1e-5
+
+
+def test_a_failing_fetch_fails_the_step_and_stops_the_prefetch(store, tiny_models):
+    import threading
+
+    from dam_assets.enrichment.pipeline import Enrichment, run_step
+    from dam_core.store import StoreError
+    from dam_models.captioner import get_captioner
+
+    uploads = _pipeline_batch(store)
+    calls = []
+
+    def decode(s, chunk):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise StoreError("the store went away")
+        return decode_batch(s, chunk)
+
+    work = Enrichment(captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"), thumbnails=False)
+    with pytest.raises(StoreError, match="went away"):
+        run_step(store, uploads, work, decode, chunk_size=2, prefetch=1)
+    assert calls == [2, 2]  # nothing decoded after the failure
+    assert not [t for t in threading.enumerate() if t.name == "enrichment-prefetch"]

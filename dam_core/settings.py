@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     dam_dtype: str = "auto"
     # auto: OpenVINO on a CPU where installed (fastest at parity, bench/RESULTS.md), PyTorch on a GPU.
     dam_runtime: str = "auto"
+    dam_model_batch_size: int = Field(default=0, ge=0, le=4096)  # images per model call; 0: 16 on a CPU, 64 on a GPU
+    dam_prefetch_chunks: int = Field(default=1, ge=0, le=8)  # chunks decoded and prepared ahead of the models
     dam_model_cache_dir: Path | None = None  # converted models; default: DATA_DIR/models/converted
 
     # Finding images: zero-shot tags, near duplicates, the vector index.

@@ -163,12 +163,14 @@ class Captioner(InferenceModel):
             raise ValueError("batch_size must be at least 1")
         images = list(images)
         out: list[str] = []
-        kw = self._generate_kwargs()
         for start in range(0, len(images), batch_size):
-            ids = self.backend.generate(self.pixel_values(images[start : start + batch_size]), **kw)
-            texts = self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
-            out.extend(clean_caption(t) for t in texts)
+            out.extend(self.caption_pixels(self.pixel_values(images[start : start + batch_size])))
         return out
+
+    def caption_pixels(self, pixel_values: torch.Tensor) -> list[str]:
+        """Captions of prepared input (`pixel_values`), one batch: the model's part of `caption`."""
+        ids = self.backend.generate(pixel_values, **self._generate_kwargs())
+        return [clean_caption(t) for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def prefix_logits(self, images: Sequence[Image.Image], prefix: np.ndarray) -> np.ndarray:
         """Teacher-forced next-token logits (parity checks between runtimes)."""

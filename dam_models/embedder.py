@@ -120,10 +120,16 @@ class Embedder(InferenceModel):
             return self._empty()
         parts = []
         for start in range(0, len(images), batch_size):
-            chunk = [to_rgb(im) for im in images[start : start + batch_size]]
-            pixel_values = self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
-            parts.append(self.backend.image_features(pixel_values))
+            parts.append(self.embed_pixels(self.pixel_values(images[start : start + batch_size])))
         return np.concatenate(parts, axis=0)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The image tower's input for these images (any size or mode)."""
+        return self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
+
+    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """``(n, dim)`` unit vectors of prepared input: the model's part of `embed_images`."""
+        return self.backend.image_features(pixel_values)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """``(n, dim)`` float32, unit norm, in the same space as :meth:`embed_images`."""

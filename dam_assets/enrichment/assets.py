@@ -1,5 +1,6 @@
 """The enrichment assets of one ingest batch: captions, embeddings and thumbnails, then the table rows."""
 
+import functools
 import os
 import socket
 from datetime import UTC, datetime
@@ -19,12 +20,8 @@ from dagster import (
 
 from dam_assets import metrics
 from dam_assets.config import SETTINGS
-from dam_assets.enrichment.batch import caption_batch, embed_batch, thumbnail_batch
-from dam_assets.enrichment.renditions import (
-    THUMBNAIL_LONG_EDGE,
-    write_thumbnails,
-    write_vectors,
-)
+from dam_assets.enrichment.pipeline import Enrichment, run_step
+from dam_assets.enrichment.renditions import THUMBNAIL_LONG_EDGE, write_vectors
 from dam_assets.enrichment.rows import RowChecks, batch_rows
 from dam_assets.enrichment.stages import (
     read_captions,
@@ -111,31 +108,47 @@ def embedding_code_version(settings: Settings) -> str:
     can_subset=True,
 )
 def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: ModelsResource):
-    """Decode each image once, then caption, embed, tag and thumbnail the whole batch."""
+    """Decode each image once, then caption, embed, tag and thumbnail the batch, chunk by chunk."""
     batch = context.partition_key
     store = dam.store
-    with metrics.stage("decode") as decoding:
-        decoded = decode_batch(
-        store,
-        read_manifest(store, batch).uploads,
+    selected = context.selected_asset_keys
+    loads = {}
+    work = Enrichment(thumbnails=THUMBNAILS in selected)
+    if CAPTIONS in selected:
+        with _track_loads() as loads["caption"]:
+            work.captioner = models.captioner()
+    if EMBEDDINGS in selected:
+        work.labels, work.threshold, work.top_k = models.vocabulary(), models.tag_threshold, models.tags_top_k
+        with _track_loads() as loads["embedding"]:
+            work.embedder = models.embedder()
+    for name, load in loads.items():
+        metrics.model_loaded(name, load.seconds, load.loads)
+
+    decode = functools.partial(
+        decode_batch,
         pixel_budget_size=dam.decode_pixel_budget,
         max_pixels=dam.max_image_pixels,
         max_image_side=dam.max_image_side,
     )
+    step = run_step(
+        store, read_manifest(store, batch).uploads, work, decode,
+        chunk_size=models.chunk_size((work.captioner or work.embedder).device if loads else "cpu"),
+        prefetch=models.prefetch_chunks,
+    )
+    metrics.stages_observed(step.busy)
+    decoded = step.decoded
     errors = sum(1 for d in decoded if d.image is None)
-    selected = context.selected_asset_keys
     # The EXIF columns were read during the decode: staged whichever assets are selected.
     write_exif(store, batch, {d.upload.id: d.exif for d in decoded if d.exif is not None})
+    timing = {
+        "step_seconds": round(step.wall, 3),
+        "stage_seconds": MetadataValue.json({k: round(v, 3) for k, v in sorted(step.busy.items())}),
+        "decode_seconds": round(step.busy.get("decode", 0.0), 3),
+    }
 
-    # Each asset is written and reported before the next starts: a failure later in the step
-    # leaves the earlier ones materialized.
-    if CAPTIONS in selected:
-        with _track_loads() as load:
-            captioner = models.captioner()
-        metrics.model_loaded("caption", load.seconds, load.loads)
-        with metrics.stage("caption") as took:
-            captions = caption_batch(decoded, captioner)
-            write_captions(store, batch, captions)
+    if step.captions is not None:
+        captions = step.captions
+        write_captions(store, batch, captions)
         samples = [(d.upload.filename, captions.items[d.upload.id].caption) for d in decoded if d.image is not None]
         yield MaterializeResult(
             asset_key=CAPTIONS,
@@ -143,49 +156,43 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
                 "images": len(decoded),
                 "errors": errors,
                 "model": captions.model,
-                **_where(load),
-                "decode_seconds": round(decoding.seconds, 3),
-                "seconds": round(took.seconds, 3),
+                "runtime": work.captioner.describe(),
+                **_where(loads["caption"]),
+                **timing,
+                "seconds": round(step.busy.get("caption", 0.0), 3),
                 "sample_captions": MetadataValue.md(captions_preview(samples)),
             },
         )
 
-    if EMBEDDINGS in selected:
-        labels = models.vocabulary()
-        with _track_loads() as load:
-            embedder = models.embedder()
-        metrics.model_loaded("embedding", load.seconds, load.loads)
-        with metrics.stage("embed") as took:
-            embeddings = embed_batch(decoded, embedder, labels, models.tag_threshold, models.tags_top_k)
-            write_vectors(store, embeddings)
-            write_embeddings(store, batch, embeddings)
+    if step.embeddings is not None:
+        embeddings = step.embeddings
+        write_vectors(store, embeddings)
+        write_embeddings(store, batch, embeddings)
         yield MaterializeResult(
             asset_key=EMBEDDINGS,
             metadata={
                 "images": len(decoded),
                 "errors": errors,
                 "model": embeddings.model,
-                **_where(load),
-                "decode_seconds": round(decoding.seconds, 3),
-                "seconds": round(took.seconds, 3),
+                "runtime": work.embedder.describe(),
+                **_where(loads["embedding"]),
+                **timing,
+                "seconds": round(step.busy.get("embed", 0.0), 3),
                 "dim": embeddings.dim,
-                "tag_vocabulary": len(labels),
+                "tag_vocabulary": len(work.labels),
                 "tagged_images": sum(1 for e in embeddings.items.values() if e.tags),
             },
         )
 
-    if THUMBNAILS in selected:
-        with metrics.stage("thumbnail") as took:
-            thumbnails = thumbnail_batch(decoded)
-            write_thumbnails(store, thumbnails)
+    if work.thumbnails:
         yield MaterializeResult(
             asset_key=THUMBNAILS,
             metadata={
-                "thumbnails": len(thumbnails),
-                "errors": len(decoded) - len(thumbnails),
+                "thumbnails": step.thumbnails,
+                "errors": len(decoded) - step.thumbnails,
                 "long_edge_px": THUMBNAIL_LONG_EDGE,
-                "decode_seconds": round(decoding.seconds, 3),
-                "seconds": round(took.seconds, 3),
+                **timing,
+                "seconds": round(step.busy.get("thumbnail", 0.0) + step.busy.get("thumbnail_write", 0.0), 3),
             },
         )
 

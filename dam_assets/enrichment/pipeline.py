@@ -1,0 +1,181 @@
+"""One batch's enrichment as a pipeline of chunks: the next chunk is fetched, decoded and prepared
+while the models work on this one, and thumbnails are made and written beside them.
+
+The models are the step's critical path (on a GPU the decode would otherwise leave it idle
+between chunks); everything else moves off it onto threads:
+- a producer thread fetches, decodes and turns each chunk into the models' input tensors, up to
+  `prefetch` chunks ahead (0: the same work in line, one stage after the other);
+- one thread makes each chunk's thumbnails and writes them to the store.
+Memory stays bounded: the decode shares the process's pixel budget, and at most `prefetch` + 1
+prepared chunks exist at once. The rows are the same whatever `prefetch` is (a test checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dam_assets.enrichment.batch import (
+    caption_batch,
+    embed_batch,
+    merge_captions,
+    merge_embeddings,
+    thumbnail_batch,
+)
+from dam_assets.enrichment.renditions import write_thumbnails
+from dam_assets.enrichment.stages import Captions, Embeddings
+from dam_core.imaging import Decoded
+from dam_core.messages import UploadMessage
+from dam_core.store import ObjectStore
+
+if TYPE_CHECKING:
+    from dam_models.captioner import Captioner
+    from dam_models.embedder import Embedder
+
+
+@dataclass
+class Prepared:
+    """One chunk, decoded, with the models' inputs for its readable images."""
+
+    decoded: list[Decoded]
+    caption_pixels: Any = None
+    embed_pixels: Any = None
+
+
+@dataclass
+class StepResult:
+    decoded: list[Decoded]
+    captions: Captions | None
+    embeddings: Embeddings | None
+    thumbnails: int
+    busy: dict[str, float] = field(default_factory=dict)  # seconds per stage, summed over chunks
+    wall: float = 0.0  # seconds for the whole step: below sum(busy) when stages overlapped
+
+
+@dataclass
+class Enrichment:
+    """What to compute for a batch: the models (None: not selected), tag settings, thumbnails on or off."""
+
+    captioner: Captioner | None = None
+    embedder: Embedder | None = None
+    labels: list[str] = field(default_factory=list)
+    threshold: float = 0.0
+    top_k: int = 0
+    thumbnails: bool = True
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.busy: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def time(self, stage: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self.busy[stage] += time.perf_counter() - started
+
+
+def _prepare(store: ObjectStore, chunk: list[UploadMessage], work: Enrichment, decode: Callable, clock: _Clock) -> Prepared:
+    decoded = clock.time("decode", lambda: decode(store, chunk))
+    images = [d.image for d in decoded if d.image is not None]
+    prepared = Prepared(decoded)
+    if images:
+        if work.captioner is not None:
+            prepared.caption_pixels = clock.time("prepare", lambda: work.captioner.pixel_values(images))
+        if work.embedder is not None:
+            prepared.embed_pixels = clock.time("prepare", lambda: work.embedder.pixel_values(images))
+    return prepared
+
+
+_DONE = object()
+
+
+def _prefetched(produce: Iterator[Prepared], depth: int) -> Iterator[Prepared]:
+    """`produce` run on a thread, at most `depth` items ahead; its exception re-raised here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in produce:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            items.put(err)
+
+    thread = threading.Thread(target=run, name="enrichment-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_step(
+    store: ObjectStore,
+    uploads: list[UploadMessage],
+    work: Enrichment,
+    decode: Callable[[ObjectStore, list[UploadMessage]], list[Decoded]],
+    chunk_size: int = 16,
+    prefetch: int = 1,
+) -> StepResult:
+    """Decode, caption, embed (with tags) and thumbnail `uploads`, `chunk_size` images at a time."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    started = time.perf_counter()
+    clock = _Clock()
+    chunks = [uploads[i : i + chunk_size] for i in range(0, len(uploads), chunk_size)]
+    produce = (_prepare(store, chunk, work, decode, clock) for chunk in chunks)
+    prepared_chunks = _prefetched(produce, prefetch) if prefetch > 0 else produce
+    decoded: list[Decoded] = []
+    captions: list[Captions] = []
+    embeddings: list[Embeddings] = []
+    thumbnails: list[Future] = []
+
+    def thumbs(chunk: list[Decoded]) -> int:
+        made = clock.time("thumbnail", lambda: thumbnail_batch(chunk))
+        clock.time("thumbnail_write", lambda: write_thumbnails(store, made))
+        return len(made)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thumbnails") as pool, contextlib.closing(prepared_chunks):
+        for p in prepared_chunks:
+            decoded.extend(p.decoded)
+            if work.thumbnails:
+                thumbnails.append(pool.submit(thumbs, p.decoded))
+            if work.captioner is not None:
+                captions.append(clock.time("caption", lambda p=p: caption_batch(p.decoded, work.captioner, p.caption_pixels)))
+            if work.embedder is not None:
+                embeddings.append(clock.time("embed", lambda p=p: embed_batch(
+                    p.decoded, work.embedder, work.labels, work.threshold, work.top_k, p.embed_pixels
+                )))
+        made = sum(f.result() for f in thumbnails)
+    c, e = work.captioner, work.embedder
+    return StepResult(
+        decoded=decoded,
+        captions=merge_captions(captions, c.model_id, c.version) if c is not None else None,
+        embeddings=merge_embeddings(embeddings, e.model_id, e.version, e.dim) if e is not None else None,
+        thumbnails=made,
+        busy=dict(clock.busy),
+        wall=time.perf_counter() - started,
+    )
