@@ -92,30 +92,7 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------- images
 
 
-def photo_like(width: int, height: int, seed: int) -> "Image.Image":
-    """Gradients + shapes + noise: compresses and decodes like a photograph, not like a flat fill."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.empty((height, width, 3), np.float32)
-    for c in range(3):
-        a, b, p = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0, 255)
-        base[..., c] = p + 120 * (a * x / width + b * y / height) + 30 * np.sin(x / rng.uniform(40, 200) + c)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
-    d = ImageDraw.Draw(img)
-    for _ in range(25):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        w, h = int(rng.integers(width // 20, width // 3)), int(rng.integers(height // 20, height // 3))
-        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        if rng.random() < 0.5:
-            d.ellipse([x0, y0, x0 + w, y0 + h], fill=fill)
-        else:
-            d.rectangle([x0, y0, x0 + w, y0 + h], fill=fill)
-    img = img.filter(ImageFilter.GaussianBlur(1.2))
-    noise = rng.normal(0, 9, (height, width, 3)).astype(np.float32)
-    arr = np.clip(np.asarray(img, np.float32) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
+from dam_models.calibration import photo_like  # noqa: E402  (one generator for bench and calibration)
 
 
 def jpeg(img, quality: int = 88) -> bytes:

@@ -327,6 +327,19 @@ def render(results: dict, levers: dict | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+def write_results(markdown: str) -> Path:
+    """Write bench/RESULTS.md; the section bench.runtimes owns is kept until it runs again."""
+    from bench import runtimes
+
+    target = Path(__file__).resolve().parent / "RESULTS.md"
+    old = target.read_text() if target.exists() else ""
+    if runtimes.SECTION_START in old and runtimes.SECTION_END in old:
+        kept = old.split(runtimes.SECTION_START, 1)[1].split(runtimes.SECTION_END, 1)[0]
+        markdown = markdown.rstrip("\n") + "\n\n" + runtimes.SECTION_START + kept + runtimes.SECTION_END + "\n"
+    target.write_text(markdown)
+    return target
+
+
 def main(argv=None) -> int:
     """Re-render bench/RESULTS.md from OUT/results.json (+ OUT/levers.json): `python -m bench.report`."""
     import argparse
@@ -338,8 +351,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text())
     levers = json.loads((out / "levers.json").read_text()) if (out / "levers.json").exists() else None
-    target = Path(__file__).resolve().parent / "RESULTS.md"
-    target.write_text(render(results, levers))
+    target = write_results(render(results, levers))
     print(f"wrote {target}")
     return 0
 

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         log(f"bench: {name} took {results['seconds'][name]:.0f}s")
     results["seconds"]["total"] = round(time.perf_counter() - t_all, 1)
 
-    from bench.report import render, summary_lines
+    from bench.report import render, summary_lines, write_results
 
     name = "results-quick.json" if args.quick else "results.json"
     (out_dir / name).write_text(json.dumps(results, indent=1, default=str))
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     if not args.quick and not args.no_report and set(only) == set(BENCHMARKS):
         levers_file = out_dir / "levers.json"
         levers = json.loads(levers_file.read_text()) if levers_file.exists() else None
-        (HERE / "RESULTS.md").write_text(render(results, levers))  # includes section 4 (search) when it ran
+        write_results(render(results, levers))  # includes section 4 (search) when it ran
         log(f"bench: wrote {HERE / 'RESULTS.md'}")
     log(f"bench: total {results['seconds']['total']:.0f}s")
     return 1 if failed else 0

@@ -140,6 +140,7 @@ class ModelsResource(ConfigurableResource):
     device: str = Field(description="DAM_DEVICE")
     dtype: str = Field(description="DAM_DTYPE")
     runtime: str = Field(default="auto", description="DAM_RUNTIME: auto, torch or openvino.")
+    quantize: str = Field(default="auto", description="DAM_QUANTIZE: auto, none or int8 (the captioner's image side).")
     model_cache_dir: str = Field(default="", description="DAM_MODEL_CACHE_DIR, resolved: converted models.")
     caption_max_tokens: int = Field(description="DAM_CAPTION_MAX_TOKENS")
     model_batch_size: int = Field(
@@ -158,6 +159,7 @@ class ModelsResource(ConfigurableResource):
             device=s.dam_device,
             dtype=s.dam_dtype,
             runtime=s.dam_runtime,
+            quantize=s.dam_quantize,
             model_cache_dir=str(s.model_cache_dir),
             caption_max_tokens=s.dam_caption_max_tokens,
             model_batch_size=s.dam_model_batch_size,
@@ -178,7 +180,7 @@ class ModelsResource(ConfigurableResource):
 
         return get_captioner(
             self.caption_model, device=self.device, dtype=self.dtype, max_new_tokens=self.caption_max_tokens,
-            runtime=self.runtime, cache_dir=self.model_cache_dir or None,
+            runtime=self.runtime, cache_dir=self.model_cache_dir or None, quantize=self.quantize,
         )
 
     def embedder(self) -> Embedder:

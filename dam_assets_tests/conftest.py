@@ -165,7 +165,9 @@ def tiny_models(tmp_path_factory):
     from dam_models.tiny import write_tiny_models
 
     blip, clip = write_tiny_models(tmp_path_factory.mktemp("models"))
-    return {"DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip)}
+    # One conversion cache for the session: each test's data folder would otherwise convert them again.
+    cache = tmp_path_factory.mktemp("converted-models")
+    return {"DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip), "DAM_MODEL_CACHE_DIR": str(cache)}
 
 
 @pytest.fixture(params=["embedded", "rabbitmq+s3"])

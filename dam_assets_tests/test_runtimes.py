@@ -21,10 +21,13 @@ from dam_models.versions import caption_version
 
 pytest.importorskip("openvino")
 
-# (runtime, dtype) pairs measured against torch fp32; bench/RESULTS.md has the full-size figures.
-CANDIDATES = [("openvino", "float32"), ("openvino", "bfloat16"), ("torch", "bfloat16")]
+# (runtime, dtype, quantize) measured against torch fp32; bench/RESULTS.md has the full-size figures.
+CANDIDATES = [
+    ("openvino", "float32", "none"), ("openvino", "bfloat16", "none"), ("openvino", "bfloat16", "int8"),
+    ("torch", "bfloat16", "none"),
+]
 MIN_COSINE = 0.99
-MIN_TOP1 = {"float32": 1.0, "bfloat16": 0.9}
+MIN_TOP1 = {("float32", "none"): 1.0, ("bfloat16", "none"): 0.9, ("bfloat16", "int8"): 0.85}
 
 
 @pytest.fixture(scope="module")
@@ -51,30 +54,32 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
-@pytest.mark.parametrize(("runtime", "dtype"), CANDIDATES)
-def test_caption_logits_match_fp32_reference(models, cache, images, runtime, dtype):
+@pytest.mark.parametrize(("runtime", "dtype", "quantize"), CANDIDATES)
+def test_caption_logits_match_fp32_reference(models, cache, images, runtime, dtype, quantize):
     ref = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
-    other = get_captioner(models[0], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache)
-    assert other.runtime == runtime
+    other = get_captioner(models[0], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache, quantize=quantize)
+    assert (other.runtime, other.spec.quantize) == (runtime, quantize)
     # Prefixes: the reference's own greedy tokens, BOS first.
     prefixes = np.asarray(ref.backend.generate(ref.pixel_values(images), **ref._generate_kwargs()))[:, :-1]
     want, got = ref.prefix_logits(images, prefixes), other.prefix_logits(images, prefixes)
     assert got.shape == want.shape
     assert _cosines(got, want).min() >= MIN_COSINE
     top1 = (got.argmax(-1) == want.argmax(-1)).mean()
-    assert top1 >= MIN_TOP1[dtype], top1
+    assert top1 >= MIN_TOP1[dtype, quantize], top1
 
 
 def test_openvino_fp32_reproduces_the_reference_captions(models, cache, images):
     ref = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
-    ov = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    ov = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
     assert ov.caption(images, batch_size=4) == ref.caption(images)
-    short = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, max_new_tokens=3)
+    short = get_captioner(
+        models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, max_new_tokens=3, quantize="none"
+    )
     ref_short = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache, max_new_tokens=3)
     assert short.caption(images) == ref_short.caption(images)
 
 
-@pytest.mark.parametrize(("runtime", "dtype"), CANDIDATES)
+@pytest.mark.parametrize(("runtime", "dtype"), sorted({(r, d) for r, d, _ in CANDIDATES}))
 def test_embeddings_match_fp32_reference(models, cache, images, runtime, dtype):
     ref = get_embedder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
     other = get_embedder(models[1], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache)
@@ -97,7 +102,7 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
 
     blip, _ = write_tiny_models(tmp_path / "m")
     cache = tmp_path / "cache"
-    first = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    first = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
     before = first.caption(images[:2])
     (converted,) = _converted(cache)
 
@@ -105,7 +110,7 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
     exports = []
     real_export = openvino_blip.export_blip
     monkeypatch.setattr(openvino_blip, "export_blip", lambda *a, **k: exports.append(1) or real_export(*a, **k))
-    again = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    again = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
     assert again is not first and exports == []
     assert again.caption(images[:2]) == before
 
@@ -117,7 +122,7 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
             param.add_(torch.randn_like(param) * 0.05)
     model.save_pretrained(blip)
     clear_cache()
-    changed = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    changed = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
     assert exports == [1]
     assert len(_converted(cache)) == 2 and converted in _converted(cache)
     ref = get_captioner(str(blip), device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
@@ -136,11 +141,13 @@ def test_dtype_and_runtime_change_the_assets_code_versions(tmp_path):
             "fp32": {"dam_dtype": "float32"},
             "torch": {"dam_runtime": "torch"},
             "openvino": {"dam_runtime": "openvino"},
+            "no-int8": {"dam_quantize": "none"},
         }.items()
     }
     captions = {k: caption_code_version(s) for k, s in settings.items()}
     embeddings = {k: embedding_code_version(s) for k, s in settings.items()}
-    assert len(set(captions.values())) == 4 and len(set(embeddings.values())) == 4
+    assert len(set(captions.values())) == 5
+    assert len(set(embeddings.values())) == 4 and embeddings["no-int8"] == embeddings["auto"]  # int8: the captioner only
     # One string, two users: the loaded model's version is the asset's code_version.
     assert captions["fp32"] == caption_version(settings["fp32"].dam_caption_model, 30, dtype="float32")
 
@@ -150,6 +157,7 @@ def test_code_version_is_the_loaded_models_version(models, cache, tmp_path):
 
     s = Settings(dam_data_dir=tmp_path, dam_caption_model=models[0], dam_embedding_model=models[1], dam_dtype="float32", dam_runtime="openvino")
     captioner = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    assert captioner.spec.quantize == "int8"  # auto, on OpenVINO
     embedder = get_embedder(models[1], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
     assert caption_code_version(s) == captioner.version
     assert embedding_code_version(s).startswith(embedder.version + ":tags=")
@@ -158,7 +166,38 @@ def test_code_version_is_the_loaded_models_version(models, cache, tmp_path):
 def test_runtime_setting_is_validated(tmp_path):
     with pytest.raises(ValueError, match="auto, torch or openvino"):
         Settings(dam_data_dir=tmp_path, dam_runtime="tensorrt")
-    with pytest.raises(ValueError, match="CPU only"):
-        from dam_models.runtime import resolve_runtime
+    with pytest.raises(ValueError, match="auto, none or int8"):
+        Settings(dam_data_dir=tmp_path, dam_quantize="int4")
+    from dam_models.runtime import resolve_quantize, resolve_runtime
 
+    with pytest.raises(ValueError, match="CPU only"):
         resolve_runtime("openvino", "cuda")
+    with pytest.raises(ValueError, match="openvino runtime"):
+        resolve_quantize("int8", "torch")
+    assert resolve_quantize("auto", "torch") == "none" and resolve_quantize("auto", "openvino") == "int8"
+
+
+def test_dam_models_prepare_converts_once(models, tmp_path):
+    """The CLI a user (and `dam dev`, `dam worker --preload`) runs: converts, then finds the conversions."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", DAM_DATA_DIR=str(tmp_path / "data"), DAM_CAPTION_MODEL=models[0],
+        DAM_EMBEDDING_MODEL=models[1], DAM_RUNTIME="openvino", DAM_DEVICE="cpu",
+    )
+    cmd = [sys.executable, "-m", "dam_cli.main", "models", "prepare"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "openvino" in first.stdout and str(tmp_path / "data" / "models" / "converted") in first.stdout
+    converted = sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*"))
+    # BLIP exported, BLIP with its image side in int8 (DAM_QUANTIZE=auto), CLIP exported.
+    assert len([c for c in converted if not c.startswith(".")]) == 3, converted
+    assert "int8" in first.stdout
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert second.returncode == 0 and sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*")) == converted
+    missing = subprocess.run(
+        cmd, env={**env, "DAM_CAPTION_MODEL": str(tmp_path / "no-such-model")}, capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 1 and "no-such-model" in missing.stderr

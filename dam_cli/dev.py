@@ -144,6 +144,11 @@ def cmd_dev(args) -> int:
             preexec_fn=_restore_signals, start_new_session=True,
         ),
     }
+    # Converted models (DAM_RUNTIME) are built now, beside the start-up, not inside the first batch's
+    # run; a run that starts meanwhile waits on the same file lock instead of converting twice.
+    preparing = subprocess.Popen(
+        [bin_path("dam"), "models", "prepare", "--quiet"], env=env, preexec_fn=_restore_signals, start_new_session=True
+    )
     ui_mode = "read-only, " if args.dagster_read_only else ""
     print(
         f"dam dev: API on http://{args.host}:{args.port} ({_where(args.host)})\n"
@@ -163,6 +168,10 @@ def cmd_dev(args) -> int:
     rc = 0
     try:
         while not stopping:
+            if preparing is not None and preparing.poll() is not None:
+                if preparing.returncode:
+                    print("dam dev: preparing the models failed (above); the first run will try again", file=sys.stderr)
+                preparing = None
             for name, p in procs.items():
                 if p.poll() is not None:
                     print(f"dam dev: {name} exited with {p.returncode}; stopping", file=sys.stderr)
@@ -170,6 +179,9 @@ def cmd_dev(args) -> int:
                     stopping = True
             time.sleep(0.5)
     finally:
+        if preparing is not None and preparing.poll() is None:
+            os.killpg(preparing.pid, signal.SIGKILL)  # a half-written conversion is never loaded (build_once)
+            preparing.wait()
         for p in procs.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)

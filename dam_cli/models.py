@@ -1,8 +1,12 @@
-"""`dam models tiny DIR`: tiny random BLIP and CLIP models for offline runs."""
+"""`dam models tiny DIR` (tiny random models for offline runs) and `dam models prepare` (load and convert once)."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+
+from dam_cli._common import settings_or_exit
 
 
 def cmd_models_tiny(args) -> int:
@@ -13,9 +17,40 @@ def cmd_models_tiny(args) -> int:
     return 0
 
 
+def cmd_models_prepare(args) -> int:
+    """Load the configured models as a run would, converting them for the runtime where needed (cached on disk)."""
+    settings = settings_or_exit()
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
+
+    started = time.perf_counter()
+    common = dict(
+        device=settings.dam_device, dtype=settings.dam_dtype, runtime=settings.dam_runtime,
+        cache_dir=settings.model_cache_dir,
+    )
+    try:
+        captioner = get_captioner(
+            settings.dam_caption_model, max_new_tokens=settings.dam_caption_max_tokens, quantize=settings.dam_quantize, **common
+        )
+        embedder = get_embedder(settings.dam_embedding_model, **common)
+    except Exception as err:  # a missing model or an offline hub: say which, and fail
+        print(f"dam models prepare: {type(err).__name__}: {err}"[:800], file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"captions:   {captioner.model_id} ({captioner.describe()})")
+        print(f"embeddings: {embedder.model_id} ({embedder.describe()})")
+        print(f"ready in {time.perf_counter() - started:.1f} s; converted models in {settings.model_cache_dir}")
+    return 0
+
+
 def register(sub) -> None:
     s = sub.add_parser("models", help="model utilities")
     msub = s.add_subparsers(dest="models_command", required=True)
     t = msub.add_parser("tiny", help="write tiny random BLIP and CLIP models to DIR/blip and DIR/clip")
     t.add_argument("dir")
     t.set_defaults(func=cmd_models_tiny)
+    p = msub.add_parser(
+        "prepare", help="load the configured models once, converting them for DAM_RUNTIME (cached; runs then load warm)"
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_models_prepare)

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     dam_dtype: str = "auto"
     # auto: OpenVINO on a CPU where installed (fastest at parity, bench/RESULTS.md), PyTorch on a GPU.
     dam_runtime: str = "auto"
+    # auto: the captioner's image side in int8 on OpenVINO (2x the old bf16 path at parity, bench/RESULTS.md).
+    dam_quantize: str = "auto"
     dam_model_batch_size: int = Field(default=0, ge=0, le=4096)  # images per model call; 0: 16 on a CPU, 64 on a GPU
     dam_prefetch_chunks: int = Field(default=1, ge=0, le=8)  # chunks decoded and prepared ahead of the models
     dam_model_cache_dir: Path | None = None  # converted models; default: DATA_DIR/models/converted
@@ -147,6 +149,14 @@ class Settings(BaseSettings):
         v = v.strip().lower()
         if v not in ("auto", "torch", "openvino"):
             raise ValueError("must be auto, torch or openvino")
+        return v
+
+    @field_validator("dam_quantize")
+    @classmethod
+    def _quantize(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ("auto", "none", "int8"):
+            raise ValueError("must be auto, none or int8")
         return v
 
     @field_validator("dam_tags_file")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from dam_models.loading import dtype_name, normalize_model_id, resolve_device, resolve_dtype
-from dam_models.runtime import resolve_runtime
+from dam_models.runtime import resolve_quantize, resolve_runtime
 
 
 @dataclass(frozen=True)
@@ -23,19 +23,26 @@ class ModelSpec:
     device: str
     dtype: torch.dtype
     runtime: str
+    quantize: str = "none"  # int8: the image side quantized (OpenVINO only), see dam_models.openvino_quantize
     dtype_setting: str = "auto"
     runtime_setting: str = "auto"
+    quantize_setting: str = "auto"
 
     @classmethod
-    def resolve(cls, model_id: str, device: str = "auto", dtype: str = "auto", runtime: str = "auto") -> ModelSpec:
+    def resolve(
+        cls, model_id: str, device: str = "auto", dtype: str = "auto", runtime: str = "auto", quantize: str = "none"
+    ) -> ModelSpec:
         dev = resolve_device(device)
+        rt = resolve_runtime(runtime, dev)
         return cls(
             model_id=normalize_model_id(model_id),
             device=dev,
             dtype=resolve_dtype(dtype, dev),
-            runtime=resolve_runtime(runtime, dev),
+            runtime=rt,
+            quantize=resolve_quantize(quantize, rt),
             dtype_setting=(dtype or "auto").strip().lower(),
             runtime_setting=(runtime or "auto").strip().lower(),
+            quantize_setting=(quantize or "auto").strip().lower(),
         )
 
     @property
@@ -43,7 +50,7 @@ class ModelSpec:
         return dtype_name(self.dtype)
 
     def cache_key(self, kind: str) -> tuple:
-        return (kind, self.model_id, self.device, self.dtype, self.runtime)
+        return (kind, self.model_id, self.device, self.dtype, self.runtime, self.quantize)
 
 
 class InferenceModel:
@@ -76,7 +83,8 @@ class InferenceModel:
 
     def describe(self) -> str:
         """How it runs here, e.g. ``openvino bf16 on cpu`` (for run metadata and logs)."""
-        return f"{self.runtime} {self.spec.precision} on {self.device}"
+        quantized = " with an int8 image side" if self.spec.quantize == "int8" else ""
+        return f"{self.runtime} {self.spec.precision}{quantized} on {self.device}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.version!r}, {self.describe()})"

@@ -137,7 +137,8 @@ class Captioner(InferenceModel):
         """Model, generation settings, dtype and runtime as set: also the captions' Dagster code_version."""
         s = self.spec
         return caption_version(
-            s.model_id, self.max_new_tokens, self.num_beams, self.min_new_tokens, s.dtype_setting, s.runtime_setting
+            s.model_id, self.max_new_tokens, self.num_beams, self.min_new_tokens, s.dtype_setting, s.runtime_setting,
+            s.quantize_setting,
         )
 
     def _generate_kwargs(self) -> dict:
@@ -188,7 +189,7 @@ def _load_torch_blip(spec: ModelSpec) -> TorchBlip:
 
 
 def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBackend:
-    from dam_models.openvino_blip import OpenVinoBlip, export_blip, is_exported
+    from dam_models.openvino_blip import IMAGE_SIDE, OpenVinoBlip, export_blip, is_exported
 
     def build(folder: Path) -> None:
         from transformers import BlipForConditionalGeneration
@@ -199,6 +200,16 @@ def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBacken
 
     folder = conversion_dir(cache_root, "blip", spec.model_id, "openvino")
     build_once(folder, is_exported, build)
+    if spec.quantize == "int8":
+        from dam_models.calibration import calibration_images
+        from dam_models.openvino_quantize import quantize_graph
+
+        exported = folder
+        processor = _load_processor(spec.model_id)
+        samples = ({"pixel_values": processor.image_processor(images=[im], return_tensors="np")["pixel_values"]}
+                   for im in calibration_images())
+        folder = conversion_dir(cache_root, "blip", spec.model_id, "openvino-int8")
+        build_once(folder, is_exported, lambda target: quantize_graph(exported, target, IMAGE_SIDE, samples))
     return OpenVinoBlipBackend(OpenVinoBlip(folder, spec.precision, threads=query_threads()))
 
 
@@ -222,15 +233,17 @@ def get_captioner(
     min_new_tokens: int | None = None,
     runtime: str = "auto",
     cache_dir: str | Path | None = None,
+    quantize: str = "auto",
 ) -> Captioner:
     """The process-wide captioner for these settings; weights load (and convert) once per (model, device, dtype, runtime).
 
     `runtime` auto picks OpenVINO on a CPU where installed (greedy only: beams keep PyTorch);
+    `quantize` auto makes the image side int8 on OpenVINO (calibrated once, at conversion);
     `cache_dir` holds converted models (default: the settings' model cache folder).
     """
     if num_beams > 1 and (runtime or "auto").strip().lower() == "auto":
         runtime = "torch"
-    spec = ModelSpec.resolve(model_id, device, dtype, runtime)
+    spec = ModelSpec.resolve(model_id, device, dtype, runtime, quantize)
     min_eff = DEFAULT_MIN_NEW_TOKENS if min_new_tokens is None else int(min_new_tokens)
     root = Path(cache_dir) if cache_dir else model_cache_dir()
 

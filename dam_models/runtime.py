@@ -25,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger("dam_models.runtime")
 
 RUNTIMES = ("auto", "torch", "openvino")
+QUANTIZE = ("auto", "none", "int8")
 # Bumped when the exported graphs change shape or meaning: older conversions are then rebuilt.
 EXPORT_FORMAT = 1
 
@@ -49,8 +50,20 @@ def resolve_runtime(setting: str | None, device: str) -> str:
     return s
 
 
+def resolve_quantize(setting: str | None, runtime: str) -> str:
+    """``auto`` -> ``int8`` on OpenVINO (measured fastest at parity), ``none`` elsewhere; int8 needs OpenVINO."""
+    s = (setting or "auto").strip().lower()
+    if s not in QUANTIZE:
+        raise ValueError(f"unknown quantization {setting!r} (use auto, none or int8)")
+    if s == "auto":
+        return "int8" if runtime == "openvino" else "none"
+    if s == "int8" and runtime != "openvino":
+        raise ValueError(f"int8 quantization runs on the openvino runtime, not {runtime}")
+    return s
+
+
 def runtime_version(runtime: str) -> str:
-    if runtime == "openvino":
+    if runtime.startswith("openvino"):
         import openvino
 
         return openvino.__version__.split("-")[0]

@@ -64,7 +64,8 @@ THUMBNAILS = AssetKey("image_thumbnails")
 def caption_code_version(settings: Settings) -> str:
     """The captioner's own version (model, generation, dtype, runtime): a change marks every batch's captions stale."""
     return caption_version(
-        settings.dam_caption_model, settings.dam_caption_max_tokens, dtype=settings.dam_dtype, runtime=settings.dam_runtime
+        settings.dam_caption_model, settings.dam_caption_max_tokens,
+        dtype=settings.dam_dtype, runtime=settings.dam_runtime, quantize=settings.dam_quantize,
     )
 
 
