@@ -109,7 +109,7 @@ def test_max_new_tokens_bounds_caption_and_changes_version(tiny_model_dirs, capt
         assert 1 <= len(tok.tokenize(c)) <= 3
     beams = get_captioner(tiny_model_dirs[0], device="cpu", dtype="float32", num_beams=2)
     assert len({beams.version, short.version, captioner.version}) == 3
-    assert captioner.version == f"blip:{tiny_model_dirs[0]}:max30:beams1:min1:dtype=float32:runtime=auto"
+    assert captioner.version == f"blip:{tiny_model_dirs[0]}:max30:beams1:min1:dtype=float32:runtime=auto:quantize=auto"
     assert beams.runtime == "torch"  # beam search: PyTorch whatever auto would pick
 
 
