@@ -1,0 +1,173 @@
+"""Warm models for short-lived run processes: one long-lived local process holds them, runs call it.
+
+Under `dagster dev` every batch is a fresh run process; loading the models (and importing torch)
+in each cost seconds per batch. `dam dev` therefore starts `dam models serve`, which loads the
+captioner and embedder once and answers on a Unix socket; a run that finds the socket (its path
+in `DAM_MODEL_SERVER`) sends its decoded images there and never imports torch. Nothing about
+recovery changes: the server holds no state of any run; a run that cannot reach it, or finds it
+serving other models than the run's settings name, loads the models itself as before.
+
+This module is torch-free on the client side (`RemoteCaptioner`, `RemoteEmbedder`, `connect`);
+`serve` imports the model classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("dam_models.serving")
+
+PROTOCOL = 1
+# Not a secret between users (the socket's folder permissions are the boundary): it keeps other
+# programs' stray connections from being unpickled as requests.
+AUTHKEY = b"dam-models-v1"
+
+
+class ServerUnavailable(Exception):
+    """No model server at that address, or it answered with an error."""
+
+
+class _Remote:
+    """One connection per client object, used by one call at a time."""
+
+    def __init__(self, address: str, info: dict):
+        self.address = address
+        self.info = info
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def _call(self, *request) -> Any:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = Client(self.address, family="AF_UNIX", authkey=AUTHKEY)
+                self._conn.send(request)
+                ok, value = self._conn.recv()
+            except (OSError, EOFError) as err:
+                self._conn = None
+                raise ServerUnavailable(f"model server at {self.address}: {type(err).__name__}: {err}") from None
+        if not ok:
+            raise ServerUnavailable(f"model server at {self.address} failed: {value}")
+        return value
+
+    def describe(self) -> str:
+        return f"{self.info['describe']} in the model server (pid {self.info['pid']})"
+
+    @property
+    def model_id(self) -> str:
+        return self.info["model_id"]
+
+    @property
+    def version(self) -> str:
+        return self.info["version"]
+
+
+class RemoteCaptioner(_Remote):
+    """The Captioner interface the enrichment step uses, served by another process."""
+
+    def pixel_values(self, images):
+        return [im.copy() for im in images]  # the server prepares the input; images travel reduced
+
+    def caption_pixels(self, images) -> list[str]:
+        return self._call("caption", images)
+
+    def caption(self, images, batch_size: int = 16) -> list[str]:
+        images = list(images)
+        return [c for i in range(0, len(images), batch_size) for c in self.caption_pixels(images[i : i + batch_size])]
+
+
+class RemoteEmbedder(_Remote):
+    """The Embedder interface the enrichment step and the tags use, served by another process."""
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.info["logit_scale"])
+
+    def pixel_values(self, images):
+        return [im.copy() for im in images]
+
+    def embed_pixels(self, images) -> np.ndarray:
+        return self._call("embed_images", images)
+
+    def embed_images(self, images, batch_size: int = 32) -> np.ndarray:
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate([self.embed_pixels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    def embed_texts(self, texts, batch_size: int = 256) -> np.ndarray:
+        return self._call("embed_texts", [str(t) for t in texts])
+
+
+def connect(address: str | os.PathLike | None) -> tuple[RemoteCaptioner, RemoteEmbedder]:
+    """Clients for the server at `address`; ServerUnavailable when none answers there."""
+    if not address or not Path(address).exists():
+        raise ServerUnavailable(f"no model server socket at {address}")
+    probe = _Remote(str(address), {})
+    info = probe._call("info")
+    if info.get("protocol") != PROTOCOL:
+        raise ServerUnavailable(f"model server at {address} speaks protocol {info.get('protocol')}, not {PROTOCOL}")
+    return RemoteCaptioner(str(address), info["captioner"]), RemoteEmbedder(str(address), info["embedder"])
+
+
+def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Event | None = None) -> None:
+    """Answer requests on the Unix socket `address` until the process is stopped (one thread per connection)."""
+    path = Path(address)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a socket left by a killed server
+    models_lock = threading.Lock()  # one model call at a time: each already uses every core
+    info = {
+        "protocol": PROTOCOL,
+        "captioner": {"model_id": captioner.model_id, "version": captioner.version, "describe": captioner.describe(), "pid": os.getpid()},
+        "embedder": {
+            "model_id": embedder.model_id, "version": embedder.version, "describe": embedder.describe(), "pid": os.getpid(),
+            "dim": embedder.dim, "logit_scale": embedder.logit_scale,
+        },
+    }
+
+    def answer(kind: str, payload):
+        if kind == "info":
+            return info
+        with models_lock:
+            if kind == "caption":
+                return captioner.caption_pixels(captioner.pixel_values(payload)) if payload else []
+            if kind == "embed_images":
+                return embedder.embed_images(payload)
+            if kind == "embed_texts":
+                return embedder.embed_texts(payload)
+        raise ValueError(f"unknown request {kind!r}")
+
+    def handle(conn: Connection) -> None:
+        with conn:
+            while True:
+                try:
+                    kind, *rest = conn.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    conn.send((True, answer(kind, rest[0] if rest else None)))
+                except Exception as err:  # the run sees it and fails or retries; the server goes on
+                    log.exception("model server: %s failed", kind)
+                    conn.send((False, f"{type(err).__name__}: {err}"[:1000]))
+
+    with Listener(str(path), family="AF_UNIX", authkey=AUTHKEY) as listener:
+        os.chmod(path, 0o600)
+        if ready is not None:
+            ready.set()
+        while True:
+            try:
+                conn = listener.accept()
+            except Exception:  # a client that failed the handshake: not ours
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True, name="model-client").start()
