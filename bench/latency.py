@@ -372,8 +372,12 @@ def _counts(singles: int | None, burst: int | None, quick: bool) -> tuple[int, i
     return singles or (4 if quick else 10), burst or 32
 
 
-def run(quick: bool, log=print, singles: int | None = None, burst: int | None = None, dagster_yaml: str | None = None) -> dict:
-    """The embedded default: `dam dev` (API + `dagster dev`, SQLite instance, a run process per run)."""
+def run(quick: bool, log=print, singles: int | None = None, burst: int | None = None, dagster_yaml: str | None = None,
+        model_server: bool = True) -> dict:
+    """The embedded default: `dam dev` (API + `dagster dev`, SQLite instance, a run process per run).
+
+    `model_server` False: DAM_MODEL_SERVER=off, every run loads its own models (the design before the
+    model server; `--compare-model-server` measures both in one run)."""
     singles, burst = _counts(singles, burst, quick)
     bin_dir = Path(sys.executable).parent
     saved_env = dict(os.environ)
@@ -387,6 +391,7 @@ def run(quick: bool, log=print, singles: int | None = None, burst: int | None = 
         for var in [k for k in env if k.startswith("R2_")]:
             env.pop(var)
         env.pop("AMQP_URL", None)
+        env["DAM_MODEL_SERVER"] = "" if model_server else "off"
         if dagster_yaml:  # a hand-placed copy: `dam dev` keeps it (to measure another instance config)
             (data_dir / "dagster").mkdir(parents=True)
             (data_dir / "dagster" / "dagster.yaml").write_bytes(Path(dagster_yaml).read_bytes())
@@ -400,7 +405,7 @@ def run(quick: bool, log=print, singles: int | None = None, burst: int | None = 
         result: dict = {"mode": "embedded", "machine": machine(), "background_load_cores_at_start": busy,
                         "singles": singles, "burst": burst,
                         "models": "tiny random (dam models tiny): real BLIP/CLIP are not downloadable here",
-                        "dagster_yaml": dagster_yaml or "project dagster.yaml"}
+                        "dagster_yaml": dagster_yaml or "project dagster.yaml", "model_server": model_server}
         instance = None
 
         def check():
@@ -598,6 +603,8 @@ def main(argv=None) -> int:
     p.add_argument("--singles", type=int)
     p.add_argument("--burst", type=int)
     p.add_argument("--dagster-yaml", help="embedded only: instance config to use instead of the project's dagster.yaml")
+    mode.add_argument("--compare-model-server", action="store_true",
+                      help="the embedded default with DAM_MODEL_SERVER=off, then with the model server: p50 ratios")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args(argv)
     if args.workers and args.dagster_yaml:
@@ -606,6 +613,19 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shown: dict = {}
+    if args.compare_model_server:
+        off = run(args.quick, log=log, singles=args.singles, burst=args.burst, model_server=False)
+        on = run(args.quick, log=log, singles=args.singles, burst=args.burst, model_server=True)
+        both = {
+            "own_models_per_run": off, "model_server": on,
+            "single_p50_s": {"own": off["single"]["p50"], "served": on["single"]["p50"]},
+            "burst_p50_s": {"own": off["burst_result"]["p50"], "served": on["burst_result"]["p50"]},
+        }
+        both["single_p50_ratio_own_over_served"] = round(off["single"]["p50"] / on["single"]["p50"], 2)
+        both["burst_p50_ratio_own_over_served"] = round(off["burst_result"]["p50"] / on["burst_result"]["p50"], 2)
+        (out / "latency-model-server.json").write_text(json.dumps(both, indent=1, default=str))
+        print(json.dumps({k: v for k, v in both.items() if k not in ("own_models_per_run", "model_server")}, indent=1))
+        return 0
     if not args.workers:
         r = run(args.quick, log=log, singles=args.singles, burst=args.burst, dagster_yaml=args.dagster_yaml)
         (out / "latency.json").write_text(json.dumps(r, indent=1, default=str))

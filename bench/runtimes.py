@@ -29,7 +29,16 @@ from pathlib import Path
 
 from bench.fixtures import CAPTION_TOKENS, CpuMonitor, build_models, peak_rss_mb, run_json_subprocess, seed_store
 
-CONFIGS = [("torch", "float32"), ("torch", "bfloat16"), ("openvino", "float32"), ("openvino", "bfloat16")]
+# (runtime, dtype, quantization of the captioner's image side); the last is DAM_RUNTIME/DAM_QUANTIZE=auto here.
+CONFIGS = [
+    ("torch", "float32", "none"), ("torch", "bfloat16", "none"), ("openvino", "float32", "none"),
+    ("openvino", "bfloat16", "none"), ("openvino", "bfloat16", "int8"),
+]
+DEFAULT = "openvino/bfloat16/int8"
+
+
+def _name(runtime: str, dtype: str, quantize: str) -> str:
+    return f"{runtime}/{dtype}" + ("/int8" if quantize == "int8" else "")
 CHUNK = 16  # the CPU's batch size (DEVICE_BATCH_SIZE)
 SECTION_START, SECTION_END = "<!-- bench.runtimes:start -->", "<!-- bench.runtimes:end -->"
 
@@ -59,7 +68,9 @@ def child_step(args) -> dict:
     uploads = _uploads(args.uploads)
     t = time.perf_counter()
     kw = dict(device="cpu", dtype=args.dtype, runtime=args.runtime, cache_dir=args.cache)
-    captioner = get_captioner(args.blip, max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS, **kw)
+    captioner = get_captioner(
+        args.blip, max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS, quantize=args.quantize, **kw
+    )
     embedder = get_embedder(args.clip, **kw)
     load_s = time.perf_counter() - t
     work = Enrichment(captioner=captioner, embedder=embedder, labels=load_vocabulary(), threshold=0.05, top_k=5)
@@ -79,7 +90,7 @@ def child_step(args) -> dict:
     cpu = mon.stop()
     n = len(uploads)
     result = {
-        "runtime": args.runtime, "dtype": args.dtype, "prefetch": args.prefetch, "images": n,
+        "runtime": args.runtime, "dtype": args.dtype, "quantize": args.quantize, "prefetch": args.prefetch, "images": n,
         "errors": sum(1 for d in step.decoded if d.image is None),
         "seconds": round(total, 3), "images_per_s": round(n / total, 4),
         "cpu_s_per_image": round(cpu_s / n, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -133,13 +144,13 @@ def child_parity(args) -> dict:
     want_logits = ref_c.prefix_logits(images, prefixes)
     want_img, want_txt = ref_e.embed_images(images), ref_e.embed_texts(texts)
     out = {}
-    for runtime, dtype in CONFIGS:
+    for runtime, dtype, quantize in CONFIGS:
         kw = dict(device="cpu", dtype=dtype, runtime=runtime, cache_dir=args.cache)
-        c = get_captioner(args.blip, **tokens, **kw)
+        c = get_captioner(args.blip, **tokens, quantize=quantize, **kw)
         e = get_embedder(args.clip, **kw)
         logits = c.prefix_logits(images, prefixes)
         lc, ic, tc = _cos(logits, want_logits), _cos(e.embed_images(images), want_img), _cos(e.embed_texts(texts), want_txt)
-        out[f"{runtime}/{dtype}"] = {
+        out[_name(runtime, dtype, quantize)] = {
             "logits_cos_min": round(float(lc.min()), 5), "logits_cos_mean": round(float(lc.mean()), 5),
             "top1_agreement": round(float((logits.argmax(-1) == want_logits.argmax(-1)).mean()), 4),
             "image_cos_min": round(float(ic.min()), 5), "image_cos_mean": round(float(ic.mean()), 5),
@@ -159,6 +170,7 @@ def child_main(argv) -> int:
     p.add_argument("--runtime", default="torch")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--prefetch", type=int, default=1)
+    p.add_argument("--quantize", default="none")
     p.add_argument("--ceiling", action="store_true")
     p.add_argument("--images", type=int, default=8)
     args = p.parse_args(argv)
@@ -199,18 +211,19 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
         )
         log(f"  naive: {naive['images_per_s']:.3f} images/s")
         steps = {}
-        for runtime, dtype in CONFIGS:
+        for runtime, dtype, quantize in CONFIGS:
+            name = _name(runtime, dtype, quantize)
             r = run_json_subprocess(
-                ["-m", "bench.runtimes", "step", *common, *data, "--runtime", runtime, "--dtype", dtype, "--ceiling"],
-                timeout=3600,
+                ["-m", "bench.runtimes", "step", *common, *data, "--runtime", runtime, "--dtype", dtype,
+                 "--quantize", quantize, "--ceiling"], timeout=3600,
             )
-            steps[f"{runtime}/{dtype}"] = r
-            log(f"  step {runtime}/{dtype}: {r['images_per_s']:.3f} images/s; models alone {r['ceiling']['images_per_s']:.3f}")
+            steps[name] = r
+            log(f"  step {name}: {r['images_per_s']:.3f} images/s; models alone {r['ceiling']['images_per_s']:.3f}")
         sequential = run_json_subprocess(
-            ["-m", "bench.runtimes", "step", *common, *data, "--runtime", "openvino", "--dtype", "bfloat16", "--prefetch", "0"],
-            timeout=3600,
+            ["-m", "bench.runtimes", "step", *common, *data, "--runtime", "openvino", "--dtype", "bfloat16",
+             "--quantize", "int8", "--prefetch", "0"], timeout=3600,
         )
-        log(f"  step openvino/bfloat16 without prefetch: {sequential['images_per_s']:.3f} images/s")
+        log(f"  step {DEFAULT} without prefetch: {sequential['images_per_s']:.3f} images/s")
         n_parity = 4 if quick else 8
         parity = {
             "full_size": run_json_subprocess(["-m", "bench.runtimes", "parity", *common, "--images", str(n_parity)], timeout=3600),
@@ -227,7 +240,7 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
         "conversion_s": convert_s,
         "naive": naive,
         "steps": steps,
-        "sequential_openvino_bf16": sequential,
+        "sequential_default": sequential,
         "parity": parity,
         "ratios": {
             k: {
@@ -250,6 +263,7 @@ def render(r: dict) -> str:
     w(f"{n} images ({r['images']['jpeg_1600x1200']} JPEG 1600x1200, {r['images']['png_1024x768']} PNG 1024x768), "
       f"full-size random BLIP-base (384 px, 12 decoder heads) and CLIP B/32, {r['caption_tokens']} forced caption "
       f"tokens, chunks of {CHUNK}; one run, each row its own process; conversions took {r['conversion_s']} s before.\n")
+    w("Rows: runtime / dtype, and /int8 where the captioner's image side is int8 (DAM_QUANTIZE); the last row is the default.\n")
     w("| runtime / dtype | step images/s | x naive fp32 | x torch bf16 (old default) | models alone images/s | step / models alone | CPU s per image | peak RSS MiB | other cores busy |")
     w("|---|---|---|---|---|---|---|---|---|")
     nv = r["naive"]
@@ -258,11 +272,11 @@ def render(r: dict) -> str:
         q = r["ratios"][k]
         w(f"| {k} | {s['images_per_s']:.3f} | {q['vs_naive']} | {q['vs_torch_bf16']} | {s['ceiling']['images_per_s']:.3f} | "
           f"{q['vs_models_alone']} | {s['cpu_s_per_image']} | {s['peak_rss_mb']:.0f} | {s['cpu'].get('other_cores')} |")
-    seq = r["sequential_openvino_bf16"]
-    par = r["steps"]["openvino/bfloat16"]
+    seq = r["sequential_default"]
+    par = r["steps"][DEFAULT]
     busy = par["stages_busy_s"]
     w("")
-    w(f"Overlap on this CPU (no GPU here): openvino/bf16 with the prefetch on did the step in {par['step_wall_s']} s "
+    w(f"Overlap on this CPU (no GPU here): {DEFAULT} (the default) with the prefetch on did the step in {par['step_wall_s']} s "
       f"against {round(sum(busy.values()), 3)} s of stage time ({', '.join(f'{k} {v}' for k, v in busy.items())}); "
       f"with the prefetch off, {seq['step_wall_s']} s ({seq['images_per_s']:.3f} images/s). On two cores the models "
       "already use both, so the overlap mostly hides the decode and thumbnails.\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Optional
 
 from dagster import ConfigurableResource, EnvVar
@@ -10,6 +11,8 @@ from pydantic import Field, PrivateAttr
 from dam_core.queue import UploadQueue, make_queue
 from dam_core.settings import Settings, SettingsError
 from dam_core.store import ObjectStore, make_store
+
+log = logging.getLogger("dam_assets.resources")
 
 if TYPE_CHECKING:
     import duckdb
@@ -142,6 +145,7 @@ class ModelsResource(ConfigurableResource):
     runtime: str = Field(default="auto", description="DAM_RUNTIME: auto, torch or openvino.")
     quantize: str = Field(default="auto", description="DAM_QUANTIZE: auto, none or int8 (the captioner's image side).")
     model_cache_dir: str = Field(default="", description="DAM_MODEL_CACHE_DIR, resolved: converted models.")
+    model_server: str = Field(default="", description="DAM_MODEL_SERVER: the socket of warm models (dam dev's); empty: load here.")
     caption_max_tokens: int = Field(description="DAM_CAPTION_MAX_TOKENS")
     model_batch_size: int = Field(
         default=0, description="DAM_MODEL_BATCH_SIZE: images per model call and pipeline chunk; 0: by device."
@@ -161,6 +165,7 @@ class ModelsResource(ConfigurableResource):
             runtime=s.dam_runtime,
             quantize=s.dam_quantize,
             model_cache_dir=str(s.model_cache_dir),
+            model_server=s.dam_model_server,
             caption_max_tokens=s.dam_caption_max_tokens,
             model_batch_size=s.dam_model_batch_size,
             prefetch_chunks=s.dam_prefetch_chunks,
@@ -175,7 +180,30 @@ class ModelsResource(ConfigurableResource):
             return self.model_batch_size
         return DEVICE_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
 
+    def _served(self):
+        """The model server's clients when one serves exactly these models, else None (then load here)."""
+        if not self.model_server or self.model_server == "off":
+            return None
+        from dam_models.serving import ServerUnavailable, connect
+        from dam_models.versions import caption_version, embedding_version
+
+        try:
+            captioner, embedder = connect(self.model_server)
+        except ServerUnavailable as err:
+            log.warning("loading the models in this process: %s", err)
+            return None
+        wanted = (
+            caption_version(self.caption_model, self.caption_max_tokens, dtype=self.dtype, runtime=self.runtime, quantize=self.quantize),
+            embedding_version(self.embedding_model, self.dtype, self.runtime),
+        )
+        if (captioner.version, embedder.version) != wanted:
+            log.warning("the model server serves %s, this run wants %s: loading here", (captioner.version, embedder.version), wanted)
+            return None
+        return captioner, embedder
+
     def captioner(self) -> Captioner:
+        if served := self._served():
+            return served[0]
         from dam_models.captioner import get_captioner
 
         return get_captioner(
@@ -184,6 +212,8 @@ class ModelsResource(ConfigurableResource):
         )
 
     def embedder(self) -> Embedder:
+        if served := self._served():
+            return served[1]
         from dam_models.embedder import get_embedder
 
         return get_embedder(

@@ -81,6 +81,15 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
         assert [row["id"] for row in found] == [asset_id], (tmp_path / "dam-dev.log").read_text()[-3000:]
         assert found[0]["error"] is None and found[0]["caption"]
 
+        # The run used the warm models of the model server `dam dev` started, not models of its own.
+        from dagster import AssetKey, DagsterInstance
+
+        with DagsterInstance.from_config(str(tmp_path / "data" / "dagster")) as instance:
+            event = instance.get_latest_materialization_event(AssetKey("image_captions"))
+        metadata = event.asset_materialization.metadata
+        assert "model server" in metadata["runtime"].value, metadata
+        assert metadata["model_load_seconds"].value == 0
+
         # Ctrl-C stops both children and `dam dev` itself.
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0

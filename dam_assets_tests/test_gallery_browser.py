@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -19,11 +20,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
-@pytest.fixture
-def served(make_settings, tiny_models, tmp_path):
-    """The real app on a real port, with three processed images and a fresh index."""
-    settings = make_settings(**tiny_models, DAM_INDEX_POLL_SECONDS="0.5", DAM_TAG_THRESHOLD="0", DAM_TAGS_TOP_K="2")
-    app = create_app(settings)
+@contextlib.contextmanager
+def serving(app):
+    """The app on a real port from a thread (uvicorn), its base URL; stopped on exit."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -32,22 +31,31 @@ def served(make_settings, tiny_models, tmp_path):
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(make_settings, tiny_models, tmp_path):
+    """The real app on a real port, with three processed images and a fresh index."""
+    settings = make_settings(**tiny_models, DAM_INDEX_POLL_SECONDS="0.5", DAM_TAG_THRESHOLD="0", DAM_TAGS_TOP_K="2")
     import httpx
 
-    base = f"http://127.0.0.1:{port}"
-    for i, (w, h, color) in enumerate([(400, 300, (200, 40, 40)), (300, 400, (40, 40, 200)), (350, 350, (40, 180, 60))]):
-        r = httpx.post(f"{base}/upload", files={"file": (f"photo-{i}.jpg", jpeg_bytes(w, h, color, seed=i + 5), "image/jpeg")})
-        assert r.status_code == 202
-    with DagsterInstance.ephemeral() as instance:
+    with serving(create_app(settings)) as base:
+        for i, (w, h, color) in enumerate([(400, 300, (200, 40, 40)), (300, 400, (40, 40, 200)), (350, 350, (40, 180, 60))]):
+            r = httpx.post(f"{base}/upload", files={"file": (f"photo-{i}.jpg", jpeg_bytes(w, h, color, seed=i + 5), "image/jpeg")})
+            assert r.status_code == 202
+        with DagsterInstance.ephemeral() as instance:
 
-        def process():
-            run_pending(instance)
-            materialize([search_index], instance=instance, resources=resources())
+            def process():
+                run_pending(instance)
+                materialize([search_index], instance=instance, resources=resources())
 
-        process()
-        yield base, process, tmp_path
-    server.should_exit = True
-    thread.join(timeout=10)
+            process()
+            yield base, process, tmp_path
 
 
 def test_gallery_search_detail_and_upload(served):
@@ -113,26 +121,15 @@ def test_gallery_search_detail_and_upload(served):
 def test_empty_gallery_and_no_results_states(make_settings):
     from playwright.sync_api import expect, sync_playwright
 
-    app = create_app(make_settings())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            expect(page.locator('[data-testid="empty"]')).to_be_visible(timeout=10_000)
-            page.fill('[data-testid="search-input"]', "anything")
-            page.press('[data-testid="search-input"]', "Enter")
-            expect(page.locator('[data-testid="no-results"]')).to_be_visible(timeout=10_000)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(make_settings())) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(f"{base}/")
+        expect(page.locator('[data-testid="empty"]')).to_be_visible(timeout=10_000)
+        page.fill('[data-testid="search-input"]', "anything")
+        page.press('[data-testid="search-input"]', "Enter")
+        expect(page.locator('[data-testid="no-results"]')).to_be_visible(timeout=10_000)
+        browser.close()
 
 
 NARROW_LAYOUT = """() => {
@@ -148,12 +145,6 @@ def test_a_phone_wide_viewport_has_no_horizontal_overflow(make_settings):
     from playwright.sync_api import expect, sync_playwright
 
     app = create_app(make_settings(DAM_API_KEY="narrow-key"))  # the page asks for the key at once
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
 
     def assert_fits(page, what: str, *controls: str) -> None:
         layout = page.evaluate(NARROW_LAYOUT)
@@ -162,24 +153,20 @@ def test_a_phone_wide_viewport_has_no_horizontal_overflow(make_settings):
             left, right, width = layout[name]
             assert width > 0 and 0 <= left and right <= 390, (what, name, layout)
 
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            try:
-                page = browser.new_page(viewport={"width": 390, "height": 844})
-                page.goto(f"http://127.0.0.1:{port}/")
-                expect(page.locator("#key-dialog")).to_be_visible(timeout=10_000)  # 401: asks for the key
-                assert_fits(page, "key dialog", "keyInput", "upload", "key", "search")
-                page.fill("#key-input", "narrow-key")
-                page.click('#key-form button[value="ok"]')
-                expect(page.locator('[data-testid="empty"]')).to_be_visible(timeout=10_000)
-                assert_fits(page, "empty gallery", "upload", "key", "search")
-                page.fill('[data-testid="search-input"]', "anything")
-                page.press('[data-testid="search-input"]', "Enter")
-                expect(page.locator('[data-testid="no-results"]')).to_be_visible(timeout=10_000)
-                assert_fits(page, "search results, with Show all", "upload", "key", "search", "clear")
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(f"{base}/")
+            expect(page.locator("#key-dialog")).to_be_visible(timeout=10_000)  # 401: asks for the key
+            assert_fits(page, "key dialog", "keyInput", "upload", "key", "search")
+            page.fill("#key-input", "narrow-key")
+            page.click('#key-form button[value="ok"]')
+            expect(page.locator('[data-testid="empty"]')).to_be_visible(timeout=10_000)
+            assert_fits(page, "empty gallery", "upload", "key", "search")
+            page.fill('[data-testid="search-input"]', "anything")
+            page.press('[data-testid="search-input"]', "Enter")
+            expect(page.locator('[data-testid="no-results"]')).to_be_visible(timeout=10_000)
+            assert_fits(page, "search results, with Show all", "upload", "key", "search", "clear")
+        finally:
+            browser.close()

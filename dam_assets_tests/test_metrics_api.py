@@ -5,8 +5,6 @@ API key on the scrape; and DAM_METRICS=0 turning it all off."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
-from dam_assets_tests.processes import stop, wait_http
+from dam_assets_tests.processes import start_dam_api, stop
 
-DAM = str(Path(sys.executable).parent / "dam")
 KEY = "metrics-test-key"
 MAX_UPLOAD = 300_000
 
@@ -48,15 +45,8 @@ def api(tmp_path):
         data_dir = tmp_path / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_", "PROMETHEUS_")) and k != "AMQP_URL"}
         env.update(DAM_DATA_DIR=str(data_dir), DAM_API_KEY=KEY, DAM_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), **extra)
-        port = free_port()
-        log = open(tmp_path / "api.log", "w+b")
-        proc = subprocess.Popen(
-            [DAM, "api", "--port", str(port), "--log-level", "warning", *args],
-            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        )
+        proc, url, log = start_dam_api(env, tmp_path, tmp_path / "api.log", *args, port=free_port())
         procs.append((proc, log))
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/healthz", 60, proc)
         return url, data_dir
 
     yield start

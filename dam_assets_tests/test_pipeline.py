@@ -190,3 +190,37 @@ def test_changing_caption_model_changes_code_version(make_settings, monkeypatch)
     assert before[cap] != after[cap]
     assert "blip-image-captioning-large" in after[cap]
     assert before[emb] == after[emb]
+
+
+def test_a_backfill_run_holds_several_batches(make_settings, tiny_models, instance):
+    """What a backfill launched from the asset graph runs (BackfillPolicy.multi_run): one run over a range of batches."""
+    from dagster import AssetKey, materialize
+
+    from dam_assets.search.assets import search_segment
+    from dam_assets_tests.pipeline_harness import BATCH_ASSETS, resources
+
+    settings = make_settings(**tiny_models, DAM_BATCH_SIZE="1")
+    client = TestClient(create_app(settings))
+    sent = {upload(client, jpeg_bytes(200 + 40 * i, 150, seed=i), f"{i}.jpg")["id"] for i in range(3)}
+    # One tick drains them into three batches; the runs it requests are not executed.
+    batches = sorted(r.partition_key for r in tick(instance, None).run_requests or [])
+    assert len(batches) == 3
+
+    result = materialize(
+        [*BATCH_ASSETS, search_segment], instance=instance, resources=resources(),
+        tags={"dagster/asset_partition_range_start": batches[0], "dagster/asset_partition_range_end": batches[-1]},
+    )
+    assert result.success
+    got = rows("SELECT id, batch, caption, error FROM assets")
+    assert {r["id"] for r in got} == sent and {r["batch"] for r in got} == set(batches)
+    assert all(r["error"] is None and r["caption"] for r in got)
+    for key in ("upload_batch", "image_captions", "asset_metadata", "search_segment"):
+        assert instance.get_materialized_partitions(AssetKey(key)) == set(batches), key
+    captions = instance.get_latest_materialization_event(AssetKey("image_captions")).asset_materialization.metadata
+    assert captions["batches"].value == 3 and captions["images"].value == 3
+    table = instance.get_latest_materialization_event(AssetKey("asset_metadata")).asset_materialization.metadata
+    assert table["dagster/row_count"].value == 3
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 4 and all(c.passed for c in checks), checks
+    for assets_def in (*BATCH_ASSETS, search_segment):
+        assert assets_def.backfill_policy.max_partitions_per_run == settings.dam_backfill_batches_per_run

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
-from dam_assets_tests.processes import stop, wait_http
+from dam_assets_tests.processes import start_dam_api, stop
 
-DAM = str(Path(sys.executable).parent / "dam")
 POLL_SECONDS = 2  # DAM_INDEX_POLL_SECONDS here: the shortest wait between two marker scans
 # The README's bound, on a store this small: the first marker scan starts with the API (a few ms
 # here), a worker's next one within DAM_INDEX_POLL_SECONDS. Slack for a loaded 2-core machine.
@@ -33,15 +30,8 @@ def dam_api(tmp_path):
     procs = []
 
     def start(*args: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
-        port = port or free_port()
-        log = open(tmp_path / f"api-{len(procs)}.log", "w+b")
-        proc = subprocess.Popen(
-            [DAM, "api", "--port", str(port), "--log-level", "warning", *args],
-            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        )
+        proc, url, log = start_dam_api(env, tmp_path, tmp_path / f"api-{len(procs)}.log", *args, port=port or free_port())
         procs.append((proc, log))
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/healthz", 60, proc)
         return proc, url
 
     yield start

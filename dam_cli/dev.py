@@ -120,6 +120,51 @@ def _where(host: str) -> str:
     return "every interface" if host in ("0.0.0.0", "::", "[::]") else "beyond this machine"
 
 
+def with_model_server(env: dict, settings) -> dict:
+    """The runs' environment: the warm models' socket, unless the user switched the server off or named one."""
+    if settings.dam_model_server:
+        return env
+    return {**env, "DAM_MODEL_SERVER": str(settings.model_server_socket)}
+
+
+class ModelServer:
+    """`dam models serve` for the runs of this `dam dev`, started again when it dies (runs load their own meanwhile)."""
+
+    RESTART_AFTER = 10.0  # seconds between tries when it keeps failing (an offline hub, a missing folder)
+
+    def __init__(self, env: dict, settings):
+        self.env, self.settings = env, settings
+        self.proc: subprocess.Popen | None = None
+        self.failed_at = 0.0
+        self.start()
+
+    def start(self) -> None:
+        args = [bin_path("dam"), "models", "serve"]
+        if self.settings.dam_model_server:
+            args += ["--socket", self.settings.dam_model_server]
+        self.proc = subprocess.Popen(args, env=self.env, preexec_fn=_restore_signals, start_new_session=True)
+
+    def supervise(self) -> None:
+        if self.proc is None or self.proc.poll() is None:
+            return
+        if not self.failed_at:
+            print(f"dam dev: the model server exited with {self.proc.returncode}; runs load their own models "
+                  "until it is back", file=sys.stderr)
+            self.failed_at = time.monotonic()
+        if time.monotonic() - self.failed_at >= self.RESTART_AFTER:
+            self.failed_at = 0.0
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # a half-written conversion is never loaded (build_once)
+                self.proc.wait()
+
+
 def cmd_dev(args) -> int:
     settings = settings_or_exit()
     if refuse_open_api(settings, args.host, args.insecure_no_auth, "dev"):
@@ -140,15 +185,14 @@ def cmd_dev(args) -> int:
         "dagster": subprocess.Popen(
             [sys.executable, "-m", "dam_cli.dagster_ui", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
              "-h", args.dagster_host, "-p", str(args.dagster_port)],
-            env=dagster_env(env, args.dagster_host, args.dagster_read_only), cwd=str(REPO_ROOT),
+            env=dagster_env(with_model_server(env, settings), args.dagster_host, args.dagster_read_only), cwd=str(REPO_ROOT),
             preexec_fn=_restore_signals, start_new_session=True,
         ),
     }
-    # Converted models (DAM_RUNTIME) are built now, beside the start-up, not inside the first batch's
-    # run; a run that starts meanwhile waits on the same file lock instead of converting twice.
-    preparing = subprocess.Popen(
-        [bin_path("dam"), "models", "prepare", "--quiet"], env=env, preexec_fn=_restore_signals, start_new_session=True
-    )
+    # The models load (and convert, DAM_RUNTIME) once, beside the start-up, in a process that keeps
+    # them warm for every run (dam_models/serving.py); a run that finds no server loads its own, and
+    # a conversion under way makes it wait on the same file lock instead of converting twice.
+    models = ModelServer(env, settings) if settings.dam_model_server != "off" else None
     ui_mode = "read-only, " if args.dagster_read_only else ""
     print(
         f"dam dev: API on http://{args.host}:{args.port} ({_where(args.host)})\n"
@@ -168,10 +212,8 @@ def cmd_dev(args) -> int:
     rc = 0
     try:
         while not stopping:
-            if preparing is not None and preparing.poll() is not None:
-                if preparing.returncode:
-                    print("dam dev: preparing the models failed (above); the first run will try again", file=sys.stderr)
-                preparing = None
+            if models is not None:
+                models.supervise()
             for name, p in procs.items():
                 if p.poll() is not None:
                     print(f"dam dev: {name} exited with {p.returncode}; stopping", file=sys.stderr)
@@ -179,9 +221,8 @@ def cmd_dev(args) -> int:
                     stopping = True
             time.sleep(0.5)
     finally:
-        if preparing is not None and preparing.poll() is None:
-            os.killpg(preparing.pid, signal.SIGKILL)  # a half-written conversion is never loaded (build_once)
-            preparing.wait()
+        if models is not None:
+            models.stop()
         for p in procs.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""`dam models tiny DIR` (tiny random models for offline runs) and `dam models prepare` (load and convert once)."""
+"""`dam models tiny DIR` (tiny random models), `prepare` (load and convert once), `serve` (warm models for runs)."""
 
 from __future__ import annotations
 
@@ -17,22 +17,26 @@ def cmd_models_tiny(args) -> int:
     return 0
 
 
-def cmd_models_prepare(args) -> int:
-    """Load the configured models as a run would, converting them for the runtime where needed (cached on disk)."""
-    settings = settings_or_exit()
+def _load(settings):
     from dam_models.captioner import get_captioner
     from dam_models.embedder import get_embedder
 
-    started = time.perf_counter()
     common = dict(
         device=settings.dam_device, dtype=settings.dam_dtype, runtime=settings.dam_runtime,
         cache_dir=settings.model_cache_dir,
     )
+    captioner = get_captioner(
+        settings.dam_caption_model, max_new_tokens=settings.dam_caption_max_tokens, quantize=settings.dam_quantize, **common
+    )
+    return captioner, get_embedder(settings.dam_embedding_model, **common)
+
+
+def cmd_models_prepare(args) -> int:
+    """Load the configured models as a run would, converting them for the runtime where needed (cached on disk)."""
+    settings = settings_or_exit()
+    started = time.perf_counter()
     try:
-        captioner = get_captioner(
-            settings.dam_caption_model, max_new_tokens=settings.dam_caption_max_tokens, quantize=settings.dam_quantize, **common
-        )
-        embedder = get_embedder(settings.dam_embedding_model, **common)
+        captioner, embedder = _load(settings)
     except Exception as err:  # a missing model or an offline hub: say which, and fail
         print(f"dam models prepare: {type(err).__name__}: {err}"[:800], file=sys.stderr)
         return 1
@@ -40,6 +44,26 @@ def cmd_models_prepare(args) -> int:
         print(f"captions:   {captioner.model_id} ({captioner.describe()})")
         print(f"embeddings: {embedder.model_id} ({embedder.describe()})")
         print(f"ready in {time.perf_counter() - started:.1f} s; converted models in {settings.model_cache_dir}")
+    return 0
+
+
+def cmd_models_serve(args) -> int:
+    """Hold the models warm and answer runs on a Unix socket (what `dam dev` starts)."""
+    settings = settings_or_exit()
+    from dam_models.serving import serve
+
+    socket_path = Path(args.socket) if args.socket else settings.model_server_socket
+    started = time.perf_counter()
+    try:
+        captioner, embedder = _load(settings)
+    except Exception as err:
+        print(f"dam models serve: {type(err).__name__}: {err}"[:800], file=sys.stderr)
+        return 1
+    print(
+        f"dam models serve: {captioner.describe()} and {embedder.describe()} ready in "
+        f"{time.perf_counter() - started:.1f} s on {socket_path}", file=sys.stderr, flush=True,
+    )
+    serve(socket_path, captioner, embedder)
     return 0
 
 
@@ -54,3 +78,6 @@ def register(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_models_prepare)
+    v = msub.add_parser("serve", help="hold the models warm for runs, on a Unix socket (dam dev starts it)")
+    v.add_argument("--socket", help="default: DATA_DIR/run/models.sock")
+    v.set_defaults(func=cmd_models_serve)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -95,7 +97,11 @@ class Settings(BaseSettings):
     # auto: the captioner's image side in int8 on OpenVINO (2x the old bf16 path at parity, bench/RESULTS.md).
     dam_quantize: str = "auto"
     dam_model_batch_size: int = Field(default=0, ge=0, le=4096)  # images per model call; 0: 16 on a CPU, 64 on a GPU
+    dam_backfill_batches_per_run: int = Field(default=4, ge=1, le=256)  # a backfill's batches per run (BackfillPolicy)
     dam_prefetch_chunks: int = Field(default=1, ge=0, le=8)  # chunks decoded and prepared ahead of the models
+    # Unix socket of a `dam models serve` whose warm models runs use (`dam dev` starts one and sets this
+    # for its runs); empty: every run loads its own; `off`: `dam dev` starts none.
+    dam_model_server: str = ""
     dam_model_cache_dir: Path | None = None  # converted models; default: DATA_DIR/models/converted
 
     # Finding images: zero-shot tags, near duplicates, the vector index.
@@ -194,6 +200,16 @@ class Settings(BaseSettings):
         if self.dam_model_cache_dir is not None:
             return self.dam_model_cache_dir.expanduser().resolve()
         return self.data_dir / "models" / "converted"
+
+    @property
+    def model_server_socket(self) -> Path:
+        """Where `dam models serve` listens unless told otherwise: in the data folder, or in the temp
+        folder (named after the data folder) where that path is too long for a Unix socket."""
+        path = self.data_dir / "run" / "models.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"dam-models-{digest}.sock"
 
     @property
     def dead_letter_queue(self) -> str:

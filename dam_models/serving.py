@@ -65,6 +65,10 @@ class _Remote:
         return self.info["model_id"]
 
     @property
+    def device(self) -> str:
+        return self.info["device"]
+
+    @property
     def version(self) -> str:
         return self.info["version"]
 
@@ -129,10 +133,13 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
     models_lock = threading.Lock()  # one model call at a time: each already uses every core
     info = {
         "protocol": PROTOCOL,
-        "captioner": {"model_id": captioner.model_id, "version": captioner.version, "describe": captioner.describe(), "pid": os.getpid()},
+        "captioner": {
+            "model_id": captioner.model_id, "version": captioner.version, "describe": captioner.describe(),
+            "device": captioner.device, "pid": os.getpid(),
+        },
         "embedder": {
-            "model_id": embedder.model_id, "version": embedder.version, "describe": embedder.describe(), "pid": os.getpid(),
-            "dim": embedder.dim, "logit_scale": embedder.logit_scale,
+            "model_id": embedder.model_id, "version": embedder.version, "describe": embedder.describe(),
+            "device": embedder.device, "pid": os.getpid(), "dim": embedder.dim, "logit_scale": embedder.logit_scale,
         },
     }
 

@@ -3,6 +3,7 @@
 import functools
 import os
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dagster import (
@@ -20,7 +21,7 @@ from dagster import (
 
 from dam_assets import metrics
 from dam_assets.config import SETTINGS
-from dam_assets.enrichment.pipeline import Enrichment, run_step
+from dam_assets.enrichment.pipeline import Enrichment, Steps, run_step
 from dam_assets.enrichment.renditions import THUMBNAIL_LONG_EDGE, write_vectors
 from dam_assets.enrichment.rows import RowChecks, batch_rows
 from dam_assets.enrichment.stages import (
@@ -32,7 +33,7 @@ from dam_assets.enrichment.stages import (
     write_exif,
 )
 from dam_assets.ingest.assets import upload_batch
-from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.markdown import md_table, md_text
 from dam_assets.resources import DamResource, ModelsResource
 from dam_core.imaging import decode_batch
@@ -44,8 +45,8 @@ from dam_models.versions import caption_version, embedding_version
 
 
 def _track_loads():
-    """Time the model loads of this step (imported here: loading the code location needs no torch)."""
-    from dam_models.loading import track_loads
+    """Time the model loads of this step (dam_models.cache: no torch, as a run on served models needs none)."""
+    from dam_models.cache import track_loads
 
     return track_loads()
 
@@ -107,10 +108,10 @@ def embedding_code_version(settings: Settings) -> str:
     ],
     partitions_def=batches_partitions_def,
     can_subset=True,
+    backfill_policy=BACKFILL_POLICY,
 )
 def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: ModelsResource):
     """Decode each image once, then caption, embed, tag and thumbnail the batch, chunk by chunk."""
-    batch = context.partition_key
     store = dam.store
     selected = context.selected_asset_keys
     loads = {}
@@ -124,76 +125,71 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
             work.embedder = models.embedder()
     for name, load in loads.items():
         metrics.model_loaded(name, load.seconds, load.loads)
-
     decode = functools.partial(
         decode_batch,
         pixel_budget_size=dam.decode_pixel_budget,
         max_pixels=dam.max_image_pixels,
         max_image_side=dam.max_image_side,
     )
-    step = run_step(
-        store, read_manifest(store, batch).uploads, work, decode,
-        chunk_size=models.chunk_size((work.captioner or work.embedder).device if loads else "cpu"),
-        prefetch=models.prefetch_chunks,
-    )
-    metrics.stages_observed(step.busy)
-    decoded = step.decoded
-    errors = sum(1 for d in decoded if d.image is None)
-    # The EXIF columns were read during the decode: staged whichever assets are selected.
-    write_exif(store, batch, {d.upload.id: d.exif for d in decoded if d.exif is not None})
-    timing = {
-        "step_seconds": round(step.wall, 3),
-        "stage_seconds": MetadataValue.json({k: round(v, 3) for k, v in sorted(step.busy.items())}),
-        "decode_seconds": round(step.busy.get("decode", 0.0), 3),
-    }
+    chunk = models.chunk_size((work.captioner or work.embedder).device if loads else "cpu")
 
-    if step.captions is not None:
-        captions = step.captions
-        write_captions(store, batch, captions)
-        samples = [(d.upload.filename, captions.items[d.upload.id].caption) for d in decoded if d.image is not None]
+    # One batch, or several in a backfill's run (BACKFILL_POLICY): each written as it is done.
+    done = Steps()
+    for batch in context.partition_keys:
+        step = run_step(store, read_manifest(store, batch).uploads, work, decode, chunk_size=chunk, prefetch=models.prefetch_chunks)
+        metrics.stages_observed(step.busy)
+        # The EXIF columns were read during the decode: staged whichever assets are selected.
+        write_exif(store, batch, {d.upload.id: d.exif for d in step.decoded if d.exif is not None})
+        if step.captions is not None:
+            write_captions(store, batch, step.captions)
+        if step.embeddings is not None:
+            write_vectors(store, step.embeddings)
+            write_embeddings(store, batch, step.embeddings)
+        done.add(step)
+
+    common = {
+        "batches": len(context.partition_keys),
+        "images": done.images,
+        "errors": done.errors,
+        "step_seconds": round(done.wall, 3),
+        "stage_seconds": MetadataValue.json({k: round(v, 3) for k, v in sorted(done.busy.items())}),
+        "decode_seconds": round(done.busy.get("decode", 0.0), 3),
+    }
+    if work.captioner is not None:
         yield MaterializeResult(
             asset_key=CAPTIONS,
             metadata={
-                "images": len(decoded),
-                "errors": errors,
-                "model": captions.model,
+                **common,
+                "model": work.captioner.model_id,
                 "runtime": work.captioner.describe(),
                 **_where(loads["caption"]),
-                **timing,
-                "seconds": round(step.busy.get("caption", 0.0), 3),
-                "sample_captions": MetadataValue.md(captions_preview(samples)),
+                "seconds": round(done.busy.get("caption", 0.0), 3),
+                "sample_captions": MetadataValue.md(captions_preview(done.samples)),
             },
         )
-
-    if step.embeddings is not None:
-        embeddings = step.embeddings
-        write_vectors(store, embeddings)
-        write_embeddings(store, batch, embeddings)
+    if work.embedder is not None:
         yield MaterializeResult(
             asset_key=EMBEDDINGS,
             metadata={
-                "images": len(decoded),
-                "errors": errors,
-                "model": embeddings.model,
+                **common,
+                "model": work.embedder.model_id,
                 "runtime": work.embedder.describe(),
                 **_where(loads["embedding"]),
-                **timing,
-                "seconds": round(step.busy.get("embed", 0.0), 3),
-                "dim": embeddings.dim,
+                "seconds": round(done.busy.get("embed", 0.0), 3),
+                "dim": work.embedder.dim,
                 "tag_vocabulary": len(work.labels),
-                "tagged_images": sum(1 for e in embeddings.items.values() if e.tags),
+                "tagged_images": done.tagged,
             },
         )
-
     if work.thumbnails:
         yield MaterializeResult(
             asset_key=THUMBNAILS,
             metadata={
-                "thumbnails": step.thumbnails,
-                "errors": len(decoded) - step.thumbnails,
+                **common,
+                "thumbnails": done.thumbnails,
+                "errors": done.images - done.thumbnails,
                 "long_edge_px": THUMBNAIL_LONG_EDGE,
-                **timing,
-                "seconds": round(step.busy.get("thumbnail", 0.0) + step.busy.get("thumbnail_write", 0.0), 3),
+                "seconds": round(done.busy.get("thumbnail", 0.0) + done.busy.get("thumbnail_write", 0.0), 3),
             },
         )
 
@@ -213,11 +209,45 @@ _CHECKS = {
     group_name="table",
     # v2: the table became a Delta table; a backfill of this asset alone migrates an old one.
     code_version="delta-v2",
+    backfill_policy=BACKFILL_POLICY,
     check_specs=[AssetCheckSpec(name, asset="asset_metadata", description=d) for name, d in _CHECKS.items()],
 )
 def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
     """One row per image: this batch's rows of the `assets` Delta table (replaced in one commit on re-run)."""
-    batch = context.partition_key
+    commits = [_commit_batch(context, dam, batch) for batch in context.partition_keys]
+    rows = [r for c in commits for r in c.rows]
+    checks = RowChecks.total([c.checks for c in commits])
+    return MaterializeResult(
+        metadata={
+            "batches": len(commits),
+            "dagster/row_count": sum(c.committed for c in commits),
+            "deleted_while_processing": sum(len(c.rows) - c.committed for c in commits),
+            "errors": sum(1 for r in rows if r["error"]),
+            "caption_model": commits[-1].caption_model,
+            "embedding_model": commits[-1].embedding_model,
+            "table": MetadataValue.path(location(dam.settings).describe()),
+            "table_version": commits[-1].version,
+            "write_seconds": round(sum(c.seconds for c in commits), 3),
+            "preview": MetadataValue.md(rows_preview(rows)),
+        },
+        check_results=_check_results(checks, commits[-1].dim),
+    )
+
+
+@dataclass
+class _Commit:
+    rows: list[dict]
+    committed: int
+    checks: RowChecks
+    version: int
+    seconds: float
+    dim: int
+    caption_model: str
+    embedding_model: str
+
+
+def _commit_batch(context: AssetExecutionContext, dam: DamResource, batch: str) -> _Commit:
+    """One batch's rows into the table, in one commit."""
     store = dam.store
     manifest = read_manifest(store, batch)
     captions = read_captions(store, batch)
@@ -232,25 +262,16 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
     late = [r["id"] for r in _deleted(store, kept)]
     if late:
         delete_rows(dam.settings, late, batch=batch)  # a re-upload's row in a newer batch stays
-        context.log.info(f"{len(late)} id(s) deleted while this batch committed: their rows removed again")
+        context.log.info(f"{len(late)} id(s) deleted while batch {batch} committed: their rows removed again")
     # A backfill re-commits old uploads: their lag says nothing about the pipeline keeping up.
     gone = set(late)
     metrics.rows_committed(
         [r for r in kept if r["id"] not in gone], committed_at, lag=BACKFILL_TAG not in context.run.tags
     )
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": len(kept) - len(late),
-            "deleted_while_processing": len(rows) - len(kept) + len(late),
-            "errors": sum(1 for r in rows if r["error"]),
-            "caption_model": captions.model or "",
-            "embedding_model": embeddings.model or "",
-            "table": MetadataValue.path(location(dam.settings).describe()),
-            "table_version": version,
-            "write_seconds": round(took.seconds, 3),
-            "preview": MetadataValue.md(rows_preview(rows)),
-        },
-        check_results=_check_results(RowChecks.of(manifest, rows, embeddings.dim), embeddings.dim),
+    return _Commit(
+        rows=rows, committed=len(kept) - len(late), checks=RowChecks.of(manifest, rows, embeddings.dim),
+        version=version, seconds=took.seconds, dim=embeddings.dim,
+        caption_model=captions.model or "", embedding_model=embeddings.model or "",
     )
 
 

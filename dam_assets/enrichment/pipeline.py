@@ -179,3 +179,30 @@ def run_step(
         busy=dict(clock.busy),
         wall=time.perf_counter() - started,
     )
+
+
+@dataclass
+class Steps:
+    """The sum of several batches' steps (a backfill's run may hold several), for the run's metadata."""
+
+    images: int = 0
+    errors: int = 0
+    thumbnails: int = 0
+    tagged: int = 0
+    wall: float = 0.0
+    busy: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    samples: list[tuple[str, str | None]] = field(default_factory=list)  # (filename, caption), the first 10
+
+    def add(self, step: StepResult) -> None:
+        self.images += len(step.decoded)
+        self.errors += sum(1 for d in step.decoded if d.image is None)
+        self.thumbnails += step.thumbnails
+        self.wall += step.wall
+        for stage, seconds in step.busy.items():
+            self.busy[stage] += seconds
+        if step.embeddings is not None:
+            self.tagged += sum(1 for e in step.embeddings.items.values() if e.tags)
+        if step.captions is not None:
+            for d in step.decoded:
+                if d.image is not None and len(self.samples) < 10:
+                    self.samples.append((d.upload.filename, step.captions.items[d.upload.id].caption))

@@ -83,6 +83,18 @@ class RowChecks:
     empty_captions: int  # rows without an error whose caption is blank
 
     @classmethod
+    def total(cls, checks: list[RowChecks]) -> RowChecks:
+        """Several batches' checks as one (a backfill's run may hold several batches)."""
+        return cls(
+            rows=sum(c.rows for c in checks),
+            uploads=sum(c.uploads for c in checks),
+            one_per_upload=all(c.one_per_upload for c in checks),
+            duplicates=sum(c.duplicates for c in checks),
+            invalid_vectors=sum(c.invalid_vectors for c in checks),
+            empty_captions=sum(c.empty_captions for c in checks),
+        )
+
+    @classmethod
     def of(cls, manifest: BatchManifest, rows: list[dict], dim: int) -> RowChecks:
         ids = [r["id"] for r in rows]
         expected = {u.id for u in manifest.uploads}

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.markdown import md_table
 from dam_assets.resources import DamResource
 from dam_core.layout import manifest_key
@@ -16,16 +16,19 @@ PREVIEW_ROWS = 20
     kinds={"json"},
     group_name="ingest",
     code_version="v1",
+    backfill_policy=BACKFILL_POLICY,
 )
 def upload_batch(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
     """The batch manifest: the uploads the sensor drained from the queue into this partition."""
-    manifest = read_manifest(dam.store, context.partition_key)
+    manifests = [read_manifest(dam.store, batch) for batch in context.partition_keys]
+    uploads = [u for m in manifests for u in m.uploads]
     return MaterializeResult(
         metadata={
-            "uploads": len(manifest.uploads),
-            "bytes": sum(u.bytes for u in manifest.uploads),
-            "manifest": MetadataValue.path(f"{dam.store.describe()}/{manifest_key(manifest.batch)}"),
-            "preview": MetadataValue.md(manifest_preview(manifest.uploads)),
+            "batches": len(manifests),
+            "uploads": len(uploads),
+            "bytes": sum(u.bytes for u in uploads),
+            "manifest": MetadataValue.path(f"{dam.store.describe()}/{manifest_key(manifests[0].batch)}"),
+            "preview": MetadataValue.md(manifest_preview(uploads)),
         }
     )
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from dagster import DynamicPartitionsDefinition
+import warnings
+
+from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition
+
+from dam_assets.config import SETTINGS
 
 batches_partitions_def = DynamicPartitionsDefinition(name="ingest_batches")
+
+# A backfill (from the UI's asset graph or asset page) runs up to this many batches per run: the
+# models load once for all of them, and a GPU gets enough images per run. The sensor's runs stay
+# one batch each (their run key is the batch's key).
+warnings.filterwarnings("ignore", message=r".*`backfill_policy`", category=BetaWarning)  # used on purpose
+BACKFILL_POLICY = BackfillPolicy.multi_run(SETTINGS.dam_backfill_batches_per_run)

@@ -6,7 +6,7 @@ separate run queued behind other batches); `search_index` rebuilds the whole ind
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
-from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.resources import DamResource
 from dam_core.index import build_index, update_index
 from dam_core.layout import CURRENT_INDEX_KEY
@@ -34,11 +34,13 @@ def _metadata(dam: DamResource, current: dict) -> dict:
     kinds={"usearch", "numpy"},
     group_name="search",
     code_version="v1",
+    backfill_policy=BACKFILL_POLICY,
 )
 def search_segment(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
     """This batch's rows added to the search index as a new version (one segment; the API serves it within a poll)."""
-    current = update_index(dam.store, dam.connect(), context.partition_key, dam.exact_search_max)
-    return MaterializeResult(metadata=_metadata(dam, current))
+    for batch in context.partition_keys:
+        current = update_index(dam.store, dam.connect(), batch, dam.exact_search_max)
+    return MaterializeResult(metadata={**_metadata(dam, current), "batches": len(context.partition_keys)})
 
 
 @asset(
