@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import os
+import sys
 import time
 
 import pyarrow as pa
@@ -99,7 +100,7 @@ class NaiveWorker:
         self.store.put(TABLE_KEY, buf.getvalue(), content_type="application/vnd.apache.parquet")
 
 
-def consume(worker: NaiveWorker, amqp_url: str, queue: str, limit: int | None = None) -> int:
+def consume(worker: NaiveWorker, amqp_url: str, queue: str, limit: int | None = None, idle_timeout: float = 5) -> int:
     """The seed's loop: prefetch 1, handle, ack, repeat. Returns the number of messages handled."""
     import pika
 
@@ -108,7 +109,7 @@ def consume(worker: NaiveWorker, amqp_url: str, queue: str, limit: int | None = 
     ch.queue_declare(queue, durable=True, passive=True)
     ch.basic_qos(prefetch_count=1)
     done = 0
-    for method, _props, body in ch.consume(queue, auto_ack=False, inactivity_timeout=5):
+    for method, _props, body in ch.consume(queue, auto_ack=False, inactivity_timeout=idle_timeout):
         if method is None:
             break
         worker.handle(body)
@@ -133,10 +134,12 @@ def main(argv=None) -> int:
     c.add_argument("--blip", required=True)
     c.add_argument("--clip", required=True)
     c.add_argument("--limit", type=int)
+    c.add_argument("--idle-timeout", type=float, default=5, help="stop after this many seconds without a message")
     args = p.parse_args(argv)
     worker = NaiveWorker(args.blip, args.clip, LocalStore(args.store))
+    print("naive worker: models loaded, consuming", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    n = consume(worker, args.amqp, args.queue, args.limit)
+    n = consume(worker, args.amqp, args.queue, args.limit, args.idle_timeout)
     dt = time.perf_counter() - t0
     print(json.dumps({"messages": n, "seconds": round(dt, 3), "per_s": round(n / dt, 3) if dt else None}))
     return 0
