@@ -105,7 +105,7 @@ def pipeline(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dic
             try:
                 con = connect(settings)
                 try:
-                    return con.sql("SELECT count(*) FROM assets").fetchone()[0]
+                    return con.execute("SELECT count(*) FROM assets").fetchone()[0]
                 finally:
                     con.close()
             except Exception:

@@ -201,3 +201,35 @@ def test_dam_models_prepare_converts_once(models, tmp_path):
         cmd, env={**env, "DAM_CAPTION_MODEL": str(tmp_path / "no-such-model")}, capture_output=True, text=True, timeout=300
     )
     assert missing.returncode == 1 and "no-such-model" in missing.stderr
+
+
+@pytest.mark.parametrize(("runtime", "dtype", "quantize"), [("torch", "float32", "none"), *CANDIDATES])
+def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime(models, cache, tmp_path, runtime, dtype, quantize):
+    import hashlib
+    from datetime import UTC, datetime
+
+    from dam_assets.enrichment.batch import caption_batch, embed_batch
+    from dam_assets_tests.conftest import jpeg_bytes
+    from dam_core.imaging import decode_batch
+    from dam_core.messages import UploadMessage
+    from dam_core.store import LocalStore
+
+    store, uploads = LocalStore(tmp_path / "store"), []
+    for i in range(3):
+        data = jpeg_bytes(80 + 10 * i, 60, seed=i)
+        sha = hashlib.sha256(data).hexdigest()
+        u = UploadMessage(id=sha[:32], filename=f"{i}.jpg", r2_key=f"assets/{sha[:32]}.jpg", mime_type="image/jpeg",
+                          bytes=len(data), sha256=sha, width=80 + 10 * i, height=60, uploaded_at=datetime.now(UTC))
+        store.put(u.r2_key, data[:120] if i == 1 else data)  # the second is truncated
+        uploads.append(u)
+    decoded = decode_batch(store, uploads)
+    captioner = get_captioner(models[0], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache, quantize=quantize)
+    embedder = get_embedder(models[1], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache)
+    captions = caption_batch(decoded, captioner)
+    embeddings = embed_batch(decoded, embedder, ["cat", "dog"], threshold=0.0, top_k=1)
+    bad = uploads[1].id
+    assert captions.items[bad].caption is None and captions.items[bad].error
+    assert embeddings.items[bad].embedding is None and embeddings.items[bad].error
+    for u in (uploads[0], uploads[2]):
+        assert captions.items[u.id].caption and captions.items[u.id].error is None
+        assert len(embeddings.items[u.id].embedding) == embedder.dim and embeddings.items[u.id].tags

@@ -47,6 +47,19 @@ def cmd_models_prepare(args) -> int:
     return 0
 
 
+def _warm_up(settings, captioner, embedder) -> None:
+    """One chunk through each model before the socket opens: a runtime's first call at a shape
+    allocates and compiles for it (seconds on OpenVINO), which the first batch would pay."""
+    from dam_assets.resources import ModelsResource
+    from dam_models.calibration import photo_like
+
+    chunk = ModelsResource.from_settings(settings).chunk_size(captioner.device)
+    images = [photo_like(640, 480, seed=i) for i in range(chunk)]
+    captioner.caption(images, batch_size=chunk)
+    embedder.embed_images(images, batch_size=chunk)
+    embedder.embed_texts(["a photo"])
+
+
 def cmd_models_serve(args) -> int:
     """Hold the models warm and answer runs on a Unix socket (what `dam dev` starts)."""
     settings = settings_or_exit()
@@ -56,6 +69,7 @@ def cmd_models_serve(args) -> int:
     started = time.perf_counter()
     try:
         captioner, embedder = _load(settings)
+        _warm_up(settings, captioner, embedder)
     except Exception as err:
         print(f"dam models serve: {type(err).__name__}: {err}"[:800], file=sys.stderr)
         return 1
