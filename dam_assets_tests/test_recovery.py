@@ -131,11 +131,12 @@ def recover(instance: DagsterInstance, killed: list, restarted_at: float, rows_r
             f" parent={(run.parent_run_id or '')[:8]:<8} created {at(rec.create_timestamp.timestamp())}"
             f" started {at(rec.start_time)} ended {at(rec.end_time)}"
         )
-    # Retries go ahead of newer batches: only runs that took a freed slot before the retry was
-    # queued may start between the failure and the retry.
+    # Retries go ahead of newer batches: once the retry is queued, at most the runs already taking
+    # a freed slot may start before it (runs that started between the failure and the retry's
+    # creation took slots the retry did not exist for yet; with warm models there can be several).
     for i in killed_ids:
-        failed_at, retried_at = records[i].end_time, retries[i].start_time
-        overtook = [r for r in others if r.parent_run_id is None and failed_at < records[r.run_id].start_time < retried_at]
+        queued_at, retried_at = retries[i].create_timestamp.timestamp(), retries[i].start_time
+        overtook = [r for r in others if r.parent_run_id is None and queued_at < records[r.run_id].start_time < retried_at]
         assert len(overtook) <= slots, [r.tags["dam/batch"] for r in overtook]
     timings = {
         "failed_after_s": max(records[i].end_time for i in killed_ids) - restarted_at,
