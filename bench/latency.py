@@ -594,6 +594,25 @@ def lines(r: dict) -> list[str]:
     return out
 
 
+def render_model_server(both: dict, quick: bool) -> str:
+    own, served = both["own_models_per_run"], both["model_server"]
+    return "\n".join([
+        f"## Warm models under `dam dev` (issue 23): `python -m bench.latency --compare-model-server"
+        f"{' --quick' if quick else ''}`, {time.strftime('%Y-%m-%d')}\n",
+        "Tiny random models; upload to row on `dam dev`, first with every run loading its own models "
+        "(`DAM_MODEL_SERVER=off`), then with the model server; one run.\n",
+        "| | single upload p50 s | its run's steps, median s | burst of "
+        f"{own['burst']} p50 s |",
+        "|---|---|---|---|",
+        f"| every run loads its own models | {own['single']['p50']} | {own['single']['median_segments'].get('steps')} | "
+        f"{own['burst_result']['p50']} |",
+        f"| model server | {served['single']['p50']} | {served['single']['median_segments'].get('steps')} | "
+        f"{served['burst_result']['p50']} |",
+        "",
+        f"Ratio own/served: single {both['single_p50_ratio_own_over_served']}x, burst {both['burst_p50_ratio_own_over_served']}x.",
+    ]) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="4 single uploads (default 10) and the burst")
@@ -624,6 +643,9 @@ def main(argv=None) -> int:
         both["single_p50_ratio_own_over_served"] = round(off["single"]["p50"] / on["single"]["p50"], 2)
         both["burst_p50_ratio_own_over_served"] = round(off["burst_result"]["p50"] / on["burst_result"]["p50"], 2)
         (out / "latency-model-server.json").write_text(json.dumps(both, indent=1, default=str))
+        from bench.report import write_section
+
+        write_section("latency.model-server", render_model_server(both, args.quick))
         print(json.dumps({k: v for k, v in both.items() if k not in ("own_models_per_run", "model_server")}, indent=1))
         return 0
     if not args.workers:

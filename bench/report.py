@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 NOTES = Path(__file__).resolve().parent / "NOTES.md"
@@ -327,16 +329,31 @@ def render(results: dict, levers: dict | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(markdown: str) -> Path:
-    """Write bench/RESULTS.md; the section bench.runtimes owns is kept until it runs again."""
-    from bench import runtimes
+SECTION = re.compile(r"<!-- bench\.(?P<name>[\w.-]+):start -->.*?<!-- bench\.(?P=name):end -->\n?", re.S)
 
+
+def section(name: str, markdown: str) -> str:
+    """`markdown` wrapped as the section `python -m bench.<name>` owns in RESULTS.md."""
+    return f"<!-- bench.{name}:start -->\n{markdown.rstrip()}\n<!-- bench.{name}:end -->\n"
+
+
+def write_section(name: str, markdown: str) -> Path:
+    """Replace (or append) one benchmark's own section of RESULTS.md, leaving the rest as it is."""
+    target = Path(__file__).resolve().parent / "RESULTS.md"
+    text = target.read_text() if target.exists() else ""
+    block = section(name, markdown)
+    found = [m for m in SECTION.finditer(text) if m.group("name") == name]
+    text = text[: found[0].start()] + block + text[found[0].end():] if found else text.rstrip("\n") + "\n\n" + block
+    target.write_text(text)
+    return target
+
+
+def write_results(markdown: str) -> Path:
+    """Write bench/RESULTS.md; the sections single benchmarks own (bench.runtimes, bench.e2e, ...) are kept."""
     target = Path(__file__).resolve().parent / "RESULTS.md"
     old = target.read_text() if target.exists() else ""
-    if runtimes.SECTION_START in old and runtimes.SECTION_END in old:
-        kept = old.split(runtimes.SECTION_START, 1)[1].split(runtimes.SECTION_END, 1)[0]
-        markdown = markdown.rstrip("\n") + "\n\n" + runtimes.SECTION_START + kept + runtimes.SECTION_END + "\n"
-    target.write_text(markdown)
+    kept = [m.group(0) for m in SECTION.finditer(old)]
+    target.write_text(markdown.rstrip("\n") + "\n" + "".join("\n" + k for k in kept))
     return target
 
 

@@ -40,7 +40,6 @@ DEFAULT = "openvino/bfloat16/int8"
 def _name(runtime: str, dtype: str, quantize: str) -> str:
     return f"{runtime}/{dtype}" + ("/int8" if quantize == "int8" else "")
 CHUNK = 16  # the CPU's batch size (DEVICE_BATCH_SIZE)
-SECTION_START, SECTION_END = "<!-- bench.runtimes:start -->", "<!-- bench.runtimes:end -->"
 
 
 def _uploads(path: str):
@@ -256,7 +255,6 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
 def render(r: dict) -> str:
     lines: list[str] = []
     w = lines.append
-    w(SECTION_START)
     w(f"## Model runtimes (issue 23): `python -m bench.runtimes{' --quick' if r['mode'] == 'quick' else ''}`, "
       f"{time.strftime('%Y-%m-%d')}\n")
     n = sum(r["images"].values())
@@ -289,19 +287,8 @@ def render(r: dict) -> str:
             w(f"| {k} | {c['logits_cos_min']} | {c['logits_cos_mean']} | {c['top1_agreement']} | {c['image_cos_min']} | "
               f"{c['image_cos_mean']} | {c['text_cos_min']} |")
         w("")
-    w(SECTION_END)
+    w("Runtimes tried by hand beside these (ONNX Runtime int8, NNCF presets, streams): bench/NOTES.md, \"Issue 23\".")
     return "\n".join(lines) + "\n"
-
-
-def write_section(markdown: str, target: Path) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving the rest as it is."""
-    text = target.read_text() if target.exists() else ""
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + markdown.rstrip("\n") + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    target.write_text(text)
 
 
 def main(argv=None) -> int:
@@ -325,7 +312,9 @@ def main(argv=None) -> int:
     markdown = render(result)
     print(markdown)
     if not args.no_report:
-        write_section(markdown, Path(__file__).resolve().parent / "RESULTS.md")
+        from bench.report import write_section
+
+        write_section("runtimes", markdown)
     return 0
 
 
