@@ -27,7 +27,7 @@ log = logging.getLogger("dam_models.runtime")
 RUNTIMES = ("auto", "torch", "openvino")
 QUANTIZE = ("auto", "none", "int8")
 # Bumped when the exported graphs change shape or meaning: older conversions are then rebuilt.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: fused attention in the BLIP decoder step
 
 
 def openvino_available() -> bool:
