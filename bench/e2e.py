@@ -14,8 +14,6 @@ each system started and ready (models loaded) before the first upload:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import subprocess
@@ -72,6 +70,14 @@ def _upload_all(url: str, photos: list[bytes]) -> float:
     return started
 
 
+def _to_last_row(url: str, photos: list[bytes], rows, timeout: float, what: str, proc: subprocess.Popen) -> dict:
+    """Upload every photo, then wait until `rows()` counts them all: seconds from the first upload."""
+    started = _upload_all(url, photos)
+    uploaded = time.perf_counter() - started
+    _wait(lambda: rows() >= len(photos), timeout, what, proc)
+    return {"seconds": round(time.perf_counter() - started, 2), "uploads_s": round(uploaded, 2)}
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -111,10 +117,7 @@ def pipeline(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dic
             except Exception:
                 return 0
 
-        started = _upload_all(f"http://127.0.0.1:{port}", photos)
-        uploaded = time.perf_counter() - started
-        _wait(lambda: rows() >= len(photos), 1800, "the pipeline's rows", dev)
-        return {"seconds": round(time.perf_counter() - started, 2), "uploads_s": round(uploaded, 2)}
+        return _to_last_row(f"http://127.0.0.1:{port}", photos, rows, 1800, "the pipeline's rows", dev)
     finally:
         _stop(dev)
         logf.close()
@@ -157,10 +160,7 @@ def seed(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dict:
             except (KeyNotFound, OSError, ValueError):
                 return 0
 
-        started = _upload_all(f"http://127.0.0.1:{port}", photos)
-        uploaded = time.perf_counter() - started
-        _wait(lambda: rows() >= len(photos), 3600, "the seed's rows", worker)
-        return {"seconds": round(time.perf_counter() - started, 2), "uploads_s": round(uploaded, 2)}
+        return _to_last_row(f"http://127.0.0.1:{port}", photos, rows, 3600, "the seed's rows", worker)
     finally:
         for p in (producer, worker):
             _stop(p)
@@ -201,22 +201,9 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--models-dir")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
-    p.add_argument("--no-report", action="store_true", help="do not update bench/RESULTS.md")
-    args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = run(args.quick, args.models_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "e2e.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    if not args.no_report:
-        from bench.report import write_section
+    from bench.report import standalone
 
-        write_section("e2e", render(result))
-    return 0
+    return standalone(sys.argv[1:] if argv is None else argv, "python -m bench.e2e", __doc__, run, "e2e", render)
 
 
 if __name__ == "__main__":

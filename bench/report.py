@@ -357,6 +357,32 @@ def write_results(markdown: str) -> Path:
     return target
 
 
+def standalone(argv, prog: str, doc: str, run, name: str, render) -> int:
+    """The command line of a benchmark run on its own (`python -m bench.<name>`): --quick, --models-dir,
+    --out (OUT/<name>.json), and its own section of RESULTS.md unless --no-report."""
+    import argparse
+    import json
+    import os
+    import sys
+
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--models-dir", help="reuse (or create) the random full-size models here")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
+    p.add_argument("--no-report", action="store_true", help="do not update bench/RESULTS.md")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = run(args.quick, args.models_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    markdown = render(result)
+    print(markdown)
+    if not args.no_report:
+        write_section(name, markdown)
+    return 0
+
+
 def main(argv=None) -> int:
     """Re-render bench/RESULTS.md from OUT/results.json (+ OUT/levers.json): `python -m bench.report`."""
     import argparse

@@ -292,30 +292,12 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import os
+    from bench.report import standalone
 
-    if argv is None:
-        argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("step", "parity"):
         return child_main(argv)
-    p = argparse.ArgumentParser(prog="python -m bench.runtimes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--models-dir")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
-    p.add_argument("--no-report", action="store_true", help="do not update bench/RESULTS.md")
-    args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = run(args.quick, args.models_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "runtimes.json").write_text(json.dumps(result, indent=1))
-    markdown = render(result)
-    print(markdown)
-    if not args.no_report:
-        from bench.report import write_section
-
-        write_section("runtimes", markdown)
-    return 0
+    return standalone(argv, "python -m bench.runtimes", __doc__, run, "runtimes", render)
 
 
 if __name__ == "__main__":
