@@ -139,3 +139,26 @@ def test_a_run_process_on_served_models_never_imports_torch(served, tmp_path):
     assert not cold["served"] and cold["torch"]
     assert warm["captions"] == cold["captions"] and warm["tags"] == cold["tags"]
     assert all(warm["captions"])
+
+
+def test_dam_dev_retries_a_failing_model_server_ever_less_often(monkeypatch, tmp_path):
+    """A server that cannot load its models (offline hub, missing folder) must not reload them every few seconds."""
+    import shutil
+
+    from dam_cli import dev
+
+    clock = [1000.0]
+    monkeypatch.setattr(dev.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(dev, "bin_path", lambda name: shutil.which("false"))  # a server that fails at once
+    server = dev.ModelServer(dict(os.environ), Settings(dam_data_dir=tmp_path))
+    starts = []
+    real_start = server.start
+    monkeypatch.setattr(server, "start", lambda: starts.append(clock[0]) or real_start())
+    for _ in range(2000):  # 2,000 s of dam dev's 0.5 s loop, the server failing every time
+        server.proc.wait()
+        server.supervise()
+        clock[0] += 1.0
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(starts) <= 11, starts  # after 10, 20, 40, 80, 160, then every 300 s: not 200 tries every 10 s
+    assert gaps == sorted(gaps) and max(gaps) <= dev.ModelServer.LAST_RETRY + 2
+    server.stop()

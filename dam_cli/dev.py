@@ -128,13 +128,18 @@ def with_model_server(env: dict, settings) -> dict:
 
 
 class ModelServer:
-    """`dam models serve` for the runs of this `dam dev`, started again when it dies (runs load their own meanwhile)."""
+    """`dam models serve` for the runs of this `dam dev`, started again when it dies (runs load their own meanwhile).
 
-    RESTART_AFTER = 10.0  # seconds between tries when it keeps failing (an offline hub, a missing folder)
+    A server that keeps failing (an offline hub, a missing model folder) is retried after 10 s, then
+    20, 40 ... up to 5 minutes: loading models costs CPU the rest of `dam dev` needs.
+    """
+
+    FIRST_RETRY, LAST_RETRY = 10.0, 300.0
 
     def __init__(self, env: dict, settings):
         self.env, self.settings = env, settings
         self.proc: subprocess.Popen | None = None
+        self.retry_after = self.FIRST_RETRY
         self.failed_at = 0.0
         self.start()
 
@@ -142,17 +147,22 @@ class ModelServer:
         args = [bin_path("dam"), "models", "serve"]
         if self.settings.dam_model_server:
             args += ["--socket", self.settings.dam_model_server]
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(args, env=self.env, preexec_fn=_restore_signals, start_new_session=True)
 
     def supervise(self) -> None:
         if self.proc is None or self.proc.poll() is None:
             return
+        now = time.monotonic()
         if not self.failed_at:
+            if now - self.started_at > self.LAST_RETRY:
+                self.retry_after = self.FIRST_RETRY  # it had been serving: a fresh failure
             print(f"dam dev: the model server exited with {self.proc.returncode}; runs load their own models "
-                  "until it is back", file=sys.stderr)
-            self.failed_at = time.monotonic()
-        if time.monotonic() - self.failed_at >= self.RESTART_AFTER:
+                  f"until it is back (next try in {self.retry_after:.0f} s)", file=sys.stderr)
+            self.failed_at = now
+        if now - self.failed_at >= self.retry_after:
             self.failed_at = 0.0
+            self.retry_after = min(self.retry_after * 2, self.LAST_RETRY)
             self.start()
 
     def stop(self) -> None:
