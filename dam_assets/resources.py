@@ -180,8 +180,16 @@ class ModelsResource(ConfigurableResource):
             return self.model_batch_size
         return DEVICE_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
 
+    _served_models: tuple | None = PrivateAttr(default=None)
+    _server_asked: bool = PrivateAttr(default=False)
+
     def _served(self):
-        """The model server's clients when one serves exactly these models, else None (then load here)."""
+        """The model server's clients when one serves exactly these models, else None (then load here).
+
+        Asked once per resource: the captioner and the embedder come from the same answer."""
+        if self._server_asked:
+            return self._served_models
+        self._server_asked = True
         if not self.model_server or self.model_server == "off":
             return None
         from dam_models.serving import ServerUnavailable, connect
@@ -199,11 +207,21 @@ class ModelsResource(ConfigurableResource):
         if (captioner.version, embedder.version) != wanted:
             log.warning("the model server serves %s, this run wants %s: loading here", (captioner.version, embedder.version), wanted)
             return None
-        return captioner, embedder
+        self._served_models = (captioner, embedder)
+        return self._served_models
 
     def captioner(self) -> Captioner:
-        if served := self._served():
-            return served[0]
+        """The served captioner, else the one this process loads."""
+        served = self._served()
+        return served[0] if served else self.load_captioner()
+
+    def embedder(self) -> Embedder:
+        """The served embedder, else the one this process loads."""
+        served = self._served()
+        return served[1] if served else self.load_embedder()
+
+    def load_captioner(self) -> Captioner:
+        """The captioner loaded (and converted, once) in this process, whatever server there is."""
         from dam_models.captioner import get_captioner
 
         return get_captioner(
@@ -211,9 +229,8 @@ class ModelsResource(ConfigurableResource):
             runtime=self.runtime, cache_dir=self.model_cache_dir or None, quantize=self.quantize,
         )
 
-    def embedder(self) -> Embedder:
-        if served := self._served():
-            return served[1]
+    def load_embedder(self) -> Embedder:
+        """The embedder loaded (and converted, once) in this process, whatever server there is."""
         from dam_models.embedder import get_embedder
 
         return get_embedder(

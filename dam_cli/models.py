@@ -17,18 +17,11 @@ def cmd_models_tiny(args) -> int:
     return 0
 
 
-def _load(settings):
-    from dam_models.captioner import get_captioner
-    from dam_models.embedder import get_embedder
+def _resource(settings):
+    """The models as a run configures them; these commands load them here (never from a model server: they make one)."""
+    from dam_assets.resources import ModelsResource
 
-    common = dict(
-        device=settings.dam_device, dtype=settings.dam_dtype, runtime=settings.dam_runtime,
-        cache_dir=settings.model_cache_dir,
-    )
-    captioner = get_captioner(
-        settings.dam_caption_model, max_new_tokens=settings.dam_caption_max_tokens, quantize=settings.dam_quantize, **common
-    )
-    return captioner, get_embedder(settings.dam_embedding_model, **common)
+    return ModelsResource.from_settings(settings)
 
 
 def cmd_models_prepare(args) -> int:
@@ -36,7 +29,8 @@ def cmd_models_prepare(args) -> int:
     settings = settings_or_exit()
     started = time.perf_counter()
     try:
-        captioner, embedder = _load(settings)
+        models = _resource(settings)
+        captioner, embedder = models.load_captioner(), models.load_embedder()
     except Exception as err:  # a missing model or an offline hub: say which, and fail
         print(f"dam models prepare: {type(err).__name__}: {err}"[:800], file=sys.stderr)
         return 1
@@ -47,13 +41,12 @@ def cmd_models_prepare(args) -> int:
     return 0
 
 
-def _warm_up(settings, captioner, embedder) -> None:
+def _warm_up(models, captioner, embedder) -> None:
     """One chunk through each model before the socket opens: a runtime's first call at a shape
     allocates and compiles for it (seconds on OpenVINO), which the first batch would pay."""
-    from dam_assets.resources import ModelsResource
     from dam_models.calibration import photo_like
 
-    chunk = ModelsResource.from_settings(settings).chunk_size(captioner.device)
+    chunk = models.chunk_size(captioner.device)
     images = [photo_like(640, 480, seed=i) for i in range(chunk)]
     captioner.caption(images, batch_size=chunk)
     embedder.embed_images(images, batch_size=chunk)
@@ -68,8 +61,9 @@ def cmd_models_serve(args) -> int:
     socket_path = Path(args.socket) if args.socket else settings.model_server_socket
     started = time.perf_counter()
     try:
-        captioner, embedder = _load(settings)
-        _warm_up(settings, captioner, embedder)
+        models = _resource(settings)
+        captioner, embedder = models.load_captioner(), models.load_embedder()
+        _warm_up(models, captioner, embedder)
     except Exception as err:
         print(f"dam models serve: {type(err).__name__}: {err}"[:800], file=sys.stderr)
         return 1

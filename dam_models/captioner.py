@@ -21,7 +21,7 @@ from PIL import Image
 
 from dam_models import query_threads
 from dam_models.base import InferenceModel, ModelSpec
-from dam_models.loading import cached, model_cache_dir, to_rgb
+from dam_models.loading import cached, model_cache_dir, pinned, to_rgb
 from dam_models.runtime import build_once, conversion_dir
 from dam_models.versions import caption_version
 
@@ -58,11 +58,6 @@ def use_sdpa_vision_attention(model) -> int:
             module.forward = types.MethodType(_sdpa_attention_forward, module)
             switched += 1
     return switched
-
-
-def _pinned(pixel_values: torch.Tensor, device: str) -> torch.Tensor:
-    """Page-locked on a CUDA machine: prepared on the prefetch thread, copied to the GPU without a stall."""
-    return pixel_values.pin_memory() if device.startswith("cuda") else pixel_values
 
 
 def clean_caption(text: str) -> str:
@@ -161,7 +156,7 @@ class Captioner(InferenceModel):
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The model's input for these images (any size or mode)."""
         chunk = [to_rgb(im) for im in images]
-        return _pinned(self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"], self.device)
+        return pinned(self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"], self.device)
 
     def caption(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[str]:
         """One caption per image, in order. Images of any size or mode; processed ``batch_size`` at a time."""

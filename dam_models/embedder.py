@@ -16,7 +16,7 @@ from PIL import Image
 
 from dam_models import query_threads
 from dam_models.base import InferenceModel, ModelSpec
-from dam_models.loading import cached, model_cache_dir, to_rgb
+from dam_models.loading import cached, model_cache_dir, pinned, to_rgb
 from dam_models.runtime import build_once, conversion_dir
 from dam_models.versions import embedding_version
 
@@ -126,8 +126,7 @@ class Embedder(InferenceModel):
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The image tower's input for these images (any size or mode)."""
         pixel_values = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
-        # Page-locked on a CUDA machine: prepared on the prefetch thread, copied without a stall.
-        return pixel_values.pin_memory() if self.device.startswith("cuda") else pixel_values
+        return pinned(pixel_values, self.device)
 
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
         """``(n, dim)`` unit vectors of prepared input: the model's part of `embed_images`."""

@@ -77,7 +77,7 @@ class RemoteCaptioner(_Remote):
     """The Captioner interface the enrichment step uses, served by another process."""
 
     def pixel_values(self, images):
-        return [im.copy() for im in images]  # the server prepares the input; images travel reduced
+        return list(images)  # the server prepares the input; the images travel as decoded (reduced)
 
     def caption_pixels(self, images) -> list[str]:
         return self._call("caption", images)
@@ -99,7 +99,7 @@ class RemoteEmbedder(_Remote):
         return float(self.info["logit_scale"])
 
     def pixel_values(self, images):
-        return [im.copy() for im in images]
+        return list(images)
 
     def embed_pixels(self, images) -> np.ndarray:
         return self._call("embed_images", images)
