@@ -65,6 +65,14 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
         sensors = {s["name"]: s["sensorState"]["status"] for r in data["repositoriesOrError"]["nodes"] for s in r["sensors"]}
         assert sensors.get("upload_queue_sensor") == "RUNNING"
 
+        # The model server is up once its socket is (it loads and warms the models first; a run that
+        # starts before that loads its own, which the metadata check below would catch).
+        socket_path = make_settings(**tiny_models, DAM_DATA_DIR=str(tmp_path / "data")).model_server_socket
+        deadline = time.monotonic() + 120
+        while not socket_path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "dam-dev.log").read_text()[-3000:]
+            time.sleep(0.5)
+
         # Upload over HTTP; the daemon's sensor and a real run turn it into a row.
         r = httpx.post(
             f"http://127.0.0.1:{api_port}/upload", files={"file": ("cat.jpg", jpeg_bytes(400, 300), "image/jpeg")}
