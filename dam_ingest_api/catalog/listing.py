@@ -19,7 +19,6 @@ import threading
 from dam_core.images import FORMATS
 from dam_core.index import IndexHolder, Snapshot
 from dam_core.layout import CURSOR_SECRET_KEY, original_key
-from dam_core.markers import find_upload
 from dam_core.store import KeyNotFound, ObjectStore
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.catalog.pending import PendingUploads
@@ -148,7 +147,7 @@ class Listing:
             ext = _EXT_BY_MIME.get(row.get("mime_type") or "")
             if ext:
                 return original_key(asset_id, ext)
-        upload = find_upload(self.store, asset_id)
+        upload = self.pending.find(asset_id)  # its marker may still be in the writer's queue
         return upload.r2_key if upload else None
 
     def page(self, limit: int, cursor: str | None) -> tuple[list[AssetItem], str | None]:
