@@ -1,4 +1,10 @@
-"""Shared fixtures: real RabbitMQ, moto's S3 server over HTTP, tiny models, image bytes."""
+"""Shared fixtures: real RabbitMQ, moto's S3 server over HTTP, tiny models, image bytes.
+
+Tiers: a test marked `system` needs services (RabbitMQ, PostgreSQL, moto) or starts processes or
+servers; everything under system/ is, and so is any test that uses a service fixture, directly or
+through a parameter such as `backend`'s "rabbitmq+s3". `pytest -m "not system"` is the fast tier.
+A service fixture set up for an unmarked test fails it, so the fast tier never needs a service.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RABBIT_URL = os.environ.get("DAM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 S3_REGION = "us-east-1"  # moto rejects R2's "auto"
+
+
+SERVICE_FIXTURES = {"rabbit_url", "queue_name", "moto_endpoint", "s3_env", "pg_url"}
+SERVICE_PARAMS = {"rabbitmq", "s3", "rabbitmq+s3", "rabbitmq-s3"}  # fixture params that fetch a service fixture
+
+
+def _needs_services(item: pytest.Item) -> bool:
+    if item.path.parent.name == "system" or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        isinstance(v, str) and v in SERVICE_PARAMS for v in callspec.params.values()
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_services(item):
+            item.add_marker(pytest.mark.system)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request):
+    item = getattr(request, "_pyfuncitem", None)
+    if fixturedef.argname in SERVICE_FIXTURES and item is not None and item.get_closest_marker("system") is None:
+        pytest.fail(f"{item.nodeid} uses {fixturedef.argname}: mark it @pytest.mark.system", pytrace=False)
 
 
 def free_port() -> int:

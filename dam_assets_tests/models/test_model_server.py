@@ -1,0 +1,167 @@
+"""Warm models for short-lived runs: `dam models serve` as a real process, runs as its clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dam_assets.resources import ModelsResource
+from dam_core.settings import Settings
+from dam_models.serving import RemoteCaptioner, ServerUnavailable, connect
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(3)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 60, 3), dtype=np.uint8)) for i in range(4)]
+
+
+@pytest.fixture
+def served(tmp_path, tiny_models):
+    """A real `dam models serve` on a socket in tmp_path, the way `dam dev` starts it."""
+    sock = tmp_path / "models.sock"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DAM_DATA_DIR=str(tmp_path / "data"), DAM_DEVICE="cpu", **tiny_models)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dam_cli.main", "models", "serve", "--socket", str(sock)],
+        env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not sock.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the model server did not come up"
+        time.sleep(0.2)
+    yield sock, proc, env
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _resource(tmp_path, tiny_models, **over) -> ModelsResource:
+    s = Settings(dam_data_dir=tmp_path / "data", dam_device="cpu", dam_caption_model=tiny_models["DAM_CAPTION_MODEL"],
+                 dam_embedding_model=tiny_models["DAM_EMBEDDING_MODEL"], dam_model_cache_dir=tiny_models["DAM_MODEL_CACHE_DIR"], **over)
+    return ModelsResource.from_settings(s)
+
+
+@pytest.mark.system
+def test_served_models_answer_what_the_same_models_answer_here(served, tmp_path, tiny_models):
+    sock, _, _ = served
+    remote = _resource(tmp_path, tiny_models, dam_model_server=str(sock))
+    local = _resource(tmp_path, tiny_models)
+    rc, re_ = remote.captioner(), remote.embedder()
+    assert isinstance(rc, RemoteCaptioner) and "model server" in rc.describe()
+    lc, le = local.captioner(), local.embedder()
+    assert (rc.version, re_.version) == (lc.version, le.version)
+    images = _images()
+    assert rc.caption_pixels(rc.pixel_values(images)) == lc.caption(images)
+    np.testing.assert_allclose(re_.embed_pixels(re_.pixel_values(images)), le.embed_images(images), atol=1e-6)
+    np.testing.assert_allclose(re_.embed_texts(["a cat", ""]), le.embed_texts(["a cat", ""]), atol=1e-6)
+    assert re_.dim == le.dim and re_.logit_scale == pytest.approx(le.logit_scale)
+
+
+@pytest.mark.system
+def test_a_run_with_other_settings_or_a_dead_server_loads_its_own(served, tmp_path, tiny_models):
+    sock, proc, _ = served
+    other = _resource(tmp_path, tiny_models, dam_model_server=str(sock), dam_caption_max_tokens=5)
+    assert not isinstance(other.captioner(), RemoteCaptioner)  # the server's captions would not be this run's
+    client, _ = connect(sock)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(ServerUnavailable):
+        client.caption_pixels(_images()[:1])
+    after = _resource(tmp_path, tiny_models, dam_model_server=str(sock))
+    assert not isinstance(after.captioner(), RemoteCaptioner)
+    assert after.captioner().caption(_images()[:1])
+
+
+RUN = textwrap.dedent("""
+    import functools, json, sys
+    from dam_assets.enrichment.pipeline import Enrichment, run_step
+    from dam_assets.resources import ModelsResource
+    from dam_core.imaging import decode_batch
+    from dam_core.messages import UploadMessage
+    from dam_core.settings import get_settings
+    from dam_core.store import LocalStore
+
+    models = ModelsResource.from_settings(get_settings())
+    store = LocalStore(sys.argv[1])
+    uploads = [UploadMessage.model_validate(u) for u in json.loads(open(sys.argv[2]).read())]
+    work = Enrichment(captioner=models.captioner(), embedder=models.embedder(), labels=models.vocabulary(), top_k=2)
+    step = run_step(store, uploads, work, functools.partial(decode_batch), chunk_size=2)
+    print(json.dumps({
+        "torch": "torch" in sys.modules,
+        "captions": [i.caption for i in step.captions.items.values()],
+        "tags": [i.tags for i in step.embeddings.items.values()],
+        "served": "model server" in work.captioner.describe(),
+    }))
+""")
+
+
+@pytest.mark.system
+def test_a_run_process_on_served_models_never_imports_torch(served, tmp_path):
+    """What a fresh `dagster dev` run process does per batch: its step, on the served models."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from dam_assets_tests.conftest import jpeg_bytes
+    from dam_core.messages import UploadMessage
+    from dam_core.store import LocalStore
+
+    sock, _, env = served
+    store = LocalStore(tmp_path / "store")
+    uploads = []
+    for i in range(3):
+        data = jpeg_bytes(64 + 8 * i, 48, seed=i)
+        sha = hashlib.sha256(data).hexdigest()
+        u = UploadMessage(id=sha[:32], filename=f"{i}.jpg", r2_key=f"assets/{sha[:32]}.jpg", mime_type="image/jpeg",
+                          bytes=len(data), sha256=sha, width=64 + 8 * i, height=48, uploaded_at=datetime.now(UTC))
+        store.put(u.r2_key, data)
+        uploads.append(u.model_dump(mode="json"))
+    (tmp_path / "uploads.json").write_text(json.dumps(uploads))
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+
+    def run(**extra):
+        out = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "uploads.json")],
+            env={**env, **extra}, capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    warm = run(DAM_MODEL_SERVER=str(sock))
+    cold = run(DAM_MODEL_SERVER="")
+    assert warm["served"] and not warm["torch"]
+    assert not cold["served"] and cold["torch"]
+    assert warm["captions"] == cold["captions"] and warm["tags"] == cold["tags"]
+    assert all(warm["captions"])
+
+
+def test_dam_dev_retries_a_failing_model_server_ever_less_often(monkeypatch, tmp_path):
+    """A server that cannot load its models (offline hub, missing folder) must not reload them every few seconds."""
+    import shutil
+
+    from dam_cli import dev
+
+    clock = [1000.0]
+    monkeypatch.setattr(dev.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(dev, "bin_path", lambda name: shutil.which("false"))  # a server that fails at once
+    server = dev.ModelServer(dict(os.environ), Settings(dam_data_dir=tmp_path))
+    starts = []
+    real_start = server.start
+    monkeypatch.setattr(server, "start", lambda: starts.append(clock[0]) or real_start())
+    for _ in range(2000):  # 2,000 s of dam dev's 0.5 s loop, the server failing every time
+        server.proc.wait()
+        server.supervise()
+        clock[0] += 1.0
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(starts) <= 11, starts  # after 10, 20, 40, 80, 160, then every 300 s: not 200 tries every 10 s
+    assert gaps == sorted(gaps) and max(gaps) <= dev.ModelServer.LAST_RETRY + 2
+    server.stop()

@@ -1,0 +1,242 @@
+"""Every runtime against the fp32 PyTorch reference, through the production loading code.
+
+Tiny random models, converted by the same code a worker uses (dam_models.runtime). With random
+weights greedy captions are near-ties at every token, so captions are compared by their
+teacher-forced next-token logits (cosine and top-1 agreement) except on the exact fp32 path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dam_core.settings import Settings
+from dam_models import openvino_blip
+from dam_models.captioner import get_captioner
+from dam_models.embedder import get_embedder
+from dam_models.loading import clear_cache
+from dam_models.tiny import write_tiny_models
+from dam_models.versions import caption_version
+
+pytest.importorskip("openvino")
+
+# (runtime, dtype, quantize) measured against torch fp32; bench/RESULTS.md has the full-size figures.
+CANDIDATES = [
+    ("openvino", "float32", "none"), ("openvino", "bfloat16", "none"), ("openvino", "bfloat16", "int8"),
+    ("torch", "bfloat16", "none"),
+]
+MIN_COSINE = 0.99
+MIN_TOP1 = {("float32", "none"): 1.0, ("bfloat16", "none"): 0.9, ("bfloat16", "int8"): 0.85}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    blip, clip = write_tiny_models(tmp_path_factory.mktemp("runtime-models"))
+    return str(blip), str(clip)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("converted")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    out = [Image.fromarray(rng.integers(0, 255, (48 + 9 * i, 64 + 5 * i, 3), dtype=np.uint8)) for i in range(5)]
+    out.append(Image.new("L", (30, 90), 128))
+    return out
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "dtype", "quantize"), CANDIDATES)
+def test_caption_logits_match_fp32_reference(models, cache, images, runtime, dtype, quantize):
+    ref = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+    other = get_captioner(models[0], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache, quantize=quantize)
+    assert (other.runtime, other.spec.quantize) == (runtime, quantize)
+    # Prefixes: the reference's own greedy tokens, BOS first.
+    prefixes = np.asarray(ref.backend.generate(ref.pixel_values(images), **ref._generate_kwargs()))[:, :-1]
+    want, got = ref.prefix_logits(images, prefixes), other.prefix_logits(images, prefixes)
+    assert got.shape == want.shape
+    assert _cosines(got, want).min() >= MIN_COSINE
+    top1 = (got.argmax(-1) == want.argmax(-1)).mean()
+    assert top1 >= MIN_TOP1[dtype, quantize], top1
+
+
+@pytest.mark.slow
+def test_openvino_fp32_reproduces_the_reference_captions(models, cache, images):
+    ref = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+    ov = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    assert ov.caption(images, batch_size=4) == ref.caption(images)
+    short = get_captioner(
+        models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, max_new_tokens=3, quantize="none"
+    )
+    ref_short = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache, max_new_tokens=3)
+    assert short.caption(images) == ref_short.caption(images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "dtype"), sorted({(r, d) for r, d, _ in CANDIDATES}))
+def test_embeddings_match_fp32_reference(models, cache, images, runtime, dtype):
+    ref = get_embedder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+    other = get_embedder(models[1], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache)
+    assert _cosines(other.embed_images(images), ref.embed_images(images)).min() >= MIN_COSINE
+    texts = ["a photo of a cat", "dog", "two people riding bikes on a street at sunset", ""]
+    assert _cosines(other.embed_texts(texts), ref.embed_texts(texts)).min() >= MIN_COSINE
+    # Padding in a batch does not change a text's vector on any runtime.
+    single = np.concatenate([other.embed_texts([t]) for t in texts])
+    assert _cosines(single, other.embed_texts(texts)).min() >= 0.9999
+    assert other.logit_scale == pytest.approx(ref.logit_scale, rel=1e-2)  # a bf16 parameter rounds
+
+
+def _converted(cache) -> list:
+    return sorted(p for p in (cache / "blip").iterdir() if not p.name.startswith("."))
+
+
+@pytest.mark.slow
+def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_path, images, monkeypatch):
+    import torch
+    from transformers import BlipForConditionalGeneration
+
+    blip, _ = write_tiny_models(tmp_path / "m")
+    cache = tmp_path / "cache"
+    first = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    before = first.caption(images[:2])
+    (converted,) = _converted(cache)
+
+    clear_cache()  # a new process, as far as the model layer knows
+    exports = []
+    real_export = openvino_blip.export_blip
+    monkeypatch.setattr(openvino_blip, "export_blip", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    again = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    assert again is not first and exports == []
+    assert again.caption(images[:2]) == before
+
+    # New weights saved into the same folder: converted again, and the outputs follow the weights.
+    model = BlipForConditionalGeneration.from_pretrained(blip)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for param in model.text_decoder.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(blip)
+    clear_cache()
+    changed = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    assert exports == [1]
+    assert len(_converted(cache)) == 2 and converted in _converted(cache)
+    ref = get_captioner(str(blip), device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+    want = ref.caption(images[:3])
+    assert changed.caption(images[:3]) == want and want[:2] != before
+
+
+def test_dtype_and_runtime_change_the_assets_code_versions(tmp_path):
+    from dam_assets.enrichment.assets import caption_code_version, embedding_code_version
+
+    base = dict(dam_data_dir=tmp_path)
+    settings = {
+        key: Settings(**base, **extra)
+        for key, extra in {
+            "auto": {},
+            "fp32": {"dam_dtype": "float32"},
+            "torch": {"dam_runtime": "torch"},
+            "openvino": {"dam_runtime": "openvino"},
+            "no-int8": {"dam_quantize": "none"},
+        }.items()
+    }
+    captions = {k: caption_code_version(s) for k, s in settings.items()}
+    embeddings = {k: embedding_code_version(s) for k, s in settings.items()}
+    assert len(set(captions.values())) == 5
+    assert len(set(embeddings.values())) == 4 and embeddings["no-int8"] == embeddings["auto"]  # int8: the captioner only
+    # One string, two users: the loaded model's version is the asset's code_version.
+    assert captions["fp32"] == caption_version(settings["fp32"].dam_caption_model, 30, dtype="float32")
+
+
+@pytest.mark.slow
+def test_code_version_is_the_loaded_models_version(models, cache, tmp_path):
+    from dam_assets.enrichment.assets import caption_code_version, embedding_code_version
+
+    s = Settings(dam_data_dir=tmp_path, dam_caption_model=models[0], dam_embedding_model=models[1], dam_dtype="float32", dam_runtime="openvino")
+    captioner = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    assert captioner.spec.quantize == "int8"  # auto, on OpenVINO
+    embedder = get_embedder(models[1], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
+    assert caption_code_version(s) == captioner.version
+    assert embedding_code_version(s).startswith(embedder.version + ":tags=")
+
+
+def test_runtime_setting_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="auto, torch or openvino"):
+        Settings(dam_data_dir=tmp_path, dam_runtime="tensorrt")
+    with pytest.raises(ValueError, match="auto, none or int8"):
+        Settings(dam_data_dir=tmp_path, dam_quantize="int4")
+    from dam_models.runtime import resolve_quantize, resolve_runtime
+
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_runtime("openvino", "cuda")
+    with pytest.raises(ValueError, match="openvino runtime"):
+        resolve_quantize("int8", "torch")
+    assert resolve_quantize("auto", "torch") == "none" and resolve_quantize("auto", "openvino") == "int8"
+
+
+@pytest.mark.system
+def test_dam_models_prepare_converts_once(models, tmp_path):
+    """The CLI a user (and `dam dev`, `dam worker --preload`) runs: converts, then finds the conversions."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", DAM_DATA_DIR=str(tmp_path / "data"), DAM_CAPTION_MODEL=models[0],
+        DAM_EMBEDDING_MODEL=models[1], DAM_RUNTIME="openvino", DAM_DEVICE="cpu",
+    )
+    cmd = [sys.executable, "-m", "dam_cli.main", "models", "prepare"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "openvino" in first.stdout and str(tmp_path / "data" / "models" / "converted") in first.stdout
+    converted = sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*"))
+    # BLIP exported, BLIP with its image side in int8 (DAM_QUANTIZE=auto), CLIP exported.
+    assert len([c for c in converted if not c.startswith(".")]) == 3, converted
+    assert "int8" in first.stdout
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert second.returncode == 0 and sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*")) == converted
+    missing = subprocess.run(
+        cmd, env={**env, "DAM_CAPTION_MODEL": str(tmp_path / "no-such-model")}, capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 1 and "no-such-model" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "dtype", "quantize"), [("torch", "float32", "none"), *CANDIDATES])
+def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime(models, cache, tmp_path, runtime, dtype, quantize):
+    import hashlib
+    from datetime import UTC, datetime
+
+    from dam_assets.enrichment.batch import caption_batch, embed_batch
+    from dam_assets_tests.conftest import jpeg_bytes
+    from dam_core.imaging import decode_batch
+    from dam_core.messages import UploadMessage
+    from dam_core.store import LocalStore
+
+    store, uploads = LocalStore(tmp_path / "store"), []
+    for i in range(3):
+        data = jpeg_bytes(80 + 10 * i, 60, seed=i)
+        sha = hashlib.sha256(data).hexdigest()
+        u = UploadMessage(id=sha[:32], filename=f"{i}.jpg", r2_key=f"assets/{sha[:32]}.jpg", mime_type="image/jpeg",
+                          bytes=len(data), sha256=sha, width=80 + 10 * i, height=60, uploaded_at=datetime.now(UTC))
+        store.put(u.r2_key, data[:120] if i == 1 else data)  # the second is truncated
+        uploads.append(u)
+    decoded = decode_batch(store, uploads)
+    captioner = get_captioner(models[0], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache, quantize=quantize)
+    embedder = get_embedder(models[1], device="cpu", dtype=dtype, runtime=runtime, cache_dir=cache)
+    captions = caption_batch(decoded, captioner)
+    embeddings = embed_batch(decoded, embedder, ["cat", "dog"], threshold=0.0, top_k=1)
+    bad = uploads[1].id
+    assert captions.items[bad].caption is None and captions.items[bad].error
+    assert embeddings.items[bad].embedding is None and embeddings.items[bad].error
+    for u in (uploads[0], uploads[2]):
+        assert captions.items[u.id].caption and captions.items[u.id].error is None
+        assert len(embeddings.items[u.id].embedding) == embedder.dim and embeddings.items[u.id].tags
