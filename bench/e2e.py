@@ -90,7 +90,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def pipeline(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dict:
     from dam_core.settings import Settings
-    from dam_core.table import connect
+    from dam_core.table import make_table
 
     data = tmp / "pipeline"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_")) and k != "AMQP_URL"}
@@ -109,7 +109,7 @@ def pipeline(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dic
 
         def rows() -> int:
             try:
-                con = connect(settings)
+                con = make_table(settings).connect()
                 try:
                     return con.execute("SELECT count(*) FROM assets").fetchone()[0]
                 finally:

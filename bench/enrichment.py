@@ -51,14 +51,15 @@ def child_batch(args) -> dict:
     import torch
 
     from dam_core.imaging import decode_batch
-    from dam_core.layout import vector_key
+    from dam_core.layout import TABLE_PREFIX, vector_key
     from dam_core.manifests import new_batch_key
     from dam_core.store import LocalStore
-    from dam_core.table import write_batch
+    from dam_core.table import AssetTable, Location
     from dam_models.captioner import get_captioner
     from dam_models.embedder import get_embedder
 
     store = LocalStore(Path(args.store))
+    table = AssetTable(Location(str(store.root / TABLE_PREFIX).rstrip("/"), None))  # where the product keeps it
     uploads = _load_uploads(args.uploads)
     warm = _load_uploads(args.warmup)
     t_load = time.perf_counter()
@@ -112,7 +113,7 @@ def child_batch(args) -> dict:
         batch = new_batch_key()
         for r in rows:
             r["batch"] = batch
-        write_batch(store, batch, rows, embedder.dim)
+        table.write_batch(batch, rows, embedder.dim, store)
         stages["write"] += time.perf_counter() - t
         captions_out.extend(captions)
     total = time.perf_counter() - t0

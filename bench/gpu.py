@@ -20,7 +20,7 @@ cost on every run.
    ``os.cpu_count()`` threads; also the arrangement the pipeline uses today (decode on
    ``decode_batch``'s threads, processors on a whole batch in the calling thread).
 4. The pipeline through a warm worker: ``decode_batch`` -> ``caption_batch`` -> ``embed_batch``
-   (with tags) -> ``thumbnail_batch`` (dam_assets.enrichment.batch, the Dagster-free body of the
+   (with tags) -> ``thumbnail_batch`` (dam_assets.enrichment.stages, the Dagster-free body of the
    ``image_enrichment`` step) on batches of ``DAM_BATCH_SIZE`` from a LocalStore, models already
    loaded; images/s and its share of the model-alone ceiling (caption + embed on the same images'
    pixel tensors, already on the device, at the pipeline's chunk sizes and at the batch size).
@@ -120,9 +120,9 @@ def import_project() -> dict:
     """Import every project module this benchmark runs; a missing third-party module is named."""
     before = set(sys.modules)
     try:
-        import dam_assets.enrichment.batch  # noqa: F401  (no dagster: the step's Dagster-free body)
-        import dam_assets.enrichment.renditions  # noqa: F401
-        import dam_assets.enrichment.stages  # noqa: F401
+        import dam_assets.enrichment.stages.captions  # noqa: F401  (no dagster: the step's Dagster-free body)
+        import dam_assets.enrichment.stages.embeddings  # noqa: F401
+        import dam_assets.enrichment.stages.thumbnails  # noqa: F401
         import dam_core.imaging  # noqa: F401
         import dam_core.store  # noqa: F401
         import dam_models.captioner  # noqa: F401
@@ -383,7 +383,7 @@ def bench_blip(captioner, pixels, batches, device, cfg, clock: Clock, log=log) -
 
 def bench_cpu_side(photos: list[bytes], blip_proc, clip_proc, pipeline_batch: int, log=log) -> dict:
     """Images/s of the CPU work per image: threaded over all cores, and as the pipeline arranges it."""
-    from dam_assets.enrichment.renditions import thumbnail
+    from dam_assets.enrichment.stages.thumbnails import thumbnail
     from dam_core.imaging import DEFAULT_PIXEL_BUDGET, Decoded, decode, pixel_budget
 
     cores = os.cpu_count() or 1
@@ -453,9 +453,9 @@ def bench_pipeline(store, warm_uploads, uploads, captioner, embedder, batch_size
                    log=log) -> dict:
     import torch
 
-    from dam_assets.enrichment.batch import caption_batch, embed_batch, thumbnail_batch
-    from dam_assets.enrichment.renditions import write_thumbnails, write_vectors
-    from dam_assets.enrichment.stages import write_captions, write_embeddings
+    from dam_assets.enrichment.stages.captions import caption_batch, write_captions
+    from dam_assets.enrichment.stages.embeddings import embed_batch, write_embeddings
+    from dam_assets.enrichment.stages.thumbnails import thumbnail_batch, write_thumbnails
     from dam_core.imaging import DEFAULT_PIXEL_BUDGET, decode_batch
     from dam_core.settings import Settings
     from dam_models.captioner import Captioner
@@ -486,8 +486,7 @@ def bench_pipeline(store, warm_uploads, uploads, captioner, embedder, batch_size
         t = mark("thumbnails", t)
         if write:
             write_captions(store, batch_key, captions)
-            write_vectors(store, embeddings)
-            write_embeddings(store, batch_key, embeddings)
+            write_embeddings(store, batch_key, embeddings)  # and vectors/{id}.json
             write_thumbnails(store, thumbs)
             mark("writes", t)
         errors = sum(1 for d in decoded if d.image is None)

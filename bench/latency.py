@@ -16,7 +16,7 @@ Everything started is stopped (whole process groups) and the database and queues
 Both use tiny random models (`dam models tiny`; the real BLIP/CLIP are not downloadable here, so
 the step is shorter than with them: the waits around it are what this measures). The latency of
 an image is from the start of its POST to the moment its row is readable in the table (`SELECT id,
-batch FROM assets` through dam_core.table.connect, polled every 0.2 s by this client). Where the
+batch FROM assets` through AssetTable.connect, polled every 0.2 s by this client). Where the
 time went comes from the Dagster instance: the sensor tick that requested the run (its start), the
 run's RUN_ENQUEUED, RUN_STARTING (the queue daemon dequeued and launched it), on workers the
 launcher's "Run sent to Celery queue" event, RUN_START (run process / worker executing), first
@@ -61,15 +61,15 @@ def _p(vals: list[float]) -> dict:
 
 
 class Rows:
-    """Which ids have a row in the table, and in which batch (through dam_core.table.connect)."""
+    """Which ids have a row in the table, and in which batch (through AssetTable.connect)."""
 
     def __init__(self, settings):
-        self.settings = settings
+        from dam_core.table import make_table
+
+        self.table = make_table(settings)
 
     def seen(self) -> dict[str, str]:
-        from dam_core.table import connect
-
-        con = connect(self.settings)
+        con = self.table.connect()
         try:
             return dict(con.sql("SELECT id, batch FROM assets").fetchall())
         finally:
@@ -645,7 +645,8 @@ def main(argv=None) -> int:
         (out / "latency-model-server.json").write_text(json.dumps(both, indent=1, default=str))
         from bench.report import write_section
 
-        write_section("latency.model-server", render_model_server(both, args.quick))
+        write_section("latency.model-server", render_model_server(both, args.quick),
+                      command="python -m bench.latency --compare-model-server" + (" --quick" if args.quick else ""))
         print(json.dumps({k: v for k, v in both.items() if k not in ("own_models_per_run", "model_server")}, indent=1))
         return 0
     if not args.workers:

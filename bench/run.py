@@ -2,7 +2,8 @@
 (optional, only when named: `--only gpu`, `--only upload_rtt`, `--only table`, `--only upload_metrics`).
 
 Writes ``OUT/results.json`` (and ``OUT/results-quick.json`` with --quick). A full run (no --quick,
-every benchmark) also renders ``bench/RESULTS.md``.
+every benchmark) also records its sections in ``bench/results/suite.json`` and re-renders
+``bench/RESULTS.md`` from every record there (bench/report.py): the other sections are kept.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
         log(f"bench: {name} took {results['seconds'][name]:.0f}s")
     results["seconds"]["total"] = round(time.perf_counter() - t_all, 1)
 
-    from bench.report import render, summary_lines, write_results
+    from bench.report import render, summary_lines, write_record
 
     name = "results-quick.json" if args.quick else "results.json"
     (out_dir / name).write_text(json.dumps(results, indent=1, default=str))
@@ -133,8 +134,9 @@ def main(argv=None) -> int:
     if not args.quick and not args.no_report and set(only) == set(BENCHMARKS):
         levers_file = out_dir / "levers.json"
         levers = json.loads(levers_file.read_text()) if levers_file.exists() else None
-        write_results(render(results, levers))  # includes section 4 (search) when it ran
-        log(f"bench: wrote {HERE / 'RESULTS.md'}")
+        # includes section 4 (search) when it ran
+        write_record("suite", render(results, levers), "python -m bench.run", date=results["machine"]["date"][:10])
+        log(f"bench: wrote {HERE / 'results' / 'suite.json'} and {HERE / 'RESULTS.md'}")
     log(f"bench: total {results['seconds']['total']:.0f}s")
     return 1 if failed else 0
 

@@ -3,7 +3,7 @@
     python -m bench.runtimes [--quick] [--models-dir DIR] [--out bench/out]
 
 Every figure comes from one run on this machine: the seed's naive worker (fp32, one image at a
-time), then the product's step (`dam_assets.enrichment.pipeline.run_step` and the stage writes
+time), then the product's step (`dam_assets.enrichment.pipeline.enrich_chunks` and the stage writes
 the asset makes) on each (runtime, dtype), each in its own process so its peak RSS is its own,
 each with the models-alone ceiling measured in the same process (the model calls on input
 prepared beforehand, no fetch, decode or writes). The default runtime also runs with the
@@ -13,7 +13,7 @@ Parity: fp32 PyTorch is the reference. For each runtime and dtype, on the full-s
 models and on the tiny ones: image and text embedding cosine (min and mean over items), and for
 captions the teacher-forced next-token logits after each token of the reference's own greedy
 captions (cosine; top-1 agreement). Exact caption text is not compared: with random weights every
-step is a near-tie (README, "Model runtimes").
+step is a near-tie (docs/models.md).
 
 Writes OUT/runtimes.json and the "Model runtimes" section of bench/RESULTS.md.
 """
@@ -54,9 +54,9 @@ def _uploads(path: str):
 def child_step(args) -> dict:
     import functools
 
-    from dam_assets.enrichment.pipeline import Enrichment, run_step
-    from dam_assets.enrichment.renditions import write_vectors
-    from dam_assets.enrichment.stages import write_captions, write_embeddings
+    from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
+    from dam_assets.enrichment.stages.captions import write_captions
+    from dam_assets.enrichment.stages.embeddings import write_embeddings
     from dam_core.imaging import decode_batch
     from dam_core.store import LocalStore
     from dam_models.captioner import get_captioner
@@ -74,15 +74,14 @@ def child_step(args) -> dict:
     load_s = time.perf_counter() - t
     work = Enrichment(captioner=captioner, embedder=embedder, labels=load_vocabulary(), threshold=0.05, top_k=5)
     decode = functools.partial(decode_batch)
-    run_step(store, uploads[:2], work, decode, chunk_size=CHUNK, prefetch=args.prefetch)  # warm-up
+    enrich_chunks(store, uploads[:2], work, decode, chunk_size=CHUNK, prefetch=args.prefetch)  # warm-up
 
     mon = CpuMonitor()
     c0, t0 = time.process_time(), time.perf_counter()
-    step = run_step(store, uploads, work, decode, chunk_size=CHUNK, prefetch=args.prefetch)
+    step = enrich_chunks(store, uploads, work, decode, chunk_size=CHUNK, prefetch=args.prefetch)
     t = time.perf_counter()
     write_captions(store, "bench", step.captions)
-    write_vectors(store, step.embeddings)
-    write_embeddings(store, "bench", step.embeddings)
+    write_embeddings(store, "bench", step.embeddings)  # and vectors/{id}.json
     writes_s = time.perf_counter() - t
     total = time.perf_counter() - t0
     cpu_s = time.process_time() - c0

@@ -1,12 +1,12 @@
 """Scale: per-batch table writes as the table grows, sensor drain rate, `dam sql` top-10 search.
 
-(a) ``dam_core.table.write_batch`` of 64-row batches with 512-float embeddings into a LocalStore
+(a) ``dam_core.table.AssetTable.write_batch`` of 64-row batches with 512-float embeddings into a LocalStore
     until the table holds 100,000 rows (one file per batch), every batch timed; against the naive
     design, which reads the one ``metadata/assets.parquet``, appends the batch and rewrites it --
     timed at sampled sizes (its cost depends only on the size of the file it rewrites).
 (b) ``dam_assets.ingest.draining.drain`` from real RabbitMQ: valid UploadMessages published to a unique
     queue, drained the way the sensor does (batches of 64, one manifest each) until empty.
-(c) ``dam_core.table.connect(settings)`` + a top-10 cosine-similarity query over the table of (a).
+(c) ``AssetTable.connect()`` + a top-10 cosine-similarity query over the table of (a).
 """
 
 from __future__ import annotations
@@ -78,14 +78,15 @@ def _naive_table(rows_total: int, rng: np.random.Generator):
 # ----------------------------------------------------------------------------- (a)
 
 
-def table_writes(store, total_rows: int, samples: int, log=print) -> dict:
+def table_writes(settings, store, total_rows: int, samples: int, log=print) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from dam_core.manifests import new_batch_key
     from dam_core.store import KeyNotFound
-    from dam_core.table import schema, to_parquet_bytes, write_batch
+    from dam_core.table import make_table, schema, to_parquet_bytes
 
+    assets = make_table(settings)
     rng = np.random.default_rng(3)
     n_batches = -(-total_rows // BATCH)
     now = datetime.now(UTC)
@@ -97,7 +98,7 @@ def table_writes(store, total_rows: int, samples: int, log=print) -> dict:
         for r in rows:
             r["batch"] = batch
         t = time.perf_counter()
-        write_batch(store, batch, rows, DIM)
+        assets.write_batch(batch, rows, DIM, store)
         times.append(time.perf_counter() - t)
         if (k + 1) % 500 == 0:
             log(f"  write_batch: {k + 1}/{n_batches} batches")
@@ -230,8 +231,9 @@ def drain_rate(messages: int, store, log=print) -> dict:
 
 
 def search(settings, rows: int, runs: int, log=print) -> dict:
-    from dam_core.table import connect
+    from dam_core.table import make_table
 
+    table = make_table(settings)
     rng = np.random.default_rng(11)
     q = rng.standard_normal(DIM).astype(np.float32)
     q = (q / np.linalg.norm(q)).tolist()
@@ -245,7 +247,7 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
         top = None
         for _ in range(runs):
             t0 = time.perf_counter()
-            con = connect(settings)
+            con = table.connect()
             t1 = time.perf_counter()
             res = con.execute(query, {"q": q}).fetchall()
             t2 = time.perf_counter()
@@ -266,7 +268,7 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
             top_assets = top
         log(f"  {view}: connect {out[view]['connect_ms']} ms + query {out[view]['query_ms']} ms "
             f"= {out[view]['total_ms']} ms (median of {runs})")
-    # What changes to dam_core.table.connect would buy (measured here, not applied there):
+    # What changes to AssetTable.connect would buy (measured here, not applied there):
     # no union_by_name (every batch file has write_batch's schema, so DuckDB need not open every
     # footer at bind time), and additionally a dedup view that keeps embeddings out of the window sort.
     for key, dedup, what in (
@@ -295,7 +297,7 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
         }
         log(f"  assets, variant ({what}): connect {out[key]['connect_ms']} ms + "
             f"query {out[key]['query_ms']} ms = {out[key]['total_ms']} ms")
-    count = connect(settings).execute("SELECT count(*) FROM assets").fetchall()[0][0]
+    count = table.connect().execute("SELECT count(*) FROM assets").fetchall()[0][0]
     out["rows_in_view"] = count
     out["target"] = "< 300 ms"
     out["met"] = out["assets"]["total_ms"] < 300
@@ -303,10 +305,10 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
 
 
 def product_assets_view(settings) -> str:
-    """The product's `assets` view, as DuckDB stored it when dam_core.table.connect created it."""
-    from dam_core.table import connect
+    """The product's `assets` view, as DuckDB stored it when AssetTable.connect created it."""
+    from dam_core.table import make_table
 
-    con = connect(settings)
+    con = make_table(settings).connect()
     try:
         return con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'assets'").fetchone()[0]
     finally:
@@ -339,13 +341,14 @@ def _connect_variant(settings, dedup: str):
 def index_search(settings, store, runs: int, log=print) -> dict | None:
     """For reference: the product's search index (dam_core.index), built once, then queried."""
     try:
-        from dam_core.index import build_index, load_snapshot
-        from dam_core.table import connect
+        from dam_core.index.snapshot import load_snapshot
+        from dam_core.index.write import build_index
+        from dam_core.table import make_table
     except Exception as err:  # the index module is another team's and may change
         return {"error": f"{type(err).__name__}: {err}"}
     try:
         t = time.perf_counter()
-        build_index(store, connect(settings), exact_max=settings.dam_exact_search_max)
+        build_index(store, make_table(settings).connect(), exact_max=settings.dam_exact_search_max)
         build_s = time.perf_counter() - t
         t = time.perf_counter()
         snap = load_snapshot(store)
@@ -381,7 +384,7 @@ def run(quick: bool, only: set[str] | None = None, log=print) -> dict:
         settings = load_settings(dam_data_dir=tmp)
         store = LocalStore(settings.data_dir / "store")
         log(f"scale (a): write_batch up to {total_rows:,} rows (64-row batches, 512-float embeddings) vs one-file rewrite")
-        out["table_writes"] = table_writes(store, total_rows, samples=6 if quick else 10, log=log)
+        out["table_writes"] = table_writes(settings, store, total_rows, samples=6 if quick else 10, log=log)
         log(f"scale (c): dam sql top-10 cosine over {out['table_writes']['rows']:,} rows in "
             f"{out['table_writes']['batches']:,} files")
         out["search"] = search(settings, out["table_writes"]["rows"], runs=3 if quick else 5, log=log)

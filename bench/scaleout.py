@@ -127,7 +127,8 @@ class Launcher:
 
 def _ceiling(settings, store, uploads: list, batch: int) -> dict:
     """The asset's model calls alone on pre-decoded images: images/s and seconds per batch."""
-    from dam_assets.enrichment.batch import caption_batch, embed_batch
+    from dam_assets.enrichment.stages.captions import caption_batch
+    from dam_assets.enrichment.stages.embeddings import embed_batch
     from dam_assets.resources import ModelsResource
     from dam_core.imaging import decode_batch
 
@@ -256,9 +257,9 @@ def run(quick: bool, log=print, models_dir: str | None = None) -> dict:
         })
         log(f"scaleout: {n_batches} batches in {one_s:.1f}s on one worker, {two_s:.1f}s on two ({workers_used})")
 
-        from dam_core.table import connect
+        from dam_core.table import make_table
 
-        ((rows, distinct),) = connect(settings).sql("SELECT count(*), count(DISTINCT id) FROM assets_all").fetchall()
+        ((rows, distinct),) = make_table(settings).connect().sql("SELECT count(*), count(DISTINCT id) FROM assets_all").fetchall()
 
         cold_batch, warm_batch = sum(cold_s) / len(cold_s), sum(warm_s) / len(warm_s)
         cold_over, warm_over = cold_batch - ceiling["batch_s"], warm_batch - ceiling["batch_s"]

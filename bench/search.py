@@ -29,6 +29,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dam_core.index import segments, write
+from dam_core.index.holder import IndexHolder
+from dam_core.index.manifest import SegmentEntry, publish, read_version
+from dam_core.index.segments import with_item_columns, write_segment
+from dam_core.index.snapshot import load_snapshot
+from dam_core.index.write import add_batch, write_index
+
 PREAMBLE = (
     "Random unit 512-d vectors written as an index version, served by `dam api` (full-size CLIP text "
     "encoder, random weights), timed over HTTP from another process; recall@10 against brute force. "
@@ -144,7 +151,6 @@ def free_port() -> int:
 def hnsw_figures(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
     """The product's approximate path end to end: an index version written with its HNSW graph
     (what write_index does above DAM_EXACT_SEARCH_MAX), loaded and searched as the API does."""
-    from dam_core.index import load_snapshot, write_index
     from dam_core.store import LocalStore
 
     n = len(vectors)
@@ -174,7 +180,6 @@ def hnsw_figures(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) ->
 def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
     """HNSW on CLIP-like vectors with text-like queries (the target): recall@10 and latency for
     search (text-like queries) and similar (an indexed vector as the query, itself excluded)."""
-    from dam_core.index import load_snapshot, write_index
     from dam_core.store import LocalStore
 
     vectors, queries = clip_like_vectors(n, nq, seed=n)
@@ -212,21 +217,19 @@ def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
 def product_layout(n: int, seg_rows: int = 262_144, batch_rows: int = 64) -> list[int]:
     """Segment sizes, oldest first, that the product leaves after `n` rows arrive in batches of
     `batch_rows`: add_batch appends one segment per batch and merges by the product's own rule
-    (dam_core.index._merge_run) with MAX_MERGED_ROWS = `seg_rows`. At 1,000,000 rows in 64-row
+    (dam_core.index.write.merge_run) with MAX_MERGED_ROWS = `seg_rows`. At 1,000,000 rows in 64-row
     batches: 3 x 262,144, 6 x 32,768, 4 x 4,096, 512, 64 (15,625 batches, base 8: 3 6 4 1 1)."""
-    import dam_core.index as index
-
-    saved = index.MAX_MERGED_ROWS
-    index.MAX_MERGED_ROWS = seg_rows
+    saved = write.MAX_MERGED_ROWS
+    write.MAX_MERGED_ROWS = seg_rows
     try:
-        segs: list[dict] = []
+        rows: list[int] = []
         for start in range(0, n, batch_rows):
-            segs.append({"rows": min(batch_rows, n - start)})
-            while k := index._merge_run(segs):
-                segs[-k:] = [{"rows": sum(s["rows"] for s in segs[-k:])}]
+            rows.append(min(batch_rows, n - start))
+            while k := write.merge_run(rows):
+                rows[-k:] = [sum(rows[-k:])]
     finally:
-        index.MAX_MERGED_ROWS = saved
-    return [s["rows"] for s in segs]
+        write.MAX_MERGED_ROWS = saved
+    return rows
 
 
 def _exact_truth(vectors: np.ndarray, queries: np.ndarray, exclude: np.ndarray | None = None, k: int = 10,
@@ -280,9 +283,9 @@ def clip_segmented_figures(
                  (product_layout: at 1M, 3 x 262,144 + 6 x 32,768 + 4 x 4,096 + 512 + 64);
       "one":     full `seg_rows` segments plus the remainder as one segment (HNSW above exact_max):
                  the worst case, e.g. one big import batch.
-    Every segment is written by dam_core.index.write_segment (HNSW only above `exact_max`, default
-    the product's DAM_EXACT_SEARCH_MAX), a layout is published as one index version by
-    dam_core.index.publish, loaded by load_snapshot and searched by Snapshot.search as the API does
+    Every segment is written by dam_core.index.segments.write_segment (HNSW only above `exact_max`,
+    default the product's DAM_EXACT_SEARCH_MAX), a layout is published as one index version by
+    dam_core.index.manifest.publish, loaded by load_snapshot and searched by Snapshot.search as the API does
     (`similar`: the indexed vector from snap.vector_of, itself excluded). Each (expansion_search,
     HNSW_CANDIDATES) pair of `settings` is set on the loaded graphs / the module before measuring.
 
@@ -292,8 +295,6 @@ def clip_segmented_figures(
     publishes its own version (publish keeps the last 3 versions: older ones' segments may be
     pruned and are then rebuilt). Figures also go to `store_dir`/figures-exact{exact_max}.json.
     """
-    import dam_core.index as index
-    from dam_core.index import load_snapshot, publish, with_item_columns, write_segment
     from dam_core.layout import index_manifest_key
     from dam_core.store import LocalStore
 
@@ -356,22 +357,22 @@ def clip_segmented_figures(
                 t = time.perf_counter()
                 items = with_item_columns(_segment_items(start, stop, t0, f"20261124T000000Z-{start:07d}"))
                 entry = write_segment(store, items, np.ascontiguousarray(vectors[start:stop]), np.ones(rows, bool), exact_max)
-                got = meta["segments"][key] = {"entry": entry, "build_s": round(time.perf_counter() - t, 1)}
+                got = meta["segments"][key] = {"entry": entry.model_dump(mode="json"), "build_s": round(time.perf_counter() - t, 1)}
                 save()
-                log(f"  segment rows {start:,}-{stop:,} ({rows:,}, {'HNSW' if entry['hnsw'] else 'exact'}) written in {got['build_s']} s")
-            entries.append(got["entry"])
+                log(f"  segment rows {start:,}-{stop:,} ({rows:,}, {'HNSW' if entry.hnsw else 'exact'}) written in {got['build_s']} s")
+            entries.append(SegmentEntry.model_validate(got["entry"]))
             stop = start
         version = f"{name}@{exact_max}"
         seq = meta["versions"].get(version)
         if seq is None or not store.exists(index_manifest_key(seq)):
-            m = publish(store, lambda head, e=entries: {**head, "segments": e, "model": "bench", "removed": {},
-                                                      "watermark": None, "low_watermark": None, "pending": []})
-            seq = meta["versions"][version] = m["seq"]
+            m = publish(store, lambda head, e=tuple(entries): head.model_copy(update={
+                "segments": e, "model": "bench", "removed": {}, "watermark": None, "low_watermark": None, "pending": ()}))
+            seq = meta["versions"][version] = m.seq
             save()
-        manifest = json.loads(store.get(index_manifest_key(seq)))
+        manifest = read_version(store, seq)
         build = [meta["segments"][k]["build_s"] for k in keys]
         fig = {
-            "segments": [{"rows": r, "hnsw": e["hnsw"], "build_s": b} for r, e, b in zip(plan, entries, build)],
+            "segments": [{"rows": r, "hnsw": e.hnsw, "build_s": b} for r, e, b in zip(plan, entries, build)],
             "build_s": round(sum(build), 1),
         }
         rss0 = rss_mb()
@@ -384,11 +385,11 @@ def clip_segmented_figures(
         for r in warm:  # page in the memory-mapped vectors, quantize the exact segments (lazily, on first use)
             snap.search(np.asarray(vectors[r]), 10)
         fig["mem_after_warmup_mb"] = round(rss_mb() - rss0, 1)
-        saved = index.HNSW_CANDIDATES
+        saved = segments.HNSW_CANDIDATES
         fig["settings"] = {}
         try:
             for ef, cand in settings:
-                index.HNSW_CANDIDATES = cand
+                segments.HNSW_CANDIDATES = cand
                 for seg in snap.segments:
                     if seg.hnsw is not None:
                         seg.hnsw.expansion_search = ef
@@ -423,7 +424,7 @@ def clip_segmented_figures(
                 fig["settings"][f"ef={ef},candidates={cand}"] = res
                 log(f"  {name} layout ({len(plan)} segments), ef {ef}, candidates {cand}: {res}")
         finally:
-            index.HNSW_CANDIDATES = saved
+            segments.HNSW_CANDIDATES = saved
         del snap
         out["layouts"][name] = fig
     fig_path.write_text(json.dumps(out, indent=1))
@@ -443,8 +444,6 @@ def clip_segmented_interleaved(
     (load_snapshot, segments shared between versions) and searched by Snapshot.search. An `efs`
     entry is an expansion_search for every graph, or (ef, ef_small): ef_small for the graphs of
     fewer than `small_rows` vectors (a small graph reaches the same recall at a smaller ef)."""
-    from dam_core.index import load_snapshot
-    from dam_core.layout import index_manifest_key
     from dam_core.store import LocalStore
 
     root = Path(store_dir)
@@ -454,7 +453,7 @@ def clip_segmented_interleaved(
     nq = nq or len(queries)
     snaps, prev = {}, None
     for v in versions:
-        prev = snaps[v] = load_snapshot(store, json.loads(store.get(index_manifest_key(meta["versions"][v]))), reuse=prev)
+        prev = snaps[v] = load_snapshot(store, read_version(store, meta["versions"][v]), reuse=prev)
     configs = [(v, ef) for v in versions for ef in efs]
     lat = {c: [] for c in configs}
     found = {c: [] for c in configs}
@@ -486,9 +485,8 @@ def batch_rows_table(n: int, batch: str, model: str, seed: int, first: int) -> p
 
 
 def update_figures(table_rows: int, batches: int = 40, batch_size: int = 64) -> dict:
-    """Per-batch index update (dam_core.index.add_batch: segment write, publish, merges) on an index
+    """Per-batch index update (dam_core.index.write.add_batch: segment write, publish, merges) on an index
     that already holds `table_rows` vectors, and the API side's swap (IndexHolder.refresh)."""
-    from dam_core.index import IndexHolder, add_batch, write_index
     from dam_core.store import LocalStore
 
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
@@ -508,7 +506,7 @@ def update_figures(table_rows: int, batches: int = 40, batch_size: int = 64) -> 
             assert holder.refresh()
             swap.append((time.perf_counter() - t) * 1000)
             assert holder.snapshot.get(f"{10**9 + b * batch_size:032x}") is not None
-        segments = len(holder.snapshot.segments)
+        segments_after = len(holder.snapshot.segments)
         # Read-side lag: rows handed to the index -> the API's holder (polling at the product's
         # default DAM_INDEX_POLL_SECONDS, in a background thread as in `dam api`) serves them.
         from dam_core.settings import Settings
@@ -529,7 +527,7 @@ def update_figures(table_rows: int, batches: int = 40, batch_size: int = 64) -> 
         live.stop()
     return {
         "lag_p50_s": round(pct(lag, 50), 2), "lag_max_s": round(max(lag), 2),
-        "table_rows": table_rows, "batches": batches, "batch_size": batch_size, "segments_after": segments,
+        "table_rows": table_rows, "batches": batches, "batch_size": batch_size, "segments_after": segments_after,
         "update_p50_ms": round(pct(upd, 50), 1), "update_max_ms": round(max(upd), 1),
         "swap_p50_ms": round(pct(swap, 50), 1), "swap_max_ms": round(max(swap), 1),
     }
@@ -625,7 +623,6 @@ def index_figures(quick: bool, log=print, parts=("update", "clip")) -> dict:
 
 def run(quick: bool, out_dir: Path, log=print) -> dict:
     from bench.fixtures import build_models
-    from dam_core.index import load_snapshot, write_index
     from dam_core.store import LocalStore
 
     sizes = [20_000, 100_000] if quick else [100_000, 1_000_000]

@@ -19,9 +19,9 @@ mostly null, 32-hex ids, one batch in 100 carrying ~5% redeliveries of ids from 
    id (owner claims, dam_core/owners.py); the bulk applies the same outcome itself (ownership_plan)
    and writes the claims a later write_batch window needs to replace a bulk row. --all-real writes every batch
    through write_batch (about 15k commits: slow on 2 shared cores).
-2. compaction: ``dam_core.table.compact(settings, 0)`` timed in total and per step (optimize,
+2. compaction: ``AssetTable.compact(0)`` timed in total and per step (optimize,
    checkpoint, vacuum, cleanup_metadata), data files and bytes before/after.
-3. queries, p50 of several runs, a new ``dam_core.table.connect(settings)`` per run (as `dam sql`
+3. queries, p50 of several runs, a new ``AssetTable.connect()`` per run (as `dam sql`
    does), connect time included and reported apart:
      recent:  SELECT id, caption, processed_at FROM assets ORDER BY processed_at DESC LIMIT 10
      cosine:  SELECT id, list_cosine_similarity(embedding, $q::FLOAT[]) AS score FROM assets
@@ -287,11 +287,11 @@ def _bulk_commit(uri: str, actions: list) -> None:
 
 @contextmanager
 def _timing_open_table():
-    """Time the open_table() that write_batch calls after its commit (to return the version)."""
-    import dam_core.table as dt
+    """Time the AssetTable.open() each write_batch makes (one per call, before its commit)."""
+    from dam_core.table import AssetTable
 
     spent: list[float] = []
-    real = dt.open_table
+    real = AssetTable.open
 
     def timed(*a, **kw):
         t = time.perf_counter()
@@ -300,23 +300,25 @@ def _timing_open_table():
         finally:
             spent.append(time.perf_counter() - t)
 
-    dt.open_table = timed
+    AssetTable.open = timed
     try:
         yield spent
     finally:
-        dt.open_table = real
+        AssetTable.open = real
 
 
 def write_window(settings, first_k: int, n: int) -> dict:
     """n more batches (new keys from batch index first_k) through write_batch, timed."""
-    from dam_core.table import write_batch
+    from dam_core.store import make_store
+    from dam_core.table import make_table
 
+    table, store = make_table(settings), make_store(settings)
     times, reopen = [], []
     for k in range(first_k, first_k + n):
         rows = batch_table(k).to_pylist()
         with _timing_open_table() as opened:
             t = time.perf_counter()
-            write_batch(settings, batch_key(k), rows, DIM)
+            table.write_batch(batch_key(k), rows, DIM, store)
             times.append(time.perf_counter() - t)
         reopen.append(sum(opened))
     return {"batches": [first_k + 1, first_k + n], "median_ms": _ms(times),
@@ -334,9 +336,11 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
     """Write the table; returns the per-window write times and what was done in bulk. With
     `compact_above`, the table is compacted (as compact_assets_sensor does) whenever it holds more
     data files than that before a write_batch call; those compactions are timed apart."""
-    from dam_core.table import batch_month, compact, location, open_table, write_batch
+    from dam_core.store import make_store
+    from dam_core.table import batch_month, make_table
 
-    uri = location(settings).uri
+    assets, store = make_table(settings), make_store(settings)
+    uri = assets.location.uri
     half = window // 2
     windows = {}
     for p in points:
@@ -366,10 +370,10 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
                 bulk_files += len(pending)
                 pending = []
                 os.sync()  # the bulk's dirty pages are not flushed inside the next timed window
-            current = open_table(settings) if compact_above else None
+            current = assets.open() if compact_above else None
             if current is not None and len(current.file_uris()) > compact_above:
                 t = time.perf_counter()
-                done = compact(settings, retention_hours=168)
+                done = assets.compact(retention_hours=168)
                 compactions.append({"before_batch": b, "seconds": round(time.perf_counter() - t, 2),
                                     "files_before": done.files_before, "files_after": done.files_after})
                 log(f"  compaction before batch {b:,}: {done.files_before:,} -> {done.files_after:,} files "
@@ -377,7 +381,7 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
             rows = table.to_pylist()
             with _timing_open_table() as opened:
                 t = time.perf_counter()
-                write_batch(settings, batch_key(k), rows, DIM)
+                assets.write_batch(batch_key(k), rows, DIM, store)
                 times[b] = time.perf_counter() - t
             reopen[b] = sum(opened)
             t_real += times[b]
@@ -469,10 +473,9 @@ def _timed_steps(steps: dict):
 
         setattr(cls, name, timed)
 
-    import dam_core.table as dam_table
+    from dam_core.table import AssetTable
 
-    if hasattr(dam_table, "remove_duplicates"):
-        wrap(dam_table, "remove_duplicates", "remove_duplicates_s")
+    wrap(AssetTable, "_remove_duplicates", "remove_duplicates_s")
     wrap(TableOptimizer, "compact", "optimize_s")
     wrap(DeltaTable, "create_checkpoint", "checkpoint_s")
     wrap(DeltaTable, "vacuum", "vacuum_s")
@@ -485,15 +488,16 @@ def _timed_steps(steps: dict):
 
 
 def compaction(settings, log=print) -> dict:
-    from dam_core.table import compact, location
+    from dam_core.table import make_table
 
-    uri = location(settings).uri
+    table = make_table(settings)
+    uri = table.location.uri
     files_before, bytes_before = _du(Path(uri))
     log_before = _log_state(uri)
     steps: dict = {}
     t = time.perf_counter()
     with _timed_steps(steps):
-        result = compact(settings, retention_hours=0)
+        result = table.compact(retention_hours=0)
     total = time.perf_counter() - t
     files_after, bytes_after = _du(Path(uri))
     out = {
@@ -601,19 +605,20 @@ def measure(make_con, runs: int, queries: dict = QUERIES, label: str = "", log=p
 
 
 def profile_delta(settings, runs: int, log=print) -> dict:
-    """Where the Delta side's time goes, and alternatives to dam_core.table.connect (measured here only)."""
+    """Where the Delta side's time goes, and alternatives to AssetTable.connect (measured here only)."""
     import duckdb
     from deltalake import DeltaTable
 
-    from dam_core.table import _ASSETS_VIEW, PARTITION_COLUMN, connect, location, open_table
+    from dam_core.table import _ASSETS_VIEW, PARTITION_COLUMN, make_table
 
-    uri = location(settings).uri
+    assets = make_table(settings)
+    uri = assets.location.uri
     out: dict = {}
     # connect() split: DeltaTable load (log replay), to_pyarrow_dataset, DuckDB register + views
     load, dataset, views = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        table = open_table(settings)
+        table = assets.open()
         t1 = time.perf_counter()
         ds = table.to_pyarrow_dataset()
         t2 = time.perf_counter()
@@ -631,7 +636,7 @@ def profile_delta(settings, runs: int, log=print) -> dict:
     log(f"  connect split: {out['connect_split_ms']}")
 
     # the dedupe: which ids repeat, and the query on assets_all (no dedupe) for comparison
-    con = connect(settings)
+    con = assets.connect()
     t = time.perf_counter()
     repeated = con.execute("SELECT count(*) FROM (SELECT id FROM assets_all GROUP BY id HAVING count(*) > 1)").fetchone()[0]
     out["repeated_ids"] = repeated
@@ -645,7 +650,7 @@ def profile_delta(settings, runs: int, log=print) -> dict:
     con.close()
     log(f"  dedupe: {repeated:,} repeated ids, GROUP BY {out['repeated_group_by_ms']} ms; "
         f"rows {out['rows_all']:,} -> {out['rows_assets']:,}")
-    con = connect(settings)
+    con = assets.connect()
     t = time.perf_counter()
     con.execute("SELECT max(len(embedding)) FROM assets_all").fetchall()
     out["scan_embeddings_ms"] = round(1000 * (time.perf_counter() - t), 1)
@@ -676,7 +681,7 @@ def profile_delta(settings, runs: int, log=print) -> dict:
     alt_queries = {"recent": RECENT_SQL, "cosine": COSINE_ARRAY_SQL}
     out["alt_read_parquet_file_uris"] = measure(read_parquet_con, runs, alt_queries, "ALT read_parquet(file_uris)", log)
     # the same array-form cosine through the product's connect(), for a like-for-like comparison
-    out["array_cosine_product"] = measure(lambda: connect(settings), runs, {"cosine": COSINE_ARRAY_SQL},
+    out["array_cosine_product"] = measure(assets.connect, runs, {"cosine": COSINE_ARRAY_SQL},
                                           "delta (product connect), array cosine", log)
     return out
 
@@ -691,7 +696,7 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
 
     from bench.fixtures import machine, other_load
     from dam_core.settings import load_settings
-    from dam_core.table import location
+    from dam_core.table import location, make_table
 
     n_batches = batches or (1_563 if quick else 15_625)
     runs = 5
@@ -719,21 +724,20 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
         log("table: legacy layout (one file per batch, the pre-Delta reader) with the same rows")
         out["legacy_build"] = build_legacy(legacy_root, n_batches, log=log)
 
-        from dam_core.table import connect, open_table
-
+        assets = make_table(settings)
         # before compaction: one run of each, to show what compaction buys
         log("table: before compaction (one file per batch)")
-        out["delta_before_compaction"] = measure(lambda: connect(settings), 1, QUERIES, "delta uncompacted", log)
+        out["delta_before_compaction"] = measure(assets.connect, 1, QUERIES, "delta uncompacted", log)
         out["log_before"] = _log_state(uri)
         t = time.perf_counter()
-        open_table(settings)
+        assets.open()
         out["open_table_before_ms"] = round(1000 * (time.perf_counter() - t), 1)
 
         log("table: compaction")
         out["compaction"] = compaction(settings, log=log)
 
         log("table: queries (a new connect() per run)")
-        out["delta"] = measure(lambda: connect(settings), runs, QUERIES, "delta compacted", log)
+        out["delta"] = measure(assets.connect, runs, QUERIES, "delta compacted", log)
         lc = legacy_connect(legacy_root)
         out["legacy_distinct_ids"] = lc.execute("SELECT count(DISTINCT id) FROM assets_all").fetchone()[0]
         lc.close()
@@ -917,7 +921,7 @@ def lines(r: dict) -> list[str]:
     for key, name in (("median_ms", "median ms"), ("mean_ms", "mean ms"), ("max_ms", "max ms")):
         L.append(f"  {name:<13}" + "".join(f"{x[key]:>9}" for x in w["windows"]))
     L.append(f"  {'open_table ms':<13}" + "".join(f"{x['open_table_median_ms']:>9}" for x in w["windows"])
-             + "   (the open_table() write_batch makes after its commit, to return the version; inside the median)")
+             + "   (the AssetTable.open() each write_batch makes before its commit; inside the median)")
     L.append(f"  last/first median {w['first_last_ratio']}x  [target flat (<= 2x): {'met' if w['flat'] else 'SHORT'}]; "
              f"write_batch median {w['write_batch_median_ms']} ms over {w['write_batch_calls']:,} calls "
              f"({w['write_batch_rate_per_s']} commits/s); table built in {w['build_s']:.0f} s")
@@ -937,7 +941,7 @@ def lines(r: dict) -> list[str]:
             L.append(f"  {what}: batches {x['batches'][0]:,}-{x['batches'][1]:,}: median {x['median_ms']} ms, "
                      f"mean {x['mean_ms']}, max {x['max_ms']} (open_table {x['open_table_median_ms']} ms)")
     L.append("")
-    L.append(f"compaction (compact(settings, 0)): {c['seconds']} s (remove_duplicates {c.get('remove_duplicates_s')} s, "
+    L.append(f"compaction (AssetTable.compact(0)): {c['seconds']} s (remove_duplicates {c.get('remove_duplicates_s')} s, "
              f"{c.get('duplicates_removed')} removed; optimize {c.get('optimize_s')} s, checkpoint "
              f"{c.get('checkpoint_s')} s, vacuum {c.get('vacuum_s')} s, cleanup_metadata {c.get('cleanup_metadata_s')} s); "
              f"files {c['files_before']:,} -> {c['files_after']:,} ({c['mib_before']:,} -> {c['mib_after']:,} MiB), "

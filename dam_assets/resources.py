@@ -3,132 +3,79 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Optional
+import typing
+from typing import TYPE_CHECKING, Any, Optional
 
 from dagster import ConfigurableResource, EnvVar
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, SecretStr
 
-from dam_core.queue import UploadQueue, make_queue
+from dam_core.dam import Dam, open_dam
+from dam_core.queue import UploadQueue
 from dam_core.settings import Settings, SettingsError
-from dam_core.store import ObjectStore, make_store
+from dam_core.store import ObjectStore
+from dam_core.table import AssetTable
 
 log = logging.getLogger("dam_assets.resources")
 
 if TYPE_CHECKING:
-    import duckdb
-
     from dam_models.captioner import Captioner
     from dam_models.embedder import Embedder
 
-
-def _secret(name: str, value) -> Optional[str]:
-    # By name, not value: the UI shows resource config, and an EnvVar shows as its variable.
-    return EnvVar(name) if value is not None else None
-
-
-class _GivenSettings(Settings):
-    """Settings from the values passed in alone: the environment was read once, in dam_assets.config."""
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_):
-        return (init_settings,)
+# The settings that hold secrets: the resource passes them by variable name, never by value. Each
+# needs a field of DamResource's own (without one, the first use of `dam` fails, loudly).
+SECRETS = tuple(
+    name for name, field in Settings.model_fields.items()
+    if field.annotation is SecretStr or SecretStr in typing.get_args(field.annotation)
+)
 
 
 class DamResource(ConfigurableResource):
-    """The object store, the upload queue and the `assets` table, with the pipeline's limits."""
+    """The object store, the upload queue and the `assets` table (a Dam, opened on first use) of these settings."""
 
-    r2_endpoint: Optional[str] = Field(description="R2_ENDPOINT; unset: a local folder under data_dir.")
-    r2_bucket: Optional[str] = Field(description="R2_BUCKET")
-    r2_region: str = Field(description="R2_REGION")
-    r2_access_key_id: Optional[str] = Field(description="R2_ACCESS_KEY_ID")
-    r2_secret_access_key: Optional[str] = Field(description="R2_SECRET_ACCESS_KEY")
-    amqp_url: Optional[str] = Field(description="AMQP_URL; unset: the embedded queue under data_dir.")
-    queue_name: str = Field(description="DAM_QUEUE")
-    data_dir: str = Field(description="DAM_DATA_DIR, resolved")
-    near_duplicate: float = Field(description="DAM_NEAR_DUPLICATE")
-    batch_size: int = Field(description="DAM_BATCH_SIZE")
-    sensor_budget_seconds: float = Field(description="DAM_SENSOR_BUDGET_SECONDS")
-    decode_pixel_budget: int = Field(description="DAM_DECODE_PIXEL_BUDGET")
-    max_image_pixels: int = Field(
-        default=Settings.model_fields["dam_max_image_pixels"].default, description="DAM_MAX_IMAGE_PIXELS"
-    )
-    max_image_side: int = Field(
-        default=Settings.model_fields["dam_max_image_side"].default, description="DAM_MAX_IMAGE_SIDE"
-    )
-    orphan_grace_seconds: float = Field(description="DAM_ORPHAN_GRACE_SECONDS")
-    exact_search_max: int = Field(description="DAM_EXACT_SEARCH_MAX")
-    table_retention_hours: float = Field(description="DAM_TABLE_RETENTION_HOURS")
-    compact_max_files: int = Field(description="DAM_COMPACT_MAX_FILES")
+    # Optional values: Dagster refuses a null map member otherwise (R2_BUCKET unset is a null).
+    values: dict[str, Optional[Any]] = Field(description="Every setting but the secrets, by variable name (lowercase).")
+    # The UI shows resource config: a secret is an EnvVar there, which shows as its variable's name.
+    r2_access_key_id: Optional[str] = Field(default=None, description="R2_ACCESS_KEY_ID")
+    r2_secret_access_key: Optional[str] = Field(default=None, description="R2_SECRET_ACCESS_KEY")
+    amqp_url: Optional[str] = Field(default=None, description="AMQP_URL; unset: the embedded queue under the data folder.")
+    dam_api_key: Optional[str] = Field(default=None, description="DAM_API_KEY")
     configuration_error: Optional[str] = Field(
         default=None, description="Why the environment could not be read; when set, nothing runs."
     )
 
-    _settings: Settings | None = PrivateAttr(default=None)
-    _store: ObjectStore | None = PrivateAttr(default=None)
-    _queue: UploadQueue | None = PrivateAttr(default=None)
+    _dam: Dam | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, s: Settings, configuration_error: str | None = None) -> DamResource:
-        return cls(
-            r2_endpoint=s.r2_endpoint,
-            r2_bucket=s.r2_bucket,
-            r2_region=s.r2_region,
-            r2_access_key_id=_secret("R2_ACCESS_KEY_ID", s.r2_access_key_id),
-            r2_secret_access_key=_secret("R2_SECRET_ACCESS_KEY", s.r2_secret_access_key),
-            amqp_url=_secret("AMQP_URL", s.amqp_url),
-            queue_name=s.dam_queue,
-            data_dir=str(s.data_dir),
-            near_duplicate=s.dam_near_duplicate,
-            batch_size=s.dam_batch_size,
-            sensor_budget_seconds=s.dam_sensor_budget_seconds,
-            decode_pixel_budget=s.dam_decode_pixel_budget,
-            max_image_pixels=s.dam_max_image_pixels,
-            max_image_side=s.dam_max_image_side,
-            orphan_grace_seconds=s.dam_orphan_grace_seconds,
-            exact_search_max=s.dam_exact_search_max,
-            table_retention_hours=s.dam_table_retention_hours,
-            compact_max_files=s.dam_compact_max_files,
-            configuration_error=configuration_error,
-        )
+        values = s.model_dump(mode="json", exclude=set(SECRETS))
+        values["dam_data_dir"] = str(s.data_dir)  # resolved here: a run may start in another folder
+        secrets = {name: EnvVar(name.upper()) if getattr(s, name) is not None else None for name in SECRETS}
+        return cls(values=values, **secrets, configuration_error=configuration_error)
+
+    @property
+    def dam(self) -> Dam:
+        """The store, queue and table of these settings, opened once per resource."""
+        if self.configuration_error:
+            raise SettingsError(self.configuration_error)
+        if self._dam is None:
+            self._dam = open_dam(Settings(**self.values, **{name: getattr(self, name) for name in SECRETS}))
+        return self._dam
 
     @property
     def settings(self) -> Settings:
-        """These fields as dam_core settings, for the factories the API uses too."""
-        # Only what make_store, make_queue and table.connect read: a setting they start to read
-        # needs a field here, or the pipeline would silently use its default.
-        if self.configuration_error:
-            raise SettingsError(self.configuration_error)
-        if self._settings is None:
-            self._settings = _GivenSettings(
-                r2_endpoint=self.r2_endpoint,
-                r2_bucket=self.r2_bucket,
-                r2_region=self.r2_region,
-                r2_access_key_id=self.r2_access_key_id,
-                r2_secret_access_key=self.r2_secret_access_key,
-                amqp_url=self.amqp_url,
-                dam_queue=self.queue_name,
-                dam_data_dir=self.data_dir,
-                dam_near_duplicate=self.near_duplicate,
-            )
-        return self._settings
+        return self.dam.settings
 
     @property
     def store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = make_store(self.settings)
-        return self._store
+        return self.dam.store
 
     @property
     def queue(self) -> UploadQueue:
-        if self._queue is None:
-            self._queue = make_queue(self.settings)
-        return self._queue
+        return self.dam.queue
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the `assets` views over the table."""
-        from dam_core.table import connect
-
-        return connect(self.settings)
+    @property
+    def table(self) -> AssetTable:
+        return self.dam.table
 
 
 # A CPU gains nothing past 16 images per call; a GPU needs 64 or more to be kept busy (bench/RESULTS.md).

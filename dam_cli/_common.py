@@ -1,4 +1,8 @@
-"""What several `dam` commands share: settings, the open-API refusal, and where the data is."""
+"""What several `dam` commands share: settings and their Dam, the open-API refusal, and where the data is.
+
+Imports of the packages below happen inside the functions: `dam --help` and `dam upload` load
+none of the table's, the store's or the API's libraries.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,13 @@ def settings_or_exit():
         raise SystemExit(2) from None
 
 
+def dam_or_exit():
+    """The Dam of this environment's settings (its store, queue and table open on first use)."""
+    from dam_core.dam import open_dam
+
+    return open_dam(settings_or_exit())
+
+
 def refuse_open_api(settings, host: str, insecure: bool, command: str) -> bool:
     """True (after saying why) when the API would listen beyond this machine with no key."""
     from dam_ingest_api.server import is_loopback
@@ -34,16 +45,15 @@ def refuse_open_api(settings, host: str, insecure: bool, command: str) -> bool:
     return True
 
 
-def existing_store(settings):
-    """The configured object store, or None when it is a local folder nothing was ever written to.
+def existing_store(dam):
+    """The Dam's object store, or None when it is a local folder nothing was ever written to.
 
     Read-only commands use this so that looking in the wrong place creates nothing there.
     """
-    from dam_core.store import make_store
-
+    settings = dam.settings
     if not settings.uses_s3 and not (settings.data_dir / "store").is_dir():
         return None
-    return make_store(settings)
+    return dam.store
 
 
 def store_location(settings) -> str:

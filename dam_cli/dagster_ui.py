@@ -13,16 +13,25 @@ code server, same shutdown pipes), except that the webserver process it starts i
 wrapped in `HostCheck` when `DAM_DAGSTER_ALLOWED_HOSTS` names hosts (`dam dev` sets it while the UI
 listens on loopback). Both hooks are checked before anything starts: a Dagster that spawns its
 webserver another way stops `dam dev` with a message instead of serving without the check.
+
+The daemon it starts is `python -m dam_cli.dagster_ui daemon ARGS`: dagster-daemon's own command
+line with `QuietTicks` on its sensor logger, so a sensor tick that did nothing prints nothing (the
+daemon logs two lines per sensor per tick otherwise, every few seconds); the tick is still in the UI.
 """
 
 from __future__ import annotations
 
+import logging
+import runpy
 import sys
+import warnings
 from collections.abc import Iterable
 
 ALLOWED_HOSTS_ENV = "DAM_DAGSTER_ALLOWED_HOSTS"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _WEBSERVER_MODULE = ["-m", "dagster_webserver"]
+_DAEMON_MODULE = ["-m", "dagster._daemon"]
+_SENSOR_LOGGER = "dagster.daemon.SensorDaemon"
 _THIS_MODULE = "dam_cli.dagster_ui"  # not __name__: that is "__main__" under `python -m`
 
 
@@ -104,6 +113,23 @@ def _hooks_fit() -> str | None:
     return None
 
 
+class QuietTicks(logging.Filter):
+    """Drops the sensor daemon's per-tick lines for ticks that returned nothing to say."""
+
+    IDLE = ("Checking for new runs for sensor: ", "No run requests returned for ")
+    EMPTY = "skipped: Sensor function returned an empty result"  # a SensorResult() with nothing in it
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(self.IDLE) or message.endswith(self.EMPTY))
+
+
+def _daemon(argv: list[str]) -> None:
+    logging.getLogger(_SENSOR_LOGGER).addFilter(QuietTicks())
+    sys.argv = ["dagster-daemon", *argv]
+    runpy.run_module("dagster._daemon", run_name="__main__", alter_sys=True)
+
+
 def _dev(argv: list[str]) -> None:
     import dagster._cli as dagster_cli
     import dagster._cli.dev as dagster_dev
@@ -119,10 +145,15 @@ def _dev(argv: list[str]) -> None:
         parts = list(parts)
         if parts[1:3] == _WEBSERVER_MODULE:
             parts = [parts[0], "-m", _THIS_MODULE, "webserver", *parts[3:]]
+        elif parts[1:3] == _DAEMON_MODULE:
+            parts = [parts[0], "-m", _THIS_MODULE, "daemon", *parts[3:]]
         return spawn(parts, *args, **kwargs)
 
     dagster_dev.open_ipc_subprocess = open_ipc_subprocess
     sys.argv = ["dagster", "dev", *argv]
+    # `dam dev` is the supported entry point here; Dagster's notice that `dagster dev` is superseded
+    # by `dg dev` (a project scaffolding tool this project does not use) is not the user's business.
+    warnings.filterwarnings("ignore", message=r".*superseded.*dg dev", category=Warning)
     dagster_cli.main()
 
 
@@ -133,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         _dev(rest)
     elif mode == "webserver":
         _webserver(rest)
+    elif mode == "daemon":
+        _daemon(rest)
     else:
-        print("usage: python -m dam_cli.dagster_ui dev|webserver [dagster options]", file=sys.stderr)
+        print("usage: python -m dam_cli.dagster_ui dev|webserver|daemon [dagster options]", file=sys.stderr)
         raise SystemExit(2)
 
 

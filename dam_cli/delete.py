@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dam_cli._common import existing_store, say_no_data, settings_or_exit
+from dam_cli._common import dam_or_exit, existing_store, say_no_data
 
 _PARTS = ("original", "thumbnail", "vector", "marker")
 
@@ -28,16 +28,15 @@ def cmd_delete(args) -> int:
     if bad:
         print(f"dam delete: not an asset id (32 lowercase hex characters): {bad[0]!r}; nothing deleted", file=sys.stderr)
         return 2
-    settings = settings_or_exit()
-    store = existing_store(settings)
-    if store is None:
-        say_no_data("delete", "assets", settings, "nothing was deleted")
+    dam = dam_or_exit()
+    if existing_store(dam) is None:
+        say_no_data("delete", "assets", dam.settings, "nothing was deleted")
         return 1
     from dam_core.deletion import DeletionFailed, delete_assets
     from dam_core.store import StoreError
 
     try:
-        reports = delete_assets(settings, store, args.ids)
+        reports = delete_assets(dam, args.ids)
     except DeletionFailed as err:
         print(f"dam delete: {err}; the assets are hidden already, run the same command again to finish", file=sys.stderr)
         return 1

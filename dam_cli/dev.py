@@ -195,7 +195,8 @@ def cmd_dev(args) -> int:
         "dagster": subprocess.Popen(
             [sys.executable, "-m", "dam_cli.dagster_ui", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
              "-h", args.dagster_host, "-p", str(args.dagster_port)],
-            env=dagster_env(with_model_server(env, settings), args.dagster_host, args.dagster_read_only), cwd=str(REPO_ROOT),
+            env=dagster_env(with_model_server(env, settings), args.dagster_host, args.dagster_read_only),
+            cwd=env["DAGSTER_HOME"],  # the repo root holds a dagster.yaml too, which Dagster would warn about
             preexec_fn=_restore_signals, start_new_session=True,
         ),
     }

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-from dam_cli._common import existing_store, say_no_data, settings_or_exit
+from dam_cli._common import dam_or_exit, existing_store, say_no_data
 
 
 def cmd_search(args) -> int:
-    settings = settings_or_exit()
+    dam = dam_or_exit()
+    settings = dam.settings
     text = args.text.strip()
     if not text:
         print("dam search: the query is empty", file=sys.stderr)
@@ -19,7 +20,7 @@ def cmd_search(args) -> int:
         return 2
     from dam_ingest_api.catalog import Catalog, SearchUnavailable
 
-    store = existing_store(settings)
+    store = existing_store(dam)
     catalog = Catalog(settings, store) if store is not None else None
     if catalog is None or catalog.snapshot is None:
         say_no_data("search", "search index", settings, "it is built after the first batch is processed")

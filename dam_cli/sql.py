@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import sys
 
-from dam_cli._common import existing_store, say_no_data, settings_or_exit
+from dam_cli._common import dam_or_exit, existing_store, say_no_data
 
 
-def _has_table(settings) -> bool:
+def _has_table(dam) -> bool:
     from dam_core.layout import TABLE_PREFIX
 
-    store = existing_store(settings)
+    store = existing_store(dam)
     return store is not None and next(iter(store.list(TABLE_PREFIX)), None) is not None
 
 
 def cmd_sql(args) -> int:
-    settings = settings_or_exit()
+    dam = dam_or_exit()
     from dam_cli._format import format_result
-    from dam_core.table import connect
 
     try:
-        con = connect(settings, as_of=args.as_of)
+        con = dam.table.connect(as_of=args.as_of)
         rel = con.sql(args.query)
     except Exception as err:  # duckdb raises its own error family
         print(f"dam sql: {err}", file=sys.stderr)
         return 1
     if rel is not None:
         print(format_result(rel, args.format))
-    if not _has_table(settings):
-        say_no_data("sql", "assets table", settings, "it appears when the first batch is processed")
+    if not _has_table(dam):
+        say_no_data("sql", "assets table", dam.settings, "it appears when the first batch is processed")
     return 0
 
 

@@ -1,20 +1,18 @@
-"""`dam table`: the assets table's commit log, compaction and vacuum, and the one-off migration."""
+"""`dam table`: the assets table's commit log, compaction and vacuum."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
-from dam_cli._common import existing_store, say_no_data, settings_or_exit
+from dam_cli._common import dam_or_exit, say_no_data
 
 
 def cmd_history(args) -> int:
-    from dam_core.table import history
-
-    settings = settings_or_exit()
-    log = history(settings, args.limit)
+    dam = dam_or_exit()
+    log = dam.table.history(args.limit)
     if not log:
-        say_no_data("table history", "assets table", settings, "it appears when the first batch is processed")
+        say_no_data("table history", "assets table", dam.settings, "it appears when the first batch is processed")
         return 0
     if args.json:
         print(json.dumps(log, default=str, indent=1))
@@ -33,37 +31,21 @@ def cmd_history(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from dam_core.table import compact
-
-    settings = settings_or_exit()
-    retention = settings.dam_table_retention_hours if args.retention_hours is None else args.retention_hours
-    done = compact(settings, retention)
+    dam = dam_or_exit()
+    done = dam.table.compact(args.retention_hours)  # None: DAM_TABLE_RETENTION_HOURS
     if done is None:
-        say_no_data("table compact", "assets table", settings, "it appears when the first batch is processed")
+        say_no_data("table compact", "assets table", dam.settings, "it appears when the first batch is processed")
         return 0
     print(
         f"files {done.files_before} -> {done.files_after} (compaction added {done.files_added}, removed "
-        f"{done.files_removed}); vacuumed {done.vacuumed} file(s) older than {retention:g} h; "
+        f"{done.files_removed}); vacuumed {done.vacuumed} file(s) older than {done.retention_hours:g} h; "
         f"version {done.version_before} -> {done.version_after}"
     )
     return 0
 
 
-def cmd_migrate(args) -> int:
-    from dam_core.legacy_table import migrate
-
-    settings = settings_or_exit()
-    store = existing_store(settings)
-    if store is None:
-        say_no_data("table migrate", "store", settings, "nothing to migrate")
-        return 0
-    moved = migrate(settings, store, lambda batch, rows: print(f"batch {batch}: {rows} row(s) moved", flush=True))
-    print(f"{moved} batch file(s) moved into the Delta table" if moved else "nothing to migrate: no per-batch files")
-    return 0
-
-
 def register(sub) -> None:
-    t = sub.add_parser("table", help="the assets table: history, compaction, migration")
+    t = sub.add_parser("table", help="the assets table: history, compaction")
     tsub = t.add_subparsers(dest="table_command", required=True)
     h = tsub.add_parser("history", help="the commit log, newest first (versions for dam sql --as-of)")
     h.add_argument("--limit", type=int, default=20)
@@ -75,5 +57,3 @@ def register(sub) -> None:
         help="default DAM_TABLE_RETENTION_HOURS; 0 erases deleted rows from the history now",
     )
     c.set_defaults(func=cmd_compact)
-    m = tsub.add_parser("migrate", help="move a table written before Delta Lake (one file per batch) into it")
-    m.set_defaults(func=cmd_migrate)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class OverBudget(ValueError):
@@ -69,13 +67,3 @@ class Budget:
                 raise ValueError(f"releasing {units:,} but only {self._in_use:,} held")
             self._in_use -= int(units)
             self._cond.notify_all()
-
-    @contextmanager
-    def hold(self, units: int, timeout: float | None = None) -> Iterator[None]:
-        """``with budget.hold(n):`` -- TimeoutError if not granted within ``timeout`` seconds."""
-        if not self.acquire(units, timeout):
-            raise TimeoutError(f"{units:,} of the {self.name} not free within {timeout} s")
-        try:
-            yield
-        finally:
-            self.release(units)

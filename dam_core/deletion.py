@@ -19,18 +19,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from dam_core import layout
+from dam_core.dam import Dam
 from dam_core.images import FORMATS
+from dam_core.index.manifest import read_head
+from dam_core.index.write import remove_from_index
 from dam_core.markers import find_upload
 from dam_core.messages import is_asset_id
 from dam_core.owners import release_all
 from dam_core.store import ObjectStore
 from dam_core.tombstones import read_tombstone, write_tombstone
-
-if TYPE_CHECKING:
-    from dam_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +65,7 @@ class DeleteReport:
         return out
 
 
-def delete_assets(
-    settings: "Settings", store: ObjectStore, ids: Iterable[str], now: datetime | None = None
-) -> list[DeleteReport]:
+def delete_assets(dam: Dam, ids: Iterable[str], now: datetime | None = None) -> list[DeleteReport]:
     """Delete these assets everywhere (see the module docstring); one report per distinct id, in order.
 
     ValueError for a malformed id, before anything is touched. An id is found when any of its
@@ -81,6 +78,7 @@ def delete_assets(
     if bad:
         raise ValueError(f"not an asset id (32 lowercase hex characters): {bad[0]!r}")
     when = (now or datetime.now(UTC)).astimezone(UTC)
+    store = dam.store
     reports = {i: DeleteReport(i, found=_seen(store, i)) for i in ids}
     found = [i for i in ids if reports[i].found]
 
@@ -88,11 +86,9 @@ def delete_assets(
         reports[asset_id].deleted_at = write_tombstone(store, asset_id, when)
 
     try:
-        from dam_core import table
-
         for asset_id in found:
             # One call per id, so the answer can say which id had rows.
-            reports[asset_id].table_rows = int(table.delete_rows(settings, [asset_id]))
+            reports[asset_id].table_rows = int(dam.table.delete_rows([asset_id]))
     except Exception as err:
         log.exception("deleting table rows of %s failed", found)
         raise DeletionFailed("table", err, [reports[i] for i in ids]) from err
@@ -153,13 +149,11 @@ def _had_data(report: DeleteReport) -> bool:
 
 def _remove_from_index(store: ObjectStore, deleted: dict[str, datetime], had_data: set[str]) -> set[str]:
     """The ids that a new index version now drops (uploads up to their deletion); none without an index."""
-    from dam_core import index
-
-    head = index.read_head(store)
-    if head is None or not head.get("segments"):
+    head = read_head(store)
+    if head is None or not head.segments:
         return set()
-    before = index.removed_of(head)
+    before = head.removed
     wanted = {i: when for i, when in deleted.items() if i not in before or i in had_data}
-    if not wanted or index.remove_from_index(store, wanted) == 0:
+    if not wanted or remove_from_index(store, wanted) == 0:
         return set()
     return {i for i, when in wanted.items() if i not in before or before[i] < when}

@@ -75,43 +75,14 @@ def embeddings_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}embeddings/batch={batch}.parquet"
 
 
-LEGACY_TABLE_FILE = "part-0.parquet"
-
-
-def legacy_table_key(batch: str) -> str:
-    """A batch's table file before the table became a Delta table (`dam table migrate` moves them in)."""
-    return f"{TABLE_PREFIX}batch={batch}/{LEGACY_TABLE_FILE}"
-
-
-def batch_of_legacy_table_key(key: str) -> str | None:
-    """`metadata/assets/batch=B/part-0.parquet` -> `B`; None for any other key (the Delta table's own)."""
-    head = f"{TABLE_PREFIX}batch="
-    if not (key.startswith(head) and key.endswith(f"/{LEGACY_TABLE_FILE}")):
-        return None
-    return key[len(head):-len(LEGACY_TABLE_FILE) - 1]
-
-
-def index_version_prefix(version: str) -> str:
-    return f"{INDEX_PREFIX}{version}/"
-
-
-def index_file_key(version: str, name: str) -> str:
-    """A file of one search-index snapshot: `index/{version}/{name}`."""
-    return f"{index_version_prefix(version)}{name}"
-
-
 def index_manifest_key(seq: int) -> str:
     """One published index version's manifest, created exclusively: `index/versions/{seq}.json`."""
     return f"{INDEX_VERSIONS_PREFIX}{seq:012d}.json"
 
 
 def index_segment_prefix(segment: str) -> str:
+    """The folder of one immutable index segment's files: `index/segments/{segment}/`."""
     return f"{INDEX_SEGMENTS_PREFIX}{segment}/"
-
-
-def index_segment_key(segment: str, name: str) -> str:
-    """A file of one immutable index segment: `index/segments/{segment}/{name}`."""
-    return f"{index_segment_prefix(segment)}{name}"
 
 
 def tombstone_key(asset_id: str) -> str:

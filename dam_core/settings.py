@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,6 +29,18 @@ def default_data_dir() -> Path:
         return Path.home() / ".local" / "share" / "dam"
     except (RuntimeError, KeyError):  # no HOME and no passwd entry (a container's arbitrary uid)
         return Path(".dam")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(value: str | None) -> str:
+    """The one check of a device setting (DAM_DEVICE, resource config, the CLI): auto (also when
+    empty), cpu, cuda, cuda:N or mps, in any case; returns it lowercase."""
+    device = (value or "").strip().lower() or "auto"
+    if not _DEVICE.match(device):
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 class SettingsError(RuntimeError):
@@ -138,9 +151,7 @@ class Settings(BaseSettings):
     @field_validator("dam_device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "auto" and not (v == "cpu" or v == "mps" or v.startswith("cuda")):
-            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
-        return v
+        return check_device(v)
 
     @field_validator("dam_dtype")
     @classmethod

@@ -416,11 +416,6 @@ class S3Store(ObjectStore):
     def describe(self):
         return f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
 
-    def presigned_url(self, key: str, expires: int = 300) -> str:
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=expires
-        )
-
 
 def make_store(settings: "Settings") -> ObjectStore:
     """The store the settings ask for: S3 API when R2_BUCKET is set, else a local folder."""

@@ -11,13 +11,16 @@ commit:
   entry (`If-None-Match`, R2 and S3 both honour it), so two writers can never both take a version.
   A real conflict (the same batch twice at once) is retried here;
 - a delete is a Delta delete: the rows leave the current version at once and stay readable only
-  through time travel until `compact()` vacuums the files nothing references any more.
+  through time travel until `AssetTable.compact()` vacuums the files nothing references any more.
 
 One row per id is enforced by the writes, so the `assets` view is a plain projection that stays
 interactive at millions of rows: an id that reaches a second batch (a redelivered message, a
 recovery re-enqueue) is owned by one batch through claims in the store (dam_core/owners.py), and
-the owning batch's commit deletes the other rows of the id. `remove_duplicates()` (run by
-compaction) is the safety net.
+the owning batch's commit deletes the other rows of the id. `AssetTable.remove_duplicates()` (run
+by compaction) is the safety net.
+
+`AssetTable` is the handle: where the table lives and the settings that shape its reads and upkeep;
+`make_table(settings)` builds it (dam_core/dam.py does, once per process).
 """
 
 from __future__ import annotations
@@ -26,19 +29,21 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from dam_core.layout import TABLE_PREFIX
 from dam_core.owners import claim, claimants, release
 
 if TYPE_CHECKING:
-    import duckdb
-    from deltalake import DeltaTable
-
     from dam_core.settings import Settings
     from dam_core.store import ObjectStore
 
@@ -57,6 +62,7 @@ _TABLE_PROPERTIES = {
     "delta.checkpointInterval": "10",
 }
 _BATCH_KEY = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+T = TypeVar("T")
 
 
 def schema(embedding_dim: int | None) -> pa.Schema:
@@ -105,7 +111,11 @@ COLUMNS = schema(None).names
 @dataclass(frozen=True)
 class Location:
     uri: str
-    storage_options: dict[str, str] | None
+    storage_options: dict[str, str] | None  # None: a local folder
+
+    @property
+    def is_local(self) -> bool:
+        return self.storage_options is None
 
     def describe(self) -> str:
         return self.uri
@@ -127,45 +137,17 @@ def location(settings: "Settings") -> Location:
     return Location(f"s3://{settings.r2_bucket}/{TABLE_PREFIX.rstrip('/')}", options)
 
 
-def open_table(settings: "Settings", as_of: "int | datetime | str | None" = None) -> "DeltaTable | None":
-    """The table at its latest version (or `as_of`: a version number or a time), None if none yet.
-
-    (`DeltaTable.is_deltatable` is not used: it holds the GIL while it waits on the store, which
-    deadlocks against an S3 server running in the same process, as tests' moto does.)
-    """
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    where = location(settings)
-    try:
-        table = DeltaTable(where.uri, storage_options=where.storage_options)
-    except TableNotFoundError:
-        return None
-    except OSError as err:  # a local folder that does not exist yet
-        if "not found" in str(err).lower() or "no such file" in str(err).lower():
-            return None
-        raise
-    if as_of is not None:
-        if isinstance(as_of, str) and as_of.isdigit():
-            as_of = int(as_of)
-        if isinstance(as_of, int) and not 0 <= as_of <= table.version():
-            raise ValueError(f"the table has no version {as_of}: its versions are 0 to {table.version()}")
-        if isinstance(as_of, str):
-            try:
-                as_of = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"--as-of takes a version number or an ISO time, not {as_of!r}") from None
-        if isinstance(as_of, datetime) and as_of.tzinfo is None:
-            as_of = as_of.replace(tzinfo=UTC)
-        if isinstance(as_of, datetime):
-            first = min(h["timestamp"] for h in table.history())
-            if as_of.timestamp() * 1000 < first:
-                raise ValueError(f"the table did not exist yet at {as_of.isoformat()}")
-        table.load_as_version(as_of)
-    return table
+def make_table(settings: "Settings") -> AssetTable:
+    """The table the settings locate, with their thresholds."""
+    return AssetTable(
+        location(settings),
+        near_duplicate=settings.dam_near_duplicate,
+        retention_hours=settings.dam_table_retention_hours,
+        compact_max_files=settings.dam_compact_max_files,
+    )
 
 
-# ----------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------- rows and predicates
 
 
 def batch_month(batch: str) -> str:
@@ -184,45 +166,13 @@ def _arrow(rows: list[dict], embedding_dim: int | None, month: str) -> pa.Table:
     return table.append_column(PARTITION_COLUMN, pa.array([month] * len(rows), pa.string()))
 
 
-def _commit(action, what: str):
-    """Run one commit, retrying a conflict with another writer (delta-rs re-checks on each try)."""
-    from deltalake.exceptions import CommitFailedError
-
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        try:
-            return action()
-        except CommitFailedError as err:
-            if attempt == COMMIT_ATTEMPTS:
-                raise
-            pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
-            log.info("%s: commit conflict (%s), retry %d in %.2f s", what, err, attempt, pause)
-            time.sleep(pause)
+def _batch_predicate(batch: str, ids: list[str] | None = None) -> str:
+    where = f"{PARTITION_COLUMN} = '{batch_month(batch)}' AND batch = '{batch}'"
+    return where if ids is None else f"{where} AND id IN ({_quoted(sorted(set(ids)))})"
 
 
-def write_batch(
-    settings: "Settings", batch: str, rows: list[dict], embedding_dim: int | None, store: "ObjectStore | None" = None
-) -> int:
-    """Replace the batch's rows with `rows` in one commit, owning each id's row (see
-    dam_core/owners.py): rows of these ids in earlier batches go in the same commit, ids a later
-    batch claimed are left to it. `store` holds the claims (default: the settings' store).
-    Returns the table version written."""
-    if store is None:
-        from dam_core.store import make_store
-
-        store = make_store(settings)
-    mine = {r["id"]: r for r in rows}
-    claim(store, batch, mine)
-    plan = _ownership(settings, batch, mine, claimants(store, mine))
-    kept = [r for r in rows if r["id"] not in plan.dropped]
-    version = _commit(lambda: _overwrite(settings, batch, kept, embedding_dim, plan.replaced), f"batch {batch}")
-    # A later batch that claimed one of our ids after we looked owns it: it may have committed
-    # first and found no row of ours to delete, so ours goes now.
-    overtaken = _later_claimed(batch, claimants(store, [r["id"] for r in kept]))
-    if overtaken:
-        delete_rows(settings, sorted(overtaken), batch=batch)
-    release(store, [(i, b) for b, ids in plan.replaced.items() for i in ids])
-    release(store, [(i, batch) for i in plan.dropped | overtaken])
-    return version if not overtaken else open_table(settings).version()
+def _quoted(values: list[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
 @dataclass
@@ -235,13 +185,13 @@ def _later_claimed(batch: str, claims: dict[str, list[str]]) -> set[str]:
     return {i for i, batches in claims.items() if any(b > batch for b in batches)}
 
 
-def _ownership(settings: "Settings", batch: str, mine: dict[str, dict], claims: dict[str, list[str]]) -> _Plan:
+def _ownership(table: DeltaTable | None, batch: str, mine: dict[str, dict], claims: dict[str, list[str]]) -> _Plan:
     later = _later_claimed(batch, claims)
     earlier = {i: [b for b in bs if b < batch] for i, bs in claims.items() if i not in later}
     earlier = {i: bs for i, bs in earlier.items() if bs}
     # An error row never replaces a row without error (the old `assets` view's rule).
     failed = {i: bs for i, bs in earlier.items() if mine[i].get("error")}
-    keep_old = _ids_with_good_rows(settings, failed) if failed else set()
+    keep_old = _ids_with_good_rows(table, failed) if failed else set()
     replaced: dict[str, list[str]] = {}
     for i, bs in earlier.items():
         if i in keep_old:
@@ -251,11 +201,8 @@ def _ownership(settings: "Settings", batch: str, mine: dict[str, dict], claims: 
     return _Plan(dropped=later | keep_old, replaced=replaced)
 
 
-def _ids_with_good_rows(settings: "Settings", where: dict[str, list[str]]) -> set[str]:
+def _ids_with_good_rows(table: DeltaTable | None, where: dict[str, list[str]]) -> set[str]:
     """Which of these ids have a row without error in one of the given batches."""
-    import pyarrow.compute as pc
-
-    table = open_table(settings)
     if table is None:
         return set()
     batches = sorted({b for bs in where.values() for b in bs})
@@ -268,78 +215,7 @@ def _ids_with_good_rows(settings: "Settings", where: dict[str, list[str]]) -> se
     return {i for i, b in zip(found.column("id").to_pylist(), found.column("batch").to_pylist()) if b in where.get(i, [])}
 
 
-def _batch_predicate(batch: str, ids: list[str] | None = None) -> str:
-    where = f"{PARTITION_COLUMN} = '{batch_month(batch)}' AND batch = '{batch}'"
-    return where if ids is None else f"{where} AND id IN ({_quoted(sorted(set(ids)))})"
-
-
-def _overwrite(settings: "Settings", batch: str, rows: list[dict], dim: int | None, replaced: dict[str, list[str]]) -> int:
-    """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids.
-    Returns the version written (read off the table the write loaded: no second load)."""
-    from deltalake import WriterProperties, write_deltalake
-
-    where = location(settings)
-    table = open_table(settings)
-    predicate = " OR ".join(
-        f"({p})" for p in [_batch_predicate(batch), *(_batch_predicate(b, ids) for b, ids in sorted(replaced.items()))]
-    )
-    write_deltalake(
-        table if table is not None else where.uri,
-        _arrow(rows, dim, batch_month(batch)),
-        mode="overwrite",
-        predicate=predicate,
-        partition_by=[PARTITION_COLUMN],
-        schema_mode="merge",
-        storage_options=where.storage_options,
-        configuration=_TABLE_PROPERTIES,
-        writer_properties=WriterProperties(compression="ZSTD"),
-    )
-    return table.version() if table is not None else 0
-
-
-def _quoted(values: list[str]) -> str:
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-
-
-def delete_rows(settings: "Settings", ids: list[str], batch: str | None = None) -> int:
-    """Delete every row of these ids, or only those in `batch` (a Delta delete, one commit);
-    returns how many went."""
-    table = open_table(settings)
-    if table is None or not ids:
-        return 0
-    predicate = f"id IN ({_quoted(sorted(set(ids)))})" if batch is None else _batch_predicate(batch, ids)
-    metrics = _commit(lambda: open_table(settings).delete(predicate), f"delete {len(ids)} ids")
-    return int(metrics.get("num_deleted_rows", 0) or 0)
-
-
-def remove_duplicates(settings: "Settings") -> int:
-    """Delete every row that is not its id's best (a row without error, then the newest); the
-    safety net behind the ownership claims, run by compaction and after a migration."""
-    import duckdb
-
-    table = open_table(settings)
-    if table is None:
-        return 0
-    con = duckdb.connect()
-    con.register("_all", table.to_pyarrow_dataset())
-    losers = con.execute(
-        """
-        WITH repeated AS (SELECT id FROM _all GROUP BY id HAVING count(*) > 1)
-        SELECT batch, list(id) FROM (
-            SELECT id, batch, row_number() OVER (
-                PARTITION BY id ORDER BY (error IS NULL) DESC, processed_at DESC, batch DESC) AS _rank
-            FROM _all WHERE id IN (SELECT id FROM repeated)
-        ) WHERE _rank > 1 GROUP BY batch
-        """
-    ).fetchall()
-    if not losers:
-        return 0
-    predicate = " OR ".join(f"({_batch_predicate(b, ids)})" for b, ids in losers)
-    metrics = _commit(lambda: open_table(settings).delete(predicate), "remove duplicates")
-    return int(metrics.get("num_deleted_rows", 0) or 0)
-
-
-# ----------------------------------------------------------------------------- maintenance
+# ----------------------------------------------------------------------------- maintenance results
 
 
 @dataclass
@@ -358,42 +234,235 @@ class Compaction:
         return dict(self.__dict__)
 
 
-def compact(settings: "Settings", retention_hours: float) -> Compaction | None:
-    """Merge small files, checkpoint the log, then remove files that no version newer than
-    `retention_hours` ago references (0 forces erasure of deleted rows from history now)."""
-    table = open_table(settings)
-    if table is None:
-        return None
-    before, files_before = table.version(), len(table.file_uris())
-    duplicates = remove_duplicates(settings)
-    metrics = _commit(lambda: open_table(settings).optimize.compact(target_size=COMPACT_FILE_BYTES), "compact")
-    table = open_table(settings)
-    table.create_checkpoint()
-    vacuumed = table.vacuum(
-        retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False
-    )
-    table.cleanup_metadata()
-    table = open_table(settings)
-    return Compaction(
-        version_before=before,
-        version_after=table.version(),
-        files_before=files_before,
-        files_after=len(table.file_uris()),
-        files_added=int(metrics.get("numFilesAdded", 0)),
-        files_removed=int(metrics.get("numFilesRemoved", 0)),
-        vacuumed=len(vacuumed),
-        retention_hours=retention_hours,
-        duplicates_removed=duplicates,
-    )
+# ----------------------------------------------------------------------------- the handle
 
 
-def history(settings: "Settings", limit: int | None = None) -> list[dict]:
-    """The commit log, newest first: version, timestamp, operation and its parameters/metrics."""
-    table = open_table(settings)
-    return [] if table is None else table.history(limit)
+class AssetTable:
+    """The `assets` table at one location: batch writes, deletes, upkeep, and DuckDB views over it.
+
+    Each operation opens the Delta table once and keeps working on that handle: delta-rs moves it to
+    every version it commits, and a commit retried after a conflict first loads the versions the
+    other writer added.
+    """
+
+    def __init__(
+        self,
+        where: Location,
+        *,
+        near_duplicate: float = 0.95,
+        retention_hours: float = 168.0,
+        compact_max_files: int = 1000,
+    ):
+        self.location = where
+        self.near_duplicate = near_duplicate  # DAM_NEAR_DUPLICATE: the near_duplicates view's threshold
+        self.retention_hours = retention_hours  # DAM_TABLE_RETENTION_HOURS: compact()'s default
+        self.compact_max_files = compact_max_files  # DAM_COMPACT_MAX_FILES: more data files, compaction is due
+
+    def describe(self) -> str:
+        return self.location.describe()
+
+    def open(self, as_of: "int | datetime | str | None" = None) -> DeltaTable | None:
+        """The table at its latest version (or `as_of`: a version number or a time), None if none yet.
+
+        (`DeltaTable.is_deltatable` is not used: it holds the GIL while it waits on the store, which
+        deadlocks against an S3 server running in the same process, as tests' moto does.)
+        """
+        try:
+            table = DeltaTable(self.location.uri, storage_options=self.location.storage_options)
+        except TableNotFoundError:
+            return None
+        except OSError as err:  # a local folder that does not exist yet
+            if "not found" in str(err).lower() or "no such file" in str(err).lower():
+                return None
+            raise
+        if as_of is not None:
+            if isinstance(as_of, str) and as_of.isdigit():
+                as_of = int(as_of)
+            if isinstance(as_of, int) and not 0 <= as_of <= table.version():
+                raise ValueError(f"the table has no version {as_of}: its versions are 0 to {table.version()}")
+            if isinstance(as_of, str):
+                try:
+                    as_of = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError(f"--as-of takes a version number or an ISO time, not {as_of!r}") from None
+            if isinstance(as_of, datetime) and as_of.tzinfo is None:
+                as_of = as_of.replace(tzinfo=UTC)
+            if isinstance(as_of, datetime):
+                first = min(h["timestamp"] for h in table.history())
+                if as_of.timestamp() * 1000 < first:
+                    raise ValueError(f"the table did not exist yet at {as_of.isoformat()}")
+            table.load_as_version(as_of)
+        return table
+
+    # ------------------------------------------------------------------------- writing
+
+    def write_batch(self, batch: str, rows: list[dict], embedding_dim: int | None, store: "ObjectStore") -> int:
+        """Replace the batch's rows with `rows` in one commit, owning each id's row (see
+        dam_core/owners.py): rows of these ids in earlier batches go in the same commit, ids a later
+        batch claimed are left to it. `store` holds the claims. Returns the table version written."""
+        mine = {r["id"]: r for r in rows}
+        claim(store, batch, mine)
+        table = self.open()
+        plan = _ownership(table, batch, mine, claimants(store, mine))
+        kept = [r for r in rows if r["id"] not in plan.dropped]
+        table = self._commit(
+            table, lambda t: self._overwrite(t, batch, kept, embedding_dim, plan.replaced), f"batch {batch}"
+        )
+        version = table.version() if table is not None else 0
+        # A later batch that claimed one of our ids after we looked owns it: it may have committed
+        # first and found no row of ours to delete, so ours goes now.
+        overtaken = _later_claimed(batch, claimants(store, [r["id"] for r in kept]))
+        if overtaken:
+            table = table if table is not None else self.open()
+            self._delete(table, _batch_predicate(batch, sorted(overtaken)), f"delete {len(overtaken)} ids")
+            version = table.version()
+        release(store, [(i, b) for b, ids in plan.replaced.items() for i in ids])
+        release(store, [(i, batch) for i in plan.dropped | overtaken])
+        return version
+
+    def _overwrite(
+        self, table: DeltaTable | None, batch: str, rows: list[dict], dim: int | None, replaced: dict[str, list[str]]
+    ) -> DeltaTable | None:
+        """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids.
+        Returns the handle, now at the version written (None when this commit created the table)."""
+        predicate = " OR ".join(
+            f"({p})" for p in [_batch_predicate(batch), *(_batch_predicate(b, ids) for b, ids in sorted(replaced.items()))]
+        )
+        write_deltalake(
+            table if table is not None else self.location.uri,
+            _arrow(rows, dim, batch_month(batch)),
+            mode="overwrite",
+            predicate=predicate,
+            partition_by=[PARTITION_COLUMN],
+            schema_mode="merge",
+            storage_options=self.location.storage_options,
+            configuration=_TABLE_PROPERTIES,
+            writer_properties=WriterProperties(compression="ZSTD"),
+        )
+        return table
+
+    def delete_rows(self, ids: list[str], batch: str | None = None) -> int:
+        """Delete every row of these ids, or only those in `batch` (a Delta delete, one commit);
+        returns how many went."""
+        if not ids:
+            return 0
+        table = self.open()
+        if table is None:
+            return 0
+        predicate = f"id IN ({_quoted(sorted(set(ids)))})" if batch is None else _batch_predicate(batch, ids)
+        return self._delete(table, predicate, f"delete {len(ids)} ids")
+
+    def remove_duplicates(self) -> int:
+        """Delete every row that is not its id's best (a row without error, then the newest); the
+        safety net behind the ownership claims, run by compaction."""
+        table = self.open()
+        return 0 if table is None else self._remove_duplicates(table)
+
+    def _remove_duplicates(self, table: DeltaTable) -> int:
+        con = duckdb.connect()
+        con.register("_all", table.to_pyarrow_dataset())
+        losers = con.execute(
+            """
+            WITH repeated AS (SELECT id FROM _all GROUP BY id HAVING count(*) > 1)
+            SELECT batch, list(id) FROM (
+                SELECT id, batch, row_number() OVER (
+                    PARTITION BY id ORDER BY (error IS NULL) DESC, processed_at DESC, batch DESC) AS _rank
+                FROM _all WHERE id IN (SELECT id FROM repeated)
+            ) WHERE _rank > 1 GROUP BY batch
+            """
+        ).fetchall()
+        if not losers:
+            return 0
+        predicate = " OR ".join(f"({_batch_predicate(b, ids)})" for b, ids in losers)
+        return self._delete(table, predicate, "remove duplicates")
+
+    def _delete(self, table: DeltaTable, predicate: str, what: str) -> int:
+        metrics = self._commit(table, lambda t: t.delete(predicate), what)
+        return int(metrics.get("num_deleted_rows", 0) or 0)
+
+    def _commit(self, table: DeltaTable | None, action: Callable[[DeltaTable | None], T], what: str) -> T:
+        """Run one commit on `table`, retrying a conflict with another writer (delta-rs re-checks on
+        each try, after the handle loaded the versions it missed)."""
+        for attempt in range(1, COMMIT_ATTEMPTS):
+            try:
+                return action(table)
+            except CommitFailedError as err:
+                pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                log.info("%s: commit conflict (%s), retry %d in %.2f s", what, err, attempt, pause)
+                time.sleep(pause)
+                if table is None:
+                    table = self.open()  # the other writer created the table
+                else:
+                    table.update_incremental()
+        return action(table)  # the last try: a conflict now is raised
+
+    # ------------------------------------------------------------------------- maintenance
+
+    def compact(self, retention_hours: float | None = None) -> Compaction | None:
+        """Merge small files, checkpoint the log, then remove files that no version newer than
+        `retention_hours` ago references (default DAM_TABLE_RETENTION_HOURS; 0 forces erasure of
+        deleted rows from history now)."""
+        retention = self.retention_hours if retention_hours is None else retention_hours
+        table = self.open()
+        if table is None:
+            return None
+        before, files_before = table.version(), len(table.file_uris())
+        duplicates = self._remove_duplicates(table)
+        metrics = self._commit(table, lambda t: t.optimize.compact(target_size=COMPACT_FILE_BYTES), "compact")
+        # The checkpoint and the vacuum see the latest version: a file another writer committed
+        # since is referenced there, so it stays.
+        table.update_incremental()
+        table.create_checkpoint()
+        vacuumed = table.vacuum(retention_hours=int(retention), enforce_retention_duration=False, dry_run=False)
+        table.cleanup_metadata()
+        table.update_incremental()
+        return Compaction(
+            version_before=before,
+            version_after=table.version(),
+            files_before=files_before,
+            files_after=len(table.file_uris()),
+            files_added=int(metrics.get("numFilesAdded", 0)),
+            files_removed=int(metrics.get("numFilesRemoved", 0)),
+            vacuumed=len(vacuumed),
+            retention_hours=retention,
+            duplicates_removed=duplicates,
+        )
+
+    def history(self, limit: int | None = None) -> list[dict]:
+        """The commit log, newest first: version, timestamp, operation and its parameters/metrics."""
+        table = self.open()
+        return [] if table is None else table.history(limit)
+
+    # ------------------------------------------------------------------------- DuckDB
+
+    def connect(self, database: str = ":memory:", as_of: "int | datetime | str | None" = None) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with views `assets` (one row per id), `assets_all` (every row of every
+        batch) and `near_duplicates(a, b, score)` (pairs at or above DAM_NEAR_DUPLICATE), over the
+        table's latest version or the one `as_of` names (a version number or a timestamp)."""
+        table = self.open(as_of)
+        con = duckdb.connect(database)
+        files = table.file_uris() if table is not None else []
+        present = {f.name for f in table.schema().fields} if files else set()
+        if files and self.location.is_local:
+            # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
+            # union_by_name: files written before a column existed read it as null.
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
+            # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
+            columns = _column_list(present, {"embedding": "embedding[:]"})
+            con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
+        elif files:
+            con.register("_assets_dataset", table.to_pyarrow_dataset())
+            con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {_column_list(present)} FROM _assets_dataset")
+        else:
+            con.register("_assets_empty", schema(None).empty_table())
+            con.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM _assets_empty")
+        con.execute(_ASSETS_VIEW)
+        con.execute(_near_duplicates_view(self.near_duplicate))
+        return con
 
 
-# ----------------------------------------------------------------------------- DuckDB
+# ----------------------------------------------------------------------------- DuckDB views
 
 
 # One row per id is kept by the writes (dam_core/owners.py): the view only hides the partition column.
@@ -412,41 +481,6 @@ SELECT a, b, score FROM (
     WHERE x.embedding IS NOT NULL AND y.embedding IS NOT NULL
 ) WHERE score >= {float(threshold)!r}
 """
-
-
-def connect(
-    settings: "Settings | None" = None, database: str = ":memory:", as_of: "int | datetime | str | None" = None
-) -> "duckdb.DuckDBPyConnection":
-    """A DuckDB connection with views `assets` (one row per id), `assets_all` (every row of every
-    batch) and `near_duplicates(a, b, score)` (pairs at or above DAM_NEAR_DUPLICATE), over the
-    table's latest version or the one `as_of` names (a version number or a timestamp)."""
-    import duckdb
-
-    if settings is None:
-        from dam_core.settings import get_settings
-
-        settings = get_settings()
-    table = open_table(settings, as_of)
-    con = duckdb.connect(database)
-    files = table.file_uris() if table is not None else []
-    present = {f.name for f in table.schema().fields} if files else set()
-    if files and not settings.uses_s3:
-        # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
-        # union_by_name: files written before a column existed read it as null.
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
-        # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
-        columns = _column_list(present, {"embedding": "embedding[:]"})
-        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
-    elif files:
-        con.register("_assets_dataset", table.to_pyarrow_dataset())
-        con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {_column_list(present)} FROM _assets_dataset")
-    else:
-        con.register("_assets_empty", schema(None).empty_table())
-        con.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM _assets_empty")
-    con.execute(_ASSETS_VIEW)
-    con.execute(_near_duplicates_view(settings.dam_near_duplicate))
-    return con
 
 
 def _column_list(present: set[str], reads: dict[str, str] | None = None) -> str:

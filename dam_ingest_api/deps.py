@@ -1,4 +1,5 @@
-"""Request dependencies: settings, store, queue, catalog, marker writer, upload slots, the API-key check and a known asset.
+"""Request dependencies: the app's Dam (and its settings, store and queue), the uploader, catalog,
+upload slots, the API-key check and a known asset.
 
 Each per-app object is created once by `create_app` (on `app.state`) and reached only through
 these; routes never read `app.state` themselves.
@@ -12,13 +13,14 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import APIKeyHeader
 
+from dam_core.dam import Dam
 from dam_core.messages import ID_PATTERN
 from dam_core.queue import UploadQueue
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore
 from dam_ingest_api.catalog import Catalog
-from dam_ingest_api.marker_writer import MarkerWriter
 from dam_ingest_api.schemas import AssetDetail
+from dam_ingest_api.service import Uploader
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -40,24 +42,31 @@ class UploadSlots:
         self.active -= 1
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_dam(request: Request) -> Dam:
+    return request.app.state.dam
 
 
-def get_store(request: Request) -> ObjectStore:
-    return request.app.state.store
+DamDep = Annotated[Dam, Depends(get_dam)]
 
 
-def get_queue(request: Request) -> UploadQueue:
-    return request.app.state.queue
+def get_settings(dam: DamDep) -> Settings:
+    return dam.settings
+
+
+def get_store(dam: DamDep) -> ObjectStore:
+    return dam.store
+
+
+def get_queue(dam: DamDep) -> UploadQueue:
+    return dam.queue
+
+
+def get_uploader(request: Request) -> Uploader:
+    return request.app.state.uploader
 
 
 def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
-
-
-def get_markers(request: Request) -> MarkerWriter:
-    return request.app.state.markers
 
 
 def get_upload_slots(request: Request) -> UploadSlots:
@@ -67,8 +76,8 @@ def get_upload_slots(request: Request) -> UploadSlots:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 QueueDep = Annotated[UploadQueue, Depends(get_queue)]
+UploaderDep = Annotated[Uploader, Depends(get_uploader)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
-MarkersDep = Annotated[MarkerWriter, Depends(get_markers)]
 UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 AssetIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="32 lowercase hex characters")]
 

@@ -1,4 +1,4 @@
-"""The FastAPI application: `create_app()` wires settings, store, queue and catalog into the routes."""
+"""The FastAPI application: `create_app()` opens one Dam and wires it, the uploader and the catalog into the routes."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from dam_core.dam import open_dam
 from dam_core.metrics import mark_process_dead
-from dam_core.queue import UploadQueue, make_queue
+from dam_core.queue import UploadQueue
 from dam_core.settings import Settings, get_settings
-from dam_core.store import ObjectStore, StoreError, make_store
+from dam_core.store import ObjectStore, StoreError
 from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.deps import UploadSlots
-from dam_ingest_api.marker_writer import MarkerWriter
 from dam_ingest_api.request_metrics import RequestMetrics
 from dam_ingest_api.routes import assets, health, page, search, upload
 from dam_ingest_api.routes import metrics as metrics_route
 from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
+from dam_ingest_api.service import Uploader
 
 log = logging.getLogger("dam_ingest_api")
 
@@ -29,8 +30,9 @@ log = logging.getLogger("dam_ingest_api")
 def create_app(
     settings: Settings | None = None, store: ObjectStore | None = None, queue: UploadQueue | None = None
 ) -> FastAPI:
-    """Build the app; settings default to the environment, store and queue to what they select."""
-    settings = settings or get_settings()
+    """Build the app on one Dam; settings default to the environment, store and queue to what they select."""
+    dam = open_dam(settings or get_settings(), store=store, queue=queue)
+    settings = dam.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -41,18 +43,16 @@ def create_app(
         dam_models.set_query_threads(1)
         app.state.catalog.start()
         yield
-        app.state.markers.close()  # before the store's clients go: the markers in flight land
+        app.state.uploader.close()  # before the store's clients go: the markers in flight land
         app.state.catalog.stop()
-        app.state.queue.close()
+        dam.close()
         mark_process_dead()  # a worker of `dam api --workers N`: its live gauges leave the sum
 
     # /docs is served from the package (routes/page.py), not FastAPI's CDN-loaded page; no ReDoc.
     app = FastAPI(title="dam-pipeline ingest API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.store = store or make_store(settings)
-    app.state.queue = queue or make_queue(settings)
-    app.state.catalog = Catalog(settings, app.state.store)
-    app.state.markers = MarkerWriter(app.state.store)
+    app.state.dam = dam
+    app.state.uploader = Uploader.of(dam)  # the store and the queue are built here: a bad configuration fails now
+    app.state.catalog = Catalog(settings, dam.store)
     app.state.upload_slots = UploadSlots(settings.dam_max_concurrent_uploads)
     metrics.configure(settings.dam_metrics)
     if settings.dam_metrics:

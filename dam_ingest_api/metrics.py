@@ -191,7 +191,7 @@ def marker_done() -> None:
 
 
 def index_swapped(snapshot) -> None:
-    """The API now serves this index snapshot (dam_core.index.Snapshot)."""
+    """The API now serves this index snapshot (dam_core.index.snapshot.Snapshot)."""
     if not _enabled:
         return
     INDEX_VERSION.set(snapshot.seq)

@@ -4,7 +4,6 @@ connection policy under which idle or unauthenticated connections cannot lock ou
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import ipaddress
 import json
@@ -13,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("dam_ingest_api.server")
@@ -326,38 +326,40 @@ def protocol_for(policy: ConnectionPolicy) -> type[H11Protocol]:
 
 
 class SettingsHeaderTimeoutProtocol(HeaderTimeoutProtocol):
-    """HeaderTimeoutProtocol with the policy of this process's settings.
+    """HeaderTimeoutProtocol with the policy of this worker's settings.
 
-    For worker processes: uvicorn starts each one fresh and imports its protocol by name
-    (WORKER_PROTOCOL), so the class must live at module level and read its own settings.
+    For worker processes: uvicorn starts each one fresh and imports its protocol and its app factory
+    by name (WORKER_PROTOCOL, WORKER_APP), so the class lives at module level; the factory,
+    `worker_app`, reads the settings once and sets this policy before the worker accepts a connection.
     """
 
-    @property
-    def policy(self) -> ConnectionPolicy:  # type: ignore[override]
-        return _settings_policy()
+    policy = ConnectionPolicy()
 
 
-@functools.lru_cache(maxsize=1)
-def _settings_policy() -> ConnectionPolicy:
+def worker_app():
+    """The app of one `dam api --workers N` process, and its connection policy, from one read of the settings."""
+    # Imported here: `dam` commands import this module for is_loopback alone, and the app pulls in
+    # all of FastAPI and the API (about 0.6 s).
     from dam_core.settings import get_settings
+    from dam_ingest_api.main import create_app
 
-    return ConnectionPolicy.from_settings(get_settings())
+    settings = get_settings()
+    SettingsHeaderTimeoutProtocol.policy = ConnectionPolicy.from_settings(settings)
+    return create_app(settings)
 
 
 WORKER_PROTOCOL = f"{__name__}:SettingsHeaderTimeoutProtocol"
-WORKER_APP = "dam_ingest_api.main:app"  # the factory each worker calls: settings from the environment
+WORKER_APP = f"{__name__}:worker_app"
 
 
 def run(app, settings, host: str, port: int, log_level: str = "info", workers: int = 1) -> None:
     """Serve `app` with every connection-level limit from the settings.
 
     With workers > 1, uvicorn binds the socket once and starts that many processes that share
-    it; each builds its own app from the environment (WORKER_APP), so `app` is not used there,
+    it; each builds its own app from the environment (worker_app), so `app` is not used there,
     and every per-process limit (DAM_MAX_CONNECTIONS, DAM_MAX_CONCURRENT_UPLOADS,
     DAM_MAX_CONCURRENT_VALIDATIONS, DAM_PUBLISH_CONNECTIONS) applies to each worker.
     """
-    import uvicorn
-
     # No uvicorn limit_concurrency: DAM_MAX_CONNECTIONS is applied by the protocol's policy, which
     # tells requests with a valid key from the rest (see HeaderTimeoutProtocol).
     common = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=30)

@@ -1,4 +1,4 @@
-"""Accepting one upload: check the bytes, store the original, publish a confirmed message."""
+"""Accepting uploads (`Uploader`): check the bytes, store the original, publish a confirmed message."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 from datetime import UTC, datetime
 from typing import IO
 
+from dam_core.dam import Dam
 from dam_core.images import inspect_image
 from dam_core.imaging import return_freed_memory
 from dam_core.layout import original_key
@@ -53,96 +54,109 @@ def _validation_slots(limit: int) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(limit)
 
 
-def check_image(fp: IO[bytes], settings: Settings):
-    """inspect_image, at most DAM_MAX_CONCURRENT_VALIDATIONS at once in this process.
+class Uploader:
+    """Accepts uploads: checks the bytes, stores the original, publishes a confirmed message, and has
+    the upload's marker written after the answer. One per app, built from its Dam."""
 
-    It decodes every pixel (about 250 MB for an 8000x8000 PNG): without a cap, a burst of
-    large images would take memory in proportion to the number of request threads.
-    """
-    with _validation_slots(settings.dam_max_concurrent_validations):
-        info = None
+    def __init__(self, settings: Settings, store: ObjectStore, queue: UploadQueue, markers: MarkerWriter):
+        self.settings = settings  # the upload limits: sizes, files per request, timeouts, image bounds
+        self.store = store
+        self.queue = queue
+        self.markers = markers
+
+    @classmethod
+    def of(cls, dam: Dam) -> Uploader:
+        """The uploader over this Dam's store and queue (built now), with a marker writer of its own."""
+        return cls(dam.settings, dam.store, dam.queue, MarkerWriter(dam.store))
+
+    def close(self) -> None:
+        """Land the markers in flight; before the store's clients go."""
+        self.markers.close()
+
+    def check_image(self, fp: IO[bytes]):
+        """inspect_image, at most DAM_MAX_CONCURRENT_VALIDATIONS at once in this process.
+
+        It decodes every pixel (about 250 MB for an 8000x8000 PNG): without a cap, a burst of
+        large images would take memory in proportion to the number of request threads.
+        """
+        settings = self.settings
+        with _validation_slots(settings.dam_max_concurrent_validations):
+            info = None
+            try:
+                info = inspect_image(
+                    fp, settings.dam_max_image_pixels, settings.dam_max_frames, settings.dam_max_image_side
+                )
+                return info
+            finally:
+                # Inside the slot: the freed pixels go back to the OS before the next decode starts,
+                # else each request thread's malloc arena keeps its largest image (the cap then
+                # bounds decodes in flight but not memory). A small image's pixels are not worth
+                # the trim (a few % of the upload's CPU): glibc reuses them.
+                if info is None or info.width * info.height > _TRIM_ABOVE_PIXELS:
+                    return_freed_memory()
+
+    def accept(self, fp: IO[bytes], filename: str | None) -> tuple[bool, UploadMessage]:
+        """Store and queue one file; returns (is_new, the upload: this one, or the first of these bytes).
+
+        Raises ImageRejected for bad bytes and ServiceUnavailable when a service is down.
+        The id is derived from the content: the same bytes map to the same key. Once an
+        upload's message is confirmed, a marker `uploads/{id}.json` records it (written by
+        `markers` after the answer), and the same bytes again are answered as a duplicate with
+        nothing stored or queued. Two copies
+        racing past the marker check both publish; the pipeline's one-row-per-id rule still
+        makes them one asset.
+
+        An original is never deleted here: another request with the same bytes may have been
+        answered 202 for this very object. One whose message is never confirmed is an orphan,
+        removed by the periodic sweep (`dam_assets.maintenance.sweep`) once older than DAM_ORPHAN_GRACE_SECONDS;
+        re-writing an existing original before publishing restarts that clock.
+        """
+        store, markers = self.store, self.markers
+        info = self.check_image(fp)
+        sha, size = _sha256(fp)
+        asset_id = sha[:32]
+        key = original_key(asset_id, info.ext)
+        message = UploadMessage(
+            id=asset_id,
+            filename=clean_filename(filename),
+            r2_key=key,
+            mime_type=info.mime_type,
+            bytes=size,
+            sha256=sha,
+            width=info.width,
+            height=info.height,
+            uploaded_at=datetime.now(UTC),
+        )
+        fp.seek(0)
         try:
-            info = inspect_image(
-                fp, settings.dam_max_image_pixels, settings.dam_max_frames, settings.dam_max_image_side
-            )
-            return info
-        finally:
-            # Inside the slot: the freed pixels go back to the OS before the next decode starts,
-            # else each request thread's malloc arena keeps its largest image (the cap then
-            # bounds decodes in flight but not memory). A small image's pixels are not worth
-            # the trim (a few % of the upload's CPU): glibc reuses them.
-            if info is None or info.width * info.height > _TRIM_ABOVE_PIXELS:
-                return_freed_memory()
-
-
-def accept_upload(
-    fp: IO[bytes],
-    filename: str | None,
-    settings: Settings,
-    store: ObjectStore,
-    queue: UploadQueue,
-    markers: MarkerWriter,
-) -> tuple[bool, UploadMessage]:
-    """Store and queue one file; returns (is_new, the upload: this one, or the first of these bytes).
-
-    Raises ImageRejected for bad bytes and ServiceUnavailable when a service is down.
-    The id is derived from the content: the same bytes map to the same key. Once an
-    upload's message is confirmed, a marker `uploads/{id}.json` records it (written by
-    `markers` after the answer), and the same bytes again are answered as a duplicate with
-    nothing stored or queued. Two copies
-    racing past the marker check both publish; the pipeline's one-row-per-id rule still
-    makes them one asset.
-
-    An original is never deleted here: another request with the same bytes may have been
-    answered 202 for this very object. One whose message is never confirmed is an orphan,
-    removed by the periodic sweep (`dam_assets.maintenance.sweep`) once older than DAM_ORPHAN_GRACE_SECONDS;
-    re-writing an existing original before publishing restarts that clock.
-    """
-    info = check_image(fp, settings)
-    sha, size = _sha256(fp)
-    asset_id = sha[:32]
-    key = original_key(asset_id, info.ext)
-    message = UploadMessage(
-        id=asset_id,
-        filename=clean_filename(filename),
-        r2_key=key,
-        mime_type=info.mime_type,
-        bytes=size,
-        sha256=sha,
-        width=info.width,
-        height=info.height,
-        uploaded_at=datetime.now(UTC),
-    )
-    fp.seek(0)
-    try:
-        with metrics.store_put_timer():
-            created = store.create(key, fp, content_type=info.mime_type)
-        # Only bytes seen before need the marker: it tells a confirmed duplicate from an
-        # earlier attempt that stored the original but never got its message confirmed.
-        existing = None if created else (markers.pending(asset_id) or find_upload(store, asset_id))
-        if not created and existing is None:
-            # Present without a marker: an attempt whose publish failed (an orphan the sweep
-            # may be about to remove), or one still in flight. Writing the same bytes again
-            # makes the object young, so the sweep leaves it alone while this message is queued.
-            fp.seek(0)
             with metrics.store_put_timer():
-                store.put(key, fp, content_type=info.mime_type)
-    except StoreError as err:
-        log.warning("store failed for %s: %s", asset_id, err)
-        raise ServiceUnavailable("the object store is unavailable; nothing was queued, try again") from None
-    if existing is not None:
-        return False, existing
-    try:
-        with metrics.publish_timer():
-            queue.publish(message.to_json())
-    except QueueError as err:
-        log.warning("queue failed for %s: %s", asset_id, err)
-        raise BrokerUnavailable(
-            "the queue is unavailable or did not confirm the upload; nothing was queued, "
-            "send it again (repeating the same file is safe)"
-        ) from None
-    markers.submit(message)  # the message is confirmed: the upload will be processed, answer 202 now
-    return True, message
+                created = store.create(key, fp, content_type=info.mime_type)
+            # Only bytes seen before need the marker: it tells a confirmed duplicate from an
+            # earlier attempt that stored the original but never got its message confirmed.
+            existing = None if created else (markers.pending(asset_id) or find_upload(store, asset_id))
+            if not created and existing is None:
+                # Present without a marker: an attempt whose publish failed (an orphan the sweep
+                # may be about to remove), or one still in flight. Writing the same bytes again
+                # makes the object young, so the sweep leaves it alone while this message is queued.
+                fp.seek(0)
+                with metrics.store_put_timer():
+                    store.put(key, fp, content_type=info.mime_type)
+        except StoreError as err:
+            log.warning("store failed for %s: %s", asset_id, err)
+            raise ServiceUnavailable("the object store is unavailable; nothing was queued, try again") from None
+        if existing is not None:
+            return False, existing
+        try:
+            with metrics.publish_timer():
+                self.queue.publish(message.to_json())
+        except QueueError as err:
+            log.warning("queue failed for %s: %s", asset_id, err)
+            raise BrokerUnavailable(
+                "the queue is unavailable or did not confirm the upload; nothing was queued, "
+                "send it again (repeating the same file is safe)"
+            ) from None
+        markers.submit(message)  # the message is confirmed: the upload will be processed, answer 202 now
+        return True, message
 
 
-__all__ = ["BrokerUnavailable", "ServiceUnavailable", "accept_upload"]
+__all__ = ["BrokerUnavailable", "ServiceUnavailable", "Uploader"]

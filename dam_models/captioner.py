@@ -22,8 +22,11 @@ from PIL import Image
 from dam_models import query_threads
 from dam_models.base import InferenceModel, ModelSpec
 from dam_models.loading import cached, model_cache_dir, pinned, to_rgb
+from dam_models.quiet import quiet_transformers
 from dam_models.runtime import build_once, conversion_dir
 from dam_models.versions import caption_version
+
+quiet_transformers()  # this module loads weights: no progress bars or advice on the console
 
 DEFAULT_MIN_NEW_TOKENS = 1
 

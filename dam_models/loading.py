@@ -12,6 +12,7 @@ import torch
 
 # One conversion for every image path (decode, thumbnails, models); it lives beside the decode.
 from dam_core.imaging import to_rgb  # noqa: F401  (re-exported for the model classes)
+from dam_core.settings import check_device
 from dam_models import apply_query_threads
 
 apply_query_threads()  # a query server that started before torch was loaded (dam_models.set_query_threads)
@@ -31,16 +32,15 @@ _SHORT: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16: "bf16",
 
 
 def resolve_device(setting: str | None) -> str:
-    """``"auto"``/``""``/None -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else is validated."""
-    s = (setting or "").strip().lower()
-    if s in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if s == "gpu":
-        s = "cuda"
+    """``"auto"``/``""``/None -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else is checked
+    as DAM_DEVICE is (dam_core.settings.check_device), then for being available here."""
     try:
-        dev = torch.device(s)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"unknown device {setting!r} (use auto, cpu, cuda or cuda:N)") from err
+        s = check_device(setting)
+    except ValueError as err:
+        raise ValueError(f"unknown device {setting!r}: {err}") from None
+    if s == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(s)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {setting!r} was requested but CUDA is not available in this process")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -8,9 +8,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# pip's own chatter (and setuptools' editable-install warning block) goes to a log, shown only on failure.
+log="$(mktemp "${TMPDIR:-/tmp}/dam-setup.XXXXXX")"
+trap 'rm -f "$log"' EXIT
+pip_quiet() {
+  python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+}
+pip_quiet --upgrade pip
 # torch first, pinned: the CPU build; an unpinned torch would pull gigabytes of CUDA wheels.
-python -m pip install -q "torch==${DAM_TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
-python -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+pip_quiet "torch==${DAM_TORCH_VERSION:-2.13.0}"
+pip_quiet -e '.[dev]'
 python -c "import dam_core, dam_ingest_api, dam_assets, torch, transformers, dagster" \
   || { echo "setup: installation incomplete" >&2; exit 1; }

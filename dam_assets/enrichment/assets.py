@@ -1,6 +1,8 @@
-"""The enrichment assets of one ingest batch: captions, embeddings and thumbnails, then the table rows."""
+"""The enrichment assets of one ingest batch: captions, embeddings and thumbnails, then the table rows.
 
-import functools
+Thin shells: a batch's walk through the stages is enrichment/pipeline.py, its rows enrichment/rows.py.
+"""
+
 import os
 import socket
 from dataclasses import dataclass
@@ -21,34 +23,17 @@ from dagster import (
 
 from dam_assets import metrics
 from dam_assets.config import SETTINGS
-from dam_assets.enrichment.pipeline import Enrichment, Steps, run_step
-from dam_assets.enrichment.renditions import THUMBNAIL_LONG_EDGE, write_vectors
-from dam_assets.enrichment.rows import RowChecks, batch_rows
-from dam_assets.enrichment.stages import (
-    read_captions,
-    read_embeddings,
-    read_exif,
-    write_captions,
-    write_embeddings,
-    write_exif,
-)
+from dam_assets.enrichment.pipeline import Enrichment, Steps, enrich_batch
+from dam_assets.enrichment.rows import RowChecks, deleted, not_deleted, read_batch_rows
+from dam_assets.enrichment.stages.decode import decoder
+from dam_assets.enrichment.stages.thumbnails import THUMBNAIL_LONG_EDGE
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.markdown import md_table, md_text
 from dam_assets.resources import DamResource, ModelsResource
-from dam_core.imaging import decode_batch
-from dam_core.manifests import read_manifest
 from dam_core.settings import Settings
-from dam_core.table import delete_rows, location, write_batch
-from dam_core.tombstones import is_deleted, read_tombstones
+from dam_models.cache import track_loads  # not dam_models.loading: no torch, as a run on served models needs none
 from dam_models.versions import caption_version, embedding_version
-
-
-def _track_loads():
-    """Time the model loads of this step (dam_models.cache: no torch, as a run on served models needs none)."""
-    from dam_models.cache import track_loads
-
-    return track_loads()
 
 
 def _where(load) -> dict:
@@ -117,34 +102,24 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     loads = {}
     work = Enrichment(thumbnails=THUMBNAILS in selected)
     if CAPTIONS in selected:
-        with _track_loads() as loads["caption"]:
+        with track_loads() as loads["caption"]:
             work.captioner = models.captioner()
     if EMBEDDINGS in selected:
         work.labels, work.threshold, work.top_k = models.vocabulary(), models.tag_threshold, models.tags_top_k
-        with _track_loads() as loads["embedding"]:
+        with track_loads() as loads["embedding"]:
             work.embedder = models.embedder()
     for name, load in loads.items():
         metrics.model_loaded(name, load.seconds, load.loads)
-    decode = functools.partial(
-        decode_batch,
-        pixel_budget_size=dam.decode_pixel_budget,
-        max_pixels=dam.max_image_pixels,
-        max_image_side=dam.max_image_side,
+    decode = decoder(
+        dam.settings.dam_decode_pixel_budget, dam.settings.dam_max_image_pixels, dam.settings.dam_max_image_side
     )
     chunk = models.chunk_size((work.captioner or work.embedder).device if loads else "cpu")
 
     # One batch, or several in a backfill's run (BACKFILL_POLICY): each written as it is done.
     done = Steps()
     for batch in context.partition_keys:
-        step = run_step(store, read_manifest(store, batch).uploads, work, decode, chunk_size=chunk, prefetch=models.prefetch_chunks)
+        step = enrich_batch(store, batch, work, decode, chunk_size=chunk, prefetch=models.prefetch_chunks)
         metrics.stages_observed(step.busy)
-        # The EXIF columns were read during the decode: staged whichever assets are selected.
-        write_exif(store, batch, {d.upload.id: d.exif for d in step.decoded if d.exif is not None})
-        if step.captions is not None:
-            write_captions(store, batch, step.captions)
-        if step.embeddings is not None:
-            write_vectors(store, step.embeddings)
-            write_embeddings(store, batch, step.embeddings)
         done.add(step)
 
     common = {
@@ -225,7 +200,7 @@ def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> Material
             "errors": sum(1 for r in rows if r["error"]),
             "caption_model": commits[-1].caption_model,
             "embedding_model": commits[-1].embedding_model,
-            "table": MetadataValue.path(location(dam.settings).describe()),
+            "table": MetadataValue.path(dam.table.describe()),
             "table_version": commits[-1].version,
             "write_seconds": round(sum(c.seconds for c in commits), 3),
             "preview": MetadataValue.md(rows_preview(rows)),
@@ -249,19 +224,17 @@ class _Commit:
 def _commit_batch(context: AssetExecutionContext, dam: DamResource, batch: str) -> _Commit:
     """One batch's rows into the table, in one commit."""
     store = dam.store
-    manifest = read_manifest(store, batch)
-    captions = read_captions(store, batch)
-    embeddings = read_embeddings(store, batch)
-    rows = batch_rows(manifest, captions, embeddings, processed_at=datetime.now(UTC), exif=read_exif(store, batch))
+    staged = read_batch_rows(store, batch, processed_at=datetime.now(UTC))
+    rows, embeddings = staged.rows, staged.embeddings
     # Deleted while the batch ran: left out before the commit, and removed again after it when
     # the delete landed between the two (its own table delete may have run before our commit).
-    kept = _not_deleted(store, rows)
+    kept = not_deleted(store, rows)
     with metrics.stage("write") as took:
-        version = write_batch(dam.settings, batch, kept, embeddings.dim, store)
+        version = dam.table.write_batch(batch, kept, embeddings.dim, store)
     committed_at = datetime.now(UTC)
-    late = [r["id"] for r in _deleted(store, kept)]
+    late = [r["id"] for r in deleted(store, kept)]
     if late:
-        delete_rows(dam.settings, late, batch=batch)  # a re-upload's row in a newer batch stays
+        dam.table.delete_rows(late, batch=batch)  # a re-upload's row in a newer batch stays
         context.log.info(f"{len(late)} id(s) deleted while batch {batch} committed: their rows removed again")
     # A backfill re-commits old uploads: their lag says nothing about the pipeline keeping up.
     gone = set(late)
@@ -269,9 +242,9 @@ def _commit_batch(context: AssetExecutionContext, dam: DamResource, batch: str) 
         [r for r in kept if r["id"] not in gone], committed_at, lag=BACKFILL_TAG not in context.run.tags
     )
     return _Commit(
-        rows=rows, committed=len(kept) - len(late), checks=RowChecks.of(manifest, rows, embeddings.dim),
+        rows=rows, committed=len(kept) - len(late), checks=RowChecks.of(staged.manifest, rows, embeddings.dim),
         version=version, seconds=took.seconds, dim=embeddings.dim,
-        caption_model=captions.model or "", embedding_model=embeddings.model or "",
+        caption_model=staged.captions.model or "", embedding_model=embeddings.model or "",
     )
 
 
@@ -285,17 +258,6 @@ def rows_preview(rows: list[dict]) -> str:
     return md_table(
         ["filename", "caption", "error"], ([r["filename"], r["caption"], r["error"]] for r in rows[:10]), limit=40
     )
-
-
-def _deleted(store, rows: list[dict]) -> list[dict]:
-    """The rows whose upload a tombstone written since (or before) covers."""
-    tombstones = read_tombstones(store, [r["id"] for r in rows])
-    return [r for r in rows if is_deleted(tombstones, r["id"], r["uploaded_at"])]
-
-
-def _not_deleted(store, rows: list[dict]) -> list[dict]:
-    gone = {id(r) for r in _deleted(store, rows)}
-    return [r for r in rows if id(r) not in gone]
 
 
 def _check_results(c: RowChecks, dim: int) -> list[AssetCheckResult]:

@@ -1,5 +1,6 @@
-"""One batch's enrichment as a pipeline of chunks: the next chunk is fetched, decoded and prepared
-while the models work on this one, and thumbnails are made and written beside them.
+"""One batch's enrichment, top to bottom: its uploads go through the stages chunk by chunk
+(stages/decode -> captions -> embeddings -> thumbnails), then each stage writes the batch's file
+that asset_metadata reads (exif, captions, embeddings).
 
 The models are the step's critical path (on a GPU the decode would otherwise leave it idle
 between chunks); everything else moves off it onto threads:
@@ -22,41 +23,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dam_assets.enrichment.batch import (
-    caption_batch,
-    embed_batch,
-    merge_captions,
-    merge_embeddings,
-    thumbnail_batch,
-)
-from dam_assets.enrichment.renditions import write_thumbnails
-from dam_assets.enrichment.stages import Captions, Embeddings
+from dam_assets.enrichment.stages.captions import Captions, caption_batch, merge_captions, write_captions
+from dam_assets.enrichment.stages.decode import Decode, Prepared, prepare_chunk
+from dam_assets.enrichment.stages.embeddings import Embeddings, embed_batch, merge_embeddings, write_embeddings
+from dam_assets.enrichment.stages.exif import exif_batch, write_exif
+from dam_assets.enrichment.stages.thumbnails import thumbnail_batch, write_thumbnails
 from dam_core.imaging import Decoded
+from dam_core.manifests import read_manifest
 from dam_core.messages import UploadMessage
 from dam_core.store import ObjectStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imports torch, which a run on served models never loads (dam_models/serving.py)
     from dam_models.captioner import Captioner
     from dam_models.embedder import Embedder
-
-
-@dataclass
-class Prepared:
-    """One chunk, decoded, with the models' inputs for its readable images."""
-
-    decoded: list[Decoded]
-    caption_pixels: Any = None
-    embed_pixels: Any = None
-
-
-@dataclass
-class StepResult:
-    decoded: list[Decoded]
-    captions: Captions | None
-    embeddings: Embeddings | None
-    thumbnails: int
-    busy: dict[str, float] = field(default_factory=dict)  # seconds per stage, summed over chunks
-    wall: float = 0.0  # seconds for the whole step: below sum(busy) when stages overlapped
 
 
 @dataclass
@@ -71,72 +50,35 @@ class Enrichment:
     thumbnails: bool = True
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.busy: dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    def time(self, stage: str, fn: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        try:
-            return fn()
-        finally:
-            with self._lock:
-                self.busy[stage] += time.perf_counter() - started
+@dataclass
+class StepResult:
+    decoded: list[Decoded]
+    captions: Captions | None
+    embeddings: Embeddings | None
+    thumbnails: int
+    busy: dict[str, float] = field(default_factory=dict)  # seconds per stage, summed over chunks
+    wall: float = 0.0  # seconds for the whole step: below sum(busy) when stages overlapped
 
 
-def _prepare(store: ObjectStore, chunk: list[UploadMessage], work: Enrichment, decode: Callable, clock: _Clock) -> Prepared:
-    decoded = clock.time("decode", lambda: decode(store, chunk))
-    images = [d.image for d in decoded if d.image is not None]
-    prepared = Prepared(decoded)
-    if images:
-        if work.captioner is not None:
-            prepared.caption_pixels = clock.time("prepare", lambda: work.captioner.pixel_values(images))
-        if work.embedder is not None:
-            prepared.embed_pixels = clock.time("prepare", lambda: work.embedder.pixel_values(images))
-    return prepared
+def enrich_batch(
+    store: ObjectStore, batch: str, work: Enrichment, decode: Decode, chunk_size: int = 16, prefetch: int = 1
+) -> StepResult:
+    """The uploads of `batch`'s manifest through every selected stage, then the batch's stage files."""
+    step = enrich_chunks(store, read_manifest(store, batch).uploads, work, decode, chunk_size, prefetch)
+    # The EXIF columns were read during the decode: staged whichever assets are selected.
+    write_exif(store, batch, exif_batch(step.decoded))
+    if step.captions is not None:
+        write_captions(store, batch, step.captions)
+    if step.embeddings is not None:
+        write_embeddings(store, batch, step.embeddings)
+    return step
 
 
-_DONE = object()
-
-
-def _prefetched(produce: Iterator[Prepared], depth: int) -> Iterator[Prepared]:
-    """`produce` run on a thread, at most `depth` items ahead; its exception re-raised here."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in produce:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(_DONE)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            items.put(err)
-
-    thread = threading.Thread(target=run, name="enrichment-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := items.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def run_step(
+def enrich_chunks(
     store: ObjectStore,
     uploads: list[UploadMessage],
     work: Enrichment,
-    decode: Callable[[ObjectStore, list[UploadMessage]], list[Decoded]],
+    decode: Decode,
     chunk_size: int = 16,
     prefetch: int = 1,
 ) -> StepResult:
@@ -145,15 +87,16 @@ def run_step(
         raise ValueError("chunk_size must be at least 1")
     started = time.perf_counter()
     clock = _Clock()
+    c, e = work.captioner, work.embedder
     chunks = [uploads[i : i + chunk_size] for i in range(0, len(uploads), chunk_size)]
-    produce = (_prepare(store, chunk, work, decode, clock) for chunk in chunks)
+    produce = (prepare_chunk(store, chunk, decode, c, e, clock.time) for chunk in chunks)
     prepared_chunks = _prefetched(produce, prefetch) if prefetch > 0 else produce
     decoded: list[Decoded] = []
     captions: list[Captions] = []
     embeddings: list[Embeddings] = []
     thumbnails: list[Future] = []
 
-    def thumbs(chunk: list[Decoded]) -> int:
+    def thumbnail(chunk: list[Decoded]) -> int:  # on the thumbnail thread
         made = clock.time("thumbnail", lambda: thumbnail_batch(chunk))
         clock.time("thumbnail_write", lambda: write_thumbnails(store, made))
         return len(made)
@@ -162,15 +105,14 @@ def run_step(
         for p in prepared_chunks:
             decoded.extend(p.decoded)
             if work.thumbnails:
-                thumbnails.append(pool.submit(thumbs, p.decoded))
-            if work.captioner is not None:
-                captions.append(clock.time("caption", lambda p=p: caption_batch(p.decoded, work.captioner, p.caption_pixels)))
-            if work.embedder is not None:
+                thumbnails.append(pool.submit(thumbnail, p.decoded))
+            if c is not None:
+                captions.append(clock.time("caption", lambda p=p: caption_batch(p.decoded, c, p.caption_pixels)))
+            if e is not None:
                 embeddings.append(clock.time("embed", lambda p=p: embed_batch(
-                    p.decoded, work.embedder, work.labels, work.threshold, work.top_k, p.embed_pixels
+                    p.decoded, e, work.labels, work.threshold, work.top_k, p.embed_pixels
                 )))
         made = sum(f.result() for f in thumbnails)
-    c, e = work.captioner, work.embedder
     return StepResult(
         decoded=decoded,
         captions=merge_captions(captions, c.model_id, c.version) if c is not None else None,
@@ -206,3 +148,54 @@ class Steps:
             for d in step.decoded:
                 if d.image is not None and len(self.samples) < 10:
                     self.samples.append((d.upload.filename, step.captions.items[d.upload.id].caption))
+
+
+class _Clock:
+    """Seconds per stage, summed over chunks; the producer and thumbnail threads add to it too."""
+
+    def __init__(self) -> None:
+        self.busy: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def time(self, stage: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self.busy[stage] += time.perf_counter() - started
+
+
+_DONE = object()
+
+
+def _prefetched(produce: Iterator[Prepared], depth: int) -> Iterator[Prepared]:
+    """`produce` run on a thread, at most `depth` items ahead; its exception re-raised here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in produce:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            items.put(err)
+
+    thread = threading.Thread(target=run, name="enrichment-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -1,4 +1,5 @@
-"""A batch's rows of the `assets` table, from its manifest and stages, and what the checks look at."""
+"""A batch's rows of the `assets` table, assembled from its manifest and the stage files that
+image_enrichment wrote, less the ids deleted meanwhile; and what the checks look at."""
 
 from __future__ import annotations
 
@@ -6,17 +7,36 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from dam_assets.enrichment.stages import (
-    CaptionItem,
-    Captions,
-    EmbeddingItem,
-    Embeddings,
-)
+from dam_assets.enrichment.stages.captions import CaptionItem, Captions, read_captions
+from dam_assets.enrichment.stages.embeddings import EmbeddingItem, Embeddings, read_embeddings
+from dam_assets.enrichment.stages.exif import read_exif
 from dam_core.exif import ExifInfo
 from dam_core.layout import vector_key
+from dam_core.manifests import read_manifest
 from dam_core.messages import BatchManifest
+from dam_core.store import ObjectStore
+from dam_core.tombstones import is_deleted, read_tombstones
 
 MISSING_UPSTREAM = "missing caption or embedding for this image (upstream asset out of date)"
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """One batch's rows, with what they were assembled from."""
+
+    manifest: BatchManifest
+    captions: Captions
+    embeddings: Embeddings
+    rows: list[dict]
+
+
+def read_batch_rows(store: ObjectStore, batch: str, processed_at: datetime) -> BatchRows:
+    """The batch's manifest and stage files (captions, embeddings, EXIF), as its table rows."""
+    manifest = read_manifest(store, batch)
+    captions = read_captions(store, batch)
+    embeddings = read_embeddings(store, batch)
+    rows = batch_rows(manifest, captions, embeddings, processed_at=processed_at, exif=read_exif(store, batch))
+    return BatchRows(manifest, captions, embeddings, rows)
 
 
 def batch_rows(
@@ -69,6 +89,17 @@ def batch_rows(
             }
         )
     return rows
+
+
+def deleted(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    """The rows whose upload a tombstone written since (or before) covers."""
+    tombstones = read_tombstones(store, [r["id"] for r in rows])
+    return [r for r in rows if is_deleted(tombstones, r["id"], r["uploaded_at"])]
+
+
+def not_deleted(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    gone = {id(r) for r in deleted(store, rows)}
+    return [r for r in rows if id(r) not in gone]
 
 
 @dataclass(frozen=True)

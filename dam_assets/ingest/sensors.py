@@ -48,8 +48,8 @@ def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
     report = drain(
         dam.queue,
         dam.store,
-        batch_size=dam.batch_size,
-        budget_seconds=dam.sensor_budget_seconds,
+        batch_size=dam.settings.dam_batch_size,
+        budget_seconds=dam.settings.dam_sensor_budget_seconds,
         max_batches=MAX_BATCHES_PER_TICK,
         floor=context.cursor,  # new keys sort after it even if the clock stepped back
     )
@@ -60,7 +60,9 @@ def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
     # manifests after the old cursor: the next tick requests them again; run_key dedups runs.
     pending = list(batches_after(dam.store, context.cursor))
     if not pending:
-        return SensorResult(skip_reason=f"queue empty; {report.messages} message(s) handled")
+        # Nothing to say, so no skip reason: `dam dev` prints only ticks that did something
+        # (dam_cli/dagster_ui.py); the UI still lists every tick.
+        return SensorResult()
     missing = [k for k in pending if not context.instance.has_dynamic_partition(batches_partitions_def.name, k)]
     context.log.info(
         f"drained {report.messages} message(s) into {len(report.batches)} batch(es); "

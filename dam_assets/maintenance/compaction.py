@@ -26,7 +26,6 @@ from pydantic import Field
 from dam_assets.config import SETTINGS
 from dam_assets.resources import DamResource
 from dam_assets.run_queues import LIGHT_QUEUE, QUEUE_TAG
-from dam_core.table import compact, location, open_table
 
 
 class CompactConfig(Config):
@@ -47,13 +46,13 @@ class CompactConfig(Config):
     description="Compacts the assets table's small files and vacuums files older than the retention.",
 )
 def compact_assets(context: AssetExecutionContext, config: CompactConfig, dam: DamResource) -> MaterializeResult:
-    retention = dam.table_retention_hours if config.retention_hours is None else config.retention_hours
-    done = compact(dam.settings, retention)
+    retention = dam.table.retention_hours if config.retention_hours is None else config.retention_hours
+    done = dam.table.compact(retention)
     if done is None:
         context.log.info("no table yet: nothing to compact")
         return MaterializeResult(metadata={"files_before": 0, "files_after": 0, "retention_hours": retention})
     return MaterializeResult(
-        metadata={**done.as_metadata(), "table": MetadataValue.path(location(dam.settings).describe())}
+        metadata={**done.as_metadata(), "table": MetadataValue.path(dam.table.describe())}
     )
 
 
@@ -87,10 +86,10 @@ _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStat
     ),
 )
 def compact_assets_sensor(context: SensorEvaluationContext, dam: DamResource):
-    table = open_table(dam.settings)
+    table = dam.table.open()
     files = len(table.file_uris()) if table is not None else 0
-    if files <= dam.compact_max_files:
-        return SkipReason(f"{files} data files (compacts above {dam.compact_max_files})")
+    if files <= dam.table.compact_max_files:
+        return SkipReason(f"{files} data files (compacts above {dam.table.compact_max_files})")
     if context.instance.get_runs(RunsFilter(job_name=compact_assets_job.name, statuses=_ACTIVE), limit=1):
         return SkipReason(f"{files} data files; a compaction is already running")
     return RunRequest(run_key=f"compact-v{table.version()}", tags={"files": str(files)})

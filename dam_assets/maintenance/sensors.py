@@ -24,12 +24,13 @@ def orphan_sweep_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
     """One sweep per tick; it requests no runs, the tick's message says what it did."""
     report = sweep_orphans(
         dam.store,
-        grace_seconds=dam.orphan_grace_seconds,
+        grace_seconds=dam.settings.dam_orphan_grace_seconds,
         queue=dam.queue,
         # Read only when the sweep has candidates: the whole table is the costliest reference.
-        table_keys=lambda: [r[0] for r in dam.connect().execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()],
+        table_keys=lambda: [r[0] for r in dam.table.connect().execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()],
         budget_seconds=SWEEP_BUDGET_SECONDS,
     )
     for key in report.deleted:
         context.log.info(f"removed orphaned original {key}")
-    return SkipReason(report.summary())
+    # A sweep that removed nothing says nothing (the console stays quiet; the UI lists the tick).
+    return SkipReason(report.summary() if report.deleted or report.skipped or report.out_of_time else None)

@@ -8,22 +8,23 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 
 from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.resources import DamResource
-from dam_core.index import build_index, update_index
+from dam_core.index.manifest import IndexManifest
+from dam_core.index.write import build_index, update_index
 from dam_core.layout import CURRENT_INDEX_KEY
 
 
-def _metadata(dam: DamResource, current: dict) -> dict:
+def _metadata(dam: DamResource, current: IndexManifest) -> dict:
     return {
-        "version": current["version"],
-        "dagster/row_count": current["rows"],
-        "vectors": current["vectors"],
-        "segments": len(current["segments"]),
-        "removed_ids": len(current.get("removed", [])),
-        "dim": current["dim"],
-        "approximate": current["hnsw"],
-        "model": current["model"] or "",
+        "version": current.version,
+        "dagster/row_count": current.rows,
+        "vectors": current.vectors,
+        "segments": len(current.segments),
+        "removed_ids": len(current.removed),
+        "dim": current.dim,
+        "approximate": current.hnsw,
+        "model": current.model or "",
         # Manifests after this batch may still hold queued uploads (an older batch still running).
-        "low_watermark": current["low_watermark"] or "",
+        "low_watermark": current.low_watermark or "",
         "pointer": MetadataValue.path(f"{dam.store.describe()}/{CURRENT_INDEX_KEY}"),
     }
 
@@ -39,7 +40,7 @@ def _metadata(dam: DamResource, current: dict) -> dict:
 def search_segment(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
     """This batch's rows added to the search index as a new version (one segment; the API serves it within a poll)."""
     for batch in context.partition_keys:
-        current = update_index(dam.store, dam.connect(), batch, dam.exact_search_max)
+        current = update_index(dam.store, dam.table.connect(), batch, dam.settings.dam_exact_search_max)
     return MaterializeResult(metadata={**_metadata(dam, current), "batches": len(context.partition_keys)})
 
 
@@ -51,5 +52,5 @@ def search_segment(context: AssetExecutionContext, dam: DamResource) -> Material
 )
 def search_index(dam: DamResource) -> MaterializeResult:
     """The whole `assets` table re-indexed in segments of at most 262,144 rows (after a model change, or to repair); batches keep adding segments."""
-    current = build_index(dam.store, dam.connect(), dam.exact_search_max)
+    current = build_index(dam.store, dam.table.connect(), dam.settings.dam_exact_search_max)
     return MaterializeResult(metadata=_metadata(dam, current))

@@ -136,9 +136,9 @@ def test_a_failed_publish_never_deletes_the_original_another_request_got_202_for
     key = b.json()["r2_key"]
     # B's confirmed message names this object: it must still be there after A gave up.
     assert store.get(key) == data
-    assert app_b.state.markers.flush(10)  # written after the answer
+    assert app_b.state.uploader.markers.flush(10)  # written after the answer
     assert store.exists(f"uploads/{b.json()['id']}.json")
-    assert app_b.state.queue.depth() == 1
+    assert app_b.state.dam.queue.depth() == 1
 
 
 # ----------------------------------------------------------------------------- 2. slow clients
@@ -276,7 +276,7 @@ def test_a_disk_error_is_503_not_500(make_settings):
     r = client.post("/upload", files={"file": ("a.jpg", jpeg_bytes(60, 40, seed=47), "image/jpeg")})
     assert r.status_code == 503, r.text
     assert r.headers.get("retry-after") and "unavailable" in r.json()["detail"]
-    assert app.state.queue.depth() == 0
+    assert app.state.dam.queue.depth() == 0
     # Reads fail the same way: an upload marker path under a file.
     (root / "uploads").write_bytes(b"not a folder either")
     r = client.get(f"/assets/{'0' * 32}")
@@ -302,7 +302,7 @@ def test_one_failing_file_in_a_request_fails_alone_and_says_so(make_settings):
     assert ok["status"] == "queued" and ok["filename"] == "good.jpg"
     assert failed == {"filename": "bad.png", "status": "rejected", "code": 503, "detail": failed["detail"]}
     assert "unavailable" in failed["detail"]
-    assert app.state.queue.depth() == 1  # only the good one was queued
+    assert app.state.dam.queue.depth() == 1  # only the good one was queued
 
 
 # ----------------------------------------------------------------------------- 4. cursors, corrupt images
@@ -527,7 +527,7 @@ def test_a_spool_write_error_is_503(make_settings, monkeypatch):
     r = client.post("/upload", files={"file": ("big.jpg", os.urandom(2 * 1024 * 1024), "image/jpeg")})
     assert r.status_code == 503, r.text
     assert r.headers.get("retry-after") and "temporary storage is full" in r.json()["detail"]
-    assert app.state.queue.depth() == 0 and list(app.state.store.list("assets/")) == []
+    assert app.state.dam.queue.depth() == 0 and list(app.state.dam.store.list("assets/")) == []
 
 
 KEY = "hardening-key-3e7d"

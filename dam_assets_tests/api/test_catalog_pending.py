@@ -4,6 +4,7 @@ newer batches the index already holds, across an API restart; the manifest cache
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from dagster import materialize
@@ -12,8 +13,11 @@ from fastapi.testclient import TestClient
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.pipeline_harness import materialize_batch, resources, tick
+from dam_core.index.watermark import advance_low_watermark
 from dam_core.layout import CURRENT_INDEX_KEY
-from dam_core.store import make_store
+from dam_core.manifests import batches_after, write_manifest
+from dam_core.messages import UploadMessage
+from dam_core.store import LocalStore, make_store
 from dam_ingest_api.main import create_app
 
 
@@ -128,13 +132,6 @@ def test_manifest_cache_holds_only_manifests_after_the_low_watermark(env, instan
 
 
 def test_stray_objects_under_batches_neither_stop_nor_become_the_low_watermark(tmp_path):
-    from datetime import UTC, datetime
-
-    from dam_core.index import advance_low_watermark
-    from dam_core.manifests import batches_after, write_manifest
-    from dam_core.messages import UploadMessage
-    from dam_core.store import LocalStore
-
     store = LocalStore(tmp_path)
 
     def manifest(n: int) -> str:
@@ -149,10 +146,10 @@ def test_stray_objects_under_batches_neither_stop_nor_become_the_low_watermark(t
     store.put("batches/0-notes.json", b"not a manifest")  # sorts before every batch key
     store.put("batches/zz-notes.json", b"{}")  # sorts after every batch key
     # The unfinished m2 stops it; the stray object before m1 does not.
-    assert advance_low_watermark(store, None, {m1, m3}) == m1
+    assert advance_low_watermark(store, None, {m1, m3}) == (m1, [m3])
     # Past every batch in the table, but not onto the stray name after them ...
-    assert advance_low_watermark(store, m1, {m2, m3}) == m3
+    assert advance_low_watermark(store, m1, {m2, m3}) == (m3, [])
     # ... which would hide every later batch from the queued view.
     m4 = manifest(4)
     assert list(batches_after(store, after=m3)) == [m4]  # names that are no batch key are no manifest
-    assert advance_low_watermark(store, m3, set()) == m3
+    assert advance_low_watermark(store, m3, set()) == (m3, [])

@@ -48,7 +48,7 @@ class Api:
 
     def state(self) -> tuple[list[str], list[str], int]:
         """What an upload can leave behind: originals, upload markers, queued messages."""
-        assert self.app.state.markers.flush(10)  # markers are written after the answer
+        assert self.app.state.uploader.markers.flush(10)  # markers are written after the answer
         return list(self.store.list("assets/")), list(self.store.list("uploads/")), self.queue.depth()
 
     def queued(self) -> list[UploadMessage]:
@@ -66,8 +66,8 @@ def api(make_settings):
     )
     app = create_app(settings)
     client = TestClient(app, headers={"X-API-Key": API_KEY})
-    yield Api(settings, app, client, app.state.store, app.state.queue)
-    app.state.queue.close()
+    yield Api(settings, app, client, app.state.dam.store, app.state.dam.queue)
+    app.state.dam.queue.close()
 
 
 def assert_clean_body(text: str) -> None:
@@ -385,12 +385,12 @@ def test_the_pixel_setting_is_the_limit_not_pillows_own(make_settings, tmp_path)
             if status == 202:
                 assert r.status_code == 202, r.text
                 assert (r.json()["width"], r.json()["height"]) == (9500, 9500)
-                assert app.state.queue.depth() == 1
+                assert app.state.dam.queue.depth() == 1
             else:
                 assert_error(r, 422, "90,250,000", "90,000,000", "DAM_MAX_IMAGE_PIXELS")
-                assert list(app.state.store.list("assets/")) == [] and app.state.queue.depth() == 0
+                assert list(app.state.dam.store.list("assets/")) == [] and app.state.dam.queue.depth() == 0
         finally:
-            app.state.queue.close()
+            app.state.dam.queue.close()
 
 
 def test_the_pipeline_decodes_up_to_the_pixel_setting_too():
@@ -476,7 +476,7 @@ def _odd_but_valid(api, tiny_models, monkeypatch):
     from dagster import DagsterInstance
 
     from dam_assets_tests.pipeline_harness import run_pending
-    from dam_core.table import connect
+    from dam_core.table import make_table
 
     sent = {}
     for name, (build, mime, size) in ODD_BUT_VALID.items():
@@ -493,7 +493,7 @@ def _odd_but_valid(api, tiny_models, monkeypatch):
     with DagsterInstance.ephemeral() as instance:
         batches, _ = run_pending(instance)
     assert len(batches) == 1
-    rows = connect(api.settings).execute("SELECT id, width, height, error FROM assets").fetchall()
+    rows = make_table(api.settings).connect().execute("SELECT id, width, height, error FROM assets").fetchall()
     assert {r[0]: (r[1], r[2]) for r in rows} == {i: size for i, (_, size) in sent.items()}
     assert all(r[3] is None for r in rows), rows
     print(f"odd-but-valid images: {len(sent)} answered 202, {len(rows)} rows in assets")

@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.processes import start_dam_api, stop
+from dam_core.index.manifest import publish
+from dam_core.store import LocalStore
 
 KEY = "metrics-test-key"
 MAX_UPLOAD = 300_000
@@ -57,13 +59,8 @@ def api(tmp_path):
 
 def publish_empty_index(data_dir: Path) -> float:
     """A first index version (no rows) in the API's store, as the pipeline would publish; its time."""
-    from datetime import datetime
-
-    from dam_core.index import publish
-    from dam_core.store import LocalStore
-
     manifest = publish(LocalStore(data_dir / "store"), lambda m: m)
-    return datetime.fromisoformat(manifest["built_at"]).timestamp()
+    return manifest.built_at.timestamp()
 
 
 def post(url: str, files: list[tuple[str, bytes]], key: str | None = KEY) -> int:

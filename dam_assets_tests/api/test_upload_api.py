@@ -97,11 +97,11 @@ class Backend:
 
     @property
     def store(self) -> ObjectStore:
-        return self.app.state.store
+        return self.app.state.dam.store
 
     @property
     def queue(self) -> UploadQueue:
-        return self.app.state.queue
+        return self.app.state.dam.queue
 
     def assets(self) -> list[str]:
         return list(self.store.list("assets/"))
@@ -457,7 +457,7 @@ def serve(app):
 def test_over_real_http_with_uvicorn(backend_env, make_settings):
     settings = make_settings(**backend_env, DAM_MAX_UPLOAD_BYTES="10000")
     app = create_app(settings)
-    store, queue = app.state.store, app.state.queue
+    store, queue = app.state.dam.store, app.state.dam.queue
     with serve(app) as base, httpx.Client(base_url=base, timeout=30) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200

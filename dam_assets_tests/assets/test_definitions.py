@@ -103,7 +103,8 @@ def test_resources_are_typed_and_built_once_from_the_settings(tmp_path):
                             ("connect_timeout", "read_timeout", "max_pool_connections", "retries")}
         print(json.dumps({
             "types": [type(dam) is DamResource, type(models) is ModelsResource],
-            "batch_size": dam.batch_size, "bucket": dam.r2_bucket, "data_dir": dam.data_dir,
+            "batch_size": dam.values["dam_batch_size"], "bucket": dam.values["r2_bucket"],
+            "data_dir": dam.values["dam_data_dir"],
             "caption_model": models.caption_model, "tags_top_k": models.tags_top_k,
             "secret_names": [dam.r2_secret_access_key.env_var_name, dam.amqp_url.env_var_name],
             "ui_shows_secrets": any(s in ui for s in ("key-id-value", "secret-value", "amqp-password")),

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from datetime import UTC, datetime
 
 import pytest
 
-from dam_assets.enrichment.batch import caption_batch, embed_batch, thumbnail_batch
 from dam_assets.enrichment.rows import MISSING_UPSTREAM, RowChecks, batch_rows
-from dam_assets.enrichment.stages import (
-    CaptionItem,
-    Captions,
+from dam_assets.enrichment.stages.captions import CaptionItem, Captions, caption_batch, read_captions, write_captions
+from dam_assets.enrichment.stages.embeddings import (
     EmbeddingItem,
     Embeddings,
-    read_captions,
+    embed_batch,
     read_embeddings,
-    write_captions,
     write_embeddings,
 )
+from dam_assets.enrichment.stages.thumbnails import thumbnail_batch
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_core.imaging import decode_batch
 from dam_core.layout import captions_stage_key, embeddings_stage_key, vector_key
@@ -65,6 +64,10 @@ def test_embeddings_round_trip_keeps_empty_tags_apart_from_none(store):
         },
     )
     assert write_embeddings(store, BATCH, embeddings) == embeddings_stage_key(BATCH)
+    # The stage's other output: vectors/{id}.json for every embedded image, in the seed's format.
+    vector = {"id": GOOD, "model": embeddings.model, "dim": 4, "embedding": [0.5, -0.25, 0.125, 0.0]}
+    assert json.loads(store.get(vector_key(GOOD))) == vector
+    assert not store.exists(vector_key(BROKEN))
     got = read_embeddings(store, BATCH)
     assert got == embeddings
     assert list(got.items) == [GOOD, LATE, BROKEN]  # the batch's order
@@ -152,7 +155,7 @@ def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(stor
     """Chunks prepared on a thread ahead of the models: the same captions, vectors, tags and thumbnails."""
     import functools
 
-    from dam_assets.enrichment.pipeline import Enrichment, run_step
+    from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
     from dam_core.layout import thumbnail_key
     from dam_models.captioner import get_captioner
     from dam_models.embedder import get_embedder
@@ -166,7 +169,7 @@ def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(stor
     )
     results = {}
     for prefetch, chunk in ((0, 64), (2, 2), (1, 3)):
-        step = run_step(store, uploads, work, functools.partial(decode_batch), chunk_size=chunk, prefetch=prefetch)
+        step = enrich_chunks(store, uploads, work, functools.partial(decode_batch), chunk_size=chunk, prefetch=prefetch)
         thumbs = {u.id: store.get(thumbnail_key(u.id)) for u in uploads if u.id != uploads[4].id}
         results[prefetch] = (step.captions, step.embeddings, step.thumbnails, thumbs, [d.error for d in step.decoded])
         assert list(step.captions.items) == [u.id for u in uploads]
@@ -187,7 +190,7 @@ def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(stor
 def test_a_failing_fetch_fails_the_step_and_stops_the_prefetch(store, tiny_models):
     import threading
 
-    from dam_assets.enrichment.pipeline import Enrichment, run_step
+    from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
     from dam_core.store import StoreError
     from dam_models.captioner import get_captioner
 
@@ -202,6 +205,6 @@ def test_a_failing_fetch_fails_the_step_and_stops_the_prefetch(store, tiny_model
 
     work = Enrichment(captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"), thumbnails=False)
     with pytest.raises(StoreError, match="went away"):
-        run_step(store, uploads, work, decode, chunk_size=2, prefetch=1)
+        enrich_chunks(store, uploads, work, decode, chunk_size=2, prefetch=1)
     assert calls == [2, 2]  # nothing decoded after the failure
     assert not [t for t in threading.enumerate() if t.name == "enrichment-prefetch"]

@@ -17,9 +17,10 @@ from PIL import Image
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import resources, run_pending
+from dam_core.index import segments
 from dam_core.queue import make_queue
 from dam_core.store import make_store
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 
@@ -108,7 +109,7 @@ def test_uploads_become_listable_fetchable_searchable_items(env, instance):
         dup = client.get(f"/assets/{first['id']}/duplicates").json()
         assert dup["threshold"] == 0.95
         assert all(d["score"] >= 0.95 for d in dup["items"])
-        con = connect(env)
+        con = make_table(env).connect()
         pairs = con.execute("SELECT a, b, score FROM near_duplicates").fetchall()
         assert all(a < b and s >= 0.95 for a, b, s in pairs)
         api_pairs = {tuple(sorted((first["id"], d["id"]))) for d in dup["items"]}
@@ -130,7 +131,7 @@ def test_duplicate_upload_returns_first_id_and_stores_nothing(env, instance):
         data = jpeg_bytes(200, 150, seed=3)
         first = post(client, data, "first.jpg")
         assert first.status_code == 202
-        assert app.state.markers.flush(10)  # the marker is written after the answer
+        assert app.state.uploader.markers.flush(10)  # the marker is written after the answer
         store, queue = make_store(env), make_queue(env)
         before = sorted(store.list(""))
         depth = queue.depth()
@@ -166,7 +167,7 @@ def test_concurrent_identical_uploads_give_one_asset(env, instance):
         assert len({r.json()["id"] for r in results}) == 1
         assert len([k for k in make_store(env).list("assets/")]) == 1
         run_pending(instance)
-        assert connect(env).execute("SELECT count(*) FROM assets").fetchall() == [(1,)]
+        assert make_table(env).connect().execute("SELECT count(*) FROM assets").fetchall() == [(1,)]
 
 
 @pytest.mark.parametrize(
@@ -235,10 +236,8 @@ def test_new_index_version_is_picked_up_without_restart(make_settings, tiny_mode
 
 def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instance, monkeypatch):
     """Above DAM_EXACT_SEARCH_MAX the index is an HNSW graph; results keep the same contract."""
-    import dam_core.index as ix
-
     # Every graph "big", searched at HNSW_EXPANSION_SEARCH: not usearch's default after a restore.
-    monkeypatch.setattr(ix, "HNSW_SMALL_GRAPH", 1)
+    monkeypatch.setattr(segments, "HNSW_SMALL_GRAPH", 1)
     env = make_settings(**tiny_models, DAM_EXACT_SEARCH_MAX="0")
     app = create_app(env)
     with TestClient(app) as client:
@@ -252,9 +251,7 @@ def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instanc
         app.state.catalog.index.refresh()
         assert app.state.catalog.snapshot.hnsw is not None
         # The graph loaded from the store searches as wide as the one that was built.
-        from dam_core.index import HNSW_EXPANSION_SEARCH
-
-        assert app.state.catalog.snapshot.hnsw.expansion_search == HNSW_EXPANSION_SEARCH
+        assert app.state.catalog.snapshot.hnsw.expansion_search == segments.HNSW_EXPANSION_SEARCH
         sim = client.get(f"/assets/{first['id']}/similar", params={"k": 3}).json()["items"]
         assert [s["id"] for s in sim][0] == edit["id"] and first["id"] not in [s["id"] for s in sim]
         assert len(client.get("/search", params={"q": "red", "k": 10}).json()["items"]) == 4

@@ -23,7 +23,7 @@ from dam_core.manifests import is_batch_key, write_manifest
 from dam_core.messages import UploadMessage
 from dam_core.queue import make_queue
 from dam_core.store import make_store
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 
@@ -85,14 +85,14 @@ def test_rematerialize_and_redelivery_keep_one_row_per_id(env, instance):
 
     # Re-materializing overwrites the batch's file instead of appending to it.
     materialize_batch(instance, batch)
-    con = connect(env)
+    con = make_table(env).connect()
     assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == 2
 
     # A redelivered message (same upload again) lands in a second batch.
     make_queue(env).publish(_message_for(env, first["id"]))
     batches, cursor = run_pending(instance, cursor)
     assert len(batches) == 1 and batches[0] != batch
-    con = connect(env)
+    con = make_table(env).connect()
     # The later batch owns the id: its commit deleted the first batch's row of it.
     assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == 2
     assert con.execute("SELECT count(*), count(DISTINCT id) FROM assets").fetchone() == (2, 2)

@@ -106,9 +106,9 @@ def test_a_failed_upload_leaves_an_orphan_that_a_retry_makes_young_and_keeps(mak
     r = TestClient(app).post("/upload", files={"file": ("a.jpg", data, "image/jpeg")})
     assert r.status_code == 202, r.text
     assert (store.modified(key) - before).total_seconds() > 7000  # written again just now
-    assert app.state.markers.flush(10)  # written after the answer
+    assert app.state.uploader.markers.flush(10)  # written after the answer
     store.delete(upload_marker_key(r.json()["id"]))  # even with its marker write lost...
-    app.state.queue.close()
+    app.state.dam.queue.close()
     report = sweep_orphans(store, grace_seconds=3600)
     assert report.deleted == [] and store.get(key) == data  # ...the fresh write protects it
 

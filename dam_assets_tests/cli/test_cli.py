@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_assets_tests.processes import stop
+from dam_core.index.write import build_index, write_index
 
 REPO = Path(__file__).resolve().parents[2]
 DAM = str(Path(sys.executable).parent / "dam")
@@ -62,9 +63,8 @@ def test_default_data_folder_is_per_user_not_per_directory(make_settings, monkey
 @pytest.mark.system
 @pytest.mark.timeout(600)
 def test_dam_sql_and_search_read_the_same_data_from_any_folder(make_settings, tiny_models, instance, tmp_path):
-    from dam_core.index import build_index
     from dam_core.store import make_store
-    from dam_core.table import connect
+    from dam_core.table import make_table
     from dam_ingest_api.main import create_app
 
     # The pipeline writes where a user's `dam dev` would: the per-user folder under XDG_DATA_HOME.
@@ -77,7 +77,7 @@ def test_dam_sql_and_search_read_the_same_data_from_any_folder(make_settings, ti
     (batch,), _ = run_pending(instance)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        build_index(make_store(settings), connect(settings), exact_max=settings.dam_exact_search_max)
+        build_index(make_store(settings), make_table(settings).connect(), exact_max=settings.dam_exact_search_max)
     # DuckDB's "Arrow output on a DB-API result makes an extra copy" warning, once per index build.
     assert not [w for w in caught if "extra copy" in str(w.message)]
 
@@ -96,6 +96,7 @@ def test_dam_sql_and_search_read_the_same_data_from_any_folder(make_settings, ti
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["id"] for r in json.loads(proc.stdout)) == ids
     assert not (elsewhere / ".dam").exists()
+    assert "Loading weights" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr  # no library chatter
 
 
 @pytest.mark.system
@@ -150,7 +151,6 @@ def test_sql_piped_into_head_exits_quietly(tmp_path):
 
 @pytest.mark.system
 def test_search_piped_into_head_exits_quietly(tmp_path, tiny_models):
-    from dam_core.index import write_index
     from dam_core.store import LocalStore
     from dam_models.tiny import CLIP_PROJECTION_DIM
 
@@ -310,11 +310,11 @@ def test_dam_dev_refreshes_the_dagster_yaml_it_wrote_and_keeps_a_hand_edited_one
     assert target.read_text() == project
 
 
-# ----------------------------------------------------------------------------- README
+# ----------------------------------------------------------------------------- docs
 
 
-def test_readme_states_the_tag_vocabulary_size_the_code_loads():
+def test_docs_state_the_tag_vocabulary_size_the_code_loads():
     from dam_models.tagging import load_vocabulary
 
-    counts = re.findall(r"vocabulary of (\d+) everyday subjects", (REPO / "README.md").read_text())
+    counts = re.findall(r"vocabulary of (\d+) everyday subjects", (REPO / "docs" / "http-api.md").read_text())
     assert counts == [str(len(load_vocabulary()))]

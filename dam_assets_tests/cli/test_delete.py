@@ -25,7 +25,7 @@ from dam_assets_tests.pipeline_harness import BATCH_ASSETS, resources, tick
 from dam_assets_tests.processes import stop
 from dam_core import layout
 from dam_core.store import make_store
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_core.tombstones import is_deleted, list_tombstones, read_tombstone, write_tombstone
 from dam_ingest_api.main import create_app
 
@@ -68,7 +68,7 @@ def owners_left(store, asset_id: str) -> list[str]:
 
 def table_rows(settings, asset_id: str) -> int:
     """Rows of the id in every batch of the table's current version, as SQL sees them."""
-    ids = [i for (i,) in connect(settings).execute("SELECT id FROM assets_all").fetchall()]
+    ids = [i for (i,) in make_table(settings).connect().execute("SELECT id FROM assets_all").fetchall()]
     return ids.count(asset_id)
 
 
@@ -204,7 +204,7 @@ def test_delete_over_http_removes_everything_and_the_same_bytes_come_back(prod_a
     assert objects_of(store, red) == []
     assert owners_left(store, red) == []
     assert table_rows(settings, red) == 0
-    assert connect(settings).execute("SELECT count(*) FROM assets").fetchone()[0] == 2
+    assert make_table(settings).connect().execute("SELECT count(*) FROM assets").fetchone()[0] == 2
     assert read_tombstone(store, red) == datetime.fromisoformat(body["deleted_at"])
     # Deleting again finishes nothing new, and says so.
     again = client.delete(f"/assets/{red}")

@@ -25,7 +25,7 @@ from dam_core.budget import Budget, OverBudget
 from dam_core.imaging import decode
 from dam_core.layout import thumbnail_key
 from dam_core.store import make_store
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 GiB = 1024**3
@@ -109,14 +109,17 @@ def test_budget_never_exceeds_its_capacity_and_serves_in_order():
     budget = Budget(100)
     held, peak, lock = [0], [0], threading.Lock()
 
-    def worker(units):
-        with budget.hold(units):
+    def worker(units):  # as decode_with_exif holds its pixels: acquire, then release when done
+        assert budget.acquire(units)
+        try:
             with lock:
                 held[0] += units
                 peak[0] = max(peak[0], held[0])
             time.sleep(0.01)
             with lock:
                 held[0] -= units
+        finally:
+            budget.release(units)
 
     threads = [threading.Thread(target=worker, args=(u,)) for u in [60, 30, 70, 10, 100, 40, 55] * 3]
     for t in threads:
@@ -200,7 +203,7 @@ def test_batch_of_large_pngs_runs_in_bounded_memory(make_settings, tiny_models, 
     assert peak < PEAK_RSS_BOUND
 
     query = "SELECT id, caption, error, width, height FROM assets"
-    rows = {r[0]: r for r in connect(settings).execute(query).fetchall()}
+    rows = {r[0]: r for r in make_table(settings).connect().execute(query).fetchall()}
     assert set(rows) == {p["id"] for p in pngs + photos}
     for r in rows.values():
         assert r[2] is None and r[1], r
@@ -226,7 +229,7 @@ def test_image_over_the_pixel_budget_is_an_error_row_and_its_batch_mates_succeed
     mates.append(_upload(client, png_bytes(300, 200), "small.png"))
 
     (batch,), _ = run_pending(instance)  # raises if the run failed
-    rows = {r[0]: r for r in connect(settings).execute("SELECT id, caption, error FROM assets").fetchall()}
+    rows = {r[0]: r for r in make_table(settings).connect().execute("SELECT id, caption, error FROM assets").fetchall()}
     assert set(rows) == {over["id"], *(m["id"] for m in mates)}
     assert rows[over["id"]][1] is None
     assert "DAM_DECODE_PIXEL_BUDGET" in rows[over["id"]][2] and "3000x2000" in rows[over["id"]][2]

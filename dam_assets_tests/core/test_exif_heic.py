@@ -21,7 +21,9 @@ from PIL import ExifTags, Image, ImageDraw
 from PIL.TiffImagePlugin import IFDRational
 
 from dam_assets.enrichment.rows import batch_rows
-from dam_assets.enrichment.stages import Captions, Embeddings, read_exif, write_exif
+from dam_assets.enrichment.stages.captions import Captions
+from dam_assets.enrichment.stages.embeddings import Embeddings
+from dam_assets.enrichment.stages.exif import read_exif, write_exif
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.faults.server import serve
@@ -38,11 +40,12 @@ from dam_core.exif import (
 )
 from dam_core.images import ImageRejected, file_suffixes, inspect_image
 from dam_core.imaging import decode_batch, decode_with_exif
-from dam_core.index import build_index, load_snapshot, write_index
+from dam_core.index.snapshot import load_snapshot
+from dam_core.index.write import build_index, write_index
 from dam_core.layout import exif_stage_key, thumbnail_key
 from dam_core.messages import BatchManifest, UploadMessage
 from dam_core.store import LocalStore
-from dam_core.table import connect, schema
+from dam_core.table import make_table, schema
 from dam_ingest_api.main import create_app
 from dam_ingest_api.schemas import AssetDetail
 
@@ -418,7 +421,7 @@ def test_the_index_builds_from_a_table_written_before_exif(tmp_path):
     con.execute("CREATE VIEW assets_all AS SELECT * FROM old_files")
     con.execute("CREATE VIEW assets AS SELECT * FROM assets_all")
     current = build_index(store, con, exact_max=1000)
-    assert current["rows"] == 2 and current["vectors"] == 2
+    assert current.rows == 2 and current.vectors == 2
     row = load_snapshot(store).get(f"{0:032x}")
     assert row["caption"] == "an old photo" and all(row[c] is None for c in EXIF_COLUMNS)
 
@@ -495,7 +498,7 @@ def test_heic_avif_and_jpeg_with_gps_end_to_end(make_settings, tiny_models, inst
 
     rows = {
         r[0]: r[1:]
-        for r in connect(settings).execute(
+        for r in make_table(settings).connect().execute(
             "SELECT filename, mime_type, error, width, height, taken_at, camera_make, camera_model, lens,"
             " gps_lat, gps_lon, orientation FROM assets"
         ).fetchall()
@@ -513,7 +516,7 @@ def test_heic_avif_and_jpeg_with_gps_end_to_end(make_settings, tiny_models, inst
         assert orientation == {"IMG_0001.HEIC": 6, "holiday.avif": 3, "gps.jpg": 8}[name]
     assert rows["IMG_0001.HEIC"][0] == "image/heic" and rows["holiday.avif"][0] == "image/avif"
 
-    store = app.state.store
+    store = app.state.dam.store
     for name, s in sent.items():
         thumb = Image.open(io.BytesIO(store.get(thumbnail_key(s["id"]))), formats=["WEBP"])
         thumb.load()

@@ -11,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from dam_core import index as ix
-from dam_core.index import build_index, load_snapshot, read_head, remove_from_index, update_index
+from dam_core.index import segments, write
+from dam_core.index.holder import IndexHolder
+from dam_core.index.manifest import read_head
+from dam_core.index.snapshot import load_snapshot
+from dam_core.index.write import build_index, remove_from_index, update_index
 from dam_core.layout import CURRENT_INDEX_KEY, manifest_key
 from dam_core.messages import BatchManifest, UploadMessage
 from dam_core.store import make_store
-from dam_core.table import connect, write_batch
+from dam_core.table import make_table
 from dam_core.tombstones import write_tombstone
 
 DIM = 16
@@ -43,7 +46,7 @@ def land(settings, store, batch: str, rows: list[dict]) -> None:
                              bytes=100, sha256=r["id"] * 2, width=10, height=10, uploaded_at=r["uploaded_at"]) for r in rows]
     m = BatchManifest(batch=batch, created_at=T0, uploads=uploads)
     store.put(manifest_key(batch), m.to_json())
-    write_batch(settings, batch, rows, DIM)
+    make_table(settings).write_batch(batch, rows, DIM, store)
 
 
 @pytest.fixture
@@ -83,7 +86,7 @@ def rebuilt_snapshot(make_settings, data_dir, batches):
     store = make_store(settings)
     for key, rows in batches:
         land(settings, store, key, rows)
-    build_index(store, connect(settings), exact_max=1_000_000)
+    build_index(store, make_table(settings).connect(), exact_max=1_000_000)
     return load_snapshot(store)
 
 
@@ -92,10 +95,10 @@ def test_batch_by_batch_equals_a_full_rebuild(env, tmp_path, make_settings):
     batches = random_batches(20, 6)
     for key, rows in batches:
         land(settings, store, key, rows)
-        update_index(store, connect(settings), key, exact_max=1_000_000)
+        update_index(store, make_table(settings).connect(), key, exact_max=1_000_000)
     head = read_head(store)
     # Merged as they piled up: far fewer segments than batches, and the low watermark passed them all.
-    assert len(head["segments"]) < 20 and head["low_watermark"] == batches[-1][0]
+    assert len(head.segments) < 20 and head.low_watermark == batches[-1][0]
     incremental = load_snapshot(store)
 
     full = rebuilt_snapshot(make_settings, tmp_path / "rebuilt", batches)
@@ -117,13 +120,13 @@ def test_rerun_of_a_batch_replaces_its_rows(env):
     settings, store = env
     a = [row(f"{i:032x}", batch_key(0), i, np.eye(DIM, dtype=np.float32)[i], T0) for i in range(3)]
     land(settings, store, batch_key(0), a)
-    update_index(store, connect(settings), batch_key(0), exact_max=1_000_000)
+    update_index(store, make_table(settings).connect(), batch_key(0), exact_max=1_000_000)
     land(settings, store, batch_key(1), [row(f"{9:032x}", batch_key(1), 9, np.eye(DIM, dtype=np.float32)[9], T0)])
-    update_index(store, connect(settings), batch_key(1), exact_max=1_000_000)
+    update_index(store, make_table(settings).connect(), batch_key(1), exact_max=1_000_000)
     # Re-materialized: the first image now fails; the table holds only the new row for it.
     rerun = [{**a[0], "error": "decode failed", "embedding": None, "processed_at": T0 - timedelta(hours=1)}, *a[1:]]
     land(settings, store, batch_key(0), rerun)
-    update_index(store, connect(settings), batch_key(0), exact_max=1_000_000)
+    update_index(store, make_table(settings).connect(), batch_key(0), exact_max=1_000_000)
     snap = load_snapshot(store)
     assert snap.size == 4 and snap.get(a[0]["id"])["error"] == "decode failed"
     assert snap.vector_of(a[0]["id"]) is None
@@ -135,16 +138,16 @@ def test_deleted_and_superseded_ids_never_come_back(env):
     batches = random_batches(12, 5, seed=3)
     for key, rows in batches[:6]:
         land(settings, store, key, rows)
-        update_index(store, connect(settings), key, exact_max=1_000_000)
-    gone = [batches[1][1][3]["id"], batches[4][1][2]["id"]]
+        update_index(store, make_table(settings).connect(), key, exact_max=1_000_000)
+    now = datetime.now(UTC)
+    gone = {batches[1][1][3]["id"]: now, batches[4][1][2]["id"]: now}
     assert remove_from_index(store, gone) == 2
     assert remove_from_index(store, gone) == 0  # already removed: no new version
     # The delete path's tombstone: a later batch that still carries the id (a redelivery) drops it.
-    write_tombstone(store, batches[7][1][1]["id"], datetime.now(UTC))
-    gone.append(batches[7][1][1]["id"])
+    gone[batches[7][1][1]["id"]] = write_tombstone(store, batches[7][1][1]["id"], datetime.now(UTC))
     for key, rows in batches[6:]:
         land(settings, store, key, rows)
-        update_index(store, connect(settings), key, exact_max=1_000_000)
+        update_index(store, make_table(settings).connect(), key, exact_max=1_000_000)
     snap = load_snapshot(store)
     rows_by_id = {r["id"]: r for _, rows in batches for r in rows if r["embedding"] is not None}
     for asset_id in gone:
@@ -164,8 +167,8 @@ def test_a_crash_before_the_pointer_leaves_the_previous_version_served(env, monk
     batches = random_batches(3, 4)
     for key, rows in batches[:2]:
         land(settings, store, key, rows)
-        update_index(store, connect(settings), key, exact_max=1_000_000)
-    holder = ix.IndexHolder(store, poll_seconds=3600)
+        update_index(store, make_table(settings).connect(), key, exact_max=1_000_000)
+    holder = IndexHolder(store, poll_seconds=3600)
     holder.refresh()
     before = holder.snapshot.version
     pointer = store.get(CURRENT_INDEX_KEY)
@@ -180,13 +183,13 @@ def test_a_crash_before_the_pointer_leaves_the_previous_version_served(env, monk
     land(settings, store, *batches[2])
     monkeypatch.setattr(store, "create", crash)
     with pytest.raises(RuntimeError):
-        update_index(store, connect(settings), batches[2][0], exact_max=1_000_000)
+        update_index(store, make_table(settings).connect(), batches[2][0], exact_max=1_000_000)
     # The segment files are there, unreferenced; the pointer and what is served did not move.
     assert store.get(CURRENT_INDEX_KEY) == pointer
     assert not holder.refresh() and holder.snapshot.version == before
     assert holder.snapshot.get(batches[2][1][1]["id"]) is None
     monkeypatch.undo()
-    update_index(store, connect(settings), batches[2][0], exact_max=1_000_000)  # the retry
+    update_index(store, make_table(settings).connect(), batches[2][0], exact_max=1_000_000)  # the retry
     assert holder.refresh() and holder.snapshot.get(batches[2][1][1]["id"]) is not None
 
 
@@ -203,7 +206,7 @@ def test_concurrent_writers_lose_no_batch(env):
     def run(part):
         try:
             for key, _ in part:
-                update_index(store, connect(settings), key, exact_max=1_000_000)
+                update_index(store, make_table(settings).connect(), key, exact_max=1_000_000)
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -214,19 +217,19 @@ def test_concurrent_writers_lose_no_batch(env):
     snap = load_snapshot(store)
     expected = {r["id"] for _, rows in batches for r in rows}
     assert set(snap.items.ids) == expected
-    assert read_head(store)["low_watermark"] == batches[-1][0]
+    assert read_head(store).low_watermark == batches[-1][0]
 
 
 def test_the_api_swaps_to_new_segments_reusing_loaded_ones(env):
     settings, store = env
     batches = random_batches(3, 4)
     land(settings, store, *batches[0])
-    update_index(store, connect(settings), batches[0][0], exact_max=1_000_000)
-    holder = ix.IndexHolder(store, poll_seconds=3600)
+    update_index(store, make_table(settings).connect(), batches[0][0], exact_max=1_000_000)
+    holder = IndexHolder(store, poll_seconds=3600)
     holder.refresh()
     first = holder.snapshot
     land(settings, store, *batches[1])
-    update_index(store, connect(settings), batches[1][0], exact_max=1_000_000)
+    update_index(store, make_table(settings).connect(), batches[1][0], exact_max=1_000_000)
     assert holder.refresh()
     assert holder.snapshot.segments[0] is first.segments[0]  # not read again
     assert json.loads(store.get(CURRENT_INDEX_KEY))["version"] == holder.snapshot.version
@@ -234,18 +237,18 @@ def test_the_api_swaps_to_new_segments_reusing_loaded_ones(env):
 
 def test_hnsw_segments_keep_the_contract(env, monkeypatch):
     """Segments over DAM_EXACT_SEARCH_MAX get an HNSW graph; removed ids are still never returned."""
-    monkeypatch.setattr(ix, "HNSW_SMALL_GRAPH", 1)  # every graph "big": searched at HNSW_EXPANSION_SEARCH
+    monkeypatch.setattr(segments, "HNSW_SMALL_GRAPH", 1)  # every graph "big": searched at HNSW_EXPANSION_SEARCH
     settings, store = env
     batches = random_batches(2, 40)
     for key, rows in batches:
         land(settings, store, key, rows)
-        update_index(store, connect(settings), key, exact_max=10)
+        update_index(store, make_table(settings).connect(), key, exact_max=10)
     snap = load_snapshot(store)
-    assert snap.hnsw is not None and snap.hnsw.expansion_search == ix.HNSW_EXPANSION_SEARCH
+    assert snap.hnsw is not None and snap.hnsw.expansion_search == segments.HNSW_EXPANSION_SEARCH
     target = batches[1][1][5]
     q = np.asarray(target["embedding"], np.float32)
     assert snap.search(q, 1)[0][0]["id"] == target["id"]
-    remove_from_index(store, [target["id"]])
+    remove_from_index(store, {target["id"]: datetime.now(UTC)})
     snap = load_snapshot(store, reuse=snap)
     assert target["id"] not in [r["id"] for r, _ in snap.search(q, 10)]
     assert len(snap.search(q, 10)) == 10
@@ -253,9 +256,9 @@ def test_hnsw_segments_keep_the_contract(env, monkeypatch):
 
 def test_search_expansion_by_graph_size():
     """Big graphs (the 262,144-row merged segments) are searched wide; small tier graphs at the floor."""
-    assert ix.expansion_search(262_144) == ix.HNSW_EXPANSION_SEARCH == 256
-    assert ix.expansion_search(ix.HNSW_SMALL_GRAPH) == 256
-    assert ix.expansion_search(32_768) == ix.HNSW_EXPANSION_SEARCH_SMALL == ix.HNSW_CANDIDATES
+    assert segments.expansion_search(262_144) == segments.HNSW_EXPANSION_SEARCH == 256
+    assert segments.expansion_search(segments.HNSW_SMALL_GRAPH) == 256
+    assert segments.expansion_search(32_768) == segments.HNSW_EXPANSION_SEARCH_SMALL == segments.HNSW_CANDIDATES
 
 
 def test_a_full_rebuild_is_cut_into_segments_of_the_merge_cap(tmp_path, make_settings, monkeypatch):
@@ -265,7 +268,7 @@ def test_a_full_rebuild_is_cut_into_segments_of_the_merge_cap(tmp_path, make_set
     whole = rebuilt_snapshot(make_settings, tmp_path / "whole", batches)
     assert len(whole.segments) == 1
 
-    monkeypatch.setattr(ix, "MAX_MERGED_ROWS", 16)
+    monkeypatch.setattr(write, "MAX_MERGED_ROWS", 16)
     cut = rebuilt_snapshot(make_settings, tmp_path / "cut", batches)
     assert len(cut.segments) == -(-whole.size // 16) >= 3
     assert all(len(s.ids) <= 16 for s in cut.segments)

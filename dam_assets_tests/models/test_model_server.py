@@ -83,7 +83,7 @@ def test_a_run_with_other_settings_or_a_dead_server_loads_its_own(served, tmp_pa
 
 RUN = textwrap.dedent("""
     import functools, json, sys
-    from dam_assets.enrichment.pipeline import Enrichment, run_step
+    from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
     from dam_assets.resources import ModelsResource
     from dam_core.imaging import decode_batch
     from dam_core.messages import UploadMessage
@@ -94,7 +94,7 @@ RUN = textwrap.dedent("""
     store = LocalStore(sys.argv[1])
     uploads = [UploadMessage.model_validate(u) for u in json.loads(open(sys.argv[2]).read())]
     work = Enrichment(captioner=models.captioner(), embedder=models.embedder(), labels=models.vocabulary(), top_k=2)
-    step = run_step(store, uploads, work, functools.partial(decode_batch), chunk_size=2)
+    step = enrich_chunks(store, uploads, work, functools.partial(decode_batch), chunk_size=2)
     print(json.dumps({
         "torch": "torch" in sys.modules,
         "captions": [i.caption for i in step.captions.items.values()],

@@ -215,7 +215,8 @@ def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime
     import hashlib
     from datetime import UTC, datetime
 
-    from dam_assets.enrichment.batch import caption_batch, embed_batch
+    from dam_assets.enrichment.stages.captions import caption_batch
+    from dam_assets.enrichment.stages.embeddings import embed_batch
     from dam_assets_tests.conftest import jpeg_bytes
     from dam_core.imaging import decode_batch
     from dam_core.messages import UploadMessage

@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient
 from dam_assets.celery_launcher import WORKER_PID_TAG, WORKER_TAG
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.faults.proxy import TcpProxy
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def tails(logs: list[Path]) -> str:
 
 
 def row_counts(settings) -> tuple[int, int, set]:
-    con = connect(settings)
+    con = make_table(settings).connect()
     ((n, distinct),) = con.sql("SELECT count(*), count(DISTINCT id) FROM assets_all").fetchall()
     ok = {r[0] for r in con.sql("SELECT id FROM assets WHERE error IS NULL").fetchall()}
     return n, distinct, ok

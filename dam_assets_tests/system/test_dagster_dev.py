@@ -31,6 +31,15 @@ GRAPHQL = """
 """
 
 
+QUIET = (
+    "superseded",  # Dagster's notice about `dg dev`
+    "Found a dagster instance configuration",  # the repo's dagster.yaml seen from the working folder
+    "Checking for new runs for sensor",  # two lines per sensor per tick
+    "returned an empty result",
+    "No run requests returned",
+    "Loading weights",  # transformers' progress bar
+    "TracerWarning",  # tracing notes while a model is converted
+)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -101,6 +110,12 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
         # Ctrl-C stops both children and `dam dev` itself.
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+
+        # Quiet: no library notices, no per-tick sensor lines, no progress bars; what happened is there.
+        out = (tmp_path / "dam-dev.log").read_text()
+        for noise in QUIET:
+            assert noise not in out, (noise, out[-3000:])
+        assert "drained 1 message(s) into 1 batch(es)" in out
         for port in (api_port, ui_port):
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://127.0.0.1:{port}/", timeout=2)

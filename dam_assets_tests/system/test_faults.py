@@ -46,7 +46,7 @@ from dam_core.messages import UploadMessage
 from dam_core.queue import EmbeddedQueue, RabbitQueue, make_queue
 from dam_core.settings import load_settings
 from dam_core.store import LocalStore, StoreError, make_store
-from dam_core.table import connect, history, open_table
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ class Pipeline:
 
 def count_line(label: str, settings, answered_202: set[str]) -> str:
     """Uploads answered 202 against rows in `assets`; asserts they are the same ids, once each."""
-    con = connect(settings)
+    con = make_table(settings).connect()
     rows = con.execute("SELECT id, error FROM assets").fetchall()
     total = con.execute("SELECT count(*) FROM assets_all").fetchone()[0]
     line = (
@@ -279,7 +279,7 @@ def test_broker_unreachable_during_a_burst(request, make_settings, tiny_models, 
             # its original was kept, so it becomes a good row too.
             pipeline = Pipeline(instance)
             pipeline.drain()
-            rows = dict(connect(settings).execute("SELECT id, error FROM assets").fetchall())
+            rows = dict(make_table(settings).connect().execute("SELECT id, error FROM assets").fetchall())
             assert accepted <= {i for i, e in rows.items() if e is None}
             phantoms = set(rows) - accepted
             assert phantoms <= {ids[i] for i in refused}
@@ -323,7 +323,7 @@ def test_sensor_killed_mid_drain_loses_and_duplicates_nothing(settings, instance
     assert make_queue(settings).depth() == 0
     assert_every_manifest_has_a_partition(settings, instance)
     answered = {b["id"] for b in first + second}
-    rows = connect(settings).execute("SELECT count(*) FROM assets WHERE error IS NULL").fetchone()[0]
+    rows = make_table(settings).connect().execute("SELECT count(*) FROM assets WHERE error IS NULL").fetchone()[0]
     assert rows == len(answered)
     if step == "before_manifest":
         assert len(manifests_before) == 1  # the killed tick wrote nothing
@@ -349,11 +349,11 @@ def test_run_killed_mid_batch_is_reexecuted_without_appending(request, make_sett
     materialize_batch(instance, batch)  # re-executed
     materialize_batch(instance, batch)  # and once more, as a backfill or retry would
 
-    con = connect(settings)
+    con = make_table(settings).connect()
     assert con.execute("SELECT count(*) FROM assets_all").fetchone()[0] == len(sent)  # overwritten, not appended
     # One live data file, and the log shows the two runs replacing the batch rather than adding to it.
-    assert len(open_table(settings).file_uris()) == 1
-    writes = [h for h in history(settings) if h["operation"] == "WRITE"]
+    assert len(make_table(settings).open().file_uris()) == 1
+    writes = [h for h in make_table(settings).history() if h["operation"] == "WRITE"]
     assert len(writes) == 2 and all(f"batch = '{batch}'" in h["operationParameters"]["predicate"] for h in writes)
     table = {r[0]: r[1] for r in con.execute("SELECT id, embedding FROM assets").fetchall()}
     for s in sent:
@@ -456,9 +456,9 @@ def _failure_text(result) -> str:
     ids=["table-write-breaks-midway", "second-vector-put-refused"],
 )
 def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance, prefix, nth, how, monkeypatch):
-    import deltalake
+    import dam_core.table
 
-    monkeypatch.setattr(deltalake, "write_deltalake", _flaky_table_write(deltalake.write_deltalake))
+    monkeypatch.setattr(dam_core.table, "write_deltalake", _flaky_table_write(dam_core.table.write_deltalake))
     client = TestClient(create_app(settings))
     sent = upload_all(client, images(3, seed=30 + nth))
     (batch,) = [r.partition_key for r in tick(instance).run_requests]
@@ -472,8 +472,8 @@ def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance
     assert not failed.success  # loudly
     assert FAULT["failed"] == 1 and "injected fault" in _failure_text(failed)
     # Nothing half-written is visible: no table version, `dam sql` sees no rows, no stray temp files.
-    assert open_table(settings) is None
-    assert connect(settings).execute("SELECT count(*) FROM assets_all").fetchone()[0] == 0
+    assert make_table(settings).open() is None
+    assert make_table(settings).connect().execute("SELECT count(*) FROM assets_all").fetchone()[0] == 0
     if prefix.startswith("metadata/"):  # as a user sees it, right after the table write broke
         proc = dam_sql("SELECT count(*) AS n FROM assets", dict(os.environ))
         assert proc.returncode == 0 and json.loads(proc.stdout) == [{"n": 0}], proc.stderr
@@ -573,7 +573,7 @@ def test_bad_messages_are_dead_lettered_and_gone_objects_become_error_rows(setti
     if settings.uses_rabbitmq:
         assert {d.body for d in dead} == set(bad.values())  # kept byte for byte
 
-    rows = dict(connect(settings).execute("SELECT id, error FROM assets").fetchall())
+    rows = dict(make_table(settings).connect().execute("SELECT id, error FROM assets").fetchall())
     assert "not found" in rows[gone["id"]]
     assert all(rows[b["id"]] is None for b in before + after)
     count_line(

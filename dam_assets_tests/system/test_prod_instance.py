@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.pipeline_harness import run_pending
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,5 +34,5 @@ def test_pipeline_on_postgres_instance(tmp_path, pg_url, monkeypatch, make_setti
         assert instance.has_dynamic_partition(batches_partitions_def.name, batch)
         runs = instance.get_run_records()
         assert runs and runs[0].dagster_run.is_success
-    got = {r[0] for r in connect(settings).sql("SELECT id FROM assets").fetchall()}
+    got = {r[0] for r in make_table(settings).connect().sql("SELECT id FROM assets").fetchall()}
     assert got == ids

@@ -32,7 +32,7 @@ from dam_assets_tests.pipeline_harness import dam_sql, tick
 from dam_assets_tests.processes import wait_http
 from dam_core.manifests import batches_after, is_batch_key, new_batch_key, read_manifest
 from dam_core.store import make_store
-from dam_core.table import connect
+from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,7 +265,7 @@ def test_production_daemon_killed_mid_batch_recovers_every_upload(
             proc = start_daemon(env, log)
 
             def rows_ready() -> bool:
-                got = connect(settings).sql("SELECT id, error FROM assets").fetchall()
+                got = make_table(settings).connect().sql("SELECT id, error FROM assets").fetchall()
                 return len(got) == len(ids) and {g[0] for g in got} == ids and all(g[1] is None for g in got)
 
             timings = recover(instance, killed, restarted_at, rows_ready, 360, log, slots=2)

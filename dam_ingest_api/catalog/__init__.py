@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from dam_core.index import IndexHolder, Snapshot
+from dam_core.index.holder import IndexHolder
+from dam_core.index.snapshot import Snapshot
 from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
 from dam_core.store import ObjectStore

@@ -15,7 +15,8 @@ import threading
 import time
 from datetime import datetime
 
-from dam_core.index import IndexHolder, Snapshot
+from dam_core.index.holder import IndexHolder
+from dam_core.index.snapshot import Snapshot
 from dam_core.layout import TOMBSTONES_PREFIX
 from dam_core.store import KeyNotFound, ObjectStore, StoreError
 from dam_core.tombstones import is_deleted, parse_tombstone

@@ -17,7 +17,8 @@ import secrets
 import threading
 
 from dam_core.images import FORMATS
-from dam_core.index import IndexHolder, Snapshot
+from dam_core.index.holder import IndexHolder
+from dam_core.index.snapshot import Snapshot
 from dam_core.layout import CURSOR_SECRET_KEY, original_key
 from dam_core.store import KeyNotFound, ObjectStore
 from dam_ingest_api.catalog.deleted import DeletedAssets

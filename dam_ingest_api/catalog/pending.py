@@ -2,7 +2,7 @@
 
 Four sources, newest knowledge first: uploads this process just accepted (before the sensor
 writes their manifest), the batch manifests after the snapshot's low watermark (every manifest
-at or before it has its batch in the snapshot; see dam_core.index), the upload markers found by
+at or before it has its batch in the snapshot; see dam_core.index.watermark), the upload markers found by
 the marker scan, and, for one id, its upload marker. An upload that a later delete hides (see
 deleted.py) is not queued; a snapshot row that one hides does not stop a newer upload of the
 same bytes from being queued.
@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from dam_core.index import IndexHolder
+from dam_core.index.holder import IndexHolder
 from dam_core.layout import CURRENT_INDEX_KEY
 from dam_core.manifests import batches_after, read_manifest
 from dam_core.markers import find_upload, marker_ids

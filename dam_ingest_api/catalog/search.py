@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from dam_core.index import IndexHolder
+from dam_core.index.holder import IndexHolder
 from dam_core.settings import Settings
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.schemas import ScoredAsset

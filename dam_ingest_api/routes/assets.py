@@ -15,10 +15,11 @@ from dam_ingest_api.deps import (
     ApiKey,
     AssetIdPath,
     CatalogDep,
+    DamDep,
     KnownAsset,
-    MarkersDep,
     SettingsDep,
     StoreDep,
+    UploaderDep,
     known_asset,
 )
 from dam_ingest_api.schemas import (
@@ -133,16 +134,14 @@ def duplicates(asset_id: AssetIdPath, catalog: CatalogDep, settings: SettingsDep
         503: "the object store, the table or the index failed; the asset is hidden already, send the DELETE again",
     }),
 )
-def delete_asset(
-    asset_id: AssetIdPath, settings: SettingsDep, store: StoreDep, catalog: CatalogDep, markers: MarkersDep
-) -> DeleteAnswer:
+def delete_asset(asset_id: AssetIdPath, dam: DamDep, catalog: CatalogDep, uploader: UploaderDep) -> DeleteAnswer:
     """Delete an asset everywhere: original, thumbnail, vector, upload marker, table rows, index entry.
 
     Gone from every read route when this answers; uploading the same bytes again makes a new asset.
     """
-    markers.settle(asset_id)  # a marker this process still owes would otherwise land after the delete
+    uploader.markers.settle(asset_id)  # a marker this process still owes would otherwise land after the delete
     try:
-        [report] = delete_assets(settings, store, [asset_id])
+        [report] = delete_assets(dam, [asset_id])
     except DeletionFailed as err:
         # The tombstone is written: this process stops serving the id now, and a retry finishes.
         for done in err.reports:

@@ -10,21 +10,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from dam_core.images import ImageRejected
-from dam_core.queue import UploadQueue
-from dam_core.settings import Settings
-from dam_core.store import ObjectStore
 from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
-from dam_ingest_api.marker_writer import MarkerWriter
-from dam_ingest_api.deps import (
-    ApiKey,
-    CatalogDep,
-    MarkersDep,
-    QueueDep,
-    SettingsDep,
-    StoreDep,
-    UploadSlotsDep,
-)
+from dam_ingest_api.deps import ApiKey, CatalogDep, UploaderDep, UploadSlotsDep
 from dam_ingest_api.multipart import (
     BodyTooLarge,
     ClientTooSlow,
@@ -42,7 +30,7 @@ from dam_ingest_api.schemas import (
     UploadAnswer,
     UploadBatch,
 )
-from dam_ingest_api.service import ServiceUnavailable, accept_upload
+from dam_ingest_api.service import ServiceUnavailable, Uploader
 
 router = APIRouter(tags=["upload"])
 
@@ -113,15 +101,7 @@ def _refused(description: str) -> dict:
         ),
     },
 )
-async def upload(
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    queue: QueueDep,
-    catalog: CatalogDep,
-    markers: MarkersDep,
-    slots: UploadSlotsDep,
-) -> JSONResponse:
+async def upload(request: Request, uploader: UploaderDep, catalog: CatalogDep, slots: UploadSlotsDep) -> JSONResponse:
     """Store each image and queue it; 202 once the original is stored and the message confirmed."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
@@ -133,19 +113,13 @@ async def upload(
             unread_body=True,
         )
     try:
-        return await _upload(request, settings, store, queue, catalog, markers)
+        return await _upload(request, uploader, catalog)
     finally:
         slots.give_back()
 
 
-async def _upload(
-    request: Request,
-    settings: Settings,
-    store: ObjectStore,
-    queue: UploadQueue,
-    catalog: Catalog,
-    markers: MarkerWriter,
-) -> JSONResponse:
+async def _upload(request: Request, uploader: Uploader, catalog: Catalog) -> JSONResponse:
+    settings = uploader.settings
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_body_bytes(
         settings.dam_max_files_per_request, settings.dam_max_upload_bytes
@@ -187,7 +161,7 @@ async def _upload(
                     "(curl -F file=@photo.jpg)",
                 )
             return _error(400, "no file: send the image in a multipart field named 'file'")
-        outcomes = await run_in_threadpool(_accept_all, files, settings, store, queue, catalog, markers)
+        outcomes = await run_in_threadpool(_accept_all, files, uploader, catalog)
         metrics.files_counted(request.scope)  # each file was counted: the request is not, again
     finally:
         await form.close()
@@ -206,18 +180,11 @@ async def _upload(
     return _answer(UploadBatch(accepted=len(accepted), rejected=len(items) - len(accepted), items=items), status)
 
 
-def _accept_all(
-    files: list[UploadFile],
-    settings: Settings,
-    store: ObjectStore,
-    queue: UploadQueue,
-    catalog: Catalog,
-    markers: MarkerWriter,
-) -> list[Outcome]:
+def _accept_all(files: list[UploadFile], uploader: Uploader, catalog: Catalog) -> list[Outcome]:
     out: list[Outcome] = []
     for f in files:
         try:
-            is_new, upload = accept_upload(f.file, f.filename, settings, store, queue, markers)
+            is_new, upload = uploader.accept(f.file, f.filename)
         except ImageRejected as err:
             metrics.file_rejected(metrics.image_reason(err), f.size)
             out.append((err.status, _rejected(f.filename, err.status, err.message)))

@@ -1,18 +1,21 @@
-"""Per-image files for readers: `thumbnails/{id}.webp` (long edge 256 px) and `vectors/{id}.json`."""
+"""Thumbnails: `thumbnails/{id}.webp` (long edge 256 px) for every decoded image, for the API to serve."""
 
 from __future__ import annotations
 
 import io
-import json
 
 from PIL import Image
 
-from dam_assets.enrichment.stages import Embeddings
 from dam_core.imaging import Decoded
-from dam_core.layout import thumbnail_key, vector_key
+from dam_core.layout import thumbnail_key
 from dam_core.store import ObjectStore
 
 THUMBNAIL_LONG_EDGE = 256
+
+
+def thumbnail_batch(decoded: list[Decoded]) -> dict[str, bytes]:
+    """WebP bytes by upload id, for every image that could be decoded."""
+    return {d.upload.id: data for d in decoded if (data := thumbnail(d)) is not None}
 
 
 def thumbnail(d: Decoded) -> bytes | None:
@@ -31,11 +34,3 @@ def thumbnail(d: Decoded) -> bytes | None:
 def write_thumbnails(store: ObjectStore, thumbnails: dict[str, bytes]) -> None:
     for uid, data in thumbnails.items():
         store.put(thumbnail_key(uid), data, content_type="image/webp")
-
-
-def write_vectors(store: ObjectStore, embeddings: Embeddings) -> None:
-    """One JSON file per embedded image, in the seed's format."""
-    for uid, e in embeddings.items.items():
-        if e.embedding is not None:
-            body = {"id": uid, "model": embeddings.model, "dim": len(e.embedding), "embedding": e.embedding}
-            store.put(vector_key(uid), json.dumps(body).encode(), content_type="application/json")

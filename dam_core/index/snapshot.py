@@ -1,0 +1,219 @@
+"""One loaded index version, as the API serves it: live rows newest first, lookup by id, vector search."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dam_core.index.manifest import IndexManifest, read_head
+from dam_core.index.resolve import live_rows
+from dam_core.index.segments import Segment, load_segment, with_item_columns
+from dam_core.store import ObjectStore
+from dam_core.table import schema
+
+
+class Rows:
+    """The items of a snapshot, kept columnar in Arrow; a row becomes a dict only when asked for.
+
+    At a million assets a list of dicts costs gigabytes; a page or a top-k needs a few dozen rows.
+    """
+
+    def __init__(self, table: pa.Table):
+        self.table = table.combine_chunks()
+        self.ids: list[str] = self.table.column("id").to_pylist()
+        self.vector_row = self.table.column("vector_row").to_numpy().astype(np.int64)
+        us = pc.cast(self.table.column("uploaded_at"), pa.int64()).to_numpy(zero_copy_only=False)
+        self.uploaded_ts = np.nan_to_num(us.astype(np.float64) / 1e6)
+        self.seg = np.zeros(len(self.ids), np.int64)  # the segment of each row (set by load_snapshot)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.table.slice(int(i), 1).to_pylist()[0]
+        row.pop("_seg", None)
+        return row
+
+
+_search_threads: ThreadPoolExecutor | None = None
+_search_threads_lock = threading.Lock()
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    """The process's threads for searching one query's segments side by side (one per core, up to 4)."""
+    global _search_threads
+    with _search_threads_lock:
+        if _search_threads is None:
+            _search_threads = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="dam-search")
+        return _search_threads
+
+
+class IdLookup:
+    """id -> position in a snapshot's items, through each segment's own id table (no dict of every id per version)."""
+
+    def __init__(self, segments: list[Segment], positions: list[np.ndarray], size: int):
+        self.segments, self.positions, self.size = segments, positions, size
+
+    def get(self, asset_id: str, default=None):
+        for seg, pos in zip(reversed(self.segments), reversed(self.positions)):
+            r = seg.row_of_id.get(asset_id)
+            if r is not None and pos[r] >= 0:
+                return int(pos[r])
+        return default
+
+    def __contains__(self, asset_id) -> bool:
+        return self.get(asset_id) is not None
+
+    def __getitem__(self, asset_id: str) -> int:
+        i = self.get(asset_id)
+        if i is None:
+            raise KeyError(asset_id)
+        return i
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class Snapshot:
+    """One loaded index version: live items newest first, their segments' vectors, and the id lookup."""
+
+    version: str
+    model: str | None
+    watermark: str | None
+    items: Rows  # live rows of every segment, newest first; `seg` and `vector_row` locate the vector
+    segments: list[Segment]
+    dead: list[np.ndarray | None]  # per segment, per vector row: superseded or removed
+    item_of: list[np.ndarray]  # per segment, per vector row: its position in `items` (-1 when dead)
+    by_id: IdLookup
+    low_watermark: str | None = None  # queued uploads can only be in manifests after this batch
+    seq: int = 0
+    built_at: str | None = None  # ISO time the version was published (its age, for metrics)
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def vector_count(self) -> int:
+        return int(sum(len(s.vectors) - (int(d.sum()) if d is not None else 0) for s, d in zip(self.segments, self.dead)))
+
+    @property
+    def dim(self) -> int:
+        return max((s.vectors.shape[1] for s in self.segments if len(s.vectors)), default=0)
+
+    @property
+    def hnsw(self):
+        """The largest segment's approximate index, if any segment has one."""
+        graphs = [s for s in self.segments if s.hnsw is not None]
+        return max(graphs, key=lambda s: len(s.vectors)).hnsw if graphs else None
+
+    def get(self, asset_id: str) -> dict | None:
+        i = self.by_id.get(asset_id)
+        return None if i is None else self.items[i]
+
+    def vector_of(self, asset_id: str) -> np.ndarray | None:
+        i = self.by_id.get(asset_id)
+        if i is None or self.items.vector_row[i] < 0:
+            return None
+        return self.segments[self.items.seg[i]].vectors[self.items.vector_row[i]]
+
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[tuple[dict, float]]:
+        """Top-k items by cosine similarity to a normalized query vector, best first."""
+        if self.vector_count == 0 or k <= 0:
+            return []
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query has dimension {q.shape[0]}, the index {self.dim}")
+        want = k + (1 if exclude else 0)
+        work = [(seg, dead, item_of) for seg, dead, item_of in zip(self.segments, self.dead, self.item_of) if len(seg.vectors)]
+        threads = 0 if len(work) == 1 else 1  # several segments: the cores go to segments side by side
+
+        def one(part) -> tuple[np.ndarray, np.ndarray]:
+            seg, dead, item_of = part
+            rows, s = seg.candidates(q, want, dead, threads)
+            return item_of[rows], s
+
+        if len(work) > 1:
+            # usearch and numpy release the GIL: the segments are searched in parallel, this
+            # thread taking the first. Results keep the segments' order (ties stay deterministic).
+            later = [_search_pool().submit(one, part) for part in work[1:]]
+            found = [one(work[0])] + [f.result() for f in later]
+        else:
+            found = [one(part) for part in work]
+        pos = np.concatenate([p for p, _ in found])
+        scores = np.concatenate([s for _, s in found]).astype(np.float32)
+        order = np.lexsort((pos, -scores))  # best first; ties by listing order
+        out = []
+        for j in order:
+            row = int(pos[j])
+            if self.items.ids[row] == exclude:
+                continue
+            out.append((self.items[row], float(scores[j])))
+            if len(out) == k:
+                break
+        return out
+
+
+def load_snapshot(
+    store: ObjectStore, current: IndexManifest | None = None, reuse: Snapshot | None = None
+) -> Snapshot | None:
+    """Load the newest version (or `current`), or None when no index was built yet.
+
+    Segments that `reuse` (the snapshot served so far) already holds are not read again.
+    """
+    if current is None:
+        current = read_head(store)
+        if current is None:
+            return None
+    known = {s.name: s for s in reuse.segments} if reuse is not None else {}
+    entries = current.segments
+    segs = [known.get(e.name) or load_segment(store, e) for e in entries]
+    alive = live_rows(segs, entries, current.removed)
+    parts = []
+    for i, (seg, keep) in enumerate(zip(segs, alive)):
+        t = seg.items.append_column("_seg", pa.array(np.full(seg.items.num_rows, i, np.int32)))
+        t = t.append_column("_row", pa.array(np.arange(seg.items.num_rows, dtype=np.int64)))
+        parts.append(t.filter(pa.array(keep)))
+    if parts:
+        table = pa.concat_tables(parts, promote_options="default")
+        if len(parts) > 1:
+            table = table.take(pc.sort_indices(table, [("uploaded_at", "descending"), ("id", "ascending")]))
+    else:
+        table = with_item_columns(schema(None).empty_table().drop(["embedding"])).append_column(
+            "vector_row", pa.array([], pa.int64())).append_column("_seg", pa.array([], pa.int32())).append_column(
+            "_row", pa.array([], pa.int64()))
+    rows_in_seg = table.column("_row").to_numpy()
+    items = Rows(table.drop(["_row"]))
+    items.seg = table.column("_seg").to_numpy().astype(np.int64)
+    dead, item_of, positions = [], [], []
+    order = np.argsort(items.seg, kind="stable")
+    bounds = np.searchsorted(items.seg[order], np.arange(len(segs) + 1))
+    for i, (seg, keep) in enumerate(zip(segs, alive)):
+        pos = np.full(seg.items.num_rows, -1, np.int64)
+        mine = order[bounds[i]:bounds[i + 1]]
+        pos[rows_in_seg[mine]] = mine
+        positions.append(pos)
+        of_vec = pos[seg.row_of_vector]
+        item_of.append(of_vec)
+        d = of_vec < 0
+        dead.append(d if d.any() else None)
+    return Snapshot(
+        version=current.version,
+        seq=current.seq,
+        built_at=current.built_at.isoformat() if current.built_at else None,
+        model=current.model,
+        watermark=current.watermark,
+        low_watermark=current.low_watermark,
+        items=items,
+        segments=segs,
+        dead=dead,
+        item_of=item_of,
+        by_id=IdLookup(segs, positions, len(items)),
+    )
