@@ -313,7 +313,7 @@ def render(results: dict, levers: dict | None = None) -> str:
           f"empty-queue wait; best call {d['best_tick_per_s']:,} msgs/s).\n")
         q = s["search"]
         w("### (c) `dam sql` top-10 cosine similarity\n")
-        w(f"{q['rows']:,} rows in {tw['batches']:,} batch files; a new `dam_core.table.connect(settings)` per run, then "
+        w(f"{q['rows']:,} rows in {tw['batches']:,} batch files; a new `dam_core.table.AssetTable.connect()` per run, then "
           f"`{q['sql']}` (`embedding` is read back as `FLOAT[]`, hence the cast). Median of {q['runs']} runs.\n")
         w("| view | connect ms | query ms | total ms | runs (total ms) |")
         w("|---|---|---|---|---|")
