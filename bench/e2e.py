@@ -63,9 +63,11 @@ def _upload_all(url: str, photos: list[bytes]) -> float:
 
     started = time.perf_counter()
     with httpx.Client(timeout=120) as client, ThreadPoolExecutor(4) as pool:
+
         def one(i):
             r = client.post(f"{url}/upload", files={"file": (f"photo-{i}.jpg", photos[i], "image/jpeg")})
             assert r.status_code == 202, r.text
+
         list(pool.map(one, range(len(photos))))
     return started
 
@@ -94,16 +96,31 @@ def pipeline(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dic
 
     data = tmp / "pipeline"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_")) and k != "AMQP_URL"}
-    env.update(DAM_DATA_DIR=str(data), DAM_CAPTION_MODEL=str(blip), DAM_EMBEDDING_MODEL=str(clip), HF_HUB_OFFLINE="1",
-               DAM_CAPTION_MAX_TOKENS="20")
+    env.update(
+        DAM_DATA_DIR=str(data),
+        DAM_CAPTION_MODEL=str(blip),
+        DAM_EMBEDDING_MODEL=str(clip),
+        HF_HUB_OFFLINE="1",
+        DAM_CAPTION_MAX_TOKENS="20",
+    )
     settings = Settings(dam_data_dir=data)
     port, dport = _free_port(), _free_port()
     logf = open(tmp / "dam-dev.log", "wb")
-    dev = subprocess.Popen([str(BIN / "dam"), "dev", "--port", str(port), "--dagster-port", str(dport)],
-                           env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    dev = subprocess.Popen(
+        [str(BIN / "dam"), "dev", "--port", str(port), "--dagster-port", str(dport)],
+        env=env,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         t = time.perf_counter()
-        _wait(lambda: _healthy(f"http://127.0.0.1:{port}/healthz") and _healthy(f"http://127.0.0.1:{dport}/server_info"), 300, "dam dev", dev)
+        _wait(
+            lambda: _healthy(f"http://127.0.0.1:{port}/healthz") and _healthy(f"http://127.0.0.1:{dport}/server_info"),
+            300,
+            "dam dev",
+            dev,
+        )
         _wait(settings.model_server_socket.exists, 900, "the model server", dev)  # models loaded (and converted, once)
         log(f"e2e: dam dev ready in {time.perf_counter() - t:.1f} s")
 
@@ -138,16 +155,40 @@ def seed(tmp: Path, blip: Path, clip: Path, photos: list[bytes], log) -> dict:
     conn = pika.BlockingConnection(pika.URLParameters(AMQP))
     ch = conn.channel()
     ch.queue_declare(f"{queue}.dead", durable=True)
-    ch.queue_declare(queue, durable=True, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"})
+    ch.queue_declare(
+        queue, durable=True, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"}
+    )
     store_dir = data / "store"
     port = _free_port()
-    producer = subprocess.Popen([sys.executable, "-m", "bench.naive_producer", "--port", str(port), "--log-level", "warning"],
-                                env=env, start_new_session=True)
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "bench.naive_producer", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        start_new_session=True,
+    )
     wlog = tmp / "naive-worker.log"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "bench.naive_worker", "consume", "--queue", queue, "--store", str(store_dir),
-         "--blip", str(blip), "--clip", str(clip), "--limit", str(len(photos)), "--idle-timeout", "600"],
-        env=env, stderr=open(wlog, "wb"), stdout=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.naive_worker",
+            "consume",
+            "--queue",
+            queue,
+            "--store",
+            str(store_dir),
+            "--blip",
+            str(blip),
+            "--clip",
+            str(clip),
+            "--limit",
+            str(len(photos)),
+            "--idle-timeout",
+            "600",
+        ],
+        env=env,
+        stderr=open(wlog, "wb"),
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         _wait(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), 120, "naive producer", producer)
@@ -181,23 +222,34 @@ def run(quick: bool, models_dir: str | None, log=print) -> dict:
         log(f"e2e: dam dev, {n} photos")
         ours = pipeline(tmp, blip, clip, photos, log)
         log(f"  dam dev: {ours['seconds']} s")
-    return {"photos": n, "seed": naive, "dam_dev": ours, "ratio": round(naive["seconds"] / ours["seconds"], 2), "target": ">= 5x"}
+    return {
+        "photos": n,
+        "seed": naive,
+        "dam_dev": ours,
+        "ratio": round(naive["seconds"] / ours["seconds"], 2),
+        "target": ">= 5x",
+    }
 
 
 def render(r: dict) -> str:
-    return "\n".join([
-        f"## End to end (issue 23): `python -m bench.e2e`, {time.strftime('%Y-%m-%d')}\n",
-        f"{r['photos']} JPEG photos 1600x1200, full-size random BLIP-base and CLIP B/32, 20 caption tokens, both systems "
-        "started and warm before the first upload (`dam dev`: its model server loaded and warmed; the seed: its worker "
-        "loaded and consuming); uploads 4 at a time; first upload to last row.\n",
-        "| | seconds | uploads took | x |",
-        "|---|---|---|---|",
-        f"| seed: naive producer + per-image fp32 worker | {r['seed']['seconds']} | {r['seed']['uploads_s']} | 1.00 |",
-        f"| `dam dev` (sensor every 5 s, a run per batch, served models) | {r['dam_dev']['seconds']} | "
-        f"{r['dam_dev']['uploads_s']} | **{r['ratio']}** |",
-        "",
-        f"Target {r['target']}. The sensor's phase alone moves the pipeline's figure by 0 to 5 s (it ticks every 5 s).",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"## End to end (issue 23): `python -m bench.e2e`, {time.strftime('%Y-%m-%d')}\n",
+                f"{r['photos']} JPEG photos 1600x1200, full-size random BLIP-base and CLIP B/32, 20 caption tokens, both systems "
+                "started and warm before the first upload (`dam dev`: its model server loaded and warmed; the seed: its worker "
+                "loaded and consuming); uploads 4 at a time; first upload to last row.\n",
+                "| | seconds | uploads took | x |",
+                "|---|---|---|---|",
+                f"| seed: naive producer + per-image fp32 worker | {r['seed']['seconds']} | {r['seed']['uploads_s']} | 1.00 |",
+                f"| `dam dev` (sensor every 5 s, a run per batch, served models) | {r['dam_dev']['seconds']} | "
+                f"{r['dam_dev']['uploads_s']} | **{r['ratio']}** |",
+                "",
+                f"Target {r['target']}. The sensor's phase alone moves the pipeline's figure by 0 to 5 s (it ticks every 5 s).",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv=None) -> int:

@@ -100,16 +100,33 @@ def child_batch(args) -> dict:
             u = d.upload
             store.put(
                 vector_key(u.id),
-                json.dumps({"id": u.id, "model": embedder.model_id, "dim": int(vec.shape[0]), "embedding": vec.tolist()}).encode(),
+                json.dumps(
+                    {"id": u.id, "model": embedder.model_id, "dim": int(vec.shape[0]), "embedding": vec.tolist()}
+                ).encode(),
                 content_type="application/json",
             )
-            rows.append({
-                "id": u.id, "filename": u.filename, "r2_key": u.r2_key, "vector_key": vector_key(u.id),
-                "mime_type": u.mime_type, "caption": cap, "embedding": vec.tolist(), "width": u.width,
-                "height": u.height, "bytes": u.bytes, "sha256": u.sha256, "uploaded_at": u.uploaded_at,
-                "processed_at": now, "caption_model": captioner.model_id, "embedding_model": embedder.model_id,
-                "batch": "", "error": None, "tags": None,
-            })
+            rows.append(
+                {
+                    "id": u.id,
+                    "filename": u.filename,
+                    "r2_key": u.r2_key,
+                    "vector_key": vector_key(u.id),
+                    "mime_type": u.mime_type,
+                    "caption": cap,
+                    "embedding": vec.tolist(),
+                    "width": u.width,
+                    "height": u.height,
+                    "bytes": u.bytes,
+                    "sha256": u.sha256,
+                    "uploaded_at": u.uploaded_at,
+                    "processed_at": now,
+                    "caption_model": captioner.model_id,
+                    "embedding_model": embedder.model_id,
+                    "batch": "",
+                    "error": None,
+                    "tags": None,
+                }
+            )
         batch = new_batch_key()
         for r in rows:
             r["batch"] = batch
@@ -244,12 +261,24 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
         warm = _warmup(store)
         (tmp / "uploads.json").write_text(json.dumps([u.model_dump(mode="json") for u in uploads]))
         (tmp / "warmup.json").write_text(json.dumps([u.model_dump(mode="json") for u in warm]))
-        common = ["--store", str(tmp / "store"), "--uploads", str(tmp / "uploads.json"),
-                  "--warmup", str(tmp / "warmup.json"), "--blip", str(blip), "--clip", str(clip)]
+        common = [
+            "--store",
+            str(tmp / "store"),
+            "--uploads",
+            str(tmp / "uploads.json"),
+            "--warmup",
+            str(tmp / "warmup.json"),
+            "--blip",
+            str(blip),
+            "--clip",
+            str(clip),
+        ]
         log(f"enrichment: batch path on {len(uploads)} images (own process), then the model-alone ceiling")
         batch = _quietest(["-m", "bench.enrichment", "batch", "--ceiling", *common], quick, log)
-        log(f"  batch: {batch['images_per_s']:.3f} images/s, peak RSS {batch['peak_rss_mb']:.0f} MiB; "
-            f"ceiling {batch['ceiling']['images_per_s']:.3f} images/s")
+        log(
+            f"  batch: {batch['images_per_s']:.3f} images/s, peak RSS {batch['peak_rss_mb']:.0f} MiB; "
+            f"ceiling {batch['ceiling']['images_per_s']:.3f} images/s"
+        )
         log(f"enrichment: naive per-image worker on the same {len(uploads)} images (own process)")
         naive = _quietest(["-m", "bench.enrichment", "naive", *common], quick, log)
         log(f"  naive: {naive['images_per_s']:.3f} images/s, peak RSS {naive['peak_rss_mb']:.0f} MiB")
@@ -257,8 +286,12 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
         if not quick:
             log("enrichment: batch path again with DAM_DTYPE=bfloat16")
             try:
-                bf16 = run_json_subprocess(["-m", "bench.enrichment", "batch", "--dtype", "bfloat16", *common], timeout=1800)
-                log(f"  batch bf16: {bf16['images_per_s']:.3f} images/s = {bf16['images_per_s'] / naive['images_per_s']:.2f}x naive")
+                bf16 = run_json_subprocess(
+                    ["-m", "bench.enrichment", "batch", "--dtype", "bfloat16", *common], timeout=1800
+                )
+                log(
+                    f"  batch bf16: {bf16['images_per_s']:.3f} images/s = {bf16['images_per_s'] / naive['images_per_s']:.2f}x naive"
+                )
             except Exception as err:  # informational only
                 bf16 = {"error": f"{type(err).__name__}: {err}"}
     ratio = batch["images_per_s"] / naive["images_per_s"]
@@ -301,8 +334,10 @@ def _quietest(args: list[str], quick: bool, log) -> dict:
         attempts.append(r)
         if _contention(r) <= QUIET_CORES:
             break
-        log(f"  other sessions used {_contention(r)} cores during this measurement "
-            f"({r['images_per_s']:.3f} images/s): measuring again")
+        log(
+            f"  other sessions used {_contention(r)} cores during this measurement "
+            f"({r['images_per_s']:.3f} images/s): measuring again"
+        )
     best = min(attempts, key=_contention)
     best["attempts"] = [{"images_per_s": a["images_per_s"], "other_cores": _contention(a)} for a in attempts]
     return best
@@ -319,8 +354,19 @@ def _warmup(store):
     sha = hashlib.sha256(data).hexdigest()
     key = original_key(sha[:32], ".jpg")
     store.put(key, data)
-    return [UploadMessage(id=sha[:32], filename="warmup.jpg", r2_key=key, mime_type="image/jpeg", bytes=len(data),
-                          sha256=sha, width=640, height=480, uploaded_at=datetime.now(UTC))]
+    return [
+        UploadMessage(
+            id=sha[:32],
+            filename="warmup.jpg",
+            r2_key=key,
+            mime_type="image/jpeg",
+            bytes=len(data),
+            sha256=sha,
+            width=640,
+            height=480,
+            uploaded_at=datetime.now(UTC),
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 # Full-size architectures from the configs' defaults (nothing is downloaded).
 BLIP_VOCAB_SIZE = 30524  # BlipTextConfig default: bert-base-uncased + [DEC] + [ENC]
@@ -132,8 +130,15 @@ def seed_store(store, n_jpeg: int, n_png: int, size=(1600, 1200), png_size=(1024
         store.put(key, data, content_type=mime)
         uploads.append(
             UploadMessage(
-                id=uid, filename=f"bench-{kind}-{i}{ext}", r2_key=key, mime_type=mime, bytes=len(data),
-                sha256=sha, width=im.width, height=im.height, uploaded_at=datetime.now(UTC),
+                id=uid,
+                filename=f"bench-{kind}-{i}{ext}",
+                r2_key=key,
+                mime_type=mime,
+                bytes=len(data),
+                sha256=sha,
+                width=im.width,
+                height=im.height,
+                uploaded_at=datetime.now(UTC),
             )
         )
     return uploads
@@ -220,19 +225,30 @@ def build_models(
         tmp = Path(tmp)
         (tmp / "bert").mkdir()
         (tmp / "bert" / "vocab.txt").write_text("\n".join(_bert_vocab(BLIP_VOCAB_SIZE)) + "\n", encoding="utf-8")
-        tokenizer = BertTokenizer.from_pretrained(tmp / "bert", do_lower_case=True, bos_token="[DEC]", model_max_length=512)
+        tokenizer = BertTokenizer.from_pretrained(
+            tmp / "bert", do_lower_case=True, bos_token="[DEC]", model_max_length=512
+        )
         assert len(tokenizer) == BLIP_VOCAB_SIZE, len(tokenizer)
         # Defaults: ViT-B/16 at 384 px, bert-base text decoder, vocab 30524. Only the vision tower's
         # init std changes: its default (1e-10) gives activations near the denormal range, which
         # neither real checkpoints nor a fair timing have; 0.02 is what the text side already uses.
-        text = {} if blip_text_heads is None else {"num_attention_heads": blip_text_heads, "sep_token_id": 102, "pad_token_id": 0}
+        text = (
+            {}
+            if blip_text_heads is None
+            else {"num_attention_heads": blip_text_heads, "sep_token_id": 102, "pad_token_id": 0}
+        )
         config = BlipConfig(text_config=text, vision_config={"initializer_range": 0.02})
         torch.manual_seed(0)
         model = BlipForConditionalGeneration(config).eval()
         processor = BlipProcessor(
             image_processor=BlipImageProcessorPil(
-                do_resize=True, size={"height": BLIP_IMAGE_SIZE, "width": BLIP_IMAGE_SIZE}, do_rescale=True,
-                do_normalize=True, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD, do_convert_rgb=True,
+                do_resize=True,
+                size={"height": BLIP_IMAGE_SIZE, "width": BLIP_IMAGE_SIZE},
+                do_rescale=True,
+                do_normalize=True,
+                image_mean=OPENAI_CLIP_MEAN,
+                image_std=OPENAI_CLIP_STD,
+                do_convert_rgb=True,
             ),
             tokenizer=tokenizer,
         )
@@ -252,9 +268,15 @@ def build_models(
         cmodel = CLIPModel(cconfig).eval()
         cproc = CLIPProcessor(
             image_processor=CLIPImageProcessorPil(
-                do_resize=True, size={"shortest_edge": CLIP_IMAGE_SIZE}, do_center_crop=True,
-                crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}, do_rescale=True,
-                do_normalize=True, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD, do_convert_rgb=True,
+                do_resize=True,
+                size={"shortest_edge": CLIP_IMAGE_SIZE},
+                do_center_crop=True,
+                crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+                do_rescale=True,
+                do_normalize=True,
+                image_mean=OPENAI_CLIP_MEAN,
+                image_std=OPENAI_CLIP_STD,
+                do_convert_rgb=True,
             ),
             tokenizer=ctok,
         )
@@ -278,7 +300,11 @@ def run_json_subprocess(args: list[str], timeout: float, env: dict | None = None
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, *args], stdout=subprocess.PIPE, text=True, timeout=timeout, env=env or env_offline(),
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        env=env or env_offline(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}")

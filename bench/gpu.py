@@ -264,8 +264,16 @@ def make_photos(n: int, bases: int, size: tuple[int, int], threads: int) -> list
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, bases))) as pool:
         base = list(pool.map(generate, range(bases)))
-    ops = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180,
-           Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE]
+    ops = [
+        None,
+        Image.Transpose.FLIP_LEFT_RIGHT,
+        Image.Transpose.FLIP_TOP_BOTTOM,
+        Image.Transpose.ROTATE_180,
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+    ]
     variants = [(b, k, q) for q in (88, 85, 91, 82, 94, 79, 90) for k in range(len(ops)) for b in range(bases)][:n]
     if len(variants) < n:
         raise ValueError(f"{n} photos wanted, only {len(variants)} variants of {bases} bases")
@@ -306,10 +314,19 @@ def seed_store(store, photos: list[bytes]) -> list:
         store.put(key, data, content_type="image/jpeg")
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-        uploads.append(UploadMessage(
-            id=sha[:32], filename=f"gpu-bench-{i}.jpg", r2_key=key, mime_type="image/jpeg", bytes=len(data),
-            sha256=sha, width=w, height=h, uploaded_at=datetime.now(UTC),
-        ))
+        uploads.append(
+            UploadMessage(
+                id=sha[:32],
+                filename=f"gpu-bench-{i}.jpg",
+                r2_key=key,
+                mime_type="image/jpeg",
+                bytes=len(data),
+                sha256=sha,
+                width=w,
+                height=h,
+                uploaded_at=datetime.now(UTC),
+            )
+        )
     return uploads
 
 
@@ -335,8 +352,17 @@ def bench_clip(embedder, pixels, batches, device, cfg, clock: Clock, log=log) ->
                 return _pooled(embedder.model.get_image_features(pixel_values=x))
 
         try:
-            r = _rate(bs, timed(call, sync, min_seconds=cfg["min_seconds"], max_calls=cfg["max_calls"],
-                                min_calls=min(3, cfg["max_calls"]), warmup=min(2, cfg["max_calls"])))
+            r = _rate(
+                bs,
+                timed(
+                    call,
+                    sync,
+                    min_seconds=cfg["min_seconds"],
+                    max_calls=cfg["max_calls"],
+                    min_calls=min(3, cfg["max_calls"]),
+                    warmup=min(2, cfg["max_calls"]),
+                ),
+            )
         except torch.OutOfMemoryError as err:
             r = {"error": f"out of memory: {str(err)[:200]}"}
         r["peak_mem_mib"] = _peak_mem(device)
@@ -366,8 +392,17 @@ def bench_blip(captioner, pixels, batches, device, cfg, clock: Clock, log=log) -
             shape["tokens"] = int(ids.shape[1])
 
         try:
-            r = _rate(bs, timed(call, sync, warmup=min(1, cfg["max_calls"]), min_calls=min(3, cfg["max_calls"]),
-                                min_seconds=cfg["min_seconds"], max_calls=cfg["max_calls"]))
+            r = _rate(
+                bs,
+                timed(
+                    call,
+                    sync,
+                    warmup=min(1, cfg["max_calls"]),
+                    min_calls=min(3, cfg["max_calls"]),
+                    min_seconds=cfg["min_seconds"],
+                    max_calls=cfg["max_calls"],
+                ),
+            )
             r["sequence_tokens"] = shape.get("tokens")  # [DEC] + the generated tokens
         except torch.OutOfMemoryError as err:
             r = {"error": f"out of memory: {str(err)[:200]}"}
@@ -441,16 +476,19 @@ def bench_cpu_side(photos: list[bytes], blip_proc, clip_proc, pipeline_batch: in
     out["clip preprocess (1 thread, whole batch)"] = {"threads": 1, "images_per_s": round(n / cs, 1)}
     out["thumbnail (1 thread)"] = {"threads": 1, "images_per_s": round(n / ts, 1)}
     out["decoded_size_example"] = list(images[0].size)
-    log(f"  in the calling thread: blip preprocess {n / bs:.1f}, clip preprocess {n / cs:.1f}, "
-        f"thumbnails {n / ts:.1f} images/s")
+    log(
+        f"  in the calling thread: blip preprocess {n / bs:.1f}, clip preprocess {n / cs:.1f}, "
+        f"thumbnails {n / ts:.1f} images/s"
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- 4: the pipeline
 
 
-def bench_pipeline(store, warm_uploads, uploads, captioner, embedder, batch_size: int, device: str, cfg,
-                   log=log) -> dict:
+def bench_pipeline(
+    store, warm_uploads, uploads, captioner, embedder, batch_size: int, device: str, cfg, log=log
+) -> dict:
     import torch
 
     from dam_assets.enrichment.stages.captions import caption_batch, write_captions
@@ -538,8 +576,14 @@ def bench_pipeline(store, warm_uploads, uploads, captioner, embedder, batch_size
                 for s in range(0, len(images), eb):
                     _pooled(embedder.model.get_image_features(pixel_values=cp[s : s + eb]))
 
-        times = timed(call, sync, warmup=1, min_calls=min(3, cfg["max_calls"]), min_seconds=cfg["min_seconds"],
-                      max_calls=cfg["max_calls"])
+        times = timed(
+            call,
+            sync,
+            warmup=1,
+            min_calls=min(3, cfg["max_calls"]),
+            min_seconds=cfg["min_seconds"],
+            max_calls=cfg["max_calls"],
+        )
         return {"caption_batch": cb, "embed_batch": eb, **_rate(len(images), times)}
 
     ceiling = models_alone(cap_chunk, emb_chunk)
@@ -559,8 +603,11 @@ def bench_pipeline(store, warm_uploads, uploads, captioner, embedder, batch_size
         "images_per_s": round(ips, 2),
         "batch_s": batch_s,  # each measured batch, end to end: the spread shows how steady the machine was
         "stages_s": {k: round(v, 3) for k, v in stages.items()},
-        "with_writes": {"images_per_s": round(ips_w, 2), "batch_s": w_batch_s,
-                        "stages_s": {k: round(v, 3) for k, v in w_stages.items()}},
+        "with_writes": {
+            "images_per_s": round(ips_w, 2),
+            "batch_s": w_batch_s,
+            "stages_s": {k: round(v, 3) for k, v in w_stages.items()},
+        },
         "model_load_s_warmup": round(warm_load.seconds, 3),
         "model_load_s_measured": round(load.seconds, 3),  # 0.0: the worker was warm
         "caption_words": sorted(words),
@@ -569,10 +616,12 @@ def bench_pipeline(store, warm_uploads, uploads, captioner, embedder, batch_size
         "share_of_ceiling": round(ips / ceiling["images_per_s"], 3),
         "share_of_ceiling_at_batch_size": round(ips / ceiling_b["images_per_s"], 3),
     }
-    log(f"  pipeline: {ips:.1f} images/s ({100 * result['share_of_ceiling']:.0f}% of the models alone at "
+    log(
+        f"  pipeline: {ips:.1f} images/s ({100 * result['share_of_ceiling']:.0f}% of the models alone at "
         f"{cap_chunk}/{emb_chunk}, {ceiling['images_per_s']} images/s; "
         f"{100 * result['share_of_ceiling_at_batch_size']:.0f}% of them at {len(images)}/{len(images)}, "
-        f"{ceiling_b['images_per_s']} images/s); with writes {ips_w:.1f} images/s")
+        f"{ceiling_b['images_per_s']} images/s); with writes {ips_w:.1f} images/s"
+    )
     return result
 
 
@@ -602,22 +651,30 @@ def _device_facts(device: str) -> dict:
         pass
     if device.startswith("cuda"):
         p = torch.cuda.get_device_properties(torch.device(device))
-        out.update({
-            "gpu": torch.cuda.get_device_name(torch.device(device)),
-            "gpu_memory_gib": round(p.total_memory / 2**30, 1),
-            "gpu_sms": p.multi_processor_count,
-            "gpu_capability": f"{p.major}.{p.minor}",
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-            "bf16_supported": torch.cuda.is_bf16_supported(),
-        })
+        out.update(
+            {
+                "gpu": torch.cuda.get_device_name(torch.device(device)),
+                "gpu_memory_gib": round(p.total_memory / 2**30, 1),
+                "gpu_sms": p.multi_processor_count,
+                "gpu_capability": f"{p.major}.{p.minor}",
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+            }
+        )
     else:
         out["gpu"] = None
     return out
 
 
-def run(quick: bool = False, device: str = "auto", dtypes: str | None = None, models_dir: str | None = None,
-        models: str | None = None, log=log) -> dict:
+def run(
+    quick: bool = False,
+    device: str = "auto",
+    dtypes: str | None = None,
+    models_dir: str | None = None,
+    models: str | None = None,
+    log=log,
+) -> dict:
     """``models``: "full" (random full-size BLIP-base + CLIP B/32) or "tiny" (dam_models.tiny); default
     tiny with ``quick``, else full."""
     _offline()
@@ -645,16 +702,20 @@ def run(quick: bool = False, device: str = "auto", dtypes: str | None = None, mo
     batch_size = cfg.get("pipeline_batch_size", f["dam_batch_size"].default)
     pipeline_dtype = dtype_name(resolve_dtype(f["dam_dtype"].default, dev))
     facts = _device_facts(dev)
-    log(f"gpu: {'quick' if quick else 'full'} run on {facts.get('gpu') or facts.get('cpu')} "
-        f"({facts['cpu_count']} cores), torch {facts['torch']}, transformers {facts['transformers']}")
+    log(
+        f"gpu: {'quick' if quick else 'full'} run on {facts.get('gpu') or facts.get('cpu')} "
+        f"({facts['cpu_count']} cores), torch {facts['torch']}, transformers {facts['transformers']}"
+    )
 
     result: dict = {
         "mode": "quick" if quick else "full",
         "models": models,
         "machine": facts,
         "caption_tokens": max_tokens,
-        "caption_tokens_note": (f"every caption is forced to DAM_CAPTION_MAX_TOKENS={max_tokens} new tokens "
-                                "(random weights; the worst case)"),
+        "caption_tokens_note": (
+            f"every caption is forced to DAM_CAPTION_MAX_TOKENS={max_tokens} new tokens "
+            "(random weights; the worst case)"
+        ),
         "third_party_imports": {"project_modules": project_imports},
         "seconds": {},
     }
@@ -685,8 +746,10 @@ def run(quick: bool = False, device: str = "auto", dtypes: str | None = None, mo
             "count": len(photos),
         }
         result["seconds"]["make_photos"] = round(time.perf_counter() - t, 1)
-        log(f"gpu: {len(photos)} photo-like JPEGs {cfg['photo_size'][0]}x{cfg['photo_size'][1]} "
-            f"(~{result['photos']['mean_jpeg_kib']:.0f} KiB) in {result['seconds']['make_photos']}s")
+        log(
+            f"gpu: {len(photos)} photo-like JPEGs {cfg['photo_size'][0]}x{cfg['photo_size'][1]} "
+            f"(~{result['photos']['mean_jpeg_kib']:.0f} KiB) in {result['seconds']['make_photos']}s"
+        )
         sample = [decode(d) for d in cpu_photos[: min(8, len(cpu_photos))]]
 
         # 1 + 2: the models alone, per dtype.
@@ -694,8 +757,9 @@ def run(quick: bool = False, device: str = "auto", dtypes: str | None = None, mo
         for dt in dtype_list:
             t = time.perf_counter()
             with track_loads() as load:
-                captioner = get_captioner(str(blip_dir), device=dev, dtype=dt, max_new_tokens=max_tokens,
-                                          min_new_tokens=max_tokens)
+                captioner = get_captioner(
+                    str(blip_dir), device=dev, dtype=dt, max_new_tokens=max_tokens, min_new_tokens=max_tokens
+                )
                 embedder = get_embedder(str(clip_dir), device=dev, dtype=dt)
             name = dtype_name(captioner.dtype)
             result["load_s"][name] = round(load.seconds, 2)
@@ -731,15 +795,24 @@ def run(quick: bool = False, device: str = "auto", dtypes: str | None = None, mo
                 warm_up = seed_store(store, warm_photos)
                 up = seed_store(store, pipe_photos)
                 with track_loads() as load:
-                    captioner = get_captioner(str(blip_dir), device=dev, dtype=pipeline_dtype,
-                                              max_new_tokens=max_tokens, min_new_tokens=max_tokens)
+                    captioner = get_captioner(
+                        str(blip_dir),
+                        device=dev,
+                        dtype=pipeline_dtype,
+                        max_new_tokens=max_tokens,
+                        min_new_tokens=max_tokens,
+                    )
                     embedder = get_embedder(str(clip_dir), device=dev, dtype=pipeline_dtype)
-                log(f"gpu: pipeline, DAM_DTYPE=auto -> {pipeline_dtype} (models {'loaded' if load.loads else 'warm'}), "
-                    f"{len(up)} images in batches of {batch_size}")
+                log(
+                    f"gpu: pipeline, DAM_DTYPE=auto -> {pipeline_dtype} (models {'loaded' if load.loads else 'warm'}), "
+                    f"{len(up)} images in batches of {batch_size}"
+                )
                 result["pipeline"] = bench_pipeline(store, warm_up, up, captioner, embedder, batch_size, dev, cfg, log)
             except Exception as err:
-                result["pipeline"] = {"error": f"{type(err).__name__}: {err}",
-                                      "traceback": traceback.format_exc()[-2000:]}
+                result["pipeline"] = {
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc()[-2000:],
+                }
                 log(f"gpu: pipeline FAILED: {type(err).__name__}: {err}")
         result["seconds"]["pipeline"] = round(time.perf_counter() - t, 1)
     result["seconds"]["total"] = round(time.perf_counter() - clock.t0, 1)
@@ -754,8 +827,7 @@ def run(quick: bool = False, device: str = "auto", dtypes: str | None = None, mo
 
 def _table(per_dtype: dict, title: str) -> list[str]:
     sizes = sorted({int(b) for d in per_dtype.values() for b in d})
-    lines = [f"| {title} | " + " | ".join(f"batch {b}" for b in sizes) + " |",
-             "|---|" + "---:|" * len(sizes)]
+    lines = [f"| {title} | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for dt, rows in per_dtype.items():
         cells = []
         for b in sizes:
@@ -775,14 +847,16 @@ def lines(result: dict) -> list[str]:
     m = result.get("machine", {})
     where = m.get("gpu") or f"CPU only ({m.get('cpu', '?')})"
     tiny = " -- TINY MODELS, a smoke run" if result.get("models") == "tiny" else ""
-    out = [f"### GPU throughput ({result.get('mode')}{tiny}): {where}",
-           "",
-           f"torch {m.get('torch')}, transformers {m.get('transformers')}, CUDA {m.get('cuda', '-')}, "
-           f"{m.get('cpu_count')} CPU cores ({m.get('cpu', '?')}). "
-           + ("Tiny random models" if tiny else "Random-weight BLIP-base and CLIP ViT-B/32")
-           + f" loaded through dam_models; attention: CLIP {(result.get('attention') or {}).get('clip')}, BLIP vision "
-           f"SDPA (project patch), BLIP decoder eager. {_sentence(result.get('caption_tokens_note', ''))}.",
-           ""]
+    out = [
+        f"### GPU throughput ({result.get('mode')}{tiny}): {where}",
+        "",
+        f"torch {m.get('torch')}, transformers {m.get('transformers')}, CUDA {m.get('cuda', '-')}, "
+        f"{m.get('cpu_count')} CPU cores ({m.get('cpu', '?')}). "
+        + ("Tiny random models" if tiny else "Random-weight BLIP-base and CLIP ViT-B/32")
+        + f" loaded through dam_models; attention: CLIP {(result.get('attention') or {}).get('clip')}, BLIP vision "
+        f"SDPA (project patch), BLIP decoder eager. {_sentence(result.get('caption_tokens_note', ''))}.",
+        "",
+    ]
     if result.get("clip"):
         out += ["CLIP image embeddings alone, images/s (pixel tensors on the device):", ""]
         out += _table(result["clip"], "CLIP dtype") + [""]
@@ -791,8 +865,12 @@ def lines(result: dict) -> list[str]:
         out += _table(result["blip"], "BLIP dtype") + [""]
     cs = result.get("cpu_side")
     if cs and "error" not in cs:
-        out += [f"Decode + preprocess of {result.get('photos', {}).get('size')} JPEGs on the CPU, images/s:", "",
-                "| work | threads | images/s |", "|---|---:|---:|"]
+        out += [
+            f"Decode + preprocess of {result.get('photos', {}).get('size')} JPEGs on the CPU, images/s:",
+            "",
+            "| work | threads | images/s |",
+            "|---|---:|---:|",
+        ]
         for k, v in cs.items():
             if isinstance(v, dict) and "images_per_s" in v:
                 out.append(f"| {k} | {v['threads']} | {v['images_per_s']:,.1f} |")
@@ -802,40 +880,55 @@ def lines(result: dict) -> list[str]:
     p = result.get("pipeline")
     if p and "images_per_s" in p:
         c, cb = p["ceiling"], p["ceiling_at_batch_size"]
-        out += ["Pipeline through a warm worker (decode_batch -> caption_batch -> embed_batch + tags -> "
-                f"thumbnail_batch), batches of {p['batch_size']}, {p['dtype']}:", "",
-                "| | images/s | share |", "|---|---:|---:|",
-                f"| pipeline (no writes) | {p['images_per_s']:,.1f} | |",
-                f"| pipeline + writes to a local-disk store | {p['with_writes']['images_per_s']:,.1f} | |",
-                f"| models alone at the pipeline's chunks (caption {c['caption_batch']}, embed {c['embed_batch']}) | "
-                f"{c['images_per_s']:,.1f} | pipeline = {100 * p['share_of_ceiling']:.0f}% |",
-                f"| models alone at batch {cb['caption_batch']} | {cb['images_per_s']:,.1f} | "
-                f"pipeline = {100 * p['share_of_ceiling_at_batch_size']:.0f}% |",
-                "",
-                "Pipeline seconds by stage (all measured batches): "
-                + ", ".join(f"{k} {v:.2f}" for k, v in p["stages_s"].items())
-                + "; seconds per batch: " + ", ".join(f"{v:.2f}" for v in p.get("batch_s", []))
-                + " (with writes: " + ", ".join(f"{v:.2f}" for v in p["with_writes"].get("batch_s", [])) + ").",
-                ""]
+        out += [
+            "Pipeline through a warm worker (decode_batch -> caption_batch -> embed_batch + tags -> "
+            f"thumbnail_batch), batches of {p['batch_size']}, {p['dtype']}:",
+            "",
+            "| | images/s | share |",
+            "|---|---:|---:|",
+            f"| pipeline (no writes) | {p['images_per_s']:,.1f} | |",
+            f"| pipeline + writes to a local-disk store | {p['with_writes']['images_per_s']:,.1f} | |",
+            f"| models alone at the pipeline's chunks (caption {c['caption_batch']}, embed {c['embed_batch']}) | "
+            f"{c['images_per_s']:,.1f} | pipeline = {100 * p['share_of_ceiling']:.0f}% |",
+            f"| models alone at batch {cb['caption_batch']} | {cb['images_per_s']:,.1f} | "
+            f"pipeline = {100 * p['share_of_ceiling_at_batch_size']:.0f}% |",
+            "",
+            "Pipeline seconds by stage (all measured batches): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in p["stages_s"].items())
+            + "; seconds per batch: "
+            + ", ".join(f"{v:.2f}" for v in p.get("batch_s", []))
+            + " (with writes: "
+            + ", ".join(f"{v:.2f}" for v in p["with_writes"].get("batch_s", []))
+            + ").",
+            "",
+        ]
     elif p:
         out += [f"Pipeline: {p.get('error') or p.get('skipped')}", ""]
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run (also on CPU): tiny models, batch 2, 4 photos, 1 pipeline batch of 4")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (also on CPU): tiny models, batch 2, 4 photos, 1 pipeline batch of 4",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when visible), cuda, cuda:N or cpu")
     p.add_argument("--dtypes", help="model dtypes to time (default fp16,bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--models", choices=["full", "tiny"], help="full-size random BLIP-base + CLIP B/32 (default), "
-                   "or the tiny test models (default with --quick)")
+    p.add_argument(
+        "--models",
+        choices=["full", "tiny"],
+        help="full-size random BLIP-base + CLIP B/32 (default), or the tiny test models (default with --quick)",
+    )
     p.add_argument("--models-dir", help="reuse (or create) the random full-size models here")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args(argv)
-    result = run(args.quick, device=args.device, dtypes=args.dtypes, models_dir=args.models_dir, models=args.models,
-                 log=log)
+    result = run(
+        args.quick, device=args.device, dtypes=args.dtypes, models_dir=args.models_dir, models=args.models, log=log
+    )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ("gpu-quick.json" if args.quick else "gpu.json")

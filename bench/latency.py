@@ -171,7 +171,9 @@ def _batch_run(instance, batch: str):
     """The first run record of a batch (a retry is a later run with the same tag)."""
     from dagster import RunsFilter
 
-    records = instance.get_run_records(RunsFilter(tags={"dam/batch": batch}), order_by="create_timestamp", ascending=True)
+    records = instance.get_run_records(
+        RunsFilter(tags={"dam/batch": batch}), order_by="create_timestamp", ascending=True
+    )
     return records[0] if records else None
 
 
@@ -221,8 +223,19 @@ def _breakdown(instance, batch: str, t_upload: float) -> dict:
     return {k: round(v - t_upload, 2) for k, v in pts.items()}
 
 
-SEGMENTS = ("tick_wait", "tick_eval", "submit", "sensor_wait", "dequeue_wait", "launch", "publish", "run_init",
-            "run_start", "steps", "success_after_row")
+SEGMENTS = (
+    "tick_wait",
+    "tick_eval",
+    "submit",
+    "sensor_wait",
+    "dequeue_wait",
+    "launch",
+    "publish",
+    "run_init",
+    "run_start",
+    "steps",
+    "success_after_row",
+)
 
 
 def _segments(b: dict, latency: float) -> dict:
@@ -238,6 +251,7 @@ def _segments(b: dict, latency: float) -> dict:
     (workers only); run_init: RUN_START -> first STEP_START; run_start = launch + run_init;
     steps: first STEP_START -> the row readable; success_after_row: the row readable -> RUN_SUCCESS.
     """
+
     def d(a, z):
         return round(b[z] - b[a], 2) if a in b and z in b else None
 
@@ -279,12 +293,17 @@ def _sensor_ticks(instance, name: str = "upload_queue_sensor") -> dict:
 
 
 def _median_segments(rows: list[dict]) -> dict:
-    return {k: round(statistics.median([r[k] for r in rows if r.get(k) is not None]), 2)
-            if any(r.get(k) is not None for r in rows) else None for k in SEGMENTS}
+    return {
+        k: round(statistics.median([r[k] for r in rows if r.get(k) is not None]), 2)
+        if any(r.get(k) is not None for r in rows)
+        else None
+        for k in SEGMENTS
+    }
 
 
-def _measure(url: str, rows: Rows, instance_fn, singles: int, burst: int, log, check, result: dict,
-             warm_until=None) -> None:
+def _measure(
+    url: str, rows: Rows, instance_fn, singles: int, burst: int, log, check, result: dict, warm_until=None
+) -> None:
     """Warm-up, single uploads one at a time, then one burst; fills `result`. Shared by both modes.
 
     `instance_fn()` gives the Dagster instance (the embedded one exists only after the first run);
@@ -327,7 +346,10 @@ def _measure(url: str, rows: Rows, instance_fn, singles: int, burst: int, log, c
                 row["worker"] = rec.dagster_run.tags[WORKER_TAG].split("-")[0]
             single_rows.append(row)
             seg = {k: v for k, v in row.items() if k in SEGMENTS and k not in ("sensor_wait", "run_start")}
-            log(f"latency: single {n + 1}/{singles}: {lat:.1f}s {seg}" + (f" on {row['worker']}" if "worker" in row else ""))
+            log(
+                f"latency: single {n + 1}/{singles}: {lat:.1f}s {seg}"
+                + (f" on {row['worker']}" if "worker" in row else "")
+            )
         result["single"] = {**_p(single), "median_segments": _median_segments(single_rows), "samples": single_rows}
 
         _wait_idle(instance, settle=7)
@@ -356,11 +378,12 @@ def _measure(url: str, rows: Rows, instance_fn, singles: int, burst: int, log, c
             _wait_finished(instance, b, 120, check)
             mine = [i for i, v in got.items() if v[1] == b]
             t_first = min(ids[i] for i in mine)
-            seg.append(_segments(_breakdown(instance, b, t_first),
-                                 max(ids[i] + got[i][0] for i in mine) - t_first))
+            seg.append(_segments(_breakdown(instance, b, t_first), max(ids[i] + got[i][0] for i in mine) - t_first))
         result["burst_result"] = {**_p(lats), "batches": len(batches), "per_batch_segments": seg}
-        log(f"latency: burst of {burst}: p50 {result['burst_result']['p50']}s p99 {result['burst_result']['p99']}s "
-            f"in {len(batches)} batch(es)")
+        log(
+            f"latency: burst of {burst}: p50 {result['burst_result']['p50']}s p99 {result['burst_result']['p99']}s "
+            f"in {len(batches)} batch(es)"
+        )
         result["sensor"] = _sensor_ticks(instance)
         log(f"latency: sensor ticks {result['sensor']}")
 
@@ -372,8 +395,14 @@ def _counts(singles: int | None, burst: int | None, quick: bool) -> tuple[int, i
     return singles or (4 if quick else 10), burst or 32
 
 
-def run(quick: bool, log=print, singles: int | None = None, burst: int | None = None, dagster_yaml: str | None = None,
-        model_server: bool = True) -> dict:
+def run(
+    quick: bool,
+    log=print,
+    singles: int | None = None,
+    burst: int | None = None,
+    dagster_yaml: str | None = None,
+    model_server: bool = True,
+) -> dict:
     """The embedded default: `dam dev` (API + `dagster dev`, SQLite instance, a run process per run).
 
     `model_server` False: DAM_MODEL_SERVER=off, every run loads its own models (the design before the
@@ -385,9 +414,16 @@ def run(quick: bool, log=print, singles: int | None = None, burst: int | None = 
         tmp = Path(tmp)
         data_dir, models = tmp / "data", tmp / "models"
         subprocess.run([str(bin_dir / "dam"), "models", "tiny", str(models)], check=True, capture_output=True)
-        env = dict(os.environ, DAM_DATA_DIR=str(data_dir), DAGSTER_HOME=str(data_dir / "dagster"),
-                   DAM_CAPTION_MODEL=str(models / "blip"), DAM_EMBEDDING_MODEL=str(models / "clip"),
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env = dict(
+            os.environ,
+            DAM_DATA_DIR=str(data_dir),
+            DAGSTER_HOME=str(data_dir / "dagster"),
+            DAM_CAPTION_MODEL=str(models / "blip"),
+            DAM_EMBEDDING_MODEL=str(models / "clip"),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         for var in [k for k in env if k.startswith("R2_")]:
             env.pop(var)
         env.pop("AMQP_URL", None)
@@ -400,17 +436,31 @@ def run(quick: bool, log=print, singles: int | None = None, burst: int | None = 
         url = f"http://127.0.0.1:{port}"
         dev_log = tmp / "dev.log"
         logf = open(dev_log, "wb")
-        dev = subprocess.Popen([str(bin_dir / "dam"), "dev", "--port", str(port), "--dagster-port", str(dport)],
-                               env=env, cwd=str(REPO), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        result: dict = {"mode": "embedded", "machine": machine(), "background_load_cores_at_start": busy,
-                        "singles": singles, "burst": burst,
-                        "models": "tiny random (dam models tiny): real BLIP/CLIP are not downloadable here",
-                        "dagster_yaml": dagster_yaml or "project dagster.yaml", "model_server": model_server}
+        dev = subprocess.Popen(
+            [str(bin_dir / "dam"), "dev", "--port", str(port), "--dagster-port", str(dport)],
+            env=env,
+            cwd=str(REPO),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        result: dict = {
+            "mode": "embedded",
+            "machine": machine(),
+            "background_load_cores_at_start": busy,
+            "singles": singles,
+            "burst": burst,
+            "models": "tiny random (dam models tiny): real BLIP/CLIP are not downloadable here",
+            "dagster_yaml": dagster_yaml or "project dagster.yaml",
+            "model_server": model_server,
+        }
         instance = None
 
         def check():
             if dev.poll() is not None:
-                raise RuntimeError(f"dam dev exited ({dev.returncode}):\n" + dev_log.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"dam dev exited ({dev.returncode}):\n" + dev_log.read_text(errors="replace")[-3000:]
+                )
 
         def get_instance():
             nonlocal instance
@@ -464,13 +514,21 @@ def run_workers(quick: bool, log=print, singles: int | None = None, burst: int |
         # This process (the instance it reads) and every started process share this environment.
         for var in [k for k in os.environ if k.startswith(("R2_", "DAM_")) or k in ("AMQP_URL", "DAGSTER_HOME")]:
             os.environ.pop(var)
-        os.environ.update({
-            "DAM_DATA_DIR": str(data_dir), "DAM_CAPTION_MODEL": str(models / "blip"),
-            "DAM_EMBEDDING_MODEL": str(models / "clip"), "DAM_DEVICE": "cpu",
-            "AMQP_URL": AMQP, "DAM_QUEUE": f"{prefix}uploads", "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        })
+        os.environ.update(
+            {
+                "DAM_DATA_DIR": str(data_dir),
+                "DAM_CAPTION_MODEL": str(models / "blip"),
+                "DAM_EMBEDDING_MODEL": str(models / "clip"),
+                "DAM_DEVICE": "cpu",
+                "AMQP_URL": AMQP,
+                "DAM_QUEUE": f"{prefix}uploads",
+                "DAGSTER_HOME": str(home),
+                "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
         env = dict(os.environ)
         settings = _settings_for(env)
 
@@ -482,8 +540,10 @@ def run_workers(quick: bool, log=print, singles: int | None = None, burst: int |
         def check():
             for name, p in procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({p.returncode})\n" + "\n".join(
-                        f"--- {n}\n{_tail(path)}" for n, path in logs.items()))
+                    raise RuntimeError(
+                        f"{name} exited ({p.returncode})\n"
+                        + "\n".join(f"--- {n}\n{_tail(path)}" for n, path in logs.items())
+                    )
 
         busy = other_load(2.0)  # cores other processes use before ours start: the machine is shared
         worker_env = dict(env, OMP_NUM_THREADS="1")
@@ -494,22 +554,36 @@ def run_workers(quick: bool, log=print, singles: int | None = None, burst: int |
         log(f"latency: {workers} worker(s) answer")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        procs["daemon"] = _spawn([str(bin_dir / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"])
+        procs["daemon"] = _spawn(
+            [str(bin_dir / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"]
+        )
         procs["api"] = _spawn([str(bin_dir / "dam"), "api", "--port", str(port)], env, logs["api"])
 
         def every_worker_ran(inst) -> bool:
             from dagster import RunsFilter
 
-            used = {r.tags[WORKER_TAG].split("-")[0] for r in inst.get_runs(RunsFilter(job_name="enrich_batch"))
-                    if WORKER_TAG in r.tags}
+            used = {
+                r.tags[WORKER_TAG].split("-")[0]
+                for r in inst.get_runs(RunsFilter(job_name="enrich_batch"))
+                if WORKER_TAG in r.tags
+            }
             return len(used) >= workers
 
-        result: dict = {"mode": "workers", "machine": machine(), "background_load_cores_at_start": busy,
-                        "singles": singles, "burst": burst, "workers": workers,
-                        "models": "tiny random (dam models tiny): real BLIP/CLIP are not downloadable here",
-                        "instance": "dagster.prod.yaml (PostgreSQL, DamCeleryRunLauncher, QueuedRunCoordinator)",
-                        "store": "local folder", "queue": "RabbitMQ", "database": db, "queue_prefix": prefix,
-                        "worker_flags": "dam worker --preload, --concurrency 1, OMP_NUM_THREADS=1"}
+        result: dict = {
+            "mode": "workers",
+            "machine": machine(),
+            "background_load_cores_at_start": busy,
+            "singles": singles,
+            "burst": burst,
+            "workers": workers,
+            "models": "tiny random (dam models tiny): real BLIP/CLIP are not downloadable here",
+            "instance": "dagster.prod.yaml (PostgreSQL, DamCeleryRunLauncher, QueuedRunCoordinator)",
+            "store": "local folder",
+            "queue": "RabbitMQ",
+            "database": db,
+            "queue_prefix": prefix,
+            "worker_flags": "dam worker --preload, --concurrency 1, OMP_NUM_THREADS=1",
+        }
         _measure(url, Rows(settings), lambda: instance, singles, burst, log, check, result, warm_until=every_worker_ran)
         return result
     finally:
@@ -540,23 +614,30 @@ def _drop_upload_queues(amqp: str, prefix: str) -> None:
 
 def ratios(embedded: dict, workers: dict) -> dict:
     """workers / embedded for the single and burst percentiles (below 1: the workers are faster)."""
+
     def r(a, z):
         return round(z / a, 2) if a and z is not None else None
 
     s, w = embedded["single"], workers["single"]
     bs, bw = embedded["burst_result"], workers["burst_result"]
-    return {"single_p50": r(s["p50"], w["p50"]), "single_p99": r(s["p99"], w["p99"]),
-            "burst_p50": r(bs["p50"], bw["p50"]), "burst_p99": r(bs["p99"], bw["p99"])}
+    return {
+        "single_p50": r(s["p50"], w["p50"]),
+        "single_p99": r(s["p99"], w["p99"]),
+        "burst_p50": r(bs["p50"], bw["p50"]),
+        "burst_p99": r(bs["p99"], bw["p99"]),
+    }
 
 
 def _fmt_segments(m: dict) -> str:
     def f(k):
         return "-" if m.get(k) is None else f"{m[k]:.2f}"
 
-    return (f"tick wait {f('tick_wait')} -> tick eval {f('tick_eval')} -> submit {f('submit')} -> "
-            f"dequeue wait {f('dequeue_wait')} -> launch {f('launch')}"
-            + (f" (publish {f('publish')})" if m.get("publish") is not None else "")
-            + f" -> run init {f('run_init')} -> steps to row {f('steps')} s (RUN_SUCCESS {f('success_after_row')} s after the row)")
+    return (
+        f"tick wait {f('tick_wait')} -> tick eval {f('tick_eval')} -> submit {f('submit')} -> "
+        f"dequeue wait {f('dequeue_wait')} -> launch {f('launch')}"
+        + (f" (publish {f('publish')})" if m.get("publish") is not None else "")
+        + f" -> run init {f('run_init')} -> steps to row {f('steps')} s (RUN_SUCCESS {f('success_after_row')} s after the row)"
+    )
 
 
 def lines(r: dict) -> list[str]:
@@ -564,13 +645,17 @@ def lines(r: dict) -> list[str]:
     if "embedded" in r and "workers" in r:
         out = lines(r["embedded"]) + lines(r["workers"])
         q = r["ratios"]
-        out.append(f"latency ratio workers/embedded: single p50 {q['single_p50']}x, p99 {q['single_p99']}x; "
-                   f"burst p50 {q['burst_p50']}x, p99 {q['burst_p99']}x (below 1: workers faster)")
+        out.append(
+            f"latency ratio workers/embedded: single p50 {q['single_p50']}x, p99 {q['single_p99']}x; "
+            f"burst p50 {q['burst_p50']}x, p99 {q['burst_p99']}x (below 1: workers faster)"
+        )
         return out
     if r.get("mode") == "workers":
         name = "workers"
-        what = (f"{r['workers']} x `dam worker --preload` (OMP_NUM_THREADS=1), dagster-daemon, dam api; "
-                f"dagster.prod.yaml on PostgreSQL, RabbitMQ, local store")
+        what = (
+            f"{r['workers']} x `dam worker --preload` (OMP_NUM_THREADS=1), dagster-daemon, dam api; "
+            f"dagster.prod.yaml on PostgreSQL, RabbitMQ, local store"
+        )
     else:
         name = "embedded"
         what = f"dam dev ({r.get('dagster_yaml', 'project dagster.yaml')})"
@@ -586,31 +671,40 @@ def lines(r: dict) -> list[str]:
         out.append(f"latency {name}: burst batch {k + 1} (from its first upload): {_fmt_segments(seg)}")
     t = r.get("sensor") or {}
     if t:
-        out.append(f"latency {name}: sensor ticks {t.get('interval_median_s')} s apart (median, max {t.get('interval_max_s')}), "
-                   f"empty tick {t.get('empty_tick_median_s')} s")
+        out.append(
+            f"latency {name}: sensor ticks {t.get('interval_median_s')} s apart (median, max {t.get('interval_max_s')}), "
+            f"empty tick {t.get('empty_tick_median_s')} s"
+        )
     workers = [x["worker"] for x in s.get("samples", []) if "worker" in x]
     if workers:
-        out.append(f"latency {name}: single uploads ran on " + ", ".join(f"{w} x{workers.count(w)}" for w in sorted(set(workers))))
+        out.append(
+            f"latency {name}: single uploads ran on "
+            + ", ".join(f"{w} x{workers.count(w)}" for w in sorted(set(workers)))
+        )
     return out
 
 
 def render_model_server(both: dict, quick: bool) -> str:
     own, served = both["own_models_per_run"], both["model_server"]
-    return "\n".join([
-        f"## Warm models under `dam dev` (issue 23): `python -m bench.latency --compare-model-server"
-        f"{' --quick' if quick else ''}`, {time.strftime('%Y-%m-%d')}\n",
-        "Tiny random models; upload to row on `dam dev`, first with every run loading its own models "
-        "(`DAM_MODEL_SERVER=off`), then with the model server; one run.\n",
-        "| | single upload p50 s | its run's steps, median s | burst of "
-        f"{own['burst']} p50 s |",
-        "|---|---|---|---|",
-        f"| every run loads its own models | {own['single']['p50']} | {own['single']['median_segments'].get('steps')} | "
-        f"{own['burst_result']['p50']} |",
-        f"| model server | {served['single']['p50']} | {served['single']['median_segments'].get('steps')} | "
-        f"{served['burst_result']['p50']} |",
-        "",
-        f"Ratio own/served: single {both['single_p50_ratio_own_over_served']}x, burst {both['burst_p50_ratio_own_over_served']}x.",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"## Warm models under `dam dev` (issue 23): `python -m bench.latency --compare-model-server"
+                f"{' --quick' if quick else ''}`, {time.strftime('%Y-%m-%d')}\n",
+                "Tiny random models; upload to row on `dam dev`, first with every run loading its own models "
+                "(`DAM_MODEL_SERVER=off`), then with the model server; one run.\n",
+                f"| | single upload p50 s | its run's steps, median s | burst of {own['burst']} p50 s |",
+                "|---|---|---|---|",
+                f"| every run loads its own models | {own['single']['p50']} | {own['single']['median_segments'].get('steps')} | "
+                f"{own['burst_result']['p50']} |",
+                f"| model server | {served['single']['p50']} | {served['single']['median_segments'].get('steps')} | "
+                f"{served['burst_result']['p50']} |",
+                "",
+                f"Ratio own/served: single {both['single_p50_ratio_own_over_served']}x, burst {both['burst_p50_ratio_own_over_served']}x.",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv=None) -> int:
@@ -622,8 +716,11 @@ def main(argv=None) -> int:
     p.add_argument("--singles", type=int)
     p.add_argument("--burst", type=int)
     p.add_argument("--dagster-yaml", help="embedded only: instance config to use instead of the project's dagster.yaml")
-    mode.add_argument("--compare-model-server", action="store_true",
-                      help="the embedded default with DAM_MODEL_SERVER=off, then with the model server: p50 ratios")
+    mode.add_argument(
+        "--compare-model-server",
+        action="store_true",
+        help="the embedded default with DAM_MODEL_SERVER=off, then with the model server: p50 ratios",
+    )
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args(argv)
     if args.workers and args.dagster_yaml:
@@ -636,7 +733,8 @@ def main(argv=None) -> int:
         off = run(args.quick, log=log, singles=args.singles, burst=args.burst, model_server=False)
         on = run(args.quick, log=log, singles=args.singles, burst=args.burst, model_server=True)
         both = {
-            "own_models_per_run": off, "model_server": on,
+            "own_models_per_run": off,
+            "model_server": on,
             "single_p50_s": {"own": off["single"]["p50"], "served": on["single"]["p50"]},
             "burst_p50_s": {"own": off["burst_result"]["p50"], "served": on["burst_result"]["p50"]},
         }
@@ -645,8 +743,11 @@ def main(argv=None) -> int:
         (out / "latency-model-server.json").write_text(json.dumps(both, indent=1, default=str))
         from bench.report import write_section
 
-        write_section("latency.model-server", render_model_server(both, args.quick),
-                      command="python -m bench.latency --compare-model-server" + (" --quick" if args.quick else ""))
+        write_section(
+            "latency.model-server",
+            render_model_server(both, args.quick),
+            command="python -m bench.latency --compare-model-server" + (" --quick" if args.quick else ""),
+        )
         print(json.dumps({k: v for k, v in both.items() if k not in ("own_models_per_run", "model_server")}, indent=1))
         return 0
     if not args.workers:

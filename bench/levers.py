@@ -69,9 +69,15 @@ def attention(cap, n=8, reps=3) -> dict:
             cpu_s[name].append((time.process_time() - c) / n)
     mode(True)
     diff = float((outs["eager"] - outs["sdpa"]).abs().max())
-    return {"batch": n, "eager_s_per_image": round(min(res["eager"]), 3), "sdpa_s_per_image": round(min(res["sdpa"]), 3),
-            "all": {k: [round(x, 3) for x in v] for k, v in res.items()},
-            "cpu_s_per_image": {k: round(min(v), 3) for k, v in cpu_s.items()}, "max_abs_diff": diff, "cpu": mon.stop()}
+    return {
+        "batch": n,
+        "eager_s_per_image": round(min(res["eager"]), 3),
+        "sdpa_s_per_image": round(min(res["sdpa"]), 3),
+        "all": {k: [round(x, 3) for x in v] for k, v in res.items()},
+        "cpu_s_per_image": {k: round(min(v), 3) for k, v in cpu_s.items()},
+        "max_abs_diff": diff,
+        "cpu": mon.stop(),
+    }
 
 
 def caption_batch(cap, images, sizes=(8, 16, 32)) -> dict:
@@ -110,10 +116,18 @@ def decoding(cap, emb, n=8) -> dict:
     for name, side in (("full", 0), ("draft", DECODE_MIN_SIDE)):
         t_dec = _timed(lambda: [decode(d, min_side=side) for d in datas], reps=3)
         imgs = [decode(d, min_side=side) for d in datas]
-        t_proc = _timed(lambda: (cap.processor.image_processor(images=imgs, return_tensors="pt"),
-                                 emb.processor.image_processor(images=imgs, return_tensors="pt")), reps=3)
-        out[name] = {"size": list(imgs[0].size), "decode_ms": round(1000 * t_dec / n, 1),
-                     "processors_ms": round(1000 * t_proc / n, 1)}
+        t_proc = _timed(
+            lambda: (
+                cap.processor.image_processor(images=imgs, return_tensors="pt"),
+                emb.processor.image_processor(images=imgs, return_tensors="pt"),
+            ),
+            reps=3,
+        )
+        out[name] = {
+            "size": list(imgs[0].size),
+            "decode_ms": round(1000 * t_dec / n, 1),
+            "processors_ms": round(1000 * t_proc / n, 1),
+        }
     out["cpu"] = mon.stop()
     return out
 
@@ -142,7 +156,9 @@ def bf16(blip: str, clip: str, images) -> dict:
     vecs = {}
     caps = {}
     for dtype in ("float32", "bfloat16"):
-        cap = get_captioner(blip, device="cpu", dtype=dtype, max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS)
+        cap = get_captioner(
+            blip, device="cpu", dtype=dtype, max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS
+        )
         emb = get_embedder(clip, device="cpu", dtype=dtype)
         cap.caption(images[:1])
         emb.embed_images(images[:1])
@@ -152,7 +168,10 @@ def bf16(blip: str, clip: str, images) -> dict:
         t = time.perf_counter()
         vecs[dtype] = emb.embed_images(images)
         te = time.perf_counter() - t
-        out[dtype] = {"caption_s_per_image": round(tc / len(images), 3), "embed_s_per_image": round(te / len(images), 3)}
+        out[dtype] = {
+            "caption_s_per_image": round(tc / len(images), 3),
+            "embed_s_per_image": round(te / len(images), 3),
+        }
     import numpy as np
 
     cos = (vecs["float32"] * vecs["bfloat16"]).sum(axis=1)
@@ -164,10 +183,13 @@ def bf16(blip: str, clip: str, images) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = ["Measured with `python -m bench.levers` on the same models (random full-size BLIP-base / CLIP B/32), "
-             "interleaved where it is an A/B pair, best of the repeats. CPU column: cores busy on the machine / "
-             "ours / other sessions.\n",
-             "| lever | measurement | kept? |", "|---|---|---|"]
+    lines = [
+        "Measured with `python -m bench.levers` on the same models (random full-size BLIP-base / CLIP B/32), "
+        "interleaved where it is an A/B pair, best of the repeats. CPU column: cores busy on the machine / "
+        "ours / other sessions.\n",
+        "| lever | measurement | kept? |",
+        "|---|---|---|",
+    ]
 
     def cpu(c):
         return f" (CPU {c['machine_busy_cores']}/{c['bench_cores']}/{c['other_cores']})"
@@ -177,38 +199,49 @@ def markdown(r: dict) -> str:
         gain = 100 * (1 - a["sdpa_s_per_image"] / a["eager_s_per_image"])
         cs = a.get("cpu_s_per_image", {})
         cpu_txt = f" (process CPU {cs['eager']} -> {cs['sdpa']} s/image)" if cs else ""
-        lines.append(f"| BLIP vision attention: eager (transformers) vs SDPA | vision tower, batch {a['batch']}: "
-                     f"{a['eager_s_per_image']} -> {a['sdpa_s_per_image']} s/image wall ({gain:.0f}% less){cpu_txt}, max abs diff "
-                     f"{a['max_abs_diff']:.1e}{cpu(a['cpu'])} | yes: `dam_models/captioner.py` |")
+        lines.append(
+            f"| BLIP vision attention: eager (transformers) vs SDPA | vision tower, batch {a['batch']}: "
+            f"{a['eager_s_per_image']} -> {a['sdpa_s_per_image']} s/image wall ({gain:.0f}% less){cpu_txt}, max abs diff "
+            f"{a['max_abs_diff']:.1e}{cpu(a['cpu'])} | yes: `dam_models/captioner.py` |"
+        )
     c = r.get("caption_batch")
     if c:
         cs = c.get("cpu_s_per_image", {})
-        vals = ", ".join(f"batch {k}: {v} s" + (f" (CPU {cs[k]} s)" if k in cs else "") for k, v in c["s_per_image"].items())
-        lines.append(f"| caption batch size | `Captioner.caption`, {c['images']} images, s/image: {vals}{cpu(c['cpu'])} | "
-                     f"{r.get('caption_batch_decision', '')} |")
+        vals = ", ".join(
+            f"batch {k}: {v} s" + (f" (CPU {cs[k]} s)" if k in cs else "") for k, v in c["s_per_image"].items()
+        )
+        lines.append(
+            f"| caption batch size | `Captioner.caption`, {c['images']} images, s/image: {vals}{cpu(c['cpu'])} | "
+            f"{r.get('caption_batch_decision', '')} |"
+        )
     t = r.get("threads")
     if t:
         vals = ", ".join(f"{k} thread(s): {v} s" for k, v in t["s_per_image"].items())
-        lines.append(f"| torch threads | caption + embed, {t['images']} images, s/image: {vals}{cpu(t['cpu'])} | "
-                     f"default kept (torch uses all cores); interop threads do not matter for one eager graph |")
+        lines.append(
+            f"| torch threads | caption + embed, {t['images']} images, s/image: {vals}{cpu(t['cpu'])} | "
+            f"default kept (torch uses all cores); interop threads do not matter for one eager graph |"
+        )
     d = r.get("decoding")
     if d:
-        lines.append(f"| JPEG draft decode (DECODE_MIN_SIDE) | 1600x1200 JPEG: full decode {d['full']['decode_ms']} ms + "
-                     f"both processors {d['full']['processors_ms']} ms vs draft to {d['draft']['size'][0]}x{d['draft']['size'][1]} "
-                     f"{d['draft']['decode_ms']} ms + {d['draft']['processors_ms']} ms per image{cpu(d['cpu'])} | yes (already in "
-                     f"`imaging.py`); the decode is shared by both processors |")
+        lines.append(
+            f"| JPEG draft decode (DECODE_MIN_SIDE) | 1600x1200 JPEG: full decode {d['full']['decode_ms']} ms + "
+            f"both processors {d['full']['processors_ms']} ms vs draft to {d['draft']['size'][0]}x{d['draft']['size'][1]} "
+            f"{d['draft']['decode_ms']} ms + {d['draft']['processors_ms']} ms per image{cpu(d['cpu'])} | yes (already in "
+            f"`imaging.py`); the decode is shared by both processors |"
+        )
     dt = r.get("decode_threads")
     if dt:
         vals = ", ".join(f"{k}: {v} ms" for k, v in dt["ms_per_image"].items())
-        lines.append(f"| `decode_batch` threads | fetch + decode per image: {vals}{cpu(dt['cpu'])} | "
-                     f"default 4 kept |")
+        lines.append(f"| `decode_batch` threads | fetch + decode per image: {vals}{cpu(dt['cpu'])} | default 4 kept |")
     b = r.get("bf16")
     if b:
-        lines.append(f"| `DAM_DTYPE=bfloat16` vs `float32` (this CPU has AVX512-BF16) | caption "
-                     f"{b['float32']['caption_s_per_image']} -> {b['bfloat16']['caption_s_per_image']} s/image, embed "
-                     f"{b['float32']['embed_s_per_image']} -> {b['bfloat16']['embed_s_per_image']} s/image; embeddings "
-                     f"cosine >= {b['embedding_cosine_min']} to fp32, {b['captions_identical']}/{b['images']} captions "
-                     f"identical{cpu(b['cpu'])} | not in the fp32 headline; numerics change, so evaluate on real checkpoints before defaulting to it |")
+        lines.append(
+            f"| `DAM_DTYPE=bfloat16` vs `float32` (this CPU has AVX512-BF16) | caption "
+            f"{b['float32']['caption_s_per_image']} -> {b['bfloat16']['caption_s_per_image']} s/image, embed "
+            f"{b['float32']['embed_s_per_image']} -> {b['bfloat16']['embed_s_per_image']} s/image; embeddings "
+            f"cosine >= {b['embedding_cosine_min']} to fp32, {b['captions_identical']}/{b['images']} captions "
+            f"identical{cpu(b['cpu'])} | not in the fp32 headline; numerics change, so evaluate on real checkpoints before defaulting to it |"
+        )
     return "\n".join(lines)
 
 
@@ -216,7 +249,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.levers")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
     p.add_argument("--models-dir")
-    p.add_argument("--skip", default="", help="comma-separated: attention,caption_batch,threads,decoding,decode_threads,bf16")
+    p.add_argument(
+        "--skip", default="", help="comma-separated: attention,caption_batch,threads,decoding,decode_threads,bf16"
+    )
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     from dam_core.imaging import decode
@@ -226,7 +261,9 @@ def main(argv=None) -> int:
     r: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="bench-levers-") as tmp:
         blip, clip = build_models(Path(args.models_dir) if args.models_dir else Path(tmp) / "models")
-        cap = get_captioner(str(blip), device="cpu", dtype="float32", max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS)
+        cap = get_captioner(
+            str(blip), device="cpu", dtype="float32", max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS
+        )
         emb = get_embedder(str(clip), device="cpu", dtype="float32")
         images = [decode(jpeg(photo_like(1600, 1200, seed=400 + i))) for i in range(32)]
         cap.caption(images[:2])

@@ -32,7 +32,7 @@ def unique_jpeg(base: bytes, tag: bytes) -> bytes:
 
 def multipart(data: bytes, filename: str) -> bytes:
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -46,7 +46,9 @@ def percentile(sorted_vals: list[float], q: float) -> float | None:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
 
 
-async def _run(url: str, images: list[bytes], concurrency: int, duration: float, warmup: float, api_key: str | None) -> dict:
+async def _run(
+    url: str, images: list[bytes], concurrency: int, duration: float, warmup: float, api_key: str | None
+) -> dict:
     import httpx
 
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}

@@ -20,8 +20,14 @@ from fastapi import FastAPI, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-_EXT = {"JPEG": (".jpg", "image/jpeg"), "PNG": (".png", "image/png"), "WEBP": (".webp", "image/webp"),
-        "GIF": (".gif", "image/gif"), "TIFF": (".tiff", "image/tiff"), "BMP": (".bmp", "image/bmp")}
+_EXT = {
+    "JPEG": (".jpg", "image/jpeg"),
+    "PNG": (".png", "image/png"),
+    "WEBP": (".webp", "image/webp"),
+    "GIF": (".gif", "image/gif"),
+    "TIFF": (".tiff", "image/tiff"),
+    "BMP": (".bmp", "image/bmp"),
+}
 
 
 def create_app(settings=None) -> FastAPI:
@@ -59,8 +65,15 @@ def create_app(settings=None) -> FastAPI:
         key = original_key(asset_id, ext)
         store.put(key, data, content_type=mime)  # blocking call on the event loop
         message = UploadMessage(
-            id=asset_id, filename=file.filename or "upload", r2_key=key, mime_type=mime, bytes=len(data),
-            sha256=sha, width=width, height=height, uploaded_at=datetime.now(UTC),
+            id=asset_id,
+            filename=file.filename or "upload",
+            r2_key=key,
+            mime_type=mime,
+            bytes=len(data),
+            sha256=sha,
+            width=width,
+            height=height,
+            uploaded_at=datetime.now(UTC),
         )
         conn = pika.BlockingConnection(pika.URLParameters(amqp_url))  # a new connection per request
         try:
@@ -69,7 +82,9 @@ def create_app(settings=None) -> FastAPI:
             ch.queue_declare(queue, durable=True, arguments=queue_args)
             ch.confirm_delivery()
             ch.basic_publish(
-                "", queue, message.to_json(),
+                "",
+                queue,
+                message.to_json(),
                 pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"),
                 mandatory=True,
             )

@@ -25,13 +25,13 @@ from PIL import Image
 
 TABLE_KEY = "metadata/assets.parquet"
 # The seed's metadata columns.
-SCHEMA = pa.schema(
-    [(name, pa.string()) for name in ("id", "filename", "r2_key", "vector_key", "mime_type", "caption")]
-)
+SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "filename", "r2_key", "vector_key", "mime_type", "caption")])
 
 
 class NaiveWorker:
-    def __init__(self, blip_dir: str, clip_dir: str, store, caption_tokens: int = 20, min_new_tokens: int | None = None):
+    def __init__(
+        self, blip_dir: str, clip_dir: str, store, caption_tokens: int = 20, min_new_tokens: int | None = None
+    ):
         from transformers import (
             AutoTokenizer,
             BlipForConditionalGeneration,
@@ -47,11 +47,13 @@ class NaiveWorker:
         self.min_new_tokens = caption_tokens if min_new_tokens is None else min_new_tokens
         # The PIL processors, named explicitly: this environment has no torchvision.
         self.blip_processor = BlipProcessor(
-            image_processor=BlipImageProcessorPil.from_pretrained(blip_dir), tokenizer=AutoTokenizer.from_pretrained(blip_dir)
+            image_processor=BlipImageProcessorPil.from_pretrained(blip_dir),
+            tokenizer=AutoTokenizer.from_pretrained(blip_dir),
         )
         self.blip = BlipForConditionalGeneration.from_pretrained(blip_dir).eval()
         self.clip_processor = CLIPProcessor(
-            image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir), tokenizer=AutoTokenizer.from_pretrained(clip_dir)
+            image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir),
+            tokenizer=AutoTokenizer.from_pretrained(clip_dir),
         )
         self.clip = CLIPModel.from_pretrained(clip_dir).eval()
 
@@ -78,10 +80,16 @@ class NaiveWorker:
             caption = self.caption(image)
             embedding = self.embed(image)
         vkey = f"vectors/{msg['id']}.json"
-        self.store.put(vkey, json.dumps({"id": msg["id"], "embedding": embedding}).encode(), content_type="application/json")
+        self.store.put(
+            vkey, json.dumps({"id": msg["id"], "embedding": embedding}).encode(), content_type="application/json"
+        )
         row = {
-            "id": msg["id"], "filename": msg["filename"], "r2_key": msg["r2_key"], "vector_key": vkey,
-            "mime_type": msg["mime_type"], "caption": caption,
+            "id": msg["id"],
+            "filename": msg["filename"],
+            "r2_key": msg["r2_key"],
+            "vector_key": vkey,
+            "mime_type": msg["mime_type"],
+            "caption": caption,
         }
         self.append_row(row)
         return row

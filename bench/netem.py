@@ -60,7 +60,8 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], delay: float) 
             return
         await asyncio.sleep(delay * 2)  # the TCP handshake's round trip
         await asyncio.gather(
-            _pump(client_reader, upstream_writer, delay), _pump(upstream_reader, client_writer, delay),
+            _pump(client_reader, upstream_writer, delay),
+            _pump(upstream_reader, client_writer, delay),
             return_exceptions=True,
         )
 

@@ -33,7 +33,9 @@ def enrichment(out: Path, models_dir: str | None) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         blip, clip = build_models(Path(models_dir) if models_dir else Path(tmp) / "models")
-        cap = get_captioner(str(blip), device="cpu", dtype="float32", max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS)
+        cap = get_captioner(
+            str(blip), device="cpu", dtype="float32", max_new_tokens=CAPTION_TOKENS, min_new_tokens=CAPTION_TOKENS
+        )
         emb = get_embedder(str(clip), device="cpu", dtype="float32")
         images = [decode(jpeg(photo_like(1600, 1200, seed=700 + i))) for i in range(8)]
         cap.caption(images[:1])
@@ -63,7 +65,11 @@ def _fold(raw: Path, top: int = 25) -> str:
     lines = [f"{total} samples (all threads, active only)", "", "own %  function (file:line)"]
     lines += [f"{100 * v / total:5.1f}  {k}" for k, v in own.most_common(top)]
     lines += ["", "inclusive %  function"]
-    lines += [f"{100 * v / total:5.1f}  {k}" for k, v in incl.most_common(top + 15) if not k.startswith(("thread (", "Thread._bootstrap"))]
+    lines += [
+        f"{100 * v / total:5.1f}  {k}"
+        for k, v in incl.most_common(top + 15)
+        if not k.startswith(("thread (", "Thread._bootstrap"))
+    ]
     return "\n".join(lines)
 
 
@@ -87,17 +93,50 @@ def upload(out: Path) -> str:
         make_images(tmp / "images", 8)
         queue = f"bench-prof-{uuid.uuid4().hex[:8]}"
         port = free_port()
-        proc = start_server("api", port, clean_env({"DAM_DATA_DIR": str(tmp / "data"), "AMQP_URL": RABBIT_URL, "DAM_QUEUE": queue}))
+        proc = start_server(
+            "api", port, clean_env({"DAM_DATA_DIR": str(tmp / "data"), "AMQP_URL": RABBIT_URL, "DAM_QUEUE": queue})
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", 60, proc)
             lg = subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}/upload", "--images",
-                 str(tmp / "images"), "--duration", "14", "--warmup", "1"], stdout=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.loadgen",
+                    "--url",
+                    f"http://127.0.0.1:{port}/upload",
+                    "--images",
+                    str(tmp / "images"),
+                    "--duration",
+                    "14",
+                    "--warmup",
+                    "1",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
             )
             time.sleep(2)
             raw = out / "upload_pyspy_raw.txt"
-            subprocess.run([pyspy, "record", "--pid", str(proc.pid), "--duration", "10", "--rate", "200", "--format", "raw",
-                            "--threads", "--nonblocking", "-o", str(raw)], capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--duration",
+                    "10",
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--nonblocking",
+                    "-o",
+                    str(raw),
+                ],
+                capture_output=True,
+                timeout=60,
+            )
             load = lg.communicate(timeout=60)[0].strip()
         finally:
             stop_server(proc)

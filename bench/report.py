@@ -23,8 +23,19 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 RECORDS = HERE / "results"
 # The order of the sections in RESULTS.md; records not named here follow, oldest first.
-ORDER = ("suite", "scaleout", "latency", "gpu", "latency.workers", "issue13", "table", "runtimes", "e2e",
-         "latency.model-server", "upload.metrics")
+ORDER = (
+    "suite",
+    "scaleout",
+    "latency",
+    "gpu",
+    "latency.workers",
+    "issue13",
+    "table",
+    "runtimes",
+    "e2e",
+    "latency.model-server",
+    "upload.metrics",
+)
 
 
 def _ok(met) -> str:
@@ -40,7 +51,7 @@ def _get(d, *path, default=None):
 
 
 def _backends(u: dict) -> list[str]:
-    return [k[len("api_"):] for k in u.get("runs", {}) if k.startswith("api_")]
+    return [k[len("api_") :] for k in u.get("runs", {}) if k.startswith("api_")]
 
 
 def _noisy(*cpus) -> str:
@@ -51,8 +62,10 @@ def _noisy(*cpus) -> str:
 
 def summary_lines(results: dict) -> list[str]:
     b = results.get("benchmarks", {})
-    lines = [f"== dam-pipeline benchmarks ({results.get('mode')}) on {results['machine']['cpu']}, "
-             f"{results['machine']['cores']} cores =="]
+    lines = [
+        f"== dam-pipeline benchmarks ({results.get('mode')}) on {results['machine']['cpu']}, "
+        f"{results['machine']['cores']} cores =="
+    ]
     e = b.get("enrichment")
     if e and "error" not in e:
         lines.append(
@@ -80,7 +93,9 @@ def summary_lines(results: dict) -> list[str]:
                 )
                 if "big_upload" in api:
                     bu = api["big_upload"]
-                    lines.append(f"upload ({backend}): one 25 MiB upload -> {bu['status']}, API peak RSS delta {bu['delta_mb']} MiB")
+                    lines.append(
+                        f"upload ({backend}): one 25 MiB upload -> {bu['status']}, API peak RSS delta {bu['delta_mb']} MiB"
+                    )
         c = u.get("ceilings", {})
         if c:
             lines.append(
@@ -99,8 +114,10 @@ def summary_lines(results: dict) -> list[str]:
             f"[target flat: {'met' if tw['met'] else 'SHORT'}]"
         )
         d = s["drain"]
-        lines.append(f"scale (b): drain {d['messages_per_s']} msgs/s ({d['messages']:,} messages)   "
-                     f"[target >= 2,000: {'met' if d['met'] else 'SHORT'}]")
+        lines.append(
+            f"scale (b): drain {d['messages_per_s']} msgs/s ({d['messages']:,} messages)   "
+            f"[target >= 2,000: {'met' if d['met'] else 'SHORT'}]"
+        )
         q = s["search"]
         lines.append(
             f"scale (c): top-10 over {q['rows']:,} rows: {q['assets']['total_ms']} ms (connect {q['assets']['connect_ms']} "
@@ -108,7 +125,9 @@ def summary_lines(results: dict) -> list[str]:
         )
         ix = s.get("index_search")
         if ix and "search_ms" in ix:
-            lines.append(f"scale (c'): product search index (dam_core.index): top-10 in {ix['search_ms']} ms over {ix['rows']:,} rows")
+            lines.append(
+                f"scale (c'): product search index (dam_core.index): top-10 in {ix['search_ms']} ms over {ix['rows']:,} rows"
+            )
     elif s:
         lines.append(f"scale: ERROR {s['error']}")
     for key in ("latency", "latency_workers"):  # upload-to-row latency (bench/latency.py)
@@ -164,8 +183,10 @@ def render(results: dict, levers: dict | None = None) -> str:
     out: list[str] = []
     w = out.append
     w(f"## The suite: `python -m bench.run`, {m['date'][:10]}\n")
-    w("Every benchmark of the suite in one run: machine, headline, then enrichment, upload, scale, search and the "
-      "levers (`python -m bench.levers`), each section below.\n")
+    w(
+        "Every benchmark of the suite in one run: machine, headline, then enrichment, upload, scale, search and the "
+        "levers (`python -m bench.levers`), each section below.\n"
+    )
     w("## Machine\n")
     w("| | |\n|---|---|")
     w(f"| CPU | {m['cpu']} |")
@@ -179,36 +200,46 @@ def render(results: dict, levers: dict | None = None) -> str:
     w(f"| machine busy before start (other sessions) | {results.get('background_load_cores_at_start')} cores |")
     w(f"| run time | {results['seconds'].get('total')} s |")
     w("")
-    w("Every figure below carries the CPU it ran with (cores busy on the whole machine, ours, RabbitMQ, other): "
-      "this machine is shared with other sessions, so a figure measured while `other` was high is pessimistic.\n")
+    w(
+        "Every figure below carries the CPU it ran with (cores busy on the whole machine, ours, RabbitMQ, other): "
+        "this machine is shared with other sessions, so a figure measured while `other` was high is pessimistic.\n"
+    )
 
     w("## Headline\n")
     w("| benchmark | this pipeline | naive | ratio | target | |")
     w("|---|---|---|---|---|---|")
     e = b.get("enrichment", {})
     if e and "error" not in e:
-        w(f"| enrichment, fp32 (like for like) | {e['batch']['images_per_s']:.3f} images/s | {e['naive']['images_per_s']:.3f} images/s | "
-          f"{e['ratio']}x | >= 3x | {_ok(e['met'])} |")
+        w(
+            f"| enrichment, fp32 (like for like) | {e['batch']['images_per_s']:.3f} images/s | {e['naive']['images_per_s']:.3f} images/s | "
+            f"{e['ratio']}x | >= 3x | {_ok(e['met'])} |"
+        )
         bf = e.get("batch_bf16") or {}
         if "images_per_s" in bf:
             auto = e.get("dam_dtype_auto_on_this_cpu")
             label = "`DAM_DTYPE=auto` (= bf16 on this CPU)" if auto == "bf16" else "`DAM_DTYPE=bfloat16`"
-            w(f"| enrichment, {label} | {bf['images_per_s']:.3f} images/s | {e['naive']['images_per_s']:.3f} images/s (fp32) | "
-              f"{e['ratio_bf16']}x | >= 3x | {_ok(e['ratio_bf16'] >= 3)} |")
+            w(
+                f"| enrichment, {label} | {bf['images_per_s']:.3f} images/s | {e['naive']['images_per_s']:.3f} images/s (fp32) | "
+                f"{e['ratio_bf16']}x | >= 3x | {_ok(e['ratio_bf16'] >= 3)} |"
+            )
     u = b.get("upload", {})
     if u and "error" not in u:
         for backend in _backends(u):
             api, naive = _get(u, "runs", f"api_{backend}"), _get(u, "runs", f"naive_{backend}")
             if api and naive:
-                w(f"| upload, {backend.replace('_rtt', ', RTT ')} store | {api['requests_per_s']} req/s, p99 {api['latency_ms']['p99']} ms | "
-                  f"{naive['requests_per_s']} req/s, p99 {naive['latency_ms']['p99']} ms | {u.get(f'ratio_{backend}')}x | "
-                  f">= 10x, p99 < 100 ms | {_ok(u.get(f'met_{backend}'))} |")
+                w(
+                    f"| upload, {backend.replace('_rtt', ', RTT ')} store | {api['requests_per_s']} req/s, p99 {api['latency_ms']['p99']} ms | "
+                    f"{naive['requests_per_s']} req/s, p99 {naive['latency_ms']['p99']} ms | {u.get(f'ratio_{backend}')}x | "
+                    f">= 10x, p99 < 100 ms | {_ok(u.get(f'met_{backend}'))} |"
+                )
     s = b.get("scale", {})
     if s and "error" not in s:
         tw = s["table_writes"]
-        w(f"| table write, batch 1 -> {tw['batches']:,} | {tw['ours'][0]['ms']} -> {tw['ours'][-1]['ms']} ms | "
-          f"{tw['naive'][0]['ms']} -> {tw['naive'][-1]['ms']} ms | {tw['ours_first_last_ratio']}x vs "
-          f"{tw['naive_first_last_ratio']}x growth | flat | {_ok(tw['met'])} |")
+        w(
+            f"| table write, batch 1 -> {tw['batches']:,} | {tw['ours'][0]['ms']} -> {tw['ours'][-1]['ms']} ms | "
+            f"{tw['naive'][0]['ms']} -> {tw['naive'][-1]['ms']} ms | {tw['ours_first_last_ratio']}x vs "
+            f"{tw['naive_first_last_ratio']}x growth | flat | {_ok(tw['met'])} |"
+        )
         d = s["drain"]
         w(f"| sensor drain | {d['messages_per_s']:,} msgs/s | | | >= 2,000 msgs/s | {_ok(d['met'])} |")
         q = s["search"]
@@ -218,103 +249,144 @@ def render(results: dict, levers: dict | None = None) -> str:
     if e and "error" not in e:
         bt, nv, ce = e["batch"], e["naive"], e["batch"]["ceiling"]
         w("## 1. Enrichment\n")
-        w(f"{e['images']['jpeg_1600x1200']} photo-like JPEGs of 1600x1200 and {e['images']['png_1024x768']} PNGs of "
-          f"1024x768; BLIP-base captioning (ViT-B/16 at 384 px, bert-base decoder) and CLIP ViT-B/32, full size, random "
-          f"weights, loaded with `from_pretrained`; captions forced to exactly {e['caption_tokens']} new tokens on both "
-          f"sides (words per caption seen, `##` word pieces joined: batch {bt['caption_words']}, naive {nv['caption_words']}). Each side in its "
-          f"own process, after one warm-up image. torch threads {bt['torch_threads']} (interop {bt['torch_interop_threads']}), "
-          f"batch side fp32 (`DAM_DTYPE=float32`, named explicitly; `auto` resolves to "
-          f"{e.get('dam_dtype_auto_on_this_cpu', '?')} on this CPU), naive side fp32 (plain `from_pretrained`).\n")
+        w(
+            f"{e['images']['jpeg_1600x1200']} photo-like JPEGs of 1600x1200 and {e['images']['png_1024x768']} PNGs of "
+            f"1024x768; BLIP-base captioning (ViT-B/16 at 384 px, bert-base decoder) and CLIP ViT-B/32, full size, random "
+            f"weights, loaded with `from_pretrained`; captions forced to exactly {e['caption_tokens']} new tokens on both "
+            f"sides (words per caption seen, `##` word pieces joined: batch {bt['caption_words']}, naive {nv['caption_words']}). Each side in its "
+            f"own process, after one warm-up image. torch threads {bt['torch_threads']} (interop {bt['torch_interop_threads']}), "
+            f"batch side fp32 (`DAM_DTYPE=float32`, named explicitly; `auto` resolves to "
+            f"{e.get('dam_dtype_auto_on_this_cpu', '?')} on this CPU), naive side fp32 (plain `from_pretrained`).\n"
+        )
         w("| side | images/s | s/image | CPU s/image | peak RSS | CPU during run (cores) |")
         w("|---|---|---|---|---|---|")
-        w(f"| batch path, fp32 (decode_batch + caption + embed_images + writes) | {bt['images_per_s']:.3f} | "
-          f"{1 / bt['images_per_s']:.2f} | {bt.get('cpu_s_per_image', '')} | {bt['peak_rss_mb']:.0f} MiB | {_cpu(bt['cpu'])} |")
-        w(f"| naive per-image worker | {nv['images_per_s']:.3f} | {1 / nv['images_per_s']:.2f} | "
-          f"{nv.get('cpu_s_per_image', '')} | {nv['peak_rss_mb']:.0f} MiB | {_cpu(nv['cpu'])} |")
+        w(
+            f"| batch path, fp32 (decode_batch + caption + embed_images + writes) | {bt['images_per_s']:.3f} | "
+            f"{1 / bt['images_per_s']:.2f} | {bt.get('cpu_s_per_image', '')} | {bt['peak_rss_mb']:.0f} MiB | {_cpu(bt['cpu'])} |"
+        )
+        w(
+            f"| naive per-image worker | {nv['images_per_s']:.3f} | {1 / nv['images_per_s']:.2f} | "
+            f"{nv.get('cpu_s_per_image', '')} | {nv['peak_rss_mb']:.0f} MiB | {_cpu(nv['cpu'])} |"
+        )
         bf = e.get("batch_bf16") or {}
         if "images_per_s" in bf:
-            w(f"| batch path, `DAM_DTYPE=bfloat16` | {bf['images_per_s']:.3f} | "
-              f"{1 / bf['images_per_s']:.2f} | {bf.get('cpu_s_per_image', '')} | {bf['peak_rss_mb']:.0f} MiB | {_cpu(bf['cpu'])} |")
-        w(f"| ceiling: models alone on ready tensors (caption batch {ce['caption_batch']}, embed batch "
-          f"{ce['embed_batch']}) | {ce['images_per_s']:.3f} | {1 / ce['images_per_s']:.2f} | | | {_cpu(ce['cpu'])} |")
+            w(
+                f"| batch path, `DAM_DTYPE=bfloat16` | {bf['images_per_s']:.3f} | "
+                f"{1 / bf['images_per_s']:.2f} | {bf.get('cpu_s_per_image', '')} | {bf['peak_rss_mb']:.0f} MiB | {_cpu(bf['cpu'])} |"
+            )
+        w(
+            f"| ceiling: models alone on ready tensors (caption batch {ce['caption_batch']}, embed batch "
+            f"{ce['embed_batch']}) | {ce['images_per_s']:.3f} | {1 / ce['images_per_s']:.2f} | | | {_cpu(ce['cpu'])} |"
+        )
         w("")
         for name, side in (("batch path", bt), ("naive worker", nv)):
             if len(side.get("attempts", [])) > 1:
-                w(f"The {name} was measured {len(side['attempts'])} times because other sessions were using the CPU; "
-                  f"kept the quietest: " + ", ".join(f"{a['images_per_s']:.3f} images/s with {a['other_cores']} other cores"
-                                                     for a in side["attempts"]) + ".\n")
+                w(
+                    f"The {name} was measured {len(side['attempts'])} times because other sessions were using the CPU; "
+                    f"kept the quietest: "
+                    + ", ".join(
+                        f"{a['images_per_s']:.3f} images/s with {a['other_cores']} other cores"
+                        for a in side["attempts"]
+                    )
+                    + ".\n"
+                )
         st = bt["stages_s"]
         tot = sum(st.values()) or 1
-        w("Batch path stages: " + ", ".join(f"{k} {v:.2f} s ({100 * v / tot:.0f}%)" for k, v in st.items())
-          + f". Ceiling: BLIP generate {ce['caption_s']:.2f} s, CLIP {ce['embed_s']:.2f} s.\n")
-        w(f"Ratio batch/naive **{e['ratio']}x**; the pipeline runs at **{100 * e['pipeline_vs_ceiling']:.0f}%** of "
-          f"the model-alone ceiling, and the ceiling itself is only **{e['ceiling_vs_naive']}x** the naive worker. "
-          f"With `DAM_DTYPE=bfloat16` the batch path is **{e.get('ratio_bf16')}x** the (fp32) naive worker.\n")
+        w(
+            "Batch path stages: "
+            + ", ".join(f"{k} {v:.2f} s ({100 * v / tot:.0f}%)" for k, v in st.items())
+            + f". Ceiling: BLIP generate {ce['caption_s']:.2f} s, CLIP {ce['embed_s']:.2f} s.\n"
+        )
+        w(
+            f"Ratio batch/naive **{e['ratio']}x**; the pipeline runs at **{100 * e['pipeline_vs_ceiling']:.0f}%** of "
+            f"the model-alone ceiling, and the ceiling itself is only **{e['ceiling_vs_naive']}x** the naive worker. "
+            f"With `DAM_DTYPE=bfloat16` the batch path is **{e.get('ratio_bf16')}x** the (fp32) naive worker.\n"
+        )
 
     if u and "error" not in u:
         w("## 2. Upload\n")
-        w(f"{u['concurrency']} concurrent clients (asyncio + httpx in their own process) posting ~{u['image_bytes_mean'] // 1000} KB "
-          f"JPEGs, each body unique (new id, new object, new message), for {u['duration_s']:g} s after a warm-up; real "
-          f"RabbitMQ with a unique queue per run (deleted afterwards); servers in their own process, uvicorn, "
-          f"`--log-level warning` on both sides. S3 runs use moto's ThreadedMotoServer in its own process "
-          f"(R2_REGION=us-east-1).\n")
-        w("| server | store | req/s | p50 ms | p90 ms | p99 ms | max ms | non-202 | server peak RSS | CPU during run (cores) |")
+        w(
+            f"{u['concurrency']} concurrent clients (asyncio + httpx in their own process) posting ~{u['image_bytes_mean'] // 1000} KB "
+            f"JPEGs, each body unique (new id, new object, new message), for {u['duration_s']:g} s after a warm-up; real "
+            f"RabbitMQ with a unique queue per run (deleted afterwards); servers in their own process, uvicorn, "
+            f"`--log-level warning` on both sides. S3 runs use moto's ThreadedMotoServer in its own process "
+            f"(R2_REGION=us-east-1).\n"
+        )
+        w(
+            "| server | store | req/s | p50 ms | p90 ms | p99 ms | max ms | non-202 | server peak RSS | CPU during run (cores) |"
+        )
         w("|---|---|---|---|---|---|---|---|---|---|")
         for r in u["runs"].values():
             lat = r["latency_ms"]
             bad = {k: v for k, v in r["statuses"].items() if k != "202"}
             store = r["backend"] + (f", {r['rtt_ms']:g} ms RTT to broker and store" if r.get("rtt_ms") else "")
-            w(f"| {'`dam api`' if r['server'] == 'api' else 'naive producer'} | {store} | {r['requests_per_s']} | "
-              f"{lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} | {bad or 0} | {r['server_peak_rss_mb']:.0f} MiB | "
-              f"{_cpu(r.get('cpu'))} |")
+            w(
+                f"| {'`dam api`' if r['server'] == 'api' else 'naive producer'} | {store} | {r['requests_per_s']} | "
+                f"{lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} | {bad or 0} | {r['server_peak_rss_mb']:.0f} MiB | "
+                f"{_cpu(r.get('cpu'))} |"
+            )
         w("")
         c = u.get("ceilings", {})
         if c:
             w("Ceilings (same machine, same run):\n")
             w("| ceiling | rate |")
             w("|---|---|")
-            w(f"| local store alone, `LocalStore.create` of ~200 KB (fsync), 1 thread | {c['store_local_1']['puts_per_s']} puts/s |")
+            w(
+                f"| local store alone, `LocalStore.create` of ~200 KB (fsync), 1 thread | {c['store_local_1']['puts_per_s']} puts/s |"
+            )
             w(f"| local store alone, 16 threads | {c['store_local_16']['puts_per_s']} puts/s |")
             w(f"| S3 store alone (moto), `S3Store.create`, 1 thread | {c['store_s3_1']['puts_per_s']} puts/s |")
             w(f"| S3 store alone (moto), 16 threads | {c['store_s3_16']['puts_per_s']} puts/s |")
             br = c["broker_confirmed_1conn"]
-            w(f"| broker alone, `RabbitQueue.publish` (persistent, confirmed) on one connection | {br['publishes_per_s']} "
-              f"publishes/s (p50 {br['latency_ms_p50']} ms, p99 {br['latency_ms_p99']} ms) |")
+            w(
+                f"| broker alone, `RabbitQueue.publish` (persistent, confirmed) on one connection | {br['publishes_per_s']} "
+                f"publishes/s (p50 {br['latency_ms_p50']} ms, p99 {br['latency_ms_p99']} ms) |"
+            )
             w("")
         for backend in ("local", "s3"):
             api = _get(u, "runs", f"api_{backend}")
             if api and "big_upload" in api:
                 bu = api["big_upload"]
-                w(f"One {bu['bytes'] / 1048576:.1f} MiB JPEG to `dam api` ({backend} store), after the load run: "
-                  f"{bu['status']} in {bu['seconds']} s; server peak RSS {bu['peak_rss_before_mb']:.1f} -> "
-                  f"{bu['peak_rss_after_mb']:.1f} MiB (**delta {bu['delta_mb']} MiB**).\n")
+                w(
+                    f"One {bu['bytes'] / 1048576:.1f} MiB JPEG to `dam api` ({backend} store), after the load run: "
+                    f"{bu['status']} in {bu['seconds']} s; server peak RSS {bu['peak_rss_before_mb']:.1f} -> "
+                    f"{bu['peak_rss_after_mb']:.1f} MiB (**delta {bu['delta_mb']} MiB**).\n"
+                )
 
     if s and "error" not in s:
         tw = s["table_writes"]
         w("## 3. Scale\n")
         w(f"### (a) Table writes as the table grows to {tw['rows']:,} rows\n")
-        w("64-row batches with 512-float embeddings into a LocalStore. This pipeline: `dam_core.table.write_batch`, one "
-          "file per batch, every batch timed (median of a window around each point). Naive: read the one "
-          "`metadata/assets.parquet`, append 64 rows, rewrite it (timed at each point on a file of that size).\n")
+        w(
+            "64-row batches with 512-float embeddings into a LocalStore. This pipeline: `dam_core.table.write_batch`, one "
+            "file per batch, every batch timed (median of a window around each point). Naive: read the one "
+            "`metadata/assets.parquet`, append 64 rows, rewrite it (timed at each point on a file of that size).\n"
+        )
         w("| batch k | rows before | write_batch ms | naive rewrite ms |")
         w("|---|---|---|---|")
         for o, n in zip(tw["ours"], tw["naive"], strict=False):
             w(f"| {o['batch']:,} | {o['rows_before']:,} | {o['ms']} | {n['ms']} |")
         w("")
-        w(f"write_batch: median {tw['ours_median_ms']} ms, p99 {tw['ours_p99_ms']} ms over all {tw['batches']:,} batches; "
-          f"{tw['ours_total_s']} s to write the whole table. Naive: estimated {tw['naive_total_s_estimated']:,} s to "
-          f"reach the same size (its per-batch cost interpolated over every batch).\n")
+        w(
+            f"write_batch: median {tw['ours_median_ms']} ms, p99 {tw['ours_p99_ms']} ms over all {tw['batches']:,} batches; "
+            f"{tw['ours_total_s']} s to write the whole table. Naive: estimated {tw['naive_total_s_estimated']:,} s to "
+            f"reach the same size (its per-batch cost interpolated over every batch).\n"
+        )
         d = s["drain"]
         w("### (b) Sensor drain rate\n")
-        w(f"{d['published']:,} valid UploadMessage JSONs published to a unique RabbitMQ queue, then "
-          f"`dam_assets.ingest.draining.drain(queue, LocalStore, batch_size=64, budget_seconds=20)` called until it returns "
-          f"nothing (as successive sensor ticks): **{d['messages_per_s']:,} msgs/s** ({d['messages']:,} messages, "
-          f"{d['batches']} manifests, {d['ticks']} drain calls, {d['seconds']} s including each call's 0.25 s "
-          f"empty-queue wait; best call {d['best_tick_per_s']:,} msgs/s).\n")
+        w(
+            f"{d['published']:,} valid UploadMessage JSONs published to a unique RabbitMQ queue, then "
+            f"`dam_assets.ingest.draining.drain(queue, LocalStore, batch_size=64, budget_seconds=20)` called until it returns "
+            f"nothing (as successive sensor ticks): **{d['messages_per_s']:,} msgs/s** ({d['messages']:,} messages, "
+            f"{d['batches']} manifests, {d['ticks']} drain calls, {d['seconds']} s including each call's 0.25 s "
+            f"empty-queue wait; best call {d['best_tick_per_s']:,} msgs/s).\n"
+        )
         q = s["search"]
         w("### (c) `dam sql` top-10 cosine similarity\n")
-        w(f"{q['rows']:,} rows in {tw['batches']:,} batch files; a new `dam_core.table.AssetTable.connect()` per run, then "
-          f"`{q['sql']}` (`embedding` is read back as `FLOAT[]`, hence the cast). Median of {q['runs']} runs.\n")
+        w(
+            f"{q['rows']:,} rows in {tw['batches']:,} batch files; a new `dam_core.table.AssetTable.connect()` per run, then "
+            f"`{q['sql']}` (`embedding` is read back as `FLOAT[]`, hence the cast). Median of {q['runs']} runs.\n"
+        )
         w("| view | connect ms | query ms | total ms | runs (total ms) |")
         w("|---|---|---|---|---|")
         for view in ("assets", "assets_all"):
@@ -322,17 +394,23 @@ def render(results: dict, levers: dict | None = None) -> str:
             w(f"| `{view}` | {v['connect_ms']} | {v['query_ms']} | {v['total_ms']} | {v['total_ms_all']} |")
         variants = [q[k] for k in ("assets_variant", "assets_variant_antijoin") if k in q]
         for av in variants:
-            w(f"| `assets`, variant: {av['what']} | {av['connect_ms']} | {av['query_ms']} | {av['total_ms']} | "
-              f"{av['total_ms_all']} |")
+            w(
+                f"| `assets`, variant: {av['what']} | {av['connect_ms']} | {av['query_ms']} | {av['total_ms']} | "
+                f"{av['total_ms_all']} |"
+            )
         w("")
         if variants:
-            w("The variants are not product code: they measure changes proposed for `dam_core/table.py` "
-              f"(same top-10 as the product view: {', '.join(str(v['same_top10_as_product']) for v in variants)}).\n")
+            w(
+                "The variants are not product code: they measure changes proposed for `dam_core/table.py` "
+                f"(same top-10 as the product view: {', '.join(str(v['same_top10_as_product']) for v in variants)}).\n"
+            )
         ix = s.get("index_search")
         if ix and "search_ms" in ix:
-            w(f"For reference, the product's search index (`dam_core.index`, what the API's search uses): built from "
-              f"the same table in {ix['build_s']} s, loaded in {ix['load_s']} s, then top-10 in **{ix['search_ms']} ms** "
-              f"(median of 20 queries, {ix['rows']:,} rows).\n")
+            w(
+                f"For reference, the product's search index (`dam_core.index`, what the API's search uses): built from "
+                f"the same table in {ix['build_s']} s, loaded in {ix['load_s']} s, then top-10 in **{ix['search_ms']} ms** "
+                f"(median of 20 queries, {ix['rows']:,} rows).\n"
+            )
         elif ix:
             w(f"Product search index: not measured ({ix.get('error')}).\n")
 
@@ -363,8 +441,11 @@ def _table_line(cells: list[str]) -> str:
 def _table(lines: list[str]):
     """A Markdown table as data, or its text when it would not print back exactly as it was."""
     if len(lines) >= 2 and re.fullmatch(r"\|(:?-+:?\|)+", lines[1].strip()):
-        table = {"columns": _cells(lines[0]), "align": lines[1].strip().strip("|").split("|"),
-                 "rows": [_cells(x) for x in lines[2:]]}
+        table = {
+            "columns": _cells(lines[0]),
+            "align": lines[1].strip().strip("|").split("|"),
+            "rows": [_cells(x) for x in lines[2:]],
+        }
         if render_block(table) == "\n".join(lines):
             return table
     return "\n".join(lines)
@@ -404,8 +485,9 @@ def to_blocks(markdown: str) -> list:
 def render_block(block) -> str:
     if isinstance(block, str):
         return block
-    return "\n".join([_table_line(block["columns"]), "|" + "|".join(block["align"]) + "|"]
-                     + [_table_line(r) for r in block["rows"]])
+    return "\n".join(
+        [_table_line(block["columns"]), "|" + "|".join(block["align"]) + "|"] + [_table_line(r) for r in block["rows"]]
+    )
 
 
 def render_record(record: dict) -> str:
@@ -433,8 +515,10 @@ def render_results(records: list[dict]) -> str:
         "benchmark writes its own record when it runs, and a measurement made by hand is recorded with "
         "`python -m bench.report record`. Do not edit this file; edit or add a record. How to run each "
         "benchmark: [docs/benchmarks.md](../docs/benchmarks.md); what was tried, and why: [NOTES.md](NOTES.md).",
-        "| section | measured | command | recorded |\n|---|---|---|---|\n" + "\n".join(
-            f"| {_title(r)} | {r.get('date', '')} | `{r.get('command', '')}` | {r.get('source', '')} |" for r in records),
+        "| section | measured | command | recorded |\n|---|---|---|---|\n"
+        + "\n".join(
+            f"| {_title(r)} | {r.get('date', '')} | `{r.get('command', '')}` | {r.get('source', '')} |" for r in records
+        ),
     ]
     return "\n\n".join(head) + "\n\n" + "\n".join(render_record(r) for r in records)
 
@@ -454,14 +538,27 @@ def dump_record(record: dict) -> str:
     return _FLAT_LIST.sub(lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]", text) + "\n"
 
 
-def write_record(name: str, markdown: str, command: str, date: str | None = None,
-                 source: str = "the benchmark", folder: Path = RECORDS, **extra) -> Path:
+def write_record(
+    name: str,
+    markdown: str,
+    command: str,
+    date: str | None = None,
+    source: str = "the benchmark",
+    folder: Path = RECORDS,
+    **extra,
+) -> Path:
     """Record one section (replacing the record of that name) and re-render RESULTS.md from every record."""
     import time
 
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"name": name, "command": command, "date": date or time.strftime("%Y-%m-%d"), "source": source,
-              **extra, "blocks": to_blocks(markdown)}
+    record = {
+        "name": name,
+        "command": command,
+        "date": date or time.strftime("%Y-%m-%d"),
+        "source": source,
+        **extra,
+        "blocks": to_blocks(markdown),
+    }
     (folder / f"{name}.json").write_text(dump_record(record))
     return write_results_file(folder)
 
@@ -512,7 +609,9 @@ def main(argv=None) -> int:
     r.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     args = p.parse_args(argv)
     if args.action == "record":
-        target = write_record(args.name, Path(args.markdown_file).read_text(), args.command, args.date, source="by hand")
+        target = write_record(
+            args.name, Path(args.markdown_file).read_text(), args.command, args.date, source="by hand"
+        )
         print(f"recorded {RECORDS / (args.name + '.json')}; wrote {target}")
         return 0
     if args.from_out:

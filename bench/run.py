@@ -19,7 +19,12 @@ from pathlib import Path
 from bench.fixtures import machine, other_load
 
 BENCHMARKS = ("enrichment", "upload", "scale", "search", "scaleout", "latency", "latency_workers")
-OPTIONAL = ("gpu", "upload_rtt", "table", "upload_metrics")  # run only when named in --only; gpu is skipped where no CUDA device is visible;
+OPTIONAL = (
+    "gpu",
+    "upload_rtt",
+    "table",
+    "upload_metrics",
+)  # run only when named in --only; gpu is skipped where no CUDA device is visible;
 # table: the Delta `assets` table (bench/table.py), 15-25 min in full mode
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +37,9 @@ def log(msg: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer images, shorter loads, smaller tables (< 5 min)")
-    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS + OPTIONAL))
+    p.add_argument(
+        "--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS + OPTIONAL)
+    )
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--models-dir", help="reuse (or create) the random full-size models here instead of a temp folder")
     p.add_argument("--no-report", action="store_true", help="do not write bench/RESULTS.md")
@@ -55,8 +62,10 @@ def main(argv=None) -> int:
         "benchmarks": {},
         "seconds": {},
     }
-    log(f"bench: {results['mode']} run of {', '.join(only)} on {results['machine']['cpu']} "
-        f"({results['machine']['cores']} cores); machine busy {results['background_load_cores_at_start']} cores before start")
+    log(
+        f"bench: {results['mode']} run of {', '.join(only)} on {results['machine']['cpu']} "
+        f"({results['machine']['cores']} cores); machine busy {results['background_load_cores_at_start']} cores before start"
+    )
     t_all = time.perf_counter()
     failed = []
     for name in only:
@@ -80,6 +89,7 @@ def main(argv=None) -> int:
                 results["benchmarks"][name] = search.run(args.quick, out_dir, log=log)
             elif name == "scaleout":
                 from bench import scaleout
+
                 results["benchmarks"][name] = scaleout.run(args.quick, log=log, models_dir=args.models_dir)
             elif name == "latency":
                 from bench import latency
@@ -108,12 +118,18 @@ def main(argv=None) -> int:
             elif name == "gpu":
                 from bench import gpu
 
-                results["benchmarks"][name] = (gpu.run(args.quick, models_dir=args.models_dir, log=log)
-                                               if gpu.cuda_visible() else {"skipped": "no CUDA device"})
+                results["benchmarks"][name] = (
+                    gpu.run(args.quick, models_dir=args.models_dir, log=log)
+                    if gpu.cuda_visible()
+                    else {"skipped": "no CUDA device"}
+                )
         except Exception as err:
             failed.append(name)
             log(f"bench: {name} FAILED: {type(err).__name__}: {err}")
-            results["benchmarks"][name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            results["benchmarks"][name] = {
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
         results["seconds"][name] = round(time.perf_counter() - t, 1)
         log(f"bench: {name} took {results['seconds'][name]:.0f}s")
     results["seconds"]["total"] = round(time.perf_counter() - t_all, 1)

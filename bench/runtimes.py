@@ -31,14 +31,19 @@ from bench.fixtures import CAPTION_TOKENS, CpuMonitor, build_models, peak_rss_mb
 
 # (runtime, dtype, quantization of the captioner's image side); the last is DAM_RUNTIME/DAM_QUANTIZE=auto here.
 CONFIGS = [
-    ("torch", "float32", "none"), ("torch", "bfloat16", "none"), ("openvino", "float32", "none"),
-    ("openvino", "bfloat16", "none"), ("openvino", "bfloat16", "int8"),
+    ("torch", "float32", "none"),
+    ("torch", "bfloat16", "none"),
+    ("openvino", "float32", "none"),
+    ("openvino", "bfloat16", "none"),
+    ("openvino", "bfloat16", "int8"),
 ]
 DEFAULT = "openvino/bfloat16/int8"
 
 
 def _name(runtime: str, dtype: str, quantize: str) -> str:
     return f"{runtime}/{dtype}" + ("/int8" if quantize == "int8" else "")
+
+
 CHUNK = 16  # the CPU's batch size (DEVICE_BATCH_SIZE)
 
 
@@ -88,13 +93,22 @@ def child_step(args) -> dict:
     cpu = mon.stop()
     n = len(uploads)
     result = {
-        "runtime": args.runtime, "dtype": args.dtype, "quantize": args.quantize, "prefetch": args.prefetch, "images": n,
+        "runtime": args.runtime,
+        "dtype": args.dtype,
+        "quantize": args.quantize,
+        "prefetch": args.prefetch,
+        "images": n,
         "errors": sum(1 for d in step.decoded if d.image is None),
-        "seconds": round(total, 3), "images_per_s": round(n / total, 4),
-        "cpu_s_per_image": round(cpu_s / n, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "model_load_s": round(load_s, 2), "step_wall_s": round(step.wall, 3),
-        "stages_busy_s": {k: round(v, 3) for k, v in sorted(step.busy.items())}, "stage_writes_s": round(writes_s, 3),
-        "described": captioner.describe(), "cpu": cpu,
+        "seconds": round(total, 3),
+        "images_per_s": round(n / total, 4),
+        "cpu_s_per_image": round(cpu_s / n, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "model_load_s": round(load_s, 2),
+        "step_wall_s": round(step.wall, 3),
+        "stages_busy_s": {k: round(v, 3) for k, v in sorted(step.busy.items())},
+        "stage_writes_s": round(writes_s, 3),
+        "described": captioner.describe(),
+        "cpu": cpu,
     }
     if args.ceiling:
         # The models alone: their input made beforehand from the same decoded images.
@@ -112,8 +126,11 @@ def child_step(args) -> dict:
             embedder.embed_pixels(x)
         emb_s = time.perf_counter() - t
         result["ceiling"] = {
-            "images": len(images), "caption_s": round(cap_s, 3), "embed_s": round(emb_s, 3),
-            "images_per_s": round(len(images) / (cap_s + emb_s), 4), "cpu": mon.stop(),
+            "images": len(images),
+            "caption_s": round(cap_s, 3),
+            "embed_s": round(emb_s, 3),
+            "images_per_s": round(len(images) / (cap_s + emb_s), 4),
+            "cpu": mon.stop(),
         }
     return result
 
@@ -147,11 +164,17 @@ def child_parity(args) -> dict:
         c = get_captioner(args.blip, **tokens, quantize=quantize, **kw)
         e = get_embedder(args.clip, **kw)
         logits = c.prefix_logits(images, prefixes)
-        lc, ic, tc = _cos(logits, want_logits), _cos(e.embed_images(images), want_img), _cos(e.embed_texts(texts), want_txt)
+        lc, ic, tc = (
+            _cos(logits, want_logits),
+            _cos(e.embed_images(images), want_img),
+            _cos(e.embed_texts(texts), want_txt),
+        )
         out[_name(runtime, dtype, quantize)] = {
-            "logits_cos_min": round(float(lc.min()), 5), "logits_cos_mean": round(float(lc.mean()), 5),
+            "logits_cos_min": round(float(lc.min()), 5),
+            "logits_cos_mean": round(float(lc.mean()), 5),
             "top1_agreement": round(float((logits.argmax(-1) == want_logits.argmax(-1)).mean()), 4),
-            "image_cos_min": round(float(ic.min()), 5), "image_cos_mean": round(float(ic.mean()), 5),
+            "image_cos_min": round(float(ic.min()), 5),
+            "image_cos_mean": round(float(ic.mean()), 5),
             "text_cos_min": round(float(tc.min()), 5),
         }
     return {"images": len(images), "prefix_tokens": int(prefixes.shape[1]), "configs": out}
@@ -204,30 +227,82 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
 
         log(f"runtimes: naive fp32 worker on {len(uploads)} images")
         naive = run_json_subprocess(
-            ["-m", "bench.enrichment", "naive", *data, "--warmup", str(tmp / "warmup.json"),
-             "--blip", str(blip), "--clip", str(clip)], timeout=3600,
+            [
+                "-m",
+                "bench.enrichment",
+                "naive",
+                *data,
+                "--warmup",
+                str(tmp / "warmup.json"),
+                "--blip",
+                str(blip),
+                "--clip",
+                str(clip),
+            ],
+            timeout=3600,
         )
         log(f"  naive: {naive['images_per_s']:.3f} images/s")
         steps = {}
         for runtime, dtype, quantize in CONFIGS:
             name = _name(runtime, dtype, quantize)
             r = run_json_subprocess(
-                ["-m", "bench.runtimes", "step", *common, *data, "--runtime", runtime, "--dtype", dtype,
-                 "--quantize", quantize, "--ceiling"], timeout=3600,
+                [
+                    "-m",
+                    "bench.runtimes",
+                    "step",
+                    *common,
+                    *data,
+                    "--runtime",
+                    runtime,
+                    "--dtype",
+                    dtype,
+                    "--quantize",
+                    quantize,
+                    "--ceiling",
+                ],
+                timeout=3600,
             )
             steps[name] = r
             log(f"  step {name}: {r['images_per_s']:.3f} images/s; models alone {r['ceiling']['images_per_s']:.3f}")
         sequential = run_json_subprocess(
-            ["-m", "bench.runtimes", "step", *common, *data, "--runtime", "openvino", "--dtype", "bfloat16",
-             "--quantize", "int8", "--prefetch", "0"], timeout=3600,
+            [
+                "-m",
+                "bench.runtimes",
+                "step",
+                *common,
+                *data,
+                "--runtime",
+                "openvino",
+                "--dtype",
+                "bfloat16",
+                "--quantize",
+                "int8",
+                "--prefetch",
+                "0",
+            ],
+            timeout=3600,
         )
         log(f"  step {DEFAULT} without prefetch: {sequential['images_per_s']:.3f} images/s")
         n_parity = 4 if quick else 8
         parity = {
-            "full_size": run_json_subprocess(["-m", "bench.runtimes", "parity", *common, "--images", str(n_parity)], timeout=3600),
+            "full_size": run_json_subprocess(
+                ["-m", "bench.runtimes", "parity", *common, "--images", str(n_parity)], timeout=3600
+            ),
             "tiny": run_json_subprocess(
-                ["-m", "bench.runtimes", "parity", "--blip", str(tiny_blip), "--clip", str(tiny_clip), "--cache", cache,
-                 "--images", str(n_parity)], timeout=3600,
+                [
+                    "-m",
+                    "bench.runtimes",
+                    "parity",
+                    "--blip",
+                    str(tiny_blip),
+                    "--clip",
+                    str(tiny_clip),
+                    "--cache",
+                    cache,
+                    "--images",
+                    str(n_parity),
+                ],
+                timeout=3600,
             ),
         }
     base = steps["torch/bfloat16"]["images_per_s"]
@@ -254,39 +329,59 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
 def render(r: dict) -> str:
     lines: list[str] = []
     w = lines.append
-    w(f"## Model runtimes (issue 23): `python -m bench.runtimes{' --quick' if r['mode'] == 'quick' else ''}`, "
-      f"{time.strftime('%Y-%m-%d')}\n")
+    w(
+        f"## Model runtimes (issue 23): `python -m bench.runtimes{' --quick' if r['mode'] == 'quick' else ''}`, "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     n = sum(r["images"].values())
-    w(f"{n} images ({r['images']['jpeg_1600x1200']} JPEG 1600x1200, {r['images']['png_1024x768']} PNG 1024x768), "
-      f"full-size random BLIP-base (384 px, 12 decoder heads) and CLIP B/32, {r['caption_tokens']} forced caption "
-      f"tokens, chunks of {CHUNK}; one run, each row its own process; conversions took {r['conversion_s']} s before.\n")
-    w("Rows: runtime / dtype, and /int8 where the captioner's image side is int8 (DAM_QUANTIZE); the last row is the default.\n")
-    w("| runtime / dtype | step images/s | x naive fp32 | x torch bf16 (old default) | models alone images/s | step / models alone | CPU s per image | peak RSS MiB | other cores busy |")
+    w(
+        f"{n} images ({r['images']['jpeg_1600x1200']} JPEG 1600x1200, {r['images']['png_1024x768']} PNG 1024x768), "
+        f"full-size random BLIP-base (384 px, 12 decoder heads) and CLIP B/32, {r['caption_tokens']} forced caption "
+        f"tokens, chunks of {CHUNK}; one run, each row its own process; conversions took {r['conversion_s']} s before.\n"
+    )
+    w(
+        "Rows: runtime / dtype, and /int8 where the captioner's image side is int8 (DAM_QUANTIZE); the last row is the default.\n"
+    )
+    w(
+        "| runtime / dtype | step images/s | x naive fp32 | x torch bf16 (old default) | models alone images/s | step / models alone | CPU s per image | peak RSS MiB | other cores busy |"
+    )
     w("|---|---|---|---|---|---|---|---|---|")
     nv = r["naive"]
-    w(f"| naive worker, torch fp32, one image at a time | {nv['images_per_s']:.3f} | 1.00 | | | | {nv['cpu_s_per_image']} | {nv['peak_rss_mb']:.0f} | {nv['cpu'].get('other_cores')} |")
+    w(
+        f"| naive worker, torch fp32, one image at a time | {nv['images_per_s']:.3f} | 1.00 | | | | {nv['cpu_s_per_image']} | {nv['peak_rss_mb']:.0f} | {nv['cpu'].get('other_cores')} |"
+    )
     for k, s in r["steps"].items():
         q = r["ratios"][k]
-        w(f"| {k} | {s['images_per_s']:.3f} | {q['vs_naive']} | {q['vs_torch_bf16']} | {s['ceiling']['images_per_s']:.3f} | "
-          f"{q['vs_models_alone']} | {s['cpu_s_per_image']} | {s['peak_rss_mb']:.0f} | {s['cpu'].get('other_cores')} |")
+        w(
+            f"| {k} | {s['images_per_s']:.3f} | {q['vs_naive']} | {q['vs_torch_bf16']} | {s['ceiling']['images_per_s']:.3f} | "
+            f"{q['vs_models_alone']} | {s['cpu_s_per_image']} | {s['peak_rss_mb']:.0f} | {s['cpu'].get('other_cores')} |"
+        )
     seq = r["sequential_default"]
     par = r["steps"][DEFAULT]
     busy = par["stages_busy_s"]
     w("")
-    w(f"Overlap on this CPU (no GPU here): {DEFAULT} (the default) with the prefetch on did the step in {par['step_wall_s']} s "
-      f"against {round(sum(busy.values()), 3)} s of stage time ({', '.join(f'{k} {v}' for k, v in busy.items())}); "
-      f"with the prefetch off, {seq['step_wall_s']} s ({seq['images_per_s']:.3f} images/s). On two cores the models "
-      "already use both, so the overlap mostly hides the decode and thumbnails.\n")
+    w(
+        f"Overlap on this CPU (no GPU here): {DEFAULT} (the default) with the prefetch on did the step in {par['step_wall_s']} s "
+        f"against {round(sum(busy.values()), 3)} s of stage time ({', '.join(f'{k} {v}' for k, v in busy.items())}); "
+        f"with the prefetch off, {seq['step_wall_s']} s ({seq['images_per_s']:.3f} images/s). On two cores the models "
+        "already use both, so the overlap mostly hides the decode and thumbnails.\n"
+    )
     for name, p in r["parity"].items():
-        w(f"Parity against fp32 PyTorch, {name.replace('_', '-')} models ({p['images']} images, "
-          f"{p['prefix_tokens']} teacher-forced tokens each; target: cosine >= 0.99 per item):\n")
-        w("| runtime / dtype | logits cosine min | logits cosine mean | top-1 agreement | image emb. cosine min | image mean | text emb. cosine min |")
+        w(
+            f"Parity against fp32 PyTorch, {name.replace('_', '-')} models ({p['images']} images, "
+            f"{p['prefix_tokens']} teacher-forced tokens each; target: cosine >= 0.99 per item):\n"
+        )
+        w(
+            "| runtime / dtype | logits cosine min | logits cosine mean | top-1 agreement | image emb. cosine min | image mean | text emb. cosine min |"
+        )
         w("|---|---|---|---|---|---|---|")
         for k, c in p["configs"].items():
-            w(f"| {k} | {c['logits_cos_min']} | {c['logits_cos_mean']} | {c['top1_agreement']} | {c['image_cos_min']} | "
-              f"{c['image_cos_mean']} | {c['text_cos_min']} |")
+            w(
+                f"| {k} | {c['logits_cos_min']} | {c['logits_cos_mean']} | {c['top1_agreement']} | {c['image_cos_min']} | "
+                f"{c['image_cos_mean']} | {c['text_cos_min']} |"
+            )
         w("")
-    w("Runtimes tried by hand beside these (ONNX Runtime int8, NNCF presets, streams): bench/NOTES.md, \"Issue 23\".")
+    w('Runtimes tried by hand beside these (ONNX Runtime int8, NNCF presets, streams): bench/NOTES.md, "Issue 23".')
     return "\n".join(lines) + "\n"
 
 

@@ -33,15 +33,28 @@ def _rows(rng: np.random.Generator, start: int, n: int, batch: str, now: datetim
     rows = []
     for i in range(n):
         uid = f"{start + i:032x}"
-        rows.append({
-            "id": uid, "filename": f"IMG_{start + i:07d}.jpg", "r2_key": f"assets/{uid}.jpg",
-            "vector_key": f"vectors/{uid}.json", "mime_type": "image/jpeg",
-            "caption": "a photo of a bench table with some chairs and a window in the background",
-            "embedding": emb[i].tolist(), "width": 1600, "height": 1200, "bytes": 412_345,
-            "sha256": f"{start + i:064x}", "uploaded_at": now - timedelta(seconds=start + i), "processed_at": now,
-            "caption_model": "Salesforce/blip-image-captioning-base", "embedding_model": "openai/clip-vit-base-patch32",
-            "batch": batch, "error": None, "tags": ["chair", "table"],
-        })
+        rows.append(
+            {
+                "id": uid,
+                "filename": f"IMG_{start + i:07d}.jpg",
+                "r2_key": f"assets/{uid}.jpg",
+                "vector_key": f"vectors/{uid}.json",
+                "mime_type": "image/jpeg",
+                "caption": "a photo of a bench table with some chairs and a window in the background",
+                "embedding": emb[i].tolist(),
+                "width": 1600,
+                "height": 1200,
+                "bytes": 412_345,
+                "sha256": f"{start + i:064x}",
+                "uploaded_at": now - timedelta(seconds=start + i),
+                "processed_at": now,
+                "caption_model": "Salesforce/blip-image-captioning-base",
+                "embedding_model": "openai/clip-vit-base-patch32",
+                "batch": batch,
+                "error": None,
+                "tags": ["chair", "table"],
+            }
+        )
     return rows
 
 
@@ -57,22 +70,29 @@ def _naive_table(rows_total: int, rng: np.random.Generator):
     ids = [f"{i:032x}" for i in range(rows_total)]
     now = datetime.now(UTC)
     cols = {
-        "id": ids, "filename": [f"IMG_{i:07d}.jpg" for i in range(rows_total)],
-        "r2_key": [f"assets/{u}.jpg" for u in ids], "vector_key": [f"vectors/{u}.json" for u in ids],
+        "id": ids,
+        "filename": [f"IMG_{i:07d}.jpg" for i in range(rows_total)],
+        "r2_key": [f"assets/{u}.jpg" for u in ids],
+        "vector_key": [f"vectors/{u}.json" for u in ids],
         "mime_type": ["image/jpeg"] * rows_total,
         "caption": ["a photo of a bench table with some chairs and a window in the background"] * rows_total,
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), DIM),
-        "width": pa.array([1600] * rows_total, pa.int32()), "height": pa.array([1200] * rows_total, pa.int32()),
-        "bytes": pa.array([412_345] * rows_total, pa.int64()), "sha256": [f"{i:064x}" for i in range(rows_total)],
+        "width": pa.array([1600] * rows_total, pa.int32()),
+        "height": pa.array([1200] * rows_total, pa.int32()),
+        "bytes": pa.array([412_345] * rows_total, pa.int64()),
+        "sha256": [f"{i:064x}" for i in range(rows_total)],
         "uploaded_at": pa.array([now] * rows_total, pa.timestamp("us", tz="UTC")),
         "processed_at": pa.array([now] * rows_total, pa.timestamp("us", tz="UTC")),
         "caption_model": ["Salesforce/blip-image-captioning-base"] * rows_total,
         "embedding_model": ["openai/clip-vit-base-patch32"] * rows_total,
-        "batch": ["b"] * rows_total, "error": pa.nulls(rows_total, pa.string()),
+        "batch": ["b"] * rows_total,
+        "error": pa.nulls(rows_total, pa.string()),
         "tags": pa.array([["chair", "table"]] * rows_total, pa.list_(pa.string())),
     }
     # Columns a benchmark photo does not have (EXIF) are null.
-    return pa.table({name: cols.get(name, pa.nulls(rows_total, sch.field(name).type)) for name in sch.names}, schema=sch)
+    return pa.table(
+        {name: cols.get(name, pa.nulls(rows_total, sch.field(name).type)) for name in sch.names}, schema=sch
+    )
 
 
 # ----------------------------------------------------------------------------- (a)
@@ -110,7 +130,9 @@ def table_writes(settings, store, total_rows: int, samples: int, log=print) -> d
     ours = []
     for p in points:
         lo, hi = max(0, p - 1 - win), min(n_batches, p - 1 + win + 1)
-        ours.append({"batch": p, "rows_before": (p - 1) * BATCH, "ms": round(1000 * statistics.median(times[lo:hi]), 2)})
+        ours.append(
+            {"batch": p, "rows_before": (p - 1) * BATCH, "ms": round(1000 * statistics.median(times[lo:hi]), 2)}
+        )
 
     # Naive: one file rewritten whole per batch. Prepare a file of (k-1)*64 rows (untimed),
     # then time what the naive writer does for batch k: read it all, append 64 rows, write it all.
@@ -133,8 +155,10 @@ def table_writes(settings, store, total_rows: int, samples: int, log=print) -> d
         store.put(key, to_parquet_bytes(table), content_type="application/vnd.apache.parquet")
         dt = time.perf_counter() - t
         naive.append({"batch": p, "rows_before": before, "ms": round(1000 * dt, 2)})
-        log(f"  batch {p:5d} ({before:6d} rows before): write_batch {ours[len(naive) - 1]['ms']:.1f} ms, "
-            f"naive rewrite {1000 * dt:.1f} ms")
+        log(
+            f"  batch {p:5d} ({before:6d} rows before): write_batch {ours[len(naive) - 1]['ms']:.1f} ms, "
+            f"naive rewrite {1000 * dt:.1f} ms"
+        )
     store.delete(key)
     # Naive total to reach the same size: its per-batch cost interpolated over every batch.
     xs = [n["batch"] for n in naive]
@@ -181,8 +205,15 @@ def drain_rate(messages: int, store, log=print) -> dict:
     for i in range(messages):
         uid = uuid.uuid4().hex
         msg = UploadMessage(
-            id=uid, filename=f"IMG_{i:07d}.jpg", r2_key=f"assets/{uid}.jpg", mime_type="image/jpeg",
-            bytes=400_000 + i, sha256=uid * 2, width=1600, height=1200, uploaded_at=now,
+            id=uid,
+            filename=f"IMG_{i:07d}.jpg",
+            r2_key=f"assets/{uid}.jpg",
+            mime_type="image/jpeg",
+            bytes=400_000 + i,
+            sha256=uid * 2,
+            width=1600,
+            height=1200,
+            uploaded_at=now,
         )
         ch.basic_publish("", name, msg.to_json(), props)
     conn.close()
@@ -266,8 +297,10 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
         }
         if view == "assets":
             top_assets = top
-        log(f"  {view}: connect {out[view]['connect_ms']} ms + query {out[view]['query_ms']} ms "
-            f"= {out[view]['total_ms']} ms (median of {runs})")
+        log(
+            f"  {view}: connect {out[view]['connect_ms']} ms + query {out[view]['query_ms']} ms "
+            f"= {out[view]['total_ms']} ms (median of {runs})"
+        )
     # What changes to AssetTable.connect would buy (measured here, not applied there):
     # no union_by_name (every batch file has write_batch's schema, so DuckDB need not open every
     # footer at bind time), and additionally a dedup view that keeps embeddings out of the window sort.
@@ -295,8 +328,10 @@ def search(settings, rows: int, runs: int, log=print) -> dict:
             "same_top10_as_product": [r[0] for r in res] == [r[0] for r in top_assets],
             "what": what,
         }
-        log(f"  assets, variant ({what}): connect {out[key]['connect_ms']} ms + "
-            f"query {out[key]['query_ms']} ms = {out[key]['total_ms']} ms")
+        log(
+            f"  assets, variant ({what}): connect {out[key]['connect_ms']} ms + "
+            f"query {out[key]['query_ms']} ms = {out[key]['total_ms']} ms"
+        )
     count = table.connect().execute("SELECT count(*) FROM assets").fetchall()[0][0]
     out["rows_in_view"] = count
     out["target"] = "< 300 ms"
@@ -333,7 +368,9 @@ def _connect_variant(settings, dedup: str):
 
     con = duckdb.connect(":memory:")
     pattern = str(settings.data_dir / "store" / TABLE_PREFIX / "batch=*" / "*.parquet").replace("'", "''")
-    con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT * FROM read_parquet('{pattern}', hive_partitioning=false)")
+    con.execute(
+        f"CREATE OR REPLACE VIEW assets_all AS SELECT * FROM read_parquet('{pattern}', hive_partitioning=false)"
+    )
     con.execute(dedup)
     return con
 
@@ -361,10 +398,16 @@ def index_search(settings, store, runs: int, log=print) -> dict | None:
             t = time.perf_counter()
             snap.search(q, 10)
             times.append(time.perf_counter() - t)
-        out = {"build_s": round(build_s, 2), "load_s": round(load_s, 2),
-               "search_ms": round(1000 * statistics.median(times), 2), "rows": snap.size}
-        log(f"  index (dam_core.index): build {out['build_s']} s, load {out['load_s']} s, "
-            f"top-10 {out['search_ms']} ms (median of {runs})")
+        out = {
+            "build_s": round(build_s, 2),
+            "load_s": round(load_s, 2),
+            "search_ms": round(1000 * statistics.median(times), 2),
+            "rows": snap.size,
+        }
+        log(
+            f"  index (dam_core.index): build {out['build_s']} s, load {out['load_s']} s, "
+            f"top-10 {out['search_ms']} ms (median of {runs})"
+        )
         return out
     except Exception as err:
         return {"error": f"{type(err).__name__}: {err}"[:300]}
@@ -383,15 +426,21 @@ def run(quick: bool, only: set[str] | None = None, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         settings = load_settings(dam_data_dir=tmp)
         store = LocalStore(settings.data_dir / "store")
-        log(f"scale (a): write_batch up to {total_rows:,} rows (64-row batches, 512-float embeddings) vs one-file rewrite")
+        log(
+            f"scale (a): write_batch up to {total_rows:,} rows (64-row batches, 512-float embeddings) vs one-file rewrite"
+        )
         out["table_writes"] = table_writes(settings, store, total_rows, samples=6 if quick else 10, log=log)
-        log(f"scale (c): dam sql top-10 cosine over {out['table_writes']['rows']:,} rows in "
-            f"{out['table_writes']['batches']:,} files")
+        log(
+            f"scale (c): dam sql top-10 cosine over {out['table_writes']['rows']:,} rows in "
+            f"{out['table_writes']['batches']:,} files"
+        )
         out["search"] = search(settings, out["table_writes"]["rows"], runs=3 if quick else 5, log=log)
         if not quick:
             out["index_search"] = index_search(settings, store, runs=20, log=log)
         log(f"scale (b): drain {drain_msgs:,} messages from RabbitMQ")
         drain_store = LocalStore(Path(tmp) / "drain-store")
         out["drain"] = drain_rate(drain_msgs, drain_store, log=log)
-        log(f"  drained {out['drain']['messages']} in {out['drain']['seconds']}s = {out['drain']['messages_per_s']} msgs/s")
+        log(
+            f"  drained {out['drain']['messages']} in {out['drain']['seconds']}s = {out['drain']['messages_per_s']} msgs/s"
+        )
     return out

@@ -47,7 +47,9 @@ def _config(quick: bool) -> dict:
 
 def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(args, env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            args, env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -89,8 +91,14 @@ class Launcher:
         from dam_assets.run_queues import MODELS_QUEUE, QUEUE_TAG
 
         run = _create_run(
-            instance=self.instance, code_location=self.location, remote_repo=self.repo, remote_job=self.job,
-            run_config={}, tags={"dagster/partition": partition, QUEUE_TAG: MODELS_QUEUE}, op_selection=None, run_id=None,
+            instance=self.instance,
+            code_location=self.location,
+            remote_repo=self.repo,
+            remote_job=self.job,
+            run_config={},
+            tags={"dagster/partition": partition, QUEUE_TAG: MODELS_QUEUE},
+            op_selection=None,
+            run_id=None,
         )
         self.instance.launch_run(run.run_id, self.workspace)
         return run.run_id
@@ -108,7 +116,9 @@ class Launcher:
                         raise RuntimeError(f"run {rid} ended {run.status}\n" + "\n".join(_tail(p) for p in logs))
                     pending.discard(rid)
             if pending and time.monotonic() > deadline:
-                raise RuntimeError(f"{len(pending)} run(s) not done within {timeout}s\n" + "\n".join(_tail(p) for p in logs))
+                raise RuntimeError(
+                    f"{len(pending)} run(s) not done within {timeout}s\n" + "\n".join(_tail(p) for p in logs)
+                )
             time.sleep(0.05)
 
     def timed_one(self, partition: str, timeout: float, logs: list[Path]) -> float:
@@ -151,7 +161,11 @@ def _ceiling(settings, store, uploads: list, batch: int) -> dict:
 def _ping(env: dict, n: int) -> bool:
     r = subprocess.run(
         [str(BIN / "dam"), "worker", "--ping", "--any-host", "--timeout", "2", "--queue", "dam-models"],
-        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return len(r.stdout.splitlines()) >= n
 
@@ -192,12 +206,21 @@ def run(quick: bool, log=print, models_dir: str | None = None) -> dict:
 
             blip, clip = build_models(models_dir or (tmp / "models"), log=log)
         # Every process (code servers, run processes, workers) reads its settings from here.
-        os.environ.update({
-            "DAM_DATA_DIR": str(tmp / "data"), "DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip),
-            "DAM_BATCH_SIZE": str(batch), "DAM_DEVICE": "cpu", "AMQP_URL": AMQP, "DAM_QUEUE": f"{prefix}uploads",
-            "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        })
+        os.environ.update(
+            {
+                "DAM_DATA_DIR": str(tmp / "data"),
+                "DAM_CAPTION_MODEL": str(blip),
+                "DAM_EMBEDDING_MODEL": str(clip),
+                "DAM_BATCH_SIZE": str(batch),
+                "DAM_DEVICE": "cpu",
+                "AMQP_URL": AMQP,
+                "DAM_QUEUE": f"{prefix}uploads",
+                "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
         for var in [k for k in os.environ if k.startswith(("R2_", "DAGSTER_HOME"))]:
             os.environ.pop(var)
         from bench.fixtures import machine, other_load, seed_store
@@ -252,14 +275,16 @@ def run(quick: bool, log=print, models_dir: str | None = None) -> dict:
         _wait_workers(env, 2, procs, logs)
         warm.timed_one(partitions[-1], 600, logs)  # may land on either; warms w2's code path if so
         two_s = warm.timed_all(partitions, 900, logs)
-        workers_used = sorted({
-            r.tags.get("dam/celery_worker", "?").split("-")[0] for r in prod_instance.get_runs(limit=n_batches)
-        })
+        workers_used = sorted(
+            {r.tags.get("dam/celery_worker", "?").split("-")[0] for r in prod_instance.get_runs(limit=n_batches)}
+        )
         log(f"scaleout: {n_batches} batches in {one_s:.1f}s on one worker, {two_s:.1f}s on two ({workers_used})")
 
         from dam_core.table import make_table
 
-        ((rows, distinct),) = make_table(settings).connect().sql("SELECT count(*), count(DISTINCT id) FROM assets_all").fetchall()
+        ((rows, distinct),) = (
+            make_table(settings).connect().sql("SELECT count(*), count(DISTINCT id) FROM assets_all").fetchall()
+        )
 
         cold_batch, warm_batch = sum(cold_s) / len(cold_s), sum(warm_s) / len(warm_s)
         cold_over, warm_over = cold_batch - ceiling["batch_s"], warm_batch - ceiling["batch_s"]

@@ -57,7 +57,7 @@ def random_vectors(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     out = np.empty((n, DIM), np.float32)
     for i in range(0, n, 100_000):
-        out[i:i + 100_000] = rng.standard_normal((min(100_000, n - i), DIM), dtype=np.float32)
+        out[i : i + 100_000] = rng.standard_normal((min(100_000, n - i), DIM), dtype=np.float32)
     return unit(out)
 
 
@@ -67,7 +67,9 @@ def clustered_vectors(n: int, seed: int, clusters: int = 2000, spread: float = 0
     out = np.empty((n, DIM), np.float32)
     for i in range(0, n, 100_000):
         m = min(100_000, n - i)
-        out[i:i + m] = centers[rng.integers(0, clusters, m)] + spread / np.sqrt(DIM) * rng.standard_normal((m, DIM), dtype=np.float32)
+        out[i : i + m] = centers[rng.integers(0, clusters, m)] + spread / np.sqrt(DIM) * rng.standard_normal(
+            (m, DIM), dtype=np.float32
+        )
     return unit(out)
 
 
@@ -89,7 +91,11 @@ def clip_like_vectors(n: int, queries: int, seed: int) -> tuple[np.ndarray, np.n
     out = np.empty((n, DIM), np.float32)
     for i in range(0, n, 100_000):
         m = min(100_000, n - i)
-        out[i:i + m] = 0.8 * img_cone + centers[rng.choice(topics, m, p=w)] + 0.9 / np.sqrt(DIM) * rng.standard_normal((m, DIM), dtype=np.float32)
+        out[i : i + m] = (
+            0.8 * img_cone
+            + centers[rng.choice(topics, m, p=w)]
+            + 0.9 / np.sqrt(DIM) * rng.standard_normal((m, DIM), dtype=np.float32)
+        )
     c = rng.choice(topics, queries, p=w)
     q = 0.8 * txt_cone + centers[c] + 1.2 / np.sqrt(DIM) * rng.standard_normal((queries, DIM), dtype=np.float32)
     return unit(out), unit(q)
@@ -123,20 +129,22 @@ def items_table(n: int, model: str) -> pa.Table:
     now = datetime.now(UTC)
     ids = [f"{i:032x}" for i in range(n)]
     stamps = pa.array([now - timedelta(seconds=i) for i in range(n)], type=pa.timestamp("us", tz="UTC"))
-    return pa.table({
-        "id": ids,
-        "filename": [f"img_{i}.jpg" for i in range(n)],
-        "caption": pa.array(["a photo of something"] * n),
-        "tags": pa.array([["photo"]] * n, type=pa.list_(pa.string())),
-        "mime_type": pa.array(["image/jpeg"] * n),
-        "width": pa.array([1600] * n, type=pa.int32()),
-        "height": pa.array([1200] * n, type=pa.int32()),
-        "error": pa.nulls(n, type=pa.string()),
-        "uploaded_at": stamps,
-        "processed_at": stamps,
-        "batch": pa.array(["20261124T000000Z-000000"] * n),
-        "embedding_model": pa.array([model] * n),
-    })
+    return pa.table(
+        {
+            "id": ids,
+            "filename": [f"img_{i}.jpg" for i in range(n)],
+            "caption": pa.array(["a photo of something"] * n),
+            "tags": pa.array([["photo"]] * n, type=pa.list_(pa.string())),
+            "mime_type": pa.array(["image/jpeg"] * n),
+            "width": pa.array([1600] * n, type=pa.int32()),
+            "height": pa.array([1200] * n, type=pa.int32()),
+            "error": pa.nulls(n, type=pa.string()),
+            "uploaded_at": stamps,
+            "processed_at": stamps,
+            "batch": pa.array(["20261124T000000Z-000000"] * n),
+            "embedding_model": pa.array([model] * n),
+        }
+    )
 
 
 def free_port() -> int:
@@ -172,8 +180,12 @@ def hnsw_figures(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) ->
             found.append([int(h[0]["id"], 16) for h in hits])  # items_table ids are the row numbers in hex
         del snap
     return {
-        "n": n, "build_s": round(build, 2), "loaded_mem_mb": round(mem, 1),
-        "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3), "recall@10": round(recall(found, truth), 4),
+        "n": n,
+        "build_s": round(build, 2),
+        "loaded_mem_mb": round(mem, 1),
+        "p50_ms": round(pct(lat, 50), 3),
+        "p99_ms": round(pct(lat, 99), 3),
+        "recall@10": round(recall(found, truth), 4),
     }
 
 
@@ -195,13 +207,17 @@ def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-clip-hnsw-") as tmp:
         store = LocalStore(Path(tmp) / "store")
         t0 = time.perf_counter()
-        write_index(store, items_table(n, "bench"), vectors, np.ones(n, bool), exact_max=0, model="bench",
-                    max_rows=n)  # one graph of n (the product cuts a rebuild at MAX_MERGED_ROWS)
+        write_index(
+            store, items_table(n, "bench"), vectors, np.ones(n, bool), exact_max=0, model="bench", max_rows=n
+        )  # one graph of n (the product cuts a rebuild at MAX_MERGED_ROWS)
         build = time.perf_counter() - t0
         log(f"  HNSW built over {n:,} CLIP-like vectors in {build:.0f} s")
         snap = load_snapshot(store)
         out = {"n": n, "build_s": round(build, 1)}
-        for name, qs, tr, excl in (("search", queries, truth, None), ("similar", vectors[sim_rows], np.array(sim_truth), True)):
+        for name, qs, tr, excl in (
+            ("search", queries, truth, None),
+            ("similar", vectors[sim_rows], np.array(sim_truth), True),
+        ):
             lat, found = [], []
             for q, r in zip(qs, sim_rows):
                 ex = f"{int(r):032x}" if excl else None
@@ -209,7 +225,11 @@ def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
                 hits = snap.search(q, 10, exclude=ex)
                 lat.append((time.perf_counter() - t) * 1000)
                 found.append([int(h[0]["id"], 16) for h in hits])
-            out[name] = {"p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2), "recall@10": round(recall(found, tr), 4)}
+            out[name] = {
+                "p50_ms": round(pct(lat, 50), 2),
+                "p99_ms": round(pct(lat, 99), 2),
+                "recall@10": round(recall(found, tr), 4),
+            }
         del snap
     return out
 
@@ -232,13 +252,14 @@ def product_layout(n: int, seg_rows: int = 262_144, batch_rows: int = 64) -> lis
     return rows
 
 
-def _exact_truth(vectors: np.ndarray, queries: np.ndarray, exclude: np.ndarray | None = None, k: int = 10,
-                 chunk: int = 65_536) -> np.ndarray:
+def _exact_truth(
+    vectors: np.ndarray, queries: np.ndarray, exclude: np.ndarray | None = None, k: int = 10, chunk: int = 65_536
+) -> np.ndarray:
     """Exact top-k rows of `vectors` (a memory map is fine) per query, in chunks; `exclude[i]`: a row left out for query i."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
     for a in range(0, len(vectors), chunk):
-        s = np.asarray(vectors[a:a + chunk]) @ queries.T  # (m, q)
+        s = np.asarray(vectors[a : a + chunk]) @ queries.T  # (m, q)
         if exclude is not None:
             hit = (exclude >= a) & (exclude < a + len(s))
             s[exclude[hit] - a, np.flatnonzero(hit)] = -np.inf
@@ -256,13 +277,23 @@ def _segment_items(start: int, stop: int, t0: datetime, batch: str) -> pa.Table:
     t = items_table(m, "bench")
     stamps = pa.array([t0 - timedelta(seconds=i) for i in range(start, stop)], type=pa.timestamp("us", tz="UTC"))
     t = t.set_column(t.schema.get_field_index("id"), "id", pa.array([f"{i:032x}" for i in range(start, stop)]))
-    t = t.set_column(t.schema.get_field_index("filename"), "filename", pa.array([f"img_{i}.jpg" for i in range(start, stop)]))
+    t = t.set_column(
+        t.schema.get_field_index("filename"), "filename", pa.array([f"img_{i}.jpg" for i in range(start, stop)])
+    )
     t = t.set_column(t.schema.get_field_index("uploaded_at"), "uploaded_at", stamps)
     t = t.set_column(t.schema.get_field_index("processed_at"), "processed_at", stamps)
     return t.set_column(t.schema.get_field_index("batch"), "batch", pa.array([batch] * m))
 
 
-SEGMENTED_SETTINGS = ((256, 64), (384, 64), (512, 64), (512, 128), (768, 64), (1024, 64), (1024, 128))  # (HNSW expansion_search, HNSW_CANDIDATES)
+SEGMENTED_SETTINGS = (
+    (256, 64),
+    (384, 64),
+    (512, 64),
+    (512, 128),
+    (768, 64),
+    (1024, 64),
+    (1024, 128),
+)  # (HNSW expansion_search, HNSW_CANDIDATES)
 
 
 def clip_segmented_figures(
@@ -316,7 +347,9 @@ def clip_segmented_figures(
         meta["versions"] = {f"{k}@{old}": v for k, v in meta["versions"].items()}
     if meta.get("params") != params:
         if meta:
-            raise ValueError(f"{root} holds a store built with {meta.get('params')}, not {params}: use another store_dir")
+            raise ValueError(
+                f"{root} holds a store built with {meta.get('params')}, not {params}: use another store_dir"
+            )
         meta = {"params": params, "t0": datetime.now(UTC).isoformat(), "segments": {}, "versions": {}}
     save = lambda: meta_path.write_text(json.dumps(meta, indent=1))  # noqa: E731
     save()
@@ -336,7 +369,11 @@ def clip_segmented_figures(
         log(f"  data and exact truth for {n:,} vectors in {time.perf_counter() - t:.0f} s")
     vectors = np.load(root / "vectors.npy", mmap_mode="r")
     queries = np.load(root / "queries.npy")
-    truth, sim_rows, sim_truth = np.load(root / "truth.npy"), np.load(root / "sim_rows.npy"), np.load(root / "sim_truth.npy")
+    truth, sim_rows, sim_truth = (
+        np.load(root / "truth.npy"),
+        np.load(root / "sim_rows.npy"),
+        np.load(root / "sim_truth.npy"),
+    )
     store = LocalStore(root / "store")
 
     sizes = product_layout(n, seg_rows, batch_rows)
@@ -356,17 +393,35 @@ def clip_segmented_figures(
             if got is None or not store.exists(got["entry"]["prefix"] + "vectors.npy"):
                 t = time.perf_counter()
                 items = with_item_columns(_segment_items(start, stop, t0, f"20261124T000000Z-{start:07d}"))
-                entry = write_segment(store, items, np.ascontiguousarray(vectors[start:stop]), np.ones(rows, bool), exact_max)
-                got = meta["segments"][key] = {"entry": entry.model_dump(mode="json"), "build_s": round(time.perf_counter() - t, 1)}
+                entry = write_segment(
+                    store, items, np.ascontiguousarray(vectors[start:stop]), np.ones(rows, bool), exact_max
+                )
+                got = meta["segments"][key] = {
+                    "entry": entry.model_dump(mode="json"),
+                    "build_s": round(time.perf_counter() - t, 1),
+                }
                 save()
-                log(f"  segment rows {start:,}-{stop:,} ({rows:,}, {'HNSW' if entry.hnsw else 'exact'}) written in {got['build_s']} s")
+                log(
+                    f"  segment rows {start:,}-{stop:,} ({rows:,}, {'HNSW' if entry.hnsw else 'exact'}) written in {got['build_s']} s"
+                )
             entries.append(SegmentEntry.model_validate(got["entry"]))
             stop = start
         version = f"{name}@{exact_max}"
         seq = meta["versions"].get(version)
         if seq is None or not store.exists(index_manifest_key(seq)):
-            m = publish(store, lambda head, e=tuple(entries): head.model_copy(update={
-                "segments": e, "model": "bench", "removed": {}, "watermark": None, "low_watermark": None, "pending": ()}))
+            m = publish(
+                store,
+                lambda head, e=tuple(entries): head.model_copy(
+                    update={
+                        "segments": e,
+                        "model": "bench",
+                        "removed": {},
+                        "watermark": None,
+                        "low_watermark": None,
+                        "pending": (),
+                    }
+                ),
+            )
             seq = meta["versions"][version] = m.seq
             save()
         manifest = read_version(store, seq)
@@ -406,8 +461,11 @@ def clip_segmented_figures(
                         hits = snap.search(q, 10, exclude=ex)
                         lat.append((time.perf_counter() - t) * 1000)
                         found.append([int(h[0]["id"], 16) for h in hits])
-                    res[kind] = {"recall@10": round(recall(found, truth if kind == "search" else sim_truth), 4),
-                                 "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2)}
+                    res[kind] = {
+                        "recall@10": round(recall(found, truth if kind == "search" else sim_truth), 4),
+                        "p50_ms": round(pct(lat, 50), 2),
+                        "p99_ms": round(pct(lat, 99), 2),
+                    }
                 # Where the time goes: per segment kind, summed over the segments, on 50 text-like queries.
                 split = {"hnsw": [], "exact": []}
                 for q in queries[:50]:
@@ -459,7 +517,7 @@ def clip_segmented_interleaved(
     found = {c: [] for c in configs}
     for i in range(-10, nq):  # 10 warm-up rounds
         q = queries[i % nq]
-        for c in configs[i % len(configs):] + configs[:i % len(configs)]:
+        for c in configs[i % len(configs) :] + configs[: i % len(configs)]:
             big, small = c[1] if isinstance(c[1], tuple) else (c[1], c[1])
             for seg in snaps[c[0]].segments:
                 if seg.hnsw is not None:
@@ -469,10 +527,16 @@ def clip_segmented_interleaved(
             if i >= 0:
                 lat[c].append((time.perf_counter() - t) * 1000)
                 found[c].append([int(h[0]["id"], 16) for h in hits])
-    return {f"{v} ef={ef}": {"segments": len(snaps[v].segments), "graphs": sum(s.hnsw is not None for s in snaps[v].segments),
-                             "recall@10": round(recall(found[(v, ef)], truth[:nq]), 4),
-                             "p50_ms": round(pct(lat[(v, ef)], 50), 2), "p99_ms": round(pct(lat[(v, ef)], 99), 2)}
-            for v, ef in configs} | {"load_avg_1min": round(os.getloadavg()[0], 2)}
+    return {
+        f"{v} ef={ef}": {
+            "segments": len(snaps[v].segments),
+            "graphs": sum(s.hnsw is not None for s in snaps[v].segments),
+            "recall@10": round(recall(found[(v, ef)], truth[:nq]), 4),
+            "p50_ms": round(pct(lat[(v, ef)], 50), 2),
+            "p99_ms": round(pct(lat[(v, ef)], 99), 2),
+        }
+        for v, ef in configs
+    } | {"load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 def batch_rows_table(n: int, batch: str, model: str, seed: int, first: int) -> pa.Table:
@@ -491,8 +555,14 @@ def update_figures(table_rows: int, batches: int = 40, batch_size: int = 64) -> 
 
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
         store = LocalStore(Path(tmp) / "store")
-        write_index(store, items_table(table_rows, "bench"), random_vectors(table_rows, 3), np.ones(table_rows, bool),
-                    exact_max=10**9, model="bench")
+        write_index(
+            store,
+            items_table(table_rows, "bench"),
+            random_vectors(table_rows, 3),
+            np.ones(table_rows, bool),
+            exact_max=10**9,
+            model="bench",
+        )
         holder = IndexHolder(store, poll_seconds=3600)
         holder.refresh()
         upd, swap = [], []
@@ -526,10 +596,16 @@ def update_figures(table_rows: int, batches: int = 40, batch_size: int = 64) -> 
             time.sleep(1.3 * (b % 3))  # land at different points of the poll cycle
         live.stop()
     return {
-        "lag_p50_s": round(pct(lag, 50), 2), "lag_max_s": round(max(lag), 2),
-        "table_rows": table_rows, "batches": batches, "batch_size": batch_size, "segments_after": segments_after,
-        "update_p50_ms": round(pct(upd, 50), 1), "update_max_ms": round(max(upd), 1),
-        "swap_p50_ms": round(pct(swap, 50), 1), "swap_max_ms": round(max(swap), 1),
+        "lag_p50_s": round(pct(lag, 50), 2),
+        "lag_max_s": round(max(lag), 2),
+        "table_rows": table_rows,
+        "batches": batches,
+        "batch_size": batch_size,
+        "segments_after": segments_after,
+        "update_p50_ms": round(pct(upd, 50), 1),
+        "update_max_ms": round(max(upd), 1),
+        "swap_p50_ms": round(pct(swap, 50), 1),
+        "swap_max_ms": round(max(swap), 1),
     }
 
 
@@ -570,7 +646,8 @@ def api_figures(data_dir: Path, clip_dir: Path, n: int, reps: int) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dam"), "api", "--port", str(port), "--log-level", "warning"],
-        env=env, start_new_session=True,
+        env=env,
+        start_new_session=True,
     )
     import httpx
 
@@ -588,7 +665,10 @@ def api_figures(data_dir: Path, clip_dir: Path, n: int, reps: int) -> dict:
         load_s = time.perf_counter() - t0
         res = subprocess.run(
             [sys.executable, "-c", LOADGEN, f"http://127.0.0.1:{port}", str(n), str(n), str(reps)],
-            capture_output=True, text=True, env=env, timeout=1800,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
         )
         if res.returncode != 0:
             raise RuntimeError(res.stderr[-2000:])
@@ -612,7 +692,7 @@ def index_figures(quick: bool, log=print, parts=("update", "clip")) -> dict:
     out: dict = {}
     if "update" in parts:
         out["update"] = {}
-        for n in ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]):
+        for n in [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]:
             out["update"][n] = fig = update_figures(n, batches=20 if quick else 40)
             log(f"search: index update per 64-row batch at {n:,} rows: {fig}")
     if "clip" in parts:
@@ -640,8 +720,9 @@ def run(quick: bool, out_dir: Path, log=print) -> dict:
         with tempfile.TemporaryDirectory(prefix=f"bench-search-{n}-") as tmp:
             store = LocalStore(Path(tmp) / "store")
             t0 = time.perf_counter()
-            write_index(store, items_table(n, str(clip_dir)), vectors, np.ones(n, bool),
-                        exact_max=10**9, model=str(clip_dir))
+            write_index(
+                store, items_table(n, str(clip_dir)), vectors, np.ones(n, bool), exact_max=10**9, model=str(clip_dir)
+            )
             write_s = time.perf_counter() - t0
             snap = load_snapshot(store)
             lat, found = [], []
@@ -653,7 +734,8 @@ def run(quick: bool, out_dir: Path, log=print) -> dict:
             del snap
             fig = {
                 "index_write_s": round(write_s, 2),
-                "engine_p50_ms": round(pct(lat, 50), 2), "engine_p99_ms": round(pct(lat, 99), 2),
+                "engine_p50_ms": round(pct(lat, 50), 2),
+                "engine_p99_ms": round(pct(lat, 99), 2),
                 "recall@10": round(recall(found, truth), 4),
             }
             fig.update(api_figures(Path(tmp), clip_dir, n, reps))
@@ -682,10 +764,16 @@ def markdown(results: dict) -> str:
             f"{f['search_p50_ms']} / {f['search_p99_ms']} | {f['similar_p50_ms']} / {f['similar_p99_ms']} | "
             f"{f['get_p50_ms']} / {f['get_p99_ms']} | {f['api_load_s']} | {f['api_peak_rss_mb']} |"
         )
-    lines += ["", "| HNSW path (index written with the graph, searched by the snapshot) | vectors | write s | loaded memory MiB | p50 / p99 ms | recall@10 |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| HNSW path (index written with the graph, searched by the snapshot) | vectors | write s | loaded memory MiB | p50 / p99 ms | recall@10 |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, f in results["hnsw"].items():
         mem = f.get("loaded_mem_mb", f.get("build_mem_mb"))  # results.json from before this change
-        lines.append(f"| {name} | {f['n']:,} | {f['build_s']} | {mem} | {f['p50_ms']} / {f['p99_ms']} | {f['recall@10']} |")
+        lines.append(
+            f"| {name} | {f['n']:,} | {f['build_s']} | {mem} | {f['p50_ms']} / {f['p99_ms']} | {f['recall@10']} |"
+        )
     lines += index_markdown(results)
     return "\n".join(lines)
 
@@ -693,18 +781,26 @@ def markdown(results: dict) -> str:
 def index_markdown(results: dict) -> list[str]:
     lines = []
     if results.get("update"):
-        lines += ["", "| index update per 64-row batch | table rows | update p50 / max ms | API swap p50 / max ms | segments after | read-side lag p50 / max s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| index update per 64-row batch | table rows | update p50 / max ms | API swap p50 / max ms | segments after | read-side lag p50 / max s |",
+            "|---|---|---|---|---|---|",
+        ]
         for n, f in results["update"].items():
-            lines.append(f"| add_batch + IndexHolder.refresh | {int(n):,} | {f['update_p50_ms']} / {f['update_max_ms']} | "
-                         f"{f['swap_p50_ms']} / {f['swap_max_ms']} | {f['segments_after']} | "
-                         f"{f.get('lag_p50_s', '')} / {f.get('lag_max_s', '')} |")
+            lines.append(
+                f"| add_batch + IndexHolder.refresh | {int(n):,} | {f['update_p50_ms']} / {f['update_max_ms']} | "
+                f"{f['swap_p50_ms']} / {f['swap_max_ms']} | {f['segments_after']} | "
+                f"{f.get('lag_p50_s', '')} / {f.get('lag_max_s', '')} |"
+            )
     if results.get("clip_hnsw"):
         f = results["clip_hnsw"]
-        lines += ["", "| HNSW, CLIP-like vectors | vectors | build s | search p50 / p99 ms | search recall@10 | similar p50 / p99 ms | similar recall@10 |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| M=32, ef_add=200, ef=512, f16 | {f['n']:,} | {f['build_s']} | {f['search']['p50_ms']} / {f['search']['p99_ms']} | "
-                  f"{f['search']['recall@10']} | {f['similar']['p50_ms']} / {f['similar']['p99_ms']} | {f['similar']['recall@10']} |"]
+        lines += [
+            "",
+            "| HNSW, CLIP-like vectors | vectors | build s | search p50 / p99 ms | search recall@10 | similar p50 / p99 ms | similar recall@10 |",
+            "|---|---|---|---|---|---|---|",
+            f"| M=32, ef_add=200, ef=512, f16 | {f['n']:,} | {f['build_s']} | {f['search']['p50_ms']} / {f['search']['p99_ms']} | "
+            f"{f['search']['recall@10']} | {f['similar']['p50_ms']} / {f['similar']['p99_ms']} | {f['similar']['recall@10']} |",
+        ]
     return lines
 
 
@@ -728,8 +824,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.index_only:
-        res = index_figures(args.quick, log=lambda m: print(m, file=sys.stderr, flush=True), parts=args.index_only.split(","))
-        (out / f"search-index-{args.index_only.replace(',', '-')}{'-quick' if args.quick else ''}.json").write_text(json.dumps(res, indent=1))
+        res = index_figures(
+            args.quick, log=lambda m: print(m, file=sys.stderr, flush=True), parts=args.index_only.split(",")
+        )
+        (out / f"search-index-{args.index_only.replace(',', '-')}{'-quick' if args.quick else ''}.json").write_text(
+            json.dumps(res, indent=1)
+        )
         print("\n".join(index_markdown(res)))
         return 0
     res = run(args.quick, out, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -64,24 +64,33 @@ BULK_FILES_PER_COMMIT = 500
 HERE = Path(__file__).resolve().parent
 
 RECENT_SQL = "SELECT id, caption, processed_at FROM assets ORDER BY processed_at DESC LIMIT 10"
-COSINE_SQL = ("SELECT id, list_cosine_similarity(embedding, $q::FLOAT[]) AS score FROM assets "
-              "ORDER BY score DESC LIMIT 10")
+COSINE_SQL = (
+    "SELECT id, list_cosine_similarity(embedding, $q::FLOAT[]) AS score FROM assets ORDER BY score DESC LIMIT 10"
+)
 QUERIES = {"recent": RECENT_SQL, "cosine": COSINE_SQL}
-COSINE_ARRAY_SQL = ("SELECT id, array_cosine_similarity(embedding::FLOAT[512], $q::FLOAT[512]) AS score FROM assets "
-                    "ORDER BY score DESC LIMIT 10")
+COSINE_ARRAY_SQL = (
+    "SELECT id, array_cosine_similarity(embedding::FLOAT[512], $q::FLOAT[512]) AS score FROM assets "
+    "ORDER BY score DESC LIMIT 10"
+)
 
 # ----------------------------------------------------------------------------- rows
 
-_WORDS = ("a photo of the man woman dog cat child bicycle car street beach mountain lake tree house "
-          "kitchen table chair window sunset night city crowd market boat river bridge snow field flowers "
-          "red blue green old small large two three sitting standing walking next to on in with under near "
-          "wooden white black building sky clouds road train station garden park bench").split()
-_TAGS = ("person dog cat car tree sky building beach water food plant bicycle chair table screen "
-         "document night indoor outdoor portrait").split()
-_CAMERAS = [("Apple", "iPhone 14 Pro", "iPhone 14 Pro back triple camera 6.86mm f/1.78"),
-            ("Canon", "Canon EOS R6", "RF24-105mm F4 L IS USM"),
-            ("SONY", "ILCE-7M3", "FE 35mm F1.8"),
-            ("samsung", "SM-S911B", None)]
+_WORDS = (
+    "a photo of the man woman dog cat child bicycle car street beach mountain lake tree house "
+    "kitchen table chair window sunset night city crowd market boat river bridge snow field flowers "
+    "red blue green old small large two three sitting standing walking next to on in with under near "
+    "wooden white black building sky clouds road train station garden park bench"
+).split()
+_TAGS = (
+    "person dog cat car tree sky building beach water food plant bicycle chair table screen "
+    "document night indoor outdoor portrait"
+).split()
+_CAMERAS = [
+    ("Apple", "iPhone 14 Pro", "iPhone 14 Pro back triple camera 6.86mm f/1.78"),
+    ("Canon", "Canon EOS R6", "RF24-105mm F4 L IS USM"),
+    ("SONY", "ILCE-7M3", "FE 35mm F1.8"),
+    ("samsung", "SM-S911B", None),
+]
 _MIMES = ["image/jpeg"] * 17 + ["image/png"] * 2 + ["image/heic"]
 
 
@@ -93,7 +102,7 @@ def batch_key(k: int) -> str:
 
 def _own_ids(k: int) -> list[str]:
     raw = np.random.default_rng([7, k]).bytes(16 * BATCH).hex()
-    return [raw[32 * i:32 * (i + 1)] for i in range(BATCH)]
+    return [raw[32 * i : 32 * (i + 1)] for i in range(BATCH)]
 
 
 def _ids_err(k: int):
@@ -141,8 +150,7 @@ def ownership_plan(n_batches: int, real: set[int]) -> dict:
             else:
                 drop.setdefault(b0, set()).add(p0)
                 owner[i] = (b, pos, bool(e))
-    return {"drop": drop, "claims": claims, "skipped_superseding_real": skipped_real,
-            "ids": len(owner)}
+    return {"drop": drop, "claims": claims, "skipped_superseding_real": skipped_real, "ids": len(owner)}
 
 
 def batch_table(k: int):
@@ -182,8 +190,7 @@ def batch_table(k: int):
         "vector_key": [None if err[i] else f"vectors/{u}.json" for i, u in enumerate(ids)],
         "mime_type": mimes,
         "caption": captions,
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), DIM,
-                                                       mask=pa.array(err)),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), DIM, mask=pa.array(err)),
         "width": pa.array(rng.choice([4032, 1600, 1920, 3000, 1080], size=BATCH), pa.int32()),
         "height": pa.array(rng.choice([3024, 1200, 1080, 2000, 1920], size=BATCH), pa.int32()),
         "bytes": pa.array(rng.integers(80_000, 6_000_000, size=BATCH), pa.int64()),
@@ -196,15 +203,14 @@ def batch_table(k: int):
         "batch": [key] * BATCH,
         "error": ["TimeoutError: fetching original timed out after 30 s" if e else None for e in err],
         "tags": pa.array(tags, pa.list_(pa.string())),
-        "taken_at": pa.array([bt - timedelta(days=int(d)) if x else None
-                              for d, x in zip(rng.integers(0, 900, size=BATCH), exif)], ts),
+        "taken_at": pa.array(
+            [bt - timedelta(days=int(d)) if x else None for d, x in zip(rng.integers(0, 900, size=BATCH), exif)], ts
+        ),
         "camera_make": [c[0] for c in cams],
         "camera_model": [c[1] for c in cams],
         "lens": [c[2] for c in cams],
-        "gps_lat": pa.array(np.where(gps, rng.uniform(-60, 70, size=BATCH), np.nan), pa.float64(),
-                            mask=~gps),
-        "gps_lon": pa.array(np.where(gps, rng.uniform(-180, 180, size=BATCH), np.nan), pa.float64(),
-                            mask=~gps),
+        "gps_lat": pa.array(np.where(gps, rng.uniform(-60, 70, size=BATCH), np.nan), pa.float64(), mask=~gps),
+        "gps_lon": pa.array(np.where(gps, rng.uniform(-180, 180, size=BATCH), np.nan), pa.float64(), mask=~gps),
         "orientation": pa.array([1 if x else None for x in exif], pa.int8()),
     }
     return pa.table(cols, schema=schema(DIM))
@@ -238,11 +244,14 @@ def _log_state(uri: str) -> dict:
     if cps:
         cp = log_dir / cps[-1]
         t = pq.read_table(cp, columns=["add", "remove"])
-        out.update({
-            "checkpoint": cps[-1], "checkpoint_kib": round(cp.stat().st_size / 1024, 1),
-            "checkpoint_adds": t["add"].length() - t["add"].null_count,
-            "checkpoint_removes": t["remove"].length() - t["remove"].null_count,
-        })
+        out.update(
+            {
+                "checkpoint": cps[-1],
+                "checkpoint_kib": round(cp.stat().st_size / 1024, 1),
+                "checkpoint_adds": t["add"].length() - t["add"].null_count,
+                "checkpoint_removes": t["remove"].length() - t["remove"].null_count,
+            }
+        )
     return out
 
 
@@ -260,8 +269,9 @@ def _bulk_file(uri: str, table, month: str):
     import pyarrow.parquet as pq
     from deltalake.transaction import AddAction
 
-    data = table.set_column(table.schema.get_field_index("embedding"), "embedding",
-                            table.column("embedding").cast(pa.list_(pa.float32())))
+    data = table.set_column(
+        table.schema.get_field_index("embedding"), "embedding", table.column("embedding").cast(pa.list_(pa.float32()))
+    )
     rel = f"batch_month={month}/part-00000-{uuid.uuid4()}-c000.zstd.parquet"
     path = Path(uri) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,9 +331,13 @@ def write_window(settings, first_k: int, n: int) -> dict:
             table.write_batch(batch_key(k), rows, DIM, store)
             times.append(time.perf_counter() - t)
         reopen.append(sum(opened))
-    return {"batches": [first_k + 1, first_k + n], "median_ms": _ms(times),
-            "mean_ms": round(1000 * statistics.fmean(times), 1), "max_ms": round(1000 * max(times), 1),
-            "open_table_median_ms": _ms(reopen)}
+    return {
+        "batches": [first_k + 1, first_k + n],
+        "median_ms": _ms(times),
+        "mean_ms": round(1000 * statistics.fmean(times), 1),
+        "max_ms": round(1000 * max(times), 1),
+        "open_table_median_ms": _ms(reopen),
+    }
 
 
 def sample_points(n_batches: int, quick: bool) -> list[int]:
@@ -331,8 +345,9 @@ def sample_points(n_batches: int, quick: bool) -> list[int]:
     return sorted({p for p in pts if p <= n_batches} | {n_batches})
 
 
-def build_delta(settings, n_batches: int, points: list[int], window: int, all_real: bool, log=print,
-                compact_above: int = 0) -> dict:
+def build_delta(
+    settings, n_batches: int, points: list[int], window: int, all_real: bool, log=print, compact_above: int = 0
+) -> dict:
     """Write the table; returns the per-window write times and what was done in bulk. With
     `compact_above`, the table is compacted (as compact_assets_sensor does) whenever it holds more
     data files than that before a write_batch call; those compactions are timed apart."""
@@ -352,7 +367,9 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
     times: dict[int, float] = {}
     reopen: dict[int, float] = {}
     pending: list = []
-    plan = ownership_plan(n_batches, real) if not all_real else {"drop": {}, "claims": {}, "skipped_superseding_real": 0}
+    plan = (
+        ownership_plan(n_batches, real) if not all_real else {"drop": {}, "claims": {}, "skipped_superseding_real": 0}
+    )
     owners_root = settings.data_dir / "store"
     claims_written = 0
     bulk_commits = bulk_files = 0
@@ -374,10 +391,18 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
             if current is not None and len(current.file_uris()) > compact_above:
                 t = time.perf_counter()
                 done = assets.compact(retention_hours=168)
-                compactions.append({"before_batch": b, "seconds": round(time.perf_counter() - t, 2),
-                                    "files_before": done.files_before, "files_after": done.files_after})
-                log(f"  compaction before batch {b:,}: {done.files_before:,} -> {done.files_after:,} files "
-                    f"in {compactions[-1]['seconds']} s")
+                compactions.append(
+                    {
+                        "before_batch": b,
+                        "seconds": round(time.perf_counter() - t, 2),
+                        "files_before": done.files_before,
+                        "files_after": done.files_after,
+                    }
+                )
+                log(
+                    f"  compaction before batch {b:,}: {done.files_before:,} -> {done.files_after:,} files "
+                    f"in {compactions[-1]['seconds']} s"
+                )
             rows = table.to_pylist()
             with _timing_open_table() as opened:
                 t = time.perf_counter()
@@ -407,8 +432,10 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
         if time.monotonic() - last_log > 30:
             last_log = time.monotonic()
             n_real = len(times)
-            log(f"  table: batch {b:,}/{n_batches:,} ({n_real:,} through write_batch, "
-                f"{1000 * t_real / max(n_real, 1):.0f} ms mean; {bulk_files:,} bulk files)")
+            log(
+                f"  table: batch {b:,}/{n_batches:,} ({n_real:,} through write_batch, "
+                f"{1000 * t_real / max(n_real, 1):.0f} ms mean; {bulk_files:,} bulk files)"
+            )
     if pending:
         _bulk_commit(uri, pending)
         bulk_commits += 1
@@ -418,29 +445,43 @@ def build_delta(settings, n_batches: int, points: list[int], window: int, all_re
     for p, (lo, hi) in windows.items():
         w = [times[b] for b in range(lo, hi + 1) if b in times]
         ro = [reopen[b] for b in range(lo, hi + 1) if b in reopen]
-        out_windows.append({
-            "batch": p, "window": [lo, hi], "rows_before": (p - 1) * BATCH,
-            "open_table_median_ms": _ms(ro),
-            "median_ms": _ms(w), "mean_ms": round(1000 * statistics.fmean(w), 1),
-            "p90_ms": round(1000 * sorted(w)[int(0.9 * (len(w) - 1))], 1), "max_ms": round(1000 * max(w), 1),
-        })
+        out_windows.append(
+            {
+                "batch": p,
+                "window": [lo, hi],
+                "rows_before": (p - 1) * BATCH,
+                "open_table_median_ms": _ms(ro),
+                "median_ms": _ms(w),
+                "mean_ms": round(1000 * statistics.fmean(w), 1),
+                "p90_ms": round(1000 * sorted(w)[int(0.9 * (len(w) - 1))], 1),
+                "max_ms": round(1000 * max(w), 1),
+            }
+        )
     first, last = out_windows[0]["median_ms"], out_windows[-1]["median_ms"]
     all_t = list(times.values())
     return {
-        "batches": n_batches, "rows_written": n_batches * BATCH,
-        "method": ("every batch through write_batch" if all_real else
-                   f"write_batch for {len(real):,} batches in windows of {window} around the sample points; "
-                   f"the other {bulk_files:,} batches as one pyarrow file each, {bulk_commits} "
-                   f"create_write_transaction append commits of <= {BULK_FILES_PER_COMMIT} files, with "
-                   f"write_batch's one-row-per-id outcome applied ({sum(len(v) for v in plan['drop'].values()):,} "
-                   f"bulk rows left out) and {claims_written:,} owner claims for rows a write_batch window replaces"),
-        "write_batch_calls": len(times), "bulk_files": bulk_files, "bulk_commits": bulk_commits,
-        "compact_above": compact_above, "compactions": compactions,
+        "batches": n_batches,
+        "rows_written": n_batches * BATCH,
+        "method": (
+            "every batch through write_batch"
+            if all_real
+            else f"write_batch for {len(real):,} batches in windows of {window} around the sample points; "
+            f"the other {bulk_files:,} batches as one pyarrow file each, {bulk_commits} "
+            f"create_write_transaction append commits of <= {BULK_FILES_PER_COMMIT} files, with "
+            f"write_batch's one-row-per-id outcome applied ({sum(len(v) for v in plan['drop'].values()):,} "
+            f"bulk rows left out) and {claims_written:,} owner claims for rows a write_batch window replaces"
+        ),
+        "write_batch_calls": len(times),
+        "bulk_files": bulk_files,
+        "bulk_commits": bulk_commits,
+        "compact_above": compact_above,
+        "compactions": compactions,
         "bulk_rows_left_out": sum(len(v) for v in plan["drop"].values()),
         "bulk_rows_left_out_superseding_write_batch_rows": plan["skipped_superseding_real"],
         "bulk_claims_written": claims_written,
         "windows": out_windows,
-        "write_batch_median_ms": _ms(all_t), "write_batch_mean_ms": round(1000 * statistics.fmean(all_t), 1),
+        "write_batch_median_ms": _ms(all_t),
+        "write_batch_mean_ms": round(1000 * statistics.fmean(all_t), 1),
         "write_batch_rate_per_s": round(len(all_t) / sum(all_t), 2),
         "first_last_ratio": round(last / first, 2) if first else None,
         "flat": bool(first and last <= 2.0 * first),
@@ -501,13 +542,20 @@ def compaction(settings, log=print) -> dict:
     total = time.perf_counter() - t
     files_after, bytes_after = _du(Path(uri))
     out = {
-        "seconds": round(total, 1), **steps, **result.as_metadata(),
-        "data_files_on_disk_before": files_before, "data_files_on_disk_after": files_after,
-        "mib_before": round(bytes_before / 2**20), "mib_after": round(bytes_after / 2**20),
-        "log_before": log_before, "log_after": _log_state(uri),
+        "seconds": round(total, 1),
+        **steps,
+        **result.as_metadata(),
+        "data_files_on_disk_before": files_before,
+        "data_files_on_disk_after": files_after,
+        "mib_before": round(bytes_before / 2**20),
+        "mib_after": round(bytes_after / 2**20),
+        "log_before": log_before,
+        "log_after": _log_state(uri),
     }
-    log(f"  compact: {total:.1f} s ({steps}); files {result.files_before:,} -> {result.files_after:,}, "
-        f"vacuumed {result.vacuumed:,}")
+    log(
+        f"  compact: {total:.1f} s ({steps}); files {result.files_before:,} -> {result.files_after:,}, "
+        f"vacuumed {result.vacuumed:,}"
+    )
     return out
 
 
@@ -532,8 +580,10 @@ def legacy_connect(root: Path):
     con = duckdb.connect(":memory:")
     pattern = str(root / "batch=*" / "*.parquet")
     quoted = "'" + pattern.replace("'", "''") + "'"
-    con.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM "
-                f"read_parquet({quoted}, hive_partitioning=false, union_by_name=true)")
+    con.execute(
+        "CREATE OR REPLACE VIEW assets_all AS SELECT * FROM "
+        f"read_parquet({quoted}, hive_partitioning=false, union_by_name=true)"
+    )
     con.execute(_LEGACY_ASSETS_VIEW)
     return con
 
@@ -594,13 +644,19 @@ def measure(make_con, runs: int, queries: dict = QUERIES, label: str = "", log=p
             query_t.append(t2 - t1)
             total_t.append(t2 - t0)
         out[name] = {
-            "total_ms": _ms(total_t), "connect_ms": _ms(conn_t), "query_ms": _ms(query_t),
-            "total_ms_all": [round(1000 * x) for x in total_t], "ids": [r[0] for r in res],
+            "total_ms": _ms(total_t),
+            "connect_ms": _ms(conn_t),
+            "query_ms": _ms(query_t),
+            "total_ms_all": [round(1000 * x) for x in total_t],
+            "ids": [r[0] for r in res],
             "cpu": cpu.stop(),
-            "list_cosine_error": failed, "sql": sql,
+            "list_cosine_error": failed,
+            "sql": sql,
         }
-        log(f"  {label} {name}: {out[name]['total_ms']} ms = connect {out[name]['connect_ms']} + "
-            f"query {out[name]['query_ms']} (p50 of {runs}; other cores {out[name]['cpu']['other_cores']})")
+        log(
+            f"  {label} {name}: {out[name]['total_ms']} ms = connect {out[name]['connect_ms']} + "
+            f"query {out[name]['query_ms']} (p50 of {runs}; other cores {out[name]['cpu']['other_cores']})"
+        )
     return out
 
 
@@ -631,14 +687,19 @@ def profile_delta(settings, runs: int, log=print) -> dict:
         load += [t1 - t0]
         dataset += [t2 - t1]
         views += [t3 - t2]
-    out["connect_split_ms"] = {"open_table": _ms(load), "to_pyarrow_dataset": _ms(dataset),
-                               "duckdb_register_views": _ms(views)}
+    out["connect_split_ms"] = {
+        "open_table": _ms(load),
+        "to_pyarrow_dataset": _ms(dataset),
+        "duckdb_register_views": _ms(views),
+    }
     log(f"  connect split: {out['connect_split_ms']}")
 
     # the dedupe: which ids repeat, and the query on assets_all (no dedupe) for comparison
     con = assets.connect()
     t = time.perf_counter()
-    repeated = con.execute("SELECT count(*) FROM (SELECT id FROM assets_all GROUP BY id HAVING count(*) > 1)").fetchone()[0]
+    repeated = con.execute(
+        "SELECT count(*) FROM (SELECT id FROM assets_all GROUP BY id HAVING count(*) > 1)"
+    ).fetchone()[0]
     out["repeated_ids"] = repeated
     out["repeated_group_by_ms"] = round(1000 * (time.perf_counter() - t), 1)
     t = time.perf_counter()
@@ -648,8 +709,10 @@ def profile_delta(settings, runs: int, log=print) -> dict:
     out["rows_assets"] = con.execute("SELECT count(*) FROM assets").fetchone()[0]
     out["count_assets_ms"] = round(1000 * (time.perf_counter() - t), 1)
     con.close()
-    log(f"  dedupe: {repeated:,} repeated ids, GROUP BY {out['repeated_group_by_ms']} ms; "
-        f"rows {out['rows_all']:,} -> {out['rows_assets']:,}")
+    log(
+        f"  dedupe: {repeated:,} repeated ids, GROUP BY {out['repeated_group_by_ms']} ms; "
+        f"rows {out['rows_all']:,} -> {out['rows_assets']:,}"
+    )
     con = assets.connect()
     t = time.perf_counter()
     con.execute("SELECT max(len(embedding)) FROM assets_all").fetchall()
@@ -658,15 +721,21 @@ def profile_delta(settings, runs: int, log=print) -> dict:
     con.execute("SELECT max(processed_at), max(caption), max(id) FROM assets_all").fetchall()
     out["scan_id_caption_processed_at_ms"] = round(1000 * (time.perf_counter() - t), 1)
     con.close()
-    log(f"  scans of assets_all: embeddings {out['scan_embeddings_ms']} ms, id+caption+processed_at "
-        f"{out['scan_id_caption_processed_at_ms']} ms")
+    log(
+        f"  scans of assets_all: embeddings {out['scan_embeddings_ms']} ms, id+caption+processed_at "
+        f"{out['scan_id_caption_processed_at_ms']} ms"
+    )
+
     # ALTERNATIVE (not in dam_core): DuckDB's own Parquet reader over the table's current files.
     # Valid for this table: no deletion vectors, no column mapping; the partition column is in the path only.
     def read_parquet_con():
         files = DeltaTable(uri).file_uris()
         c = duckdb.connect(":memory:")
-        c.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM read_parquet($files, hive_partitioning=false)"
-                  .replace("$files", "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"))
+        c.execute(
+            "CREATE OR REPLACE VIEW assets_all AS SELECT * FROM read_parquet($files, hive_partitioning=false)".replace(
+                "$files", "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+            )
+        )
         c.execute(_ASSETS_VIEW)
         return c
 
@@ -681,16 +750,24 @@ def profile_delta(settings, runs: int, log=print) -> dict:
     alt_queries = {"recent": RECENT_SQL, "cosine": COSINE_ARRAY_SQL}
     out["alt_read_parquet_file_uris"] = measure(read_parquet_con, runs, alt_queries, "ALT read_parquet(file_uris)", log)
     # the same array-form cosine through the product's connect(), for a like-for-like comparison
-    out["array_cosine_product"] = measure(assets.connect, runs, {"cosine": COSINE_ARRAY_SQL},
-                                          "delta (product connect), array cosine", log)
+    out["array_cosine_product"] = measure(
+        assets.connect, runs, {"cosine": COSINE_ARRAY_SQL}, "delta (product connect), array cosine", log
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- run
 
 
-def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: str | None = None,
-        batches: int | None = None, log=print, compact_above: int = 0) -> dict:
+def run(
+    quick: bool,
+    out_dir: Path | None = None,
+    all_real: bool = False,
+    keep: str | None = None,
+    batches: int | None = None,
+    log=print,
+    compact_above: int = 0,
+) -> dict:
     import deltalake
     import duckdb
 
@@ -701,10 +778,16 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
     n_batches = batches or (1_563 if quick else 15_625)
     runs = 5
     window = 50 if quick else 100
-    out: dict = {"mode": "quick" if quick else "full", "machine": machine(),
-                 "versions": {"deltalake": deltalake.__version__, "duckdb": duckdb.__version__},
-                 "other_cores_at_start": other_load(2.0),
-                 "rows": n_batches * BATCH, "batches": n_batches, "batch_rows": BATCH, "dim": DIM}
+    out: dict = {
+        "mode": "quick" if quick else "full",
+        "machine": machine(),
+        "versions": {"deltalake": deltalake.__version__, "duckdb": duckdb.__version__},
+        "other_cores_at_start": other_load(2.0),
+        "rows": n_batches * BATCH,
+        "batches": n_batches,
+        "batch_rows": BATCH,
+        "dim": DIM,
+    }
     t_run = time.perf_counter()
     parent = keep or None
     tmp = tempfile.mkdtemp(prefix="bench-table-", dir=parent)
@@ -712,13 +795,24 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
         settings = load_settings(dam_data_dir=str(Path(tmp) / "delta"))
         uri = location(settings).uri
         Path(uri).mkdir(parents=True, exist_ok=True)
-        log(f"table: {n_batches:,} batches x {BATCH} rows into {uri} "
-            f"({'all through write_batch' if quick or all_real else 'write_batch windows + bulk'})")
-        out["writes"] = build_delta(settings, n_batches, sample_points(n_batches, quick), window,
-                                    all_real=quick or all_real, log=log, compact_above=compact_above)
+        log(
+            f"table: {n_batches:,} batches x {BATCH} rows into {uri} "
+            f"({'all through write_batch' if quick or all_real else 'write_batch windows + bulk'})"
+        )
+        out["writes"] = build_delta(
+            settings,
+            n_batches,
+            sample_points(n_batches, quick),
+            window,
+            all_real=quick or all_real,
+            log=log,
+            compact_above=compact_above,
+        )
         for w in out["writes"]["windows"]:
-            log(f"  write_batch at batch {w['batch']:>6,}: median {w['median_ms']} ms, mean {w['mean_ms']}, "
-                f"max {w['max_ms']} (window {w['window']})")
+            log(
+                f"  write_batch at batch {w['batch']:>6,}: median {w['median_ms']} ms, mean {w['mean_ms']}, "
+                f"max {w['max_ms']} (window {w['window']})"
+            )
 
         legacy_root = Path(tmp) / "legacy" / "store" / "metadata" / "assets"
         log("table: legacy layout (one file per batch, the pre-Delta reader) with the same rows")
@@ -741,8 +835,9 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
         lc = legacy_connect(legacy_root)
         out["legacy_distinct_ids"] = lc.execute("SELECT count(DISTINCT id) FROM assets_all").fetchone()[0]
         lc.close()
-        out["legacy"] = measure(lambda: legacy_connect(legacy_root), 3 if not quick else runs, QUERIES,
-                                "LEGACY layout", log)
+        out["legacy"] = measure(
+            lambda: legacy_connect(legacy_root), 3 if not quick else runs, QUERIES, "LEGACY layout", log
+        )
         target = 100 if quick else 300
         for q in QUERIES:
             d, lg = out["delta"][q], out["legacy"][q]
@@ -762,7 +857,9 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
         out["writes_after_compaction"] = write_window(settings, n_batches, 100)
         DeltaTable(uri).alter.set_table_properties({"delta.checkpointInterval": "10"})
         out["writes_checkpoint_interval_10"] = write_window(settings, n_batches + 100, 100)
-        log(f"  after compaction: {out['writes_after_compaction']}; interval 10: {out['writes_checkpoint_interval_10']}")
+        log(
+            f"  after compaction: {out['writes_after_compaction']}; interval 10: {out['writes_checkpoint_interval_10']}"
+        )
     finally:
         if keep is None:
             import shutil
@@ -773,7 +870,9 @@ def run(quick: bool, out_dir: Path | None = None, all_real: bool = False, keep: 
     out["seconds"] = round(time.perf_counter() - t_run, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / (("table-quick" if quick else "table") + (f"-compact{compact_above}" if compact_above else "") + ".json")
+        path = out_dir / (
+            ("table-quick" if quick else "table") + (f"-compact{compact_above}" if compact_above else "") + ".json"
+        )
         path.write_text(json.dumps(out, indent=1, default=str))
         log(f"table: wrote {path}")
     return out
@@ -806,8 +905,11 @@ def write_profile(n_batches: int, keep: str | None = None, log=print) -> dict:
         import warnings
 
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=__name__)
-        for name, kw in (("DeltaTable(uri)", {}), ("DeltaTable(uri, without_files=True)", {"without_files": True}),
-                         ("DeltaTable(uri, skip_stats=True)", {"skip_stats": True})):
+        for name, kw in (
+            ("DeltaTable(uri)", {}),
+            ("DeltaTable(uri, without_files=True)", {"without_files": True}),
+            ("DeltaTable(uri, skip_stats=True)", {"skip_stats": True}),
+        ):
             ts = []
             for _ in range(10):
                 t = time.perf_counter()
@@ -823,10 +925,16 @@ def write_profile(n_batches: int, keep: str | None = None, log=print) -> dict:
             month = batch_month(batch)
             data = _arrow(batch_table(k).to_pylist(), DIM, month)
             t0 = time.perf_counter()
-            write_deltalake(uri, data, mode="overwrite", predicate=f"{PARTITION_COLUMN} = '{month}' AND batch = '{batch}'",
-                            partition_by=[PARTITION_COLUMN], schema_mode="merge",
-                            configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
-                            writer_properties=WriterProperties(compression="ZSTD"))
+            write_deltalake(
+                uri,
+                data,
+                mode="overwrite",
+                predicate=f"{PARTITION_COLUMN} = '{month}' AND batch = '{batch}'",
+                partition_by=[PARTITION_COLUMN],
+                schema_mode="merge",
+                configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
+                writer_properties=WriterProperties(compression="ZSTD"),
+            )
             t1 = time.perf_counter()
             DeltaTable(uri, without_files=True).version()
             return t1 - t0, time.perf_counter() - t1
@@ -837,10 +945,14 @@ def write_profile(n_batches: int, keep: str | None = None, log=print) -> dict:
             w.append(a)
             v.append(b)
         k += 100
-        out["alt_version_without_files"] = {"write_deltalake_median_ms": _ms(w), "version_lookup_median_ms": _ms(v),
-                                            "total_median_ms": _ms([a + b for a, b in zip(w, v)]),
-                                            "mean_ms": round(1000 * statistics.fmean([a + b for a, b in zip(w, v)]), 1)}
+        out["alt_version_without_files"] = {
+            "write_deltalake_median_ms": _ms(w),
+            "version_lookup_median_ms": _ms(v),
+            "total_median_ms": _ms([a + b for a, b in zip(w, v)]),
+            "mean_ms": round(1000 * statistics.fmean([a + b for a, b in zip(w, v)]), 1),
+        }
         log(f"  ALT version lookup without files: {out['alt_version_without_files']}")
+
         def alt_write_object(k: int) -> float:
             """ALTERNATIVE write_batch: load the table once, write through that object, read its version."""
             batch = batch_key(k)
@@ -848,10 +960,16 @@ def write_profile(n_batches: int, keep: str | None = None, log=print) -> dict:
             data = _arrow(batch_table(k).to_pylist(), DIM, month)
             t0 = time.perf_counter()
             table = DeltaTable(uri)
-            write_deltalake(table, data, mode="overwrite", predicate=f"{PARTITION_COLUMN} = '{month}' AND batch = '{batch}'",
-                            partition_by=[PARTITION_COLUMN], schema_mode="merge",
-                            configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
-                            writer_properties=WriterProperties(compression="ZSTD"))
+            write_deltalake(
+                table,
+                data,
+                mode="overwrite",
+                predicate=f"{PARTITION_COLUMN} = '{month}' AND batch = '{batch}'",
+                partition_by=[PARTITION_COLUMN],
+                schema_mode="merge",
+                configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
+                writer_properties=WriterProperties(compression="ZSTD"),
+            )
             version = table.version()
             dt = time.perf_counter() - t0
             assert version == DeltaTable(uri).version(), "the object's version is not the table's"
@@ -859,8 +977,11 @@ def write_profile(n_batches: int, keep: str | None = None, log=print) -> dict:
 
         ts = [alt_write_object(k + i) for i in range(100)]
         k += 100
-        out["alt_write_through_table_object"] = {"median_ms": _ms(ts), "mean_ms": round(1000 * statistics.fmean(ts), 1),
-                                                 "max_ms": round(1000 * max(ts), 1)}
+        out["alt_write_through_table_object"] = {
+            "median_ms": _ms(ts),
+            "mean_ms": round(1000 * statistics.fmean(ts), 1),
+            "max_ms": round(1000 * max(ts), 1),
+        }
         log(f"  ALT write through one DeltaTable object: {out['alt_write_through_table_object']}")
         out["product_write_batch_again"] = write_window(settings, k, 100)
         k += 100
@@ -880,93 +1001,139 @@ def lines(r: dict) -> list[str]:
     w = r["writes"]
     c = r["compaction"]
     p = r["profile"]
-    L = [f"== assets Delta table: {r['rows']:,} rows = {r['batches']:,} batches x {r['batch_rows']} "
-         f"({r['mode']}; deltalake {r['versions']['deltalake']}, duckdb {r['versions']['duckdb']}; "
-         f"{r['machine']['cpu']}, {r['machine']['cores']} cores, other load at start {r['other_cores_at_start']} cores) =="]
+    L = [
+        f"== assets Delta table: {r['rows']:,} rows = {r['batches']:,} batches x {r['batch_rows']} "
+        f"({r['mode']}; deltalake {r['versions']['deltalake']}, duckdb {r['versions']['duckdb']}; "
+        f"{r['machine']['cpu']}, {r['machine']['cores']} cores, other load at start {r['other_cores_at_start']} cores) =="
+    ]
     L.append("")
-    L.append(f"{'top-10 query (new connect per run, p50)':<44}| {'Delta, compacted':>26} | {'LEGACY layout (files)':>26} | "
-             f"{'speedup':>7} | {'target':>8}")
+    L.append(
+        f"{'top-10 query (new connect per run, p50)':<44}| {'Delta, compacted':>26} | {'LEGACY layout (files)':>26} | "
+        f"{'speedup':>7} | {'target':>8}"
+    )
     L.append(f"{'':<44}| {'total = connect + query ms':>26} | {'total = connect + query ms':>26} | {'':>7} |")
     for q, sql in QUERIES.items():
         d, lg = r["delta"][q], r["legacy"][q]
-        L.append(f"{q + (' (processed_at DESC)' if q == 'recent' else ' (cosine to a query vector)'):<44}| "
-                 f"{d['total_ms']:>8.0f} = {d['connect_ms']:>6.0f} + {d['query_ms']:>6.0f} | "
-                 f"{lg['total_ms']:>8.0f} = {lg['connect_ms']:>6.0f} + {lg['query_ms']:>6.0f} | "
-                 f"{d['speedup_vs_legacy']:>6}x | < {d['target_ms']} ms {'met' if d['met'] else 'SHORT'}"
-                 f"{'' if d['same_ids_as_legacy'] else '  (ids differ!)'}"
-                 f"{'  (list_cosine_similarity FAILED on the Delta side: array form measured)' if d.get('list_cosine_error') else ''}")
+        L.append(
+            f"{q + (' (processed_at DESC)' if q == 'recent' else ' (cosine to a query vector)'):<44}| "
+            f"{d['total_ms']:>8.0f} = {d['connect_ms']:>6.0f} + {d['query_ms']:>6.0f} | "
+            f"{lg['total_ms']:>8.0f} = {lg['connect_ms']:>6.0f} + {lg['query_ms']:>6.0f} | "
+            f"{d['speedup_vs_legacy']:>6}x | < {d['target_ms']} ms {'met' if d['met'] else 'SHORT'}"
+            f"{'' if d['same_ids_as_legacy'] else '  (ids differ!)'}"
+            f"{'  (list_cosine_similarity FAILED on the Delta side: array form measured)' if d.get('list_cosine_error') else ''}"
+        )
     ub = r["delta_before_compaction"]
-    L.append(f"{'  Delta before compaction (1 run)':<44}| recent {ub['recent']['total_ms']:.0f} ms, cosine"
-             f"{'*' if ub['cosine'].get('list_cosine_error') else ''} {ub['cosine']['total_ms']:.0f} ms "
-             f"(connect {ub['recent']['connect_ms']:.0f} ms)")
+    L.append(
+        f"{'  Delta before compaction (1 run)':<44}| recent {ub['recent']['total_ms']:.0f} ms, cosine"
+        f"{'*' if ub['cosine'].get('list_cosine_error') else ''} {ub['cosine']['total_ms']:.0f} ms "
+        f"(connect {ub['recent']['connect_ms']:.0f} ms)"
+    )
     alt = p["alt_read_parquet_file_uris"]
-    L.append(f"{'  ALT read_parquet(DeltaTable.file_uris())':<44}| recent {alt['recent']['total_ms']:.0f} = "
-             f"{alt['recent']['connect_ms']:.0f} + {alt['recent']['query_ms']:.0f} ms, cosine* "
-             f"{alt['cosine']['total_ms']:.0f} = {alt['cosine']['connect_ms']:.0f} + {alt['cosine']['query_ms']:.0f} ms")
+    L.append(
+        f"{'  ALT read_parquet(DeltaTable.file_uris())':<44}| recent {alt['recent']['total_ms']:.0f} = "
+        f"{alt['recent']['connect_ms']:.0f} + {alt['recent']['query_ms']:.0f} ms, cosine* "
+        f"{alt['cosine']['total_ms']:.0f} = {alt['cosine']['connect_ms']:.0f} + {alt['cosine']['query_ms']:.0f} ms"
+    )
     ac = p["array_cosine_product"]["cosine"]
-    L.append(f"{'  product connect(), cosine*':<44}| {ac['total_ms']:.0f} = {ac['connect_ms']:.0f} + {ac['query_ms']:.0f} ms"
-             f"   (* array_cosine_similarity(embedding::FLOAT[512], ...), the array form; on a raw read_parquet "
-             f"DuckDB 2.0.1's list_cosine_similarity refuses a column with NULL lists, connect()'s view slices them clean)")
+    L.append(
+        f"{'  product connect(), cosine*':<44}| {ac['total_ms']:.0f} = {ac['connect_ms']:.0f} + {ac['query_ms']:.0f} ms"
+        f"   (* array_cosine_similarity(embedding::FLOAT[512], ...), the array form; on a raw read_parquet "
+        f"DuckDB 2.0.1's list_cosine_similarity refuses a column with NULL lists, connect()'s view slices them clean)"
+    )
     cs = p["connect_split_ms"]
-    L.append(f"{'  connect() split (compacted)':<44}| open_table {cs['open_table']} ms, to_pyarrow_dataset "
-             f"{cs['to_pyarrow_dataset']} ms, DuckDB register+views {cs['duckdb_register_views']} ms")
-    L.append(f"{'  scans of assets_all (compacted, 1 run)':<44}| embeddings {p['scan_embeddings_ms']} ms, "
-             f"id+caption+processed_at {p['scan_id_caption_processed_at_ms']} ms")
-    L.append(f"{'  one row per id (check)':<44}| {p['repeated_ids']:,} repeated ids in assets_all "
-             f"(GROUP BY id HAVING count>1: {p['repeated_group_by_ms']} ms); rows {p['rows_all']:,}, legacy distinct ids "
-             f"{r.get('legacy_distinct_ids', 0):,}")
+    L.append(
+        f"{'  connect() split (compacted)':<44}| open_table {cs['open_table']} ms, to_pyarrow_dataset "
+        f"{cs['to_pyarrow_dataset']} ms, DuckDB register+views {cs['duckdb_register_views']} ms"
+    )
+    L.append(
+        f"{'  scans of assets_all (compacted, 1 run)':<44}| embeddings {p['scan_embeddings_ms']} ms, "
+        f"id+caption+processed_at {p['scan_id_caption_processed_at_ms']} ms"
+    )
+    L.append(
+        f"{'  one row per id (check)':<44}| {p['repeated_ids']:,} repeated ids in assets_all "
+        f"(GROUP BY id HAVING count>1: {p['repeated_group_by_ms']} ms); rows {p['rows_all']:,}, legacy distinct ids "
+        f"{r.get('legacy_distinct_ids', 0):,}"
+    )
     L.append("")
     L.append(f"write_batch per batch ({w['method']}):")
     L.append("  batch        " + "".join(f"{x['batch']:>9,}" for x in w["windows"]))
     for key, name in (("median_ms", "median ms"), ("mean_ms", "mean ms"), ("max_ms", "max ms")):
         L.append(f"  {name:<13}" + "".join(f"{x[key]:>9}" for x in w["windows"]))
-    L.append(f"  {'open_table ms':<13}" + "".join(f"{x['open_table_median_ms']:>9}" for x in w["windows"])
-             + "   (the AssetTable.open() each write_batch makes before its commit; inside the median)")
-    L.append(f"  last/first median {w['first_last_ratio']}x  [target flat (<= 2x): {'met' if w['flat'] else 'SHORT'}]; "
-             f"write_batch median {w['write_batch_median_ms']} ms over {w['write_batch_calls']:,} calls "
-             f"({w['write_batch_rate_per_s']} commits/s); table built in {w['build_s']:.0f} s")
+    L.append(
+        f"  {'open_table ms':<13}"
+        + "".join(f"{x['open_table_median_ms']:>9}" for x in w["windows"])
+        + "   (the AssetTable.open() each write_batch makes before its commit; inside the median)"
+    )
+    L.append(
+        f"  last/first median {w['first_last_ratio']}x  [target flat (<= 2x): {'met' if w['flat'] else 'SHORT'}]; "
+        f"write_batch median {w['write_batch_median_ms']} ms over {w['write_batch_calls']:,} calls "
+        f"({w['write_batch_rate_per_s']} commits/s); table built in {w['build_s']:.0f} s"
+    )
     if w.get("compact_above"):
         cs = w.get("compactions") or []
-        L.append(f"  compacted whenever over {w['compact_above']:,} files before a write_batch (compact_assets_sensor's "
-                 f"rule): {len(cs)} compaction(s), " + ", ".join(
-                     f"before batch {c['before_batch']:,}: {c['files_before']:,} -> {c['files_after']:,} files in {c['seconds']} s"
-                     for c in cs))
+        L.append(
+            f"  compacted whenever over {w['compact_above']:,} files before a write_batch (compact_assets_sensor's "
+            f"rule): {len(cs)} compaction(s), "
+            + ", ".join(
+                f"before batch {c['before_batch']:,}: {c['files_before']:,} -> {c['files_after']:,} files in {c['seconds']} s"
+                for c in cs
+            )
+        )
     else:
-        L.append("  no compaction while writing (the table's raw growth; compact_assets_sensor compacts above "
-                 "1,000 files: `--compact-above 1000`)")
-    for key, what in (("writes_after_compaction", "after compaction, default checkpoint interval (100)"),
-                      ("writes_checkpoint_interval_10", "after compaction, ALT delta.checkpointInterval=10")):
+        L.append(
+            "  no compaction while writing (the table's raw growth; compact_assets_sensor compacts above "
+            "1,000 files: `--compact-above 1000`)"
+        )
+    for key, what in (
+        ("writes_after_compaction", "after compaction, default checkpoint interval (100)"),
+        ("writes_checkpoint_interval_10", "after compaction, ALT delta.checkpointInterval=10"),
+    ):
         x = r.get(key)
         if x:
-            L.append(f"  {what}: batches {x['batches'][0]:,}-{x['batches'][1]:,}: median {x['median_ms']} ms, "
-                     f"mean {x['mean_ms']}, max {x['max_ms']} (open_table {x['open_table_median_ms']} ms)")
+            L.append(
+                f"  {what}: batches {x['batches'][0]:,}-{x['batches'][1]:,}: median {x['median_ms']} ms, "
+                f"mean {x['mean_ms']}, max {x['max_ms']} (open_table {x['open_table_median_ms']} ms)"
+            )
     L.append("")
-    L.append(f"compaction (AssetTable.compact(0)): {c['seconds']} s (remove_duplicates {c.get('remove_duplicates_s')} s, "
-             f"{c.get('duplicates_removed')} removed; optimize {c.get('optimize_s')} s, checkpoint "
-             f"{c.get('checkpoint_s')} s, vacuum {c.get('vacuum_s')} s, cleanup_metadata {c.get('cleanup_metadata_s')} s); "
-             f"files {c['files_before']:,} -> {c['files_after']:,} ({c['mib_before']:,} -> {c['mib_after']:,} MiB), "
-             f"vacuumed {c['vacuumed']:,}; version {c['version_before']} -> {c['version_after']}")
+    L.append(
+        f"compaction (AssetTable.compact(0)): {c['seconds']} s (remove_duplicates {c.get('remove_duplicates_s')} s, "
+        f"{c.get('duplicates_removed')} removed; optimize {c.get('optimize_s')} s, checkpoint "
+        f"{c.get('checkpoint_s')} s, vacuum {c.get('vacuum_s')} s, cleanup_metadata {c.get('cleanup_metadata_s')} s); "
+        f"files {c['files_before']:,} -> {c['files_after']:,} ({c['mib_before']:,} -> {c['mib_after']:,} MiB), "
+        f"vacuumed {c['vacuumed']:,}; version {c['version_before']} -> {c['version_after']}"
+    )
     la = c["log_after"]
-    L.append(f"  _delta_log after: {la['log_files']:,} files ({la['json_commits']:,} commits), checkpoint "
-             f"{la.get('checkpoint_kib')} KiB with {la.get('checkpoint_adds')} adds, {la.get('checkpoint_removes')} removes")
+    L.append(
+        f"  _delta_log after: {la['log_files']:,} files ({la['json_commits']:,} commits), checkpoint "
+        f"{la.get('checkpoint_kib')} KiB with {la.get('checkpoint_adds')} adds, {la.get('checkpoint_removes')} removes"
+    )
     L.append(f"legacy layout: {r['legacy_build']['files']:,} files, {r['legacy_build']['mib']:,} MiB")
     return L
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.table", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.table", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="100k rows (1,563 batches), all through write_batch")
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--all-real", action="store_true", help="full run: every batch through write_batch (slow)")
     ap.add_argument("--keep", metavar="DIR", help="build the tables under DIR and keep them")
     ap.add_argument("--batches", type=int, help="another table size (a smoke test); the results JSON is not written")
-    ap.add_argument("--compact-above", type=int, default=0, metavar="FILES",
-                    help="compact whenever the table holds more data files than this before a write_batch "
-                         "(what compact_assets_sensor does at DAM_COMPACT_MAX_FILES=1000); 0: never")
-    ap.add_argument("--write-profile", action="store_true",
-                    help="only: why write_batch grows with the file count (snapshot loads, alternatives), "
-                         "at 15,625 files (1,563 with --quick); writes OUT/table-write-profile.json")
+    ap.add_argument(
+        "--compact-above",
+        type=int,
+        default=0,
+        metavar="FILES",
+        help="compact whenever the table holds more data files than this before a write_batch "
+        "(what compact_assets_sensor does at DAM_COMPACT_MAX_FILES=1000); 0: never",
+    )
+    ap.add_argument(
+        "--write-profile",
+        action="store_true",
+        help="only: why write_batch grows with the file count (snapshot loads, alternatives), "
+        "at 15,625 files (1,563 with --quick); writes OUT/table-write-profile.json",
+    )
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -979,8 +1146,15 @@ def main(argv=None) -> int:
         print(json.dumps(r, indent=1))
         return 0
 
-    r = run(args.quick, None if args.batches else Path(args.out), all_real=args.all_real, keep=args.keep,
-            batches=args.batches, log=log, compact_above=args.compact_above)
+    r = run(
+        args.quick,
+        None if args.batches else Path(args.out),
+        all_real=args.all_real,
+        keep=args.keep,
+        batches=args.batches,
+        log=log,
+        compact_above=args.compact_above,
+    )
     for line in lines(r):
         print(line)
     return 0

@@ -158,9 +158,19 @@ class Proxy:
     def __init__(self, target: tuple[str, int], one_way_s: float):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.netem", "--listen", f"127.0.0.1:{self.port}",
-             "--target", f"{target[0]}:{target[1]}", "--delay-ms", str(1000 * one_way_s)],
-            env=clean_env({}), stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "bench.netem",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--target",
+                f"{target[0]}:{target[1]}",
+                "--delay-ms",
+                str(1000 * one_way_s),
+            ],
+            env=clean_env({}),
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -187,8 +197,9 @@ class MotoServer:
     def __init__(self):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.upload", "moto", str(self.port)], env=clean_env({}),
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.upload", "moto", str(self.port)], env=clean_env({}), stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -203,10 +214,20 @@ class MotoServer:
         import boto3
 
         name = f"bench-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, aws_access_key_id="test",
-                     aws_secret_access_key="test").create_bucket(Bucket=name)
-        return {"R2_ENDPOINT": self.endpoint, "R2_ACCESS_KEY_ID": "test", "R2_SECRET_ACCESS_KEY": "test",
-                "R2_BUCKET": name, "R2_REGION": S3_REGION}
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=S3_REGION,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).create_bucket(Bucket=name)
+        return {
+            "R2_ENDPOINT": self.endpoint,
+            "R2_ACCESS_KEY_ID": "test",
+            "R2_SECRET_ACCESS_KEY": "test",
+            "R2_BUCKET": name,
+            "R2_REGION": S3_REGION,
+        }
 
     def stop(self):
         if self.proc.poll() is None:
@@ -243,7 +264,17 @@ def start_server(kind: str, port: int, env: dict, workers: int = 1) -> subproces
         if workers > 1:
             cmd += ["--workers", str(workers)]
     else:
-        cmd = [sys.executable, "-m", "bench.naive_producer", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.naive_producer",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -259,9 +290,21 @@ def stop_server(proc: subprocess.Popen) -> str:
     return err[-2000:]
 
 
-def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: float, warmup: float,
-               moto: MotoServer | None, big: bytes | None, log=print, amqp_url: str = RABBIT_URL,
-               s3_endpoint: str | None = None, extra_pids: list[int] | None = None, workers: int = 1) -> dict:
+def run_server(
+    kind: str,
+    backend: str,
+    images_dir: Path,
+    tmp: Path,
+    duration: float,
+    warmup: float,
+    moto: MotoServer | None,
+    big: bytes | None,
+    log=print,
+    amqp_url: str = RABBIT_URL,
+    s3_endpoint: str | None = None,
+    extra_pids: list[int] | None = None,
+    workers: int = 1,
+) -> dict:
     import httpx
 
     queue = f"bench-{kind}-{uuid.uuid4().hex[:10]}"
@@ -281,13 +324,35 @@ def run_server(kind: str, backend: str, images_dir: Path, tmp: Path, duration: f
         rss_start = pid_rss_mb(proc.pid)
         own = [proc.pid] + ([moto.proc.pid] if backend == "s3" else []) + list(extra_pids or [])
         mon = CpuMonitor(pids=own, broker_pids=broker_pids())
-        split = CpuSplit({"server": [proc.pid], "store": [moto.proc.pid] if backend == "s3" else [],
-                          "broker": broker_pids(), "proxies": list(extra_pids or [])})
+        split = CpuSplit(
+            {
+                "server": [proc.pid],
+                "store": [moto.proc.pid] if backend == "s3" else [],
+                "broker": broker_pids(),
+                "proxies": list(extra_pids or []),
+            }
+        )
         server_cpu0 = pid_cpu(proc.pid)
         lg = subprocess.run(
-            [sys.executable, "-m", "bench.loadgen", "--url", base + "/upload", "--images", str(images_dir),
-             "--concurrency", str(CONCURRENCY), "--duration", str(duration), "--warmup", str(warmup)],
-            stdout=subprocess.PIPE, text=True, timeout=duration + warmup + 180, env=clean_env({}),
+            [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                "--url",
+                base + "/upload",
+                "--images",
+                str(images_dir),
+                "--concurrency",
+                str(CONCURRENCY),
+                "--duration",
+                str(duration),
+                "--warmup",
+                str(warmup),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=duration + warmup + 180,
+            env=clean_env({}),
         )
         cpu = mon.stop()
         server_cpu = (pid_cpu(proc.pid) or 0.0) - (server_cpu0 or 0.0)
@@ -430,8 +495,12 @@ def broker_ceiling(seconds: float) -> dict:
             n += 1
         dt = time.perf_counter() - t0
         lat.sort()
-        return {"publishes": n, "publishes_per_s": round(n / dt, 1),
-                "latency_ms_p50": round(1000 * lat[len(lat) // 2], 2), "latency_ms_p99": round(1000 * lat[int(len(lat) * 0.99)], 2)}
+        return {
+            "publishes": n,
+            "publishes_per_s": round(n / dt, 1),
+            "latency_ms_p50": round(1000 * lat[len(lat) // 2], 2),
+            "latency_ms_p99": round(1000 * lat[int(len(lat) * 0.99)], 2),
+        }
     finally:
         q.close()
         delete_queues([name, f"{name}.dead"])
@@ -451,24 +520,39 @@ def run(quick: bool, log=print) -> dict:
         tmp = Path(tmp)
         sizes = make_images(tmp / "images", 8 if quick else 32)
         out["image_bytes_mean"] = int(sum(sizes) / len(sizes))
-        log(f"upload: {len(sizes)} JPEGs of ~{out['image_bytes_mean'] // 1000} KB; {CONCURRENCY} clients, "
-            f"{duration:g}s per run; RabbitMQ {RABBIT_URL.split('@')[-1]}")
+        log(
+            f"upload: {len(sizes)} JPEGs of ~{out['image_bytes_mean'] // 1000} KB; {CONCURRENCY} clients, "
+            f"{duration:g}s per run; RabbitMQ {RABBIT_URL.split('@')[-1]}"
+        )
         big = big_jpeg()
         moto = MotoServer()
         try:
             for backend in ("local", "s3"):
                 for kind in ("api", "naive"):
                     log(f"upload: {kind} on {backend} store ...")
-                    r = run_server(kind, backend, tmp / "images", tmp, duration, warmup, moto,
-                                   big if kind == "api" else None, log=log)
+                    r = run_server(
+                        kind,
+                        backend,
+                        tmp / "images",
+                        tmp,
+                        duration,
+                        warmup,
+                        moto,
+                        big if kind == "api" else None,
+                        log=log,
+                    )
                     out["runs"][f"{kind}_{backend}"] = r
                     lat = r["latency_ms"]
-                    log(f"  {r['requests_per_s']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
-                        f"peak RSS {r['server_peak_rss_mb']:.0f} MiB, statuses {r['statuses']}")
+                    log(
+                        f"  {r['requests_per_s']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
+                        f"peak RSS {r['server_peak_rss_mb']:.0f} MiB, statuses {r['statuses']}"
+                    )
                     if "big_upload" in r:
                         b = r["big_upload"]
-                        log(f"  25 MiB upload: {b['status']} in {b['seconds']}s, peak RSS {b['peak_rss_before_mb']:.0f} -> "
-                            f"{b['peak_rss_after_mb']:.0f} MiB (delta {b['delta_mb']} MiB)")
+                        log(
+                            f"  25 MiB upload: {b['status']} in {b['seconds']}s, peak RSS {b['peak_rss_before_mb']:.0f} -> "
+                            f"{b['peak_rss_after_mb']:.0f} MiB (delta {b['delta_mb']} MiB)"
+                        )
             rtt = RTT_MS
             log(f"upload: with {rtt:g} ms round trips to RabbitMQ and to S3 (bench.netem proxies), as in production")
             proxies = [Proxy(("127.0.0.1", 5672), rtt / 2000), Proxy(("127.0.0.1", moto.port), rtt / 2000)]
@@ -476,13 +560,26 @@ def run(quick: bool, log=print) -> dict:
                 rabbit_far = RABBIT_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxies[0].port}")
                 for kind in ("api", "naive"):
                     log(f"upload: {kind} on s3 store, {rtt:g} ms RTT ...")
-                    r = run_server(kind, "s3", tmp / "images", tmp, duration, warmup, moto, None, log=log,
-                                   amqp_url=rabbit_far, s3_endpoint=f"http://127.0.0.1:{proxies[1].port}",
-                                   extra_pids=[px.proc.pid for px in proxies])
+                    r = run_server(
+                        kind,
+                        "s3",
+                        tmp / "images",
+                        tmp,
+                        duration,
+                        warmup,
+                        moto,
+                        None,
+                        log=log,
+                        amqp_url=rabbit_far,
+                        s3_endpoint=f"http://127.0.0.1:{proxies[1].port}",
+                        extra_pids=[px.proc.pid for px in proxies],
+                    )
                     r["rtt_ms"] = rtt
                     out["runs"][f"{kind}_s3_rtt{rtt:g}ms"] = r
                     lat = r["latency_ms"]
-                    log(f"  {r['requests_per_s']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, statuses {r['statuses']}")
+                    log(
+                        f"  {r['requests_per_s']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, statuses {r['statuses']}"
+                    )
             finally:
                 for px in proxies:
                     px.stop()
@@ -522,8 +619,14 @@ RTTS_MS = (0.0, 10.0, 20.0)
 TARGETS = {"vs_ceiling": 0.8, "p99_vs_ceiling": 1.5, "vs_naive": 1.0}
 
 
-def s3_put_ceiling(s3_env: dict, payloads: list[bytes], seconds: float, warmup: float,
-                   threads: int = CONCURRENCY, cpu_groups: dict[str, list[int]] | None = None) -> dict:
+def s3_put_ceiling(
+    s3_env: dict,
+    payloads: list[bytes],
+    seconds: float,
+    warmup: float,
+    threads: int = CONCURRENCY,
+    cpu_groups: dict[str, list[int]] | None = None,
+) -> dict:
     """The store's own speed: `threads` clients doing nothing but unique-key creates (the API's
     first call per upload), through the product's S3Store, with the same latency percentiles."""
     from bench.loadgen import percentile
@@ -568,13 +671,18 @@ def _compare(api: dict, ceiling: dict, naive: dict) -> dict:
     rps, p99 = api["requests_per_s"] or 0.0, api["latency_ms"]["p99"]
     out = {
         "vs_ceiling": round(rps / ceiling["requests_per_s"], 2) if ceiling["requests_per_s"] else None,
-        "p99_vs_ceiling": round(p99 / ceiling["latency_ms"]["p99"], 2) if p99 and ceiling["latency_ms"]["p99"] else None,
+        "p99_vs_ceiling": round(p99 / ceiling["latency_ms"]["p99"], 2)
+        if p99 and ceiling["latency_ms"]["p99"]
+        else None,
         "vs_naive": round(rps / naive["requests_per_s"], 2) if naive["requests_per_s"] else None,
     }
     out["met"] = bool(
-        out["vs_ceiling"] is not None and out["vs_ceiling"] >= TARGETS["vs_ceiling"]
-        and out["p99_vs_ceiling"] is not None and out["p99_vs_ceiling"] <= TARGETS["p99_vs_ceiling"]
-        and out["vs_naive"] is not None and out["vs_naive"] >= TARGETS["vs_naive"]
+        out["vs_ceiling"] is not None
+        and out["vs_ceiling"] >= TARGETS["vs_ceiling"]
+        and out["p99_vs_ceiling"] is not None
+        and out["p99_vs_ceiling"] <= TARGETS["p99_vs_ceiling"]
+        and out["vs_naive"] is not None
+        and out["vs_naive"] >= TARGETS["vs_naive"]
     )
     return out
 
@@ -590,8 +698,10 @@ def run_rtt(quick: bool, log=print, workers: tuple[int, ...] = (1, 2), rtts_ms: 
         sizes = make_images(tmp / "images", 8 if quick else 32)
         payloads = [f.read_bytes() for f in sorted((tmp / "images").glob("*.jpg"))]
         out["image_bytes_mean"] = int(sum(sizes) / len(sizes))
-        log(f"upload_rtt: {len(sizes)} JPEGs of ~{out['image_bytes_mean'] // 1000} KB (every body made unique); "
-            f"{CONCURRENCY} clients, {duration:g}s per run after {warmup:g}s warm-up; S3 = moto, RabbitMQ local")
+        log(
+            f"upload_rtt: {len(sizes)} JPEGs of ~{out['image_bytes_mean'] // 1000} KB (every body made unique); "
+            f"{CONCURRENCY} clients, {duration:g}s per run after {warmup:g}s warm-up; S3 = moto, RabbitMQ local"
+        )
         moto = MotoServer()
         try:
             for rtt in rtts_ms:
@@ -607,12 +717,15 @@ def run_rtt(quick: bool, log=print, workers: tuple[int, ...] = (1, 2), rtts_ms: 
                     s3env = moto.bucket()
                     if s3_endpoint:
                         s3env["R2_ENDPOINT"] = s3_endpoint
-                    row["ceiling"] = s3_put_ceiling(s3env, payloads, duration, warmup, cpu_groups={
-                        "store": [moto.proc.pid], "proxies": extra_pids})
+                    row["ceiling"] = s3_put_ceiling(
+                        s3env, payloads, duration, warmup, cpu_groups={"store": [moto.proc.pid], "proxies": extra_pids}
+                    )
                     kw = dict(log=log, amqp_url=amqp_url, s3_endpoint=s3_endpoint, extra_pids=extra_pids)
                     row["naive"] = run_server("naive", "s3", tmp / "images", tmp, duration, warmup, moto, None, **kw)
                     for n in workers:
-                        api = run_server("api", "s3", tmp / "images", tmp, duration, warmup, moto, None, workers=n, **kw)
+                        api = run_server(
+                            "api", "s3", tmp / "images", tmp, duration, warmup, moto, None, workers=n, **kw
+                        )
                         api["vs"] = _compare(api, row["ceiling"], row["naive"])
                         row[f"api_w{n}"] = api
                     out["rtts"][f"{rtt:g}"] = row
@@ -628,21 +741,30 @@ def run_rtt(quick: bool, log=print, workers: tuple[int, ...] = (1, 2), rtts_ms: 
 
 def rtt_table(result: dict) -> list[str]:
     """The run_rtt result as a fixed-width table, then the CPU each request cost, per process."""
-    head = (f"{'RTT':>6}  {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  {'/ceiling':>8} {'p99/ceil':>8} "
-            f"{'/naive':>7}  target")
+    head = (
+        f"{'RTT':>6}  {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  {'/ceiling':>8} {'p99/ceil':>8} "
+        f"{'/naive':>7}  target"
+    )
     lines = [head, "-" * len(head)]
     for rtt, row in result["rtts"].items():
         for name, r in row.items():
             lat = r["latency_ms"]
             label = {"ceiling": "store ceiling", "naive": "naive"}.get(name, f"dam api w={name[5:]}")
             vs = r.get("vs")
-            cols = (f"{vs['vs_ceiling']:>8} {vs['p99_vs_ceiling']:>8} {vs['vs_naive']:>7}  {'met' if vs['met'] else 'SHORT'}"
-                    if vs else f"{'':>8} {'':>8} {'':>7}")
+            cols = (
+                f"{vs['vs_ceiling']:>8} {vs['p99_vs_ceiling']:>8} {vs['vs_naive']:>7}  {'met' if vs['met'] else 'SHORT'}"
+                if vs
+                else f"{'':>8} {'':>8} {'':>7}"
+            )
             bad = {k: v for k, v in r.get("statuses", {}).items() if k != "202"}
-            lines.append(f"{rtt + ' ms':>6}  {label:<14} {r['requests_per_s']:>8} {lat['p50']:>8} {lat['p99']:>8}  {cols}"
-                         + (f"  non-202: {bad}" if bad else ""))
-    lines.append("CPU ms per request, by process (all on this machine's cores; `client` is the load generator,"
-                 " or the ceiling's own threads):")
+            lines.append(
+                f"{rtt + ' ms':>6}  {label:<14} {r['requests_per_s']:>8} {lat['p50']:>8} {lat['p99']:>8}  {cols}"
+                + (f"  non-202: {bad}" if bad else "")
+            )
+    lines.append(
+        "CPU ms per request, by process (all on this machine's cores; `client` is the load generator,"
+        " or the ceiling's own threads):"
+    )
     for rtt, row in result["rtts"].items():
         for name, r in row.items():
             cpu = r.get("cpu_ms_per_request")
@@ -666,12 +788,18 @@ def _rtt_main(argv: list[str]) -> int:
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    result = run_rtt(args.quick, log=log, workers=tuple(int(w) for w in args.workers.split(",")),
-                     rtts_ms=tuple(float(r) for r in args.rtt_ms.split(",")))
+    result = run_rtt(
+        args.quick,
+        log=log,
+        workers=tuple(int(w) for w in args.workers.split(",")),
+        rtts_ms=tuple(float(r) for r in args.rtt_ms.split(",")),
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"targets: dam api >= {TARGETS['vs_ceiling']}x the store ceiling's req/s, p99 <= "
-          f"{TARGETS['p99_vs_ceiling']}x its p99, >= {TARGETS['vs_naive']}x naive")
+    print(
+        f"targets: dam api >= {TARGETS['vs_ceiling']}x the store ceiling's req/s, p99 <= "
+        f"{TARGETS['p99_vs_ceiling']}x its p99, >= {TARGETS['vs_naive']}x naive"
+    )
     for line in rtt_table(result):
         print(line)
     return 0
@@ -690,7 +818,12 @@ def run_metrics(quick: bool = False, log=print, rounds: int | None = None, secon
     rounds = rounds or (2 if quick else 4)
     seconds = seconds or (4.0 if quick else 8.0)
     warmup = 1.0
-    out: dict = {"concurrency": CONCURRENCY, "rounds": rounds, "seconds_per_round": seconds, "runs": {"on": [], "off": []}}
+    out: dict = {
+        "concurrency": CONCURRENCY,
+        "rounds": rounds,
+        "seconds_per_round": seconds,
+        "runs": {"on": [], "off": []},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-upload-metrics-") as tmp:
         tmp = Path(tmp)
         sizes = make_images(tmp / "images", 8)
@@ -700,39 +833,74 @@ def run_metrics(quick: bool = False, log=print, rounds: int | None = None, secon
             for mode in ("on", "off"):
                 queue = f"bench-metrics-{mode}-{uuid.uuid4().hex[:10]}"
                 queues += [queue, f"{queue}.dead"]
-                env = clean_env({"DAM_DATA_DIR": str(tmp / f"data-{mode}"), "AMQP_URL": RABBIT_URL, "DAM_QUEUE": queue,
-                                 "DAM_METRICS": "1" if mode == "on" else "0"})
+                env = clean_env(
+                    {
+                        "DAM_DATA_DIR": str(tmp / f"data-{mode}"),
+                        "AMQP_URL": RABBIT_URL,
+                        "DAM_QUEUE": queue,
+                        "DAM_METRICS": "1" if mode == "on" else "0",
+                    }
+                )
                 port = free_port()
                 servers[mode] = (start_server("api", port, env), f"http://127.0.0.1:{port}")
             for proc, base in servers.values():
                 wait_http(base + "/readyz", 90, proc)
-            log(f"upload_metrics: {rounds} rounds of {seconds:g}s per server, {CONCURRENCY} clients, "
-                f"~{out['image_bytes_mean'] // 1000} KB JPEGs, local store + RabbitMQ")
+            log(
+                f"upload_metrics: {rounds} rounds of {seconds:g}s per server, {CONCURRENCY} clients, "
+                f"~{out['image_bytes_mean'] // 1000} KB JPEGs, local store + RabbitMQ"
+            )
             order = [m for i in range(rounds) for m in (("on", "off") if i % 2 == 0 else ("off", "on"))]
             for mode in order:
                 proc, base = servers[mode]
                 cpu0 = pid_cpu(proc.pid) or 0.0
                 lg = subprocess.run(
-                    [sys.executable, "-m", "bench.loadgen", "--url", base + "/upload", "--images", str(tmp / "images"),
-                     "--concurrency", str(CONCURRENCY), "--duration", str(seconds), "--warmup", str(warmup)],
-                    stdout=subprocess.PIPE, text=True, timeout=seconds + warmup + 120, env=clean_env({}),
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.loadgen",
+                        "--url",
+                        base + "/upload",
+                        "--images",
+                        str(tmp / "images"),
+                        "--concurrency",
+                        str(CONCURRENCY),
+                        "--duration",
+                        str(seconds),
+                        "--warmup",
+                        str(warmup),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    timeout=seconds + warmup + 120,
+                    env=clean_env({}),
                 )
                 if lg.returncode != 0:
                     raise RuntimeError(f"load generator exited {lg.returncode}")
                 load = json.loads(lg.stdout.strip().splitlines()[-1])
                 cpu = (pid_cpu(proc.pid) or 0.0) - cpu0
-                run = {"requests_per_s": load["requests_per_s"], "p99_ms": load["latency_ms"]["p99"],
-                       "server_cpu_ms_per_request": round(1000 * cpu / max(1, load["requests_total"]), 2),
-                       "statuses": load["statuses"]}
+                run = {
+                    "requests_per_s": load["requests_per_s"],
+                    "p99_ms": load["latency_ms"]["p99"],
+                    "server_cpu_ms_per_request": round(1000 * cpu / max(1, load["requests_total"]), 2),
+                    "statuses": load["statuses"],
+                }
                 out["runs"][mode].append(run)
-                log(f"  metrics {mode:>3}: {run['requests_per_s']} req/s, p99 {run['p99_ms']} ms, "
-                    f"server CPU {run['server_cpu_ms_per_request']} ms/request")
+                log(
+                    f"  metrics {mode:>3}: {run['requests_per_s']} req/s, p99 {run['p99_ms']} ms, "
+                    f"server CPU {run['server_cpu_ms_per_request']} ms/request"
+                )
             if servers["on"][0].poll() is None:  # the metrics were there all along
                 import httpx
 
                 text = httpx.get(servers["on"][1] + "/metrics", timeout=10).text
                 out["accepted_on_server"] = next(
-                    (float(line.split()[-1]) for line in text.splitlines() if line.startswith("dam_uploads_accepted_total")), None)
+                    (
+                        float(line.split()[-1])
+                        for line in text.splitlines()
+                        if line.startswith("dam_uploads_accepted_total")
+                    ),
+                    None,
+                )
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
@@ -765,9 +933,11 @@ def _metrics_main(argv: list[str]) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     r = run_metrics(log=log, rounds=args.rounds, seconds=args.seconds)
-    print(f"upload rate, metrics on / off: {r['requests_per_s']['on']} / {r['requests_per_s']['off']} req/s "
-          f"= {r['rate_ratio']} ({'met' if r['met'] else 'SHORT'}: {r['target']}); server CPU per request "
-          f"{r['server_cpu_ms_per_request']['on']} / {r['server_cpu_ms_per_request']['off']} ms = {r['cpu_ratio']}")
+    print(
+        f"upload rate, metrics on / off: {r['requests_per_s']['on']} / {r['requests_per_s']['off']} req/s "
+        f"= {r['rate_ratio']} ({'met' if r['met'] else 'SHORT'}: {r['target']}); server CPU per request "
+        f"{r['server_cpu_ms_per_request']['on']} / {r['server_cpu_ms_per_request']['off']} ms = {r['cpu_ratio']}"
+    )
     return 0
 
 
@@ -778,7 +948,10 @@ if __name__ == "__main__":
         raise SystemExit(_moto_main(int(sys.argv[2])))
     if len(sys.argv) >= 2 and sys.argv[1] == "rtt":
         raise SystemExit(_rtt_main(sys.argv[2:]))
-    print("usage: python -m bench.upload moto PORT  (used by bench.run)\n"
-          "       python -m bench.upload rtt [--quick] [--workers 1,2] [--rtt-ms 0,10,20] [--out FILE]\n"
-          "       python -m bench.upload metrics [--rounds 4] [--seconds 8]", file=sys.stderr)
+    print(
+        "usage: python -m bench.upload moto PORT  (used by bench.run)\n"
+        "       python -m bench.upload rtt [--quick] [--workers 1,2] [--rtt-ms 0,10,20] [--out FILE]\n"
+        "       python -m bench.upload metrics [--rounds 4] [--seconds 8]",
+        file=sys.stderr,
+    )
     raise SystemExit(2)

@@ -110,9 +110,7 @@ def holds_task(app: Celery, node: str | None, task_id: str, pid: Any, timeout: f
     tasks = replies.get(node)
     if tasks is None:
         return None
-    return any(
-        t.get("id") == task_id and (pid is None or str(t.get("worker_pid")) == str(pid)) for t in tasks
-    )
+    return any(t.get("id") == task_id and (pid is None or str(t.get("worker_pid")) == str(pid)) for t in tasks)
 
 
 def _register_tasks(app: Celery, health_timeout: float) -> None:
@@ -166,9 +164,7 @@ def _take_over_or_fail(task, instance: DagsterInstance, run: DagsterRun, health_
         "(the worker died or lost its pool process mid-run). Failing the run so run_retries re-executes it."
     )
     instance.report_engine_event(msg, run, EngineEventData({"dead worker": f"{node} pid {pid}"}))
-    instance.report_run_failed(
-        run, msg, JobFailureData(error=None, failure_reason=RunFailureReason.RUN_WORKER_RESTART)
-    )
+    instance.report_run_failed(run, msg, JobFailureData(error=None, failure_reason=RunFailureReason.RUN_WORKER_RESTART))
     metrics.run_finished("worker_lost")
 
 
@@ -225,7 +221,9 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         args = ExecuteRunArgs(
-            job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
+            job_origin=run.job_code_origin,
+            run_id=run.run_id,
+            instance_ref=self._instance.get_ref(),
             set_exit_code_on_failure=True,
         )
         self._send(run, EXECUTE_TASK, args)
@@ -233,7 +231,9 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
     def resume_run(self, context: ResumeRunContext) -> None:
         run = context.dagster_run
         args = ResumeRunArgs(
-            job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
+            job_origin=run.job_code_origin,
+            run_id=run.run_id,
+            instance_ref=self._instance.get_ref(),
             set_exit_code_on_failure=True,
         )
         self._send(run, RESUME_TASK, args)
@@ -280,7 +280,9 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
                 return CheckRunHealthResult(WorkerStatus.RUNNING, "the Celery task just changed state")
             why = "does not answer" if held is None else f"answers but no longer runs the task in pid {pid}"
             return CheckRunHealthResult(
-                WorkerStatus.FAILED, f"Celery worker {node} {why}: the run worker is gone", run_worker_id=f"{node} pid {pid}"
+                WorkerStatus.FAILED,
+                f"Celery worker {node} {why}: the run worker is gone",
+                run_worker_id=f"{node} pid {pid}",
             )
         if state in READY_STATES:
             return CheckRunHealthResult(WorkerStatus.FAILED, f"the Celery task ended ({state}) but the run did not")
@@ -296,18 +298,22 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
     def config_type(cls):
         return {
             "broker": Field(
-                Noneable(StringSource), is_required=False,
+                Noneable(StringSource),
+                is_required=False,
                 description="Celery broker URL; default: AMQP_URL (the RabbitMQ of the uploads).",
             ),
             "backend": Field(Noneable(StringSource), is_required=False, description="Celery result backend URL."),
             "database_backend_url": Field(
-                Noneable(StringSource), is_required=False,
+                Noneable(StringSource),
+                is_required=False,
                 description="SQLAlchemy URL for Celery's database result backend (overrides `backend`).",
             ),
             "queues": Field([str], is_required=False, description="Logical queue names runs may be routed to."),
             "default_queue": Field(str, is_required=False, default_value=MODELS_QUEUE),
             "queue_prefix": Field(
-                StringSource, is_required=False, default_value="",
+                StringSource,
+                is_required=False,
+                default_value="",
                 description="Prefix of every physical queue name (separate deployments on one vhost).",
             ),
             "health_timeout_seconds": Field(float, is_required=False, default_value=5.0),

@@ -130,7 +130,9 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         except psutil.AccessDenied:
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker (pid {pid}) exists", run_worker_id=str(pid))
         if status == psutil.STATUS_ZOMBIE:
-            return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker (pid {pid}) is gone (exited, not reaped)", run_worker_id=str(pid))
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED, f"run worker (pid {pid}) is gone (exited, not reaped)", run_worker_id=str(pid)
+            )
         if created > announced_at + CREATE_TIME_SLACK_SECONDS:
             return CheckRunHealthResult(
                 WorkerStatus.FAILED,

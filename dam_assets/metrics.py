@@ -21,20 +21,26 @@ STAGES = ("decode", "caption", "embed", "thumbnail", "write")
 RUN_OUTCOMES = ("success", "failure", "canceled", "worker_lost")
 
 IMAGES_ENRICHED = Counter(
-    "dam_images_enriched", "Images whose table row was committed, by outcome (error: the row carries an error).",
+    "dam_images_enriched",
+    "Images whose table row was committed, by outcome (error: the row carries an error).",
     ["outcome"],
 )
 STAGE_SECONDS = Histogram(
-    "dam_enrichment_stage_seconds", "Seconds one batch spent in one enrichment stage.",
-    ["stage"], buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
+    "dam_enrichment_stage_seconds",
+    "Seconds one batch spent in one enrichment stage.",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
 )
 MODEL_LOAD_SECONDS = Histogram(
-    "dam_model_load_seconds", "Seconds to load a model into a worker process (a warm process loads none).",
-    ["model"], buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0),
+    "dam_model_load_seconds",
+    "Seconds to load a model into a worker process (a warm process loads none).",
+    ["model"],
+    buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0),
 )
 RUNS = Counter("dam_runs", "Dagster runs a worker executed, by outcome.", ["outcome"])
 UPLOAD_TO_ROW_SECONDS = Histogram(
-    "dam_upload_to_row_seconds", "Seconds from an upload's acceptance to the commit of its table row.",
+    "dam_upload_to_row_seconds",
+    "Seconds from an upload's acceptance to the commit of its table row.",
     buckets=(1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0),
 )
 

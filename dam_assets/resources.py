@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # The settings that hold secrets: the resource passes them by variable name, never by value. Each
 # needs a field of DamResource's own (without one, the first use of `dam` fails, loudly).
 SECRETS = tuple(
-    name for name, field in Settings.model_fields.items()
+    name
+    for name, field in Settings.model_fields.items()
     if field.annotation is SecretStr or SecretStr in typing.get_args(field.annotation)
 )
 
@@ -37,7 +38,9 @@ class DamResource(ConfigurableResource):
     # The UI shows resource config: a secret is an EnvVar there, which shows as its variable's name.
     r2_access_key_id: Optional[str] = Field(default=None, description="R2_ACCESS_KEY_ID")
     r2_secret_access_key: Optional[str] = Field(default=None, description="R2_SECRET_ACCESS_KEY")
-    amqp_url: Optional[str] = Field(default=None, description="AMQP_URL; unset: the embedded queue under the data folder.")
+    amqp_url: Optional[str] = Field(
+        default=None, description="AMQP_URL; unset: the embedded queue under the data folder."
+    )
     dam_api_key: Optional[str] = Field(default=None, description="DAM_API_KEY")
     configuration_error: Optional[str] = Field(
         default=None, description="Why the environment could not be read; when set, nothing runs."
@@ -92,7 +95,9 @@ class ModelsResource(ConfigurableResource):
     runtime: str = Field(default="auto", description="DAM_RUNTIME: auto, torch or openvino.")
     quantize: str = Field(default="auto", description="DAM_QUANTIZE: auto, none or int8 (the captioner's image side).")
     model_cache_dir: str = Field(default="", description="DAM_MODEL_CACHE_DIR, resolved: converted models.")
-    model_server: str = Field(default="", description="DAM_MODEL_SERVER: the socket of warm models (dam dev's); empty: load here.")
+    model_server: str = Field(
+        default="", description="DAM_MODEL_SERVER: the socket of warm models (dam dev's); empty: load here."
+    )
     caption_max_tokens: int = Field(description="DAM_CAPTION_MAX_TOKENS")
     model_batch_size: int = Field(
         default=0, description="DAM_MODEL_BATCH_SIZE: images per model call and pipeline chunk; 0: by device."
@@ -148,11 +153,21 @@ class ModelsResource(ConfigurableResource):
             log.warning("loading the models in this process: %s", err)
             return None
         wanted = (
-            caption_version(self.caption_model, self.caption_max_tokens, dtype=self.dtype, runtime=self.runtime, quantize=self.quantize),
+            caption_version(
+                self.caption_model,
+                self.caption_max_tokens,
+                dtype=self.dtype,
+                runtime=self.runtime,
+                quantize=self.quantize,
+            ),
             embedding_version(self.embedding_model, self.dtype, self.runtime),
         )
         if (captioner.version, embedder.version) != wanted:
-            log.warning("the model server serves %s, this run wants %s: loading here", (captioner.version, embedder.version), wanted)
+            log.warning(
+                "the model server serves %s, this run wants %s: loading here",
+                (captioner.version, embedder.version),
+                wanted,
+            )
             return None
         self._served_models = (captioner, embedder)
         return self._served_models
@@ -172,8 +187,13 @@ class ModelsResource(ConfigurableResource):
         from dam_models.captioner import get_captioner
 
         return get_captioner(
-            self.caption_model, device=self.device, dtype=self.dtype, max_new_tokens=self.caption_max_tokens,
-            runtime=self.runtime, cache_dir=self.model_cache_dir or None, quantize=self.quantize,
+            self.caption_model,
+            device=self.device,
+            dtype=self.dtype,
+            max_new_tokens=self.caption_max_tokens,
+            runtime=self.runtime,
+            cache_dir=self.model_cache_dir or None,
+            quantize=self.quantize,
         )
 
     def load_embedder(self) -> Embedder:
@@ -181,8 +201,11 @@ class ModelsResource(ConfigurableResource):
         from dam_models.embedder import get_embedder
 
         return get_embedder(
-            self.embedding_model, device=self.device, dtype=self.dtype,
-            runtime=self.runtime, cache_dir=self.model_cache_dir or None,
+            self.embedding_model,
+            device=self.device,
+            dtype=self.dtype,
+            runtime=self.runtime,
+            cache_dir=self.model_cache_dir or None,
         )
 
     def vocabulary(self) -> list[str]:

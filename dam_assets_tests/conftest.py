@@ -31,9 +31,7 @@ def _needs_services(item: pytest.Item) -> bool:
     if item.path.parent.name == "system" or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
         return True
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and any(
-        isinstance(v, str) and v in SERVICE_PARAMS for v in callspec.params.values()
-    )
+    return callspec is not None and any(isinstance(v, str) and v in SERVICE_PARAMS for v in callspec.params.values())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -55,5 +55,8 @@ def dam_sql(query: str, env: dict, fmt: str = "json") -> subprocess.CompletedPro
     """`dam sql` as a user runs it, in a subprocess with the given environment."""
     return subprocess.run(
         [sys.executable, "-m", "dam_cli.main", "sql", query, "--format", fmt],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )

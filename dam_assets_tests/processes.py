@@ -48,7 +48,10 @@ def start_dam_api(
     log = open(log_path, "w+b")
     proc = subprocess.Popen(
         [DAM, "api", "--port", str(port), "--log-level", "warning", *args],
-        env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

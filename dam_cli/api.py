@@ -41,7 +41,9 @@ def register(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
-        "--workers", type=int, default=1,
+        "--workers",
+        type=int,
+        default=1,
         help="uvicorn worker processes sharing the port (default 1); each has its own limits and connections",
     )
     s.add_argument("--log-level", default="info")

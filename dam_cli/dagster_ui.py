@@ -63,10 +63,16 @@ class HostCheck:
                     f"Host {raw!r} is not served here: the Dagster UI answers only requests addressed to "
                     f"{', '.join(sorted(self.allowed))} (a guard against DNS rebinding).\n"
                 ).encode()
-                await send({
-                    "type": "http.response.start", "status": 400,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
-                })
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -136,8 +142,11 @@ def _dev(argv: list[str]) -> None:
 
     why = _hooks_fit()
     if why is not None:
-        print(f"dam dev: cannot guard the Dagster UI's Host header with this Dagster ({why}); "
-              "refusing to start it unguarded", file=sys.stderr)
+        print(
+            f"dam dev: cannot guard the Dagster UI's Host header with this Dagster ({why}); "
+            "refusing to start it unguarded",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     spawn = dagster_dev.open_ipc_subprocess
 

@@ -26,7 +26,9 @@ def cmd_delete(args) -> int:
 
     bad = [i for i in args.ids if not is_asset_id(i)]
     if bad:
-        print(f"dam delete: not an asset id (32 lowercase hex characters): {bad[0]!r}; nothing deleted", file=sys.stderr)
+        print(
+            f"dam delete: not an asset id (32 lowercase hex characters): {bad[0]!r}; nothing deleted", file=sys.stderr
+        )
         return 2
     dam = dam_or_exit()
     if existing_store(dam) is None:
@@ -38,7 +40,9 @@ def cmd_delete(args) -> int:
     try:
         reports = delete_assets(dam, args.ids)
     except DeletionFailed as err:
-        print(f"dam delete: {err}; the assets are hidden already, run the same command again to finish", file=sys.stderr)
+        print(
+            f"dam delete: {err}; the assets are hidden already, run the same command again to finish", file=sys.stderr
+        )
         return 1
     except StoreError as err:
         print(f"dam delete: {err}", file=sys.stderr)

@@ -89,7 +89,7 @@ def refuse_open_dagster(host: str, behind_proxy: bool, read_only: bool) -> bool:
         "reaches it can launch, terminate and delete runs and wipe assets. Keep it on 127.0.0.1 (the "
         "default, whatever --host says; reach it through an SSH tunnel or a reverse proxy on this "
         "machine), add --dagster-read-only, or add --dagster-behind-auth-proxy if an authenticating "
-        "reverse proxy stands in front of it (README, \"Security\").",
+        'reverse proxy stands in front of it (README, "Security").',
         file=sys.stderr,
     )
     return True
@@ -157,8 +157,11 @@ class ModelServer:
         if not self.failed_at:
             if now - self.started_at > self.LAST_RETRY:
                 self.retry_after = self.FIRST_RETRY  # it had been serving: a fresh failure
-            print(f"dam dev: the model server exited with {self.proc.returncode}; runs load their own models "
-                  f"until it is back (next try in {self.retry_after:.0f} s)", file=sys.stderr)
+            print(
+                f"dam dev: the model server exited with {self.proc.returncode}; runs load their own models "
+                f"until it is back (next try in {self.retry_after:.0f} s)",
+                file=sys.stderr,
+            )
             self.failed_at = now
         if now - self.failed_at >= self.retry_after:
             self.failed_at = 0.0
@@ -189,15 +192,28 @@ def cmd_dev(args) -> int:
         "api": subprocess.Popen(
             [bin_path("dam"), "api", "--host", args.host, "--port", str(args.port)]
             + (["--insecure-no-auth"] if args.insecure_no_auth else []),
-            env=env, preexec_fn=_restore_signals, start_new_session=True,
+            env=env,
+            preexec_fn=_restore_signals,
+            start_new_session=True,
         ),
         # `dagster dev` whose webserver refuses foreign Host headers on loopback (dam_cli/dagster_ui.py).
         "dagster": subprocess.Popen(
-            [sys.executable, "-m", "dam_cli.dagster_ui", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
-             "-h", args.dagster_host, "-p", str(args.dagster_port)],
+            [
+                sys.executable,
+                "-m",
+                "dam_cli.dagster_ui",
+                "dev",
+                "-w",
+                str(REPO_ROOT / "workspace.yaml"),
+                "-h",
+                args.dagster_host,
+                "-p",
+                str(args.dagster_port),
+            ],
             env=dagster_env(with_model_server(env, settings), args.dagster_host, args.dagster_read_only),
             cwd=env["DAGSTER_HOME"],  # the repo root holds a dagster.yaml too, which Dagster would warn about
-            preexec_fn=_restore_signals, start_new_session=True,
+            preexec_fn=_restore_signals,
+            start_new_session=True,
         ),
     }
     # The models load (and convert, DAM_RUNTIME) once, beside the start-up, in a process that keeps
@@ -208,7 +224,7 @@ def cmd_dev(args) -> int:
     print(
         f"dam dev: API on http://{args.host}:{args.port} ({_where(args.host)})\n"
         f"         Dagster UI on http://{args.dagster_host}:{args.dagster_port} ({ui_mode}{_where(args.dagster_host)}; "
-        "no authentication: see README, \"Security\")\n"
+        'no authentication: see README, "Security")\n'
         f"         data in {settings.data_dir}  (Ctrl-C stops both)",
         file=sys.stderr,
     )
@@ -252,7 +268,8 @@ def register(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="the API's address (the Dagster UI's is --dagster-host)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
-        "--dagster-host", default="127.0.0.1",
+        "--dagster-host",
+        default="127.0.0.1",
         help="the Dagster UI's address (default 127.0.0.1 whatever --host says); another than loopback "
         "needs --dagster-behind-auth-proxy or --dagster-read-only",
     )

@@ -69,7 +69,9 @@ def cmd_models_serve(args) -> int:
         return 1
     print(
         f"dam models serve: {captioner.describe()} and {embedder.describe()} ready in "
-        f"{time.perf_counter() - started:.1f} s on {socket_path}", file=sys.stderr, flush=True,
+        f"{time.perf_counter() - started:.1f} s on {socket_path}",
+        file=sys.stderr,
+        flush=True,
     )
     serve(socket_path, captioner, embedder)
     return 0

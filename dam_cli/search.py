@@ -35,8 +35,10 @@ def cmd_search(args) -> int:
         return 0
     for rank, it in enumerate(items, 1):
         tags = ", ".join(it["tags"])
-        print(f"{rank:>3}  {it['score']:.4f}  {it['id']}  {it['filename']}\n       {it['caption'] or ''}"
-              + (f"  [{tags}]" if tags else ""))
+        print(
+            f"{rank:>3}  {it['score']:.4f}  {it['id']}  {it['filename']}\n       {it['caption'] or ''}"
+            + (f"  [{tags}]" if tags else "")
+        )
     if not items:
         print("no results")
     return 0

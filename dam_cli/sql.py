@@ -36,7 +36,8 @@ def register(sub) -> None:
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.add_argument(
-        "--as-of", metavar="VERSION|TIME",
+        "--as-of",
+        metavar="VERSION|TIME",
         help="query an earlier version of the table: a version number (dam table history) or an ISO time",
     )
     s.set_defaults(func=cmd_sql)

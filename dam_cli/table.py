@@ -23,7 +23,14 @@ def cmd_history(args) -> int:
         params = entry.get("operationParameters") or {}
         metrics = entry.get("operationMetrics") or {}
         detail = params.get("predicate") or ""
-        for name in ("num_added_rows", "num_deleted_rows", "num_copied_rows", "numFilesAdded", "numFilesRemoved", "numDeletedFiles"):
+        for name in (
+            "num_added_rows",
+            "num_deleted_rows",
+            "num_copied_rows",
+            "numFilesAdded",
+            "numFilesRemoved",
+            "numDeletedFiles",
+        ):
             if name in metrics:
                 detail += f" {name}={metrics[name]}"
         print(f"{entry.get('version', ''):>7}  {when:<19}  {entry.get('operation', ''):<14}  {detail.strip()}")
@@ -53,7 +60,9 @@ def register(sub) -> None:
     h.set_defaults(func=cmd_history)
     c = tsub.add_parser("compact", help="merge small files, then vacuum files older than the retention")
     c.add_argument(
-        "--retention-hours", type=float, default=None,
+        "--retention-hours",
+        type=float,
+        default=None,
         help="default DAM_TABLE_RETENTION_HOURS; 0 erases deleted rows from the history now",
     )
     c.set_defaults(func=cmd_compact)

@@ -19,8 +19,7 @@ def collect(paths: list[str]) -> tuple[list[Path], list[str]]:
         p = Path(raw)
         if p.is_dir():
             files += sorted(
-                f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")
             )
         elif p.is_file():
             files.append(p)
@@ -51,9 +50,10 @@ def cmd_upload(args) -> int:
                 r = client.post(url, files={"file": (path.name, fh, "application/octet-stream")})
             return path, r
 
-        with ThreadPoolExecutor(args.concurrency) as pool, tqdm(
-            total=len(files), unit="file", disable=args.quiet, file=sys.stderr
-        ) as bar:
+        with (
+            ThreadPoolExecutor(args.concurrency) as pool,
+            tqdm(total=len(files), unit="file", disable=args.quiet, file=sys.stderr) as bar,
+        ):
             futures = [pool.submit(send, f) for f in files]
             for fut in as_completed(futures):
                 try:
@@ -74,14 +74,21 @@ def cmd_upload(args) -> int:
                     failures.append((str(path), f"{r.status_code} {detail}"))
                 bar.update(1)
     if args.json:
-        print(json.dumps({
-            "uploaded": uploaded,
-            "already_present": present,
-            "failed": [{"path": p, "error": e} for p, e in failures],
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "uploaded": uploaded,
+                    "already_present": present,
+                    "failed": [{"path": p, "error": e} for p, e in failures],
+                },
+                indent=1,
+            )
+        )
     else:
-        print(f"uploaded {len(uploaded)} of {len(files) + len(missing)} file(s), already present {len(present)}"
-              + (f", failed {len(failures)}" if failures else ""))
+        print(
+            f"uploaded {len(uploaded)} of {len(files) + len(missing)} file(s), already present {len(present)}"
+            + (f", failed {len(failures)}" if failures else "")
+        )
         for name, why in failures:
             print(f"  failed {name}: {why}")
     return 0 if not failures else 1

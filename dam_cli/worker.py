@@ -42,7 +42,10 @@ def _launcher_or_exit():
 def _queues_or_exit(launcher, wanted: list[str] | None) -> list[str]:
     unknown = sorted(set(wanted or ()) - set(launcher.queues))
     if unknown:
-        print(f"dam worker: unknown queue(s) {', '.join(unknown)}; the instance defines {', '.join(launcher.queues)}", file=sys.stderr)
+        print(
+            f"dam worker: unknown queue(s) {', '.join(unknown)}; the instance defines {', '.join(launcher.queues)}",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return list(wanted or launcher.queues)
 
@@ -140,11 +143,16 @@ def _work(args) -> int:
     node = f"{args.name or 'dam'}-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     argv = [
         "worker",
-        "--queues", ",".join(launcher.physical_queue(q) for q in queues),
-        "--concurrency", str(args.concurrency),
-        "--pool", "prefork",
-        "--hostname", node,
-        "--loglevel", args.loglevel,
+        "--queues",
+        ",".join(launcher.physical_queue(q) for q in queues),
+        "--concurrency",
+        str(args.concurrency),
+        "--pool",
+        "prefork",
+        "--hostname",
+        node,
+        "--loglevel",
+        args.loglevel,
         "--without-gossip",
         "--without-mingle",
     ]
@@ -155,23 +163,33 @@ def _work(args) -> int:
 def register(sub) -> None:
     s = sub.add_parser("worker", help="execute production runs from RabbitMQ (Celery), models kept loaded")
     s.add_argument(
-        "--queue", action="append", metavar="NAME",
+        "--queue",
+        action="append",
+        metavar="NAME",
         help="a queue to serve (dam-models, dam-light); repeat for more; default: every queue of the instance",
     )
-    s.add_argument("--concurrency", type=int, default=1, help="runs at once; each process loads its own models (default 1)")
-    s.add_argument("--preload", action="store_true", help="load BLIP and CLIP when the worker starts, not in its first run")
+    s.add_argument(
+        "--concurrency", type=int, default=1, help="runs at once; each process loads its own models (default 1)"
+    )
+    s.add_argument(
+        "--preload", action="store_true", help="load BLIP and CLIP when the worker starts, not in its first run"
+    )
     s.add_argument("--name", default=None, help="node name prefix (default: dam); a unique suffix and @host are added")
     s.add_argument("--loglevel", default="INFO")
     s.add_argument(
-        "--metrics-port", type=int, default=None,
+        "--metrics-port",
+        type=int,
+        default=None,
         help="serve Prometheus metrics of every pool process on this port (docs/metrics.md); default: none",
     )
     s.add_argument(
-        "--metrics-host", default="127.0.0.1",
+        "--metrics-host",
+        default="127.0.0.1",
         help="address of --metrics-port (default 127.0.0.1; it has no auth: widen it only on a trusted network)",
     )
     s.add_argument(
-        "--ping", action="store_true",
+        "--ping",
+        action="store_true",
         help="health check: exit 0 when a worker on this host (serving --queue, if given) answers, else 1",
     )
     s.add_argument("--any-host", action="store_true", help="with --ping: a worker on any host will do")

@@ -103,9 +103,7 @@ def text(value: Any) -> str | None:
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
         return None
-    value = "".join(
-        ch if ch.isprintable() else " " if ch.isspace() else "" for ch in value[: MAX_TEXT * 4]
-    ).strip()
+    value = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in value[: MAX_TEXT * 4]).strip()
     return value[:MAX_TEXT].rstrip() or None
 
 

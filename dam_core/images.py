@@ -53,9 +53,7 @@ _MAGIC: tuple[tuple[int, bytes], ...] = (
     (8, b"WEBP"),  # after "RIFF" and the size
 )
 # HEIF and AVIF are ISO-BMFF files: a leading `ftyp` box names a major brand and compatible brands.
-_FTYP_BRANDS = frozenset(
-    {b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
-)
+_FTYP_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 _FTYP_MAX = 64  # bytes of the ftyp box looked at: more brands than any real file lists
 _BMP_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)  # "BM" alone is too weak: text can start with it
 _ORIENTATION_TAG = 0x0112
@@ -120,8 +118,9 @@ def _bomb(err: Exception, max_pixels: int) -> ImageRejected:
     found = _BOMB_SIZE.search(str(err))
     declared = f"{int(found.group(1)):,} pixels" if found else "more pixels"
     return ImageRejected(
-        422, f"decompression bomb: the image declares {declared}, over the limit of {max_pixels:,} pixels "
-        "(DAM_MAX_IMAGE_PIXELS)"
+        422,
+        f"decompression bomb: the image declares {declared}, over the limit of {max_pixels:,} pixels "
+        "(DAM_MAX_IMAGE_PIXELS)",
     )
 
 
@@ -210,20 +209,20 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int, max_side: int
             if width <= 0 or height <= 0:
                 raise ImageRejected(422, "image has no pixels")
             if width * height > max_pixels:
-                raise ImageRejected(
-                    422, f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels"
-                )
+                raise ImageRejected(422, f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
             if max_side is not None and max(width, height) > max_side:
                 raise ImageRejected(
-                    422, f"image is {width}x{height} pixels: a side is over the limit of {max_side} pixels "
-                    "(DAM_MAX_IMAGE_SIDE)"
+                    422,
+                    f"image is {width}x{height} pixels: a side is over the limit of {max_side} pixels "
+                    "(DAM_MAX_IMAGE_SIDE)",
                 )
             if fmt == "JPEG":
                 needed = jpeg_min_bytes(fp)
                 if needed is not None and size < needed:
                     raise ImageRejected(
-                        422, f"truncated image: a {width}x{height} JPEG needs at least {needed:,} bytes of image "
-                        f"data, the file has {size:,} bytes"
+                        422,
+                        f"truncated image: a {width}x{height} JPEG needs at least {needed:,} bytes of image "
+                        f"data, the file has {size:,} bytes",
                     )
             try:
                 frames = getattr(img, "n_frames", 1)

@@ -32,7 +32,7 @@ def original_key(asset_id: str, ext: str) -> str:
 
 def asset_id_of_original(key: str) -> str:
     """The id part of an original's key (`assets/{id}.jpg` -> `{id}`)."""
-    return key[len(ORIGINALS_PREFIX):].split(".", 1)[0]
+    return key[len(ORIGINALS_PREFIX) :].split(".", 1)[0]
 
 
 def manifest_key(batch: str) -> str:
@@ -58,7 +58,7 @@ def asset_id_of_marker_key(key: str) -> str | None:
     """`uploads/{id}.json` -> `{id}`; None for any other key."""
     if not (key.startswith(MARKERS_PREFIX) and key.endswith(MARKER_SUFFIX)):
         return None
-    name = key[len(MARKERS_PREFIX):-len(MARKER_SUFFIX)]
+    name = key[len(MARKERS_PREFIX) : -len(MARKER_SUFFIX)]
     return name if name and "/" not in name else None
 
 

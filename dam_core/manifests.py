@@ -61,7 +61,7 @@ def batches_after(store: ObjectStore, after: str | None = None) -> Iterator[str]
     """
     start = manifest_key(after) if after else None
     for key in store.list(MANIFESTS_PREFIX, start_after=start):
-        name = key[len(MANIFESTS_PREFIX):]
+        name = key[len(MANIFESTS_PREFIX) :]
         if name.endswith(MANIFEST_SUFFIX) and is_batch_key(batch := name[: -len(MANIFEST_SUFFIX)]):
             yield batch
 

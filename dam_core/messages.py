@@ -39,9 +39,7 @@ class UploadMessage(BaseModel):
         try:
             return cls.model_validate_json(body)
         except ValidationError as err:
-            reasons = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5]
-            )
+            reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
             raise MessageError(reasons) from None
 
 
@@ -71,9 +69,7 @@ def clean_filename(raw: str | None) -> str:
 
     name = unicodedata.normalize("NFC", raw or "")
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(
-        ch for ch in name if unicodedata.category(ch) != "Cc" and ord(ch) not in _INVISIBLE
-    ).strip()
+    name = "".join(ch for ch in name if unicodedata.category(ch) != "Cc" and ord(ch) not in _INVISIBLE).strip()
     if name in ("", ".", ".."):
         name = "upload"
     return name[:255]

@@ -55,7 +55,7 @@ def _put_claim(store: ObjectStore, key: str) -> None:
 def claimants(store: ObjectStore, ids: Iterable[str]) -> dict[str, list[str]]:
     """Every batch that claimed each id, oldest first."""
     ids = sorted(set(ids))
-    found = _each(store, lambda i: sorted(k[len(owner_prefix(i)):] for k in store.list(owner_prefix(i))), ids)
+    found = _each(store, lambda i: sorted(k[len(owner_prefix(i)) :] for k in store.list(owner_prefix(i))), ids)
     return dict(zip(ids, found))
 
 

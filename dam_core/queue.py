@@ -369,7 +369,9 @@ class _RabbitConsumer(Consumer):
         import pika
 
         headers = dict(delivery.headers)
-        headers.update({"x-dam-reason": reason[:1000], "x-dam-queue": self.queue.name, "x-dam-failed-at": int(time.time())})
+        headers.update(
+            {"x-dam-reason": reason[:1000], "x-dam-queue": self.queue.name, "x-dam-failed-at": int(time.time())}
+        )
         props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
         self.channel.basic_publish("", self.queue.dlq, delivery.body, props, mandatory=True)
         self.channel.basic_ack(delivery.tag)
@@ -526,7 +528,9 @@ class _EmbeddedConsumer(Consumer):
         if self._dead is None:
             self._dead = self.queue._open(f"{self.queue.name}.dead", resume=False)
         headers = dict(delivery.headers)
-        headers.update({"x-dam-reason": reason[:1000], "x-dam-queue": self.queue.name, "x-dam-failed-at": int(time.time())})
+        headers.update(
+            {"x-dam-reason": reason[:1000], "x-dam-queue": self.queue.name, "x-dam-failed-at": int(time.time())}
+        )
         self._dead.put({"body": delivery.body.decode("utf-8", "replace"), "headers": headers})
         self.q.ack(id=delivery.tag)
 
@@ -545,7 +549,9 @@ def make_queue(settings: "Settings") -> UploadQueue:
     """The queue the settings ask for: RabbitMQ when AMQP_URL is set, else the embedded one."""
     if settings.uses_rabbitmq:
         return RabbitQueue(
-            settings.amqp_url.get_secret_value(), settings.dam_queue, settings.dead_letter_queue,
+            settings.amqp_url.get_secret_value(),
+            settings.dam_queue,
+            settings.dead_letter_queue,
             publishers=settings.dam_publish_connections,
         )
     return EmbeddedQueue(settings.data_dir / "queue", settings.dam_queue)

@@ -50,9 +50,7 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     """Every knob of dam-pipeline; field names are the environment variable names."""
 
-    model_config = SettingsConfigDict(
-        env_ignore_empty=True, case_sensitive=False, extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_ignore_empty=True, case_sensitive=False, extra="ignore", frozen=True)
 
     # Object store: the seed's variables. Unset -> a local folder under DAM_DATA_DIR.
     r2_endpoint: str | None = None
@@ -189,9 +187,7 @@ class Settings(BaseSettings):
             if not self.r2_bucket:
                 raise ValueError("R2_BUCKET: required when R2_ENDPOINT or R2 credentials are set")
         if bool(self.r2_access_key_id) != bool(self.r2_secret_access_key):
-            raise ValueError(
-                "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither"
-            )
+            raise ValueError("R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither")
         return self
 
     @property

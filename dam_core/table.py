@@ -209,10 +209,14 @@ def _ids_with_good_rows(table: DeltaTable | None, where: dict[str, list[str]]) -
     months = sorted({batch_month(b) for b in batches})
     found = table.to_pyarrow_dataset().to_table(
         columns=["id", "batch"],
-        filter=pc.field(PARTITION_COLUMN).isin(months) & pc.field("batch").isin(batches)
-        & pc.field("id").isin(sorted(where)) & pc.field("error").is_null(),
+        filter=pc.field(PARTITION_COLUMN).isin(months)
+        & pc.field("batch").isin(batches)
+        & pc.field("id").isin(sorted(where))
+        & pc.field("error").is_null(),
     )
-    return {i for i, b in zip(found.column("id").to_pylist(), found.column("batch").to_pylist()) if b in where.get(i, [])}
+    return {
+        i for i, b in zip(found.column("id").to_pylist(), found.column("batch").to_pylist()) if b in where.get(i, [])
+    }
 
 
 # ----------------------------------------------------------------------------- maintenance results
@@ -326,7 +330,8 @@ class AssetTable:
         """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids.
         Returns the handle, now at the version written (None when this commit created the table)."""
         predicate = " OR ".join(
-            f"({p})" for p in [_batch_predicate(batch), *(_batch_predicate(b, ids) for b, ids in sorted(replaced.items()))]
+            f"({p})"
+            for p in [_batch_predicate(batch), *(_batch_predicate(b, ids) for b, ids in sorted(replaced.items()))]
         )
         write_deltalake(
             table if table is not None else self.location.uri,
@@ -435,7 +440,9 @@ class AssetTable:
 
     # ------------------------------------------------------------------------- DuckDB
 
-    def connect(self, database: str = ":memory:", as_of: "int | datetime | str | None" = None) -> duckdb.DuckDBPyConnection:
+    def connect(
+        self, database: str = ":memory:", as_of: "int | datetime | str | None" = None
+    ) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with views `assets` (one row per id), `assets_all` (every row of every
         batch) and `near_duplicates(a, b, score)` (pairs at or above DAM_NEAR_DUPLICATE), over the
         table's latest version or the one `as_of` names (a version number or a timestamp)."""
@@ -450,7 +457,9 @@ class AssetTable:
             # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
             # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
             columns = _column_list(present, {"embedding": "embedding[:]"})
-            con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
+            con.execute(
+                f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)"
+            )
         elif files:
             con.register("_assets_dataset", table.to_pyarrow_dataset())
             con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {_column_list(present)} FROM _assets_dataset")
@@ -487,6 +496,7 @@ def _column_list(present: set[str], reads: dict[str, str] | None = None) -> str:
     """The views' columns in schema order, each read as `reads` says (default: as stored); one the
     table has never held (a column newer than every write) reads as null."""
     reads = reads or {}
+
     def typed_null(name: str) -> str:
         kind = schema(None).field(name).type
         if pa.types.is_timestamp(kind):

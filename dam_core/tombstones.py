@@ -82,7 +82,7 @@ def is_deleted(tombstones: Tombstones, asset_id: str, uploaded_at: datetime | fl
 
 
 def _id_of(key: str) -> str | None:
-    name = key[len(TOMBSTONES_PREFIX):]
+    name = key[len(TOMBSTONES_PREFIX) :]
     asset_id = name[: -len(".json")] if name.endswith(".json") else ""
     return asset_id if is_asset_id(asset_id) else None
 

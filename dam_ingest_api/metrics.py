@@ -44,38 +44,48 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 SERVICE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_REQUESTS = Counter(
-    "http_requests", "HTTP requests answered, by method, route template and status code.",
+    "http_requests",
+    "HTTP requests answered, by method, route template and status code.",
     ["method", "handler", "status"],
 )
 HTTP_DURATION = Histogram(
-    "http_request_duration_seconds", "Time to answer an HTTP request, by method and route template.",
-    ["method", "handler"], buckets=LATENCY_BUCKETS,
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request, by method and route template.",
+    ["method", "handler"],
+    buckets=LATENCY_BUCKETS,
 )
 UPLOAD_BYTES = Counter("dam_upload_bytes", "Bytes of the files received in upload requests read to the end.")
 UPLOADS_ACCEPTED = Counter("dam_uploads_accepted", "Uploaded files stored and queued (answered 202).")
-UPLOADS_DUPLICATE = Counter("dam_uploads_duplicate", "Uploaded files whose bytes were uploaded before (200: nothing new kept).")
+UPLOADS_DUPLICATE = Counter(
+    "dam_uploads_duplicate", "Uploaded files whose bytes were uploaded before (200: nothing new kept)."
+)
 UPLOADS_REJECTED = Counter("dam_uploads_rejected", "Uploads refused, by reason.", ["reason"])
 UPLOADS_IN_FLIGHT = Gauge(
     "dam_uploads_in_flight", "POST /upload requests being handled now.", multiprocess_mode="livesum"
 )
 PUBLISH_SECONDS = Histogram(
-    "dam_publish_duration_seconds", "Time to publish one upload's message until the broker confirmed (or failed).",
+    "dam_publish_duration_seconds",
+    "Time to publish one upload's message until the broker confirmed (or failed).",
     buckets=SERVICE_BUCKETS,
 )
 STORE_PUT_SECONDS = Histogram(
-    "dam_store_put_duration_seconds", "Time to write one original to the object store (or fail).",
+    "dam_store_put_duration_seconds",
+    "Time to write one original to the object store (or fail).",
     buckets=SERVICE_BUCKETS,
 )
 MARKER_BACKLOG = Gauge(
-    "dam_marker_backlog", "Upload markers confirmed but not yet written (written after the answer).",
+    "dam_marker_backlog",
+    "Upload markers confirmed but not yet written (written after the answer).",
     multiprocess_mode="livesum",
 )
 INDEX_VERSION = Gauge(
-    "dam_search_index_version", "Sequence number of the search index version served (0: none yet).",
+    "dam_search_index_version",
+    "Sequence number of the search index version served (0: none yet).",
     multiprocess_mode="livemax",
 )
 INDEX_BUILT = Gauge(
-    "dam_search_index_built_timestamp_seconds", "Unix time at which the served index version was published.",
+    "dam_search_index_built_timestamp_seconds",
+    "Unix time at which the served index version was published.",
     multiprocess_mode="livemax",
 )
 INDEX_AGE_NAME = "dam_search_index_age_seconds"
@@ -228,8 +238,21 @@ class WithIndexAge:
 
 
 __all__ = [
-    "FILES_COUNTED", "REJECT_REASONS", "WithIndexAge", "configure", "enabled", "file_accepted", "file_duplicate",
-    "file_rejected", "files_counted",
-    "image_reason", "index_swapped", "marker_done", "marker_queued", "publish_timer", "request_reason",
-    "request_rejected", "store_put_timer",
+    "FILES_COUNTED",
+    "REJECT_REASONS",
+    "WithIndexAge",
+    "configure",
+    "enabled",
+    "file_accepted",
+    "file_duplicate",
+    "file_rejected",
+    "files_counted",
+    "image_reason",
+    "index_swapped",
+    "marker_done",
+    "marker_queued",
+    "publish_timer",
+    "request_reason",
+    "request_rejected",
+    "store_put_timer",
 ]

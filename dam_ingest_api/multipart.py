@@ -137,8 +137,12 @@ async def parse_upload_form(
     parser = LimitedMultiPartParser(
         headers,
         limited_stream(
-            stream, max_body_bytes(max_files, max_file_bytes), idle_timeout,
-            deadline_seconds, min_bytes_per_second, rate_grace_seconds,
+            stream,
+            max_body_bytes(max_files, max_file_bytes),
+            idle_timeout,
+            deadline_seconds,
+            min_bytes_per_second,
+            rate_grace_seconds,
         ),
         max_file_bytes=max_file_bytes,
         max_files=max_files,

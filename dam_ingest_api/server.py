@@ -243,7 +243,10 @@ class HeaderTimeoutProtocol(H11Protocol):
             return self._counted(app, shared)
         if len(self.connections) >= limit or len(self.tasks) >= limit:
             log.info(
-                "503 for %s: %d connections open, %d requests in flight", self.client, len(self.connections), len(self.tasks)
+                "503 for %s: %d connections open, %d requests in flight",
+                self.client,
+                len(self.connections),
+                len(self.tasks),
             )
             return _BUSY
         return _closing(app) if self._under_pressure() else app
@@ -278,7 +281,9 @@ class HeaderTimeoutProtocol(H11Protocol):
         if shed:
             log.info(
                 "closed %d idle keep-alive connections: %d open, the cap is %s",
-                shed, len(self.connections), self.policy.max_connections,
+                shed,
+                len(self.connections),
+                self.policy.max_connections,
             )
 
     def _refuse_connection(self, detail: str) -> None:

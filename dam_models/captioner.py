@@ -140,7 +140,12 @@ class Captioner(InferenceModel):
         """Model, generation settings, dtype and runtime as set: also the captions' Dagster code_version."""
         s = self.spec
         return caption_version(
-            s.model_id, self.max_new_tokens, self.num_beams, self.min_new_tokens, s.dtype_setting, s.runtime_setting,
+            s.model_id,
+            self.max_new_tokens,
+            self.num_beams,
+            self.min_new_tokens,
+            s.dtype_setting,
+            s.runtime_setting,
             s.quantize_setting,
         )
 
@@ -209,8 +214,10 @@ def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBacken
 
         exported = folder
         processor = _load_processor(spec.model_id)
-        samples = ({"pixel_values": processor.image_processor(images=[im], return_tensors="np")["pixel_values"]}
-                   for im in calibration_images())
+        samples = (
+            {"pixel_values": processor.image_processor(images=[im], return_tensors="np")["pixel_values"]}
+            for im in calibration_images()
+        )
         folder = conversion_dir(cache_root, "blip", spec.model_id, "openvino-int8")
         build_once(folder, is_exported, lambda target: quantize_graph(exported, target, IMAGE_SIDE, samples))
     return OpenVinoBlipBackend(OpenVinoBlip(folder, spec.precision, threads=query_threads()))

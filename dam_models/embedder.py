@@ -64,7 +64,9 @@ class TorchClip:
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            out = self.model.get_text_features(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+            out = self.model.get_text_features(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+            )
             return _normalize(_pooled(out))
 
 
@@ -128,7 +130,9 @@ class Embedder(InferenceModel):
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The image tower's input for these images (any size or mode)."""
-        pixel_values = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
+        pixel_values = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")[
+            "pixel_values"
+        ]
         return pinned(pixel_values, self.device)
 
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
@@ -213,7 +217,9 @@ def get_embedder(
         backend = cached(spec.cache_key("clip"), load_backend)
         processor = cached(("clip-processor", spec.model_id), lambda: _load_processor(spec.model_id))
         config = _clip_config(spec.model_id)
-        max_len = int(min(config.text_config.max_position_embeddings, getattr(processor.tokenizer, "model_max_length", 77) or 77))
+        max_len = int(
+            min(config.text_config.max_position_embeddings, getattr(processor.tokenizer, "model_max_length", 77) or 77)
+        )
         return Embedder(backend, processor, spec, max_len)
 
     return cached(("embedder", spec), build)

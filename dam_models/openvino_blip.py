@@ -44,16 +44,27 @@ def export_blip(model, folder: Path, max_len: int = MAX_CACHE_LEN) -> Path:
         cache = [layers, -1, heads, max_len, head_dim]
         cross = [layers, -1, heads, tokens, head_dim]
         example = (
-            torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
-            torch.zeros(1, 1, 1, max_len), torch.zeros(layers, 1, heads, max_len, head_dim),
-            torch.zeros(layers, 1, heads, max_len, head_dim), cross_k, cross_v,
+            torch.ones(1, 1, dtype=torch.long),
+            torch.zeros(1, 1, dtype=torch.long),
+            torch.zeros(1, 1, 1, max_len),
+            torch.zeros(layers, 1, heads, max_len, head_dim),
+            torch.zeros(layers, 1, heads, max_len, head_dim),
+            cross_k,
+            cross_v,
         )
-        decoder_step = ov.convert_model(step, example_input=example, input=[
-            ("input_ids", [-1, 1], ov.Type.i64), ("position_ids", [-1, 1], ov.Type.i64),
-            ("self_mask", [-1, 1, 1, max_len], ov.Type.f32),
-            ("past_k", cache, ov.Type.f32), ("past_v", cache, ov.Type.f32),
-            ("cross_k", cross, ov.Type.f32), ("cross_v", cross, ov.Type.f32),
-        ])
+        decoder_step = ov.convert_model(
+            step,
+            example_input=example,
+            input=[
+                ("input_ids", [-1, 1], ov.Type.i64),
+                ("position_ids", [-1, 1], ov.Type.i64),
+                ("self_mask", [-1, 1, 1, max_len], ov.Type.f32),
+                ("past_k", cache, ov.Type.f32),
+                ("past_v", cache, ov.Type.f32),
+                ("cross_k", cross, ov.Type.f32),
+                ("cross_v", cross, ov.Type.f32),
+            ],
+        )
     image_side.inputs[0].get_tensor().set_names({"pixel_values"})
     for out, name in zip(image_side.outputs, ("cross_k", "cross_v"), strict=True):
         out.get_tensor().set_names({name})
@@ -64,9 +75,15 @@ def export_blip(model, folder: Path, max_len: int = MAX_CACHE_LEN) -> Path:
     ov.save_model(decoder_step, folder / DECODER_STEP, compress_to_fp16=False)
     text = model.config.text_config
     meta = {
-        "max_len": max_len, "layers": layers, "heads": heads, "head_dim": head_dim, "tokens": tokens,
-        "bos_token_id": int(text.bos_token_id), "eos_token_id": int(text.sep_token_id),
-        "pad_token_id": int(text.pad_token_id), "vocab_size": int(text.vocab_size),
+        "max_len": max_len,
+        "layers": layers,
+        "heads": heads,
+        "head_dim": head_dim,
+        "tokens": tokens,
+        "bos_token_id": int(text.bos_token_id),
+        "eos_token_id": int(text.sep_token_id),
+        "pad_token_id": int(text.pad_token_id),
+        "vocab_size": int(text.vocab_size),
     }
     (folder / META).write_text(json.dumps(meta, indent=1))
     return folder
@@ -93,7 +110,9 @@ class OpenVinoBlip:
         self._cache_np = np.uint16 if precision == "bf16" else np.float32  # bf16 bits, copied, never computed on
         core = ov.Core()
         image = self._typed(core.read_model(folder / IMAGE_SIDE), (), ("cross_k", "cross_v"))
-        step = self._typed(core.read_model(folder / DECODER_STEP), ("past_k", "past_v", "cross_k", "cross_v"), ("new_k", "new_v"))
+        step = self._typed(
+            core.read_model(folder / DECODER_STEP), ("past_k", "past_v", "cross_k", "cross_v"), ("new_k", "new_v")
+        )
         self._image = core.compile_model(image, "CPU", config)
         self._step = core.compile_model(step, "CPU", config)
 
@@ -130,11 +149,13 @@ class OpenVinoBlip:
         while True:
             if t >= m["max_len"]:
                 raise ValueError(f"caption longer than the exported cache of {m['max_len']} tokens")
-            request.infer({
-                "input_ids": ids.reshape(batch, 1).astype(np.int64),
-                "position_ids": np.full((batch, 1), t, np.int64),
-                "self_mask": mask,
-            })
+            request.infer(
+                {
+                    "input_ids": ids.reshape(batch, 1).astype(np.int64),
+                    "position_ids": np.full((batch, 1), t, np.int64),
+                    "self_mask": mask,
+                }
+            )
             past_k[:, :, :, t] = request.get_tensor("new_k").data.view(self._cache_np)[:, :, :, 0]
             past_v[:, :, :, t] = request.get_tensor("new_v").data.view(self._cache_np)[:, :, :, 0]
             mask[..., t] = 0.0

@@ -41,11 +41,14 @@ def export_clip(model, folder: Path) -> Path:
     with torch.no_grad():
         pixels = torch.zeros(1, 3, size, size)
         image = ov.convert_model(
-            ImageFeatures(model).eval(), example_input=(pixels,), input=[("pixel_values", [-1, 3, size, size], ov.Type.f32)]
+            ImageFeatures(model).eval(),
+            example_input=(pixels,),
+            input=[("pixel_values", [-1, 3, size, size], ov.Type.f32)],
         )
         ids = torch.ones(2, 7, dtype=torch.long)
         text = ov.convert_model(
-            TextFeatures(model).eval(), example_input=(ids, torch.ones_like(ids)),
+            TextFeatures(model).eval(),
+            example_input=(ids, torch.ones_like(ids)),
             input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)],
         )
     image.inputs[0].get_tensor().set_names({"pixel_values"})

@@ -101,7 +101,9 @@ def conversion_dir(cache_root: Path, kind: str, model_id: str, runtime: str) -> 
     """The folder holding `model_id` converted for `runtime`."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model_id).strip("/"))[-60:] or "model"
     key = hashlib.sha256(
-        json.dumps([kind, str(model_id), source_fingerprint(model_id), runtime, runtime_version(runtime), EXPORT_FORMAT]).encode()
+        json.dumps(
+            [kind, str(model_id), source_fingerprint(model_id), runtime, runtime_version(runtime), EXPORT_FORMAT]
+        ).encode()
     ).hexdigest()[:16]
     return cache_root / kind / f"{name}-{runtime}-{key}"
 

@@ -108,7 +108,9 @@ class RemoteEmbedder(_Remote):
         images = list(images)
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return np.concatenate([self.embed_pixels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+        return np.concatenate(
+            [self.embed_pixels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        )
 
     def embed_texts(self, texts, batch_size: int = 256) -> np.ndarray:
         return self._call("embed_texts", [str(t) for t in texts])
@@ -134,12 +136,20 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
     info = {
         "protocol": PROTOCOL,
         "captioner": {
-            "model_id": captioner.model_id, "version": captioner.version, "describe": captioner.describe(),
-            "device": captioner.device, "pid": os.getpid(),
+            "model_id": captioner.model_id,
+            "version": captioner.version,
+            "describe": captioner.describe(),
+            "device": captioner.device,
+            "pid": os.getpid(),
         },
         "embedder": {
-            "model_id": embedder.model_id, "version": embedder.version, "describe": embedder.describe(),
-            "device": embedder.device, "pid": os.getpid(), "dim": embedder.dim, "logit_scale": embedder.logit_scale,
+            "model_id": embedder.model_id,
+            "version": embedder.version,
+            "describe": embedder.describe(),
+            "device": embedder.device,
+            "pid": os.getpid(),
+            "dim": embedder.dim,
+            "logit_scale": embedder.logit_scale,
         },
     }
 

@@ -42,9 +42,7 @@ def logit_scale(embedder) -> float:
     return float(getattr(embedder, "logit_scale", 100.0))
 
 
-def tag_images(
-    embedder, image_vectors: np.ndarray, labels: list[str], threshold: float, top_k: int
-) -> list[list[str]]:
+def tag_images(embedder, image_vectors: np.ndarray, labels: list[str], threshold: float, top_k: int) -> list[list[str]]:
     """For each image, up to top_k labels whose softmax probability over the vocabulary is >= threshold."""
     if len(image_vectors) == 0 or not labels or top_k == 0:
         return [[] for _ in range(len(image_vectors))]

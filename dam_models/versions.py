@@ -16,8 +16,13 @@ def model_version(kind: str, model_id: str, *parts: str, dtype: str = "auto", ru
 
 
 def caption_version(
-    model_id: str, max_new_tokens: int, num_beams: int = 1, min_new_tokens: int = 1,
-    dtype: str = "auto", runtime: str = "auto", quantize: str = "auto",
+    model_id: str,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    min_new_tokens: int = 1,
+    dtype: str = "auto",
+    runtime: str = "auto",
+    quantize: str = "auto",
 ) -> str:
     """A BLIP captioner's version: model, greedy or beams, length limits, dtype, runtime and quantization."""
     parts = [f"max{int(max_new_tokens)}", f"beams{int(num_beams)}", f"min{int(min_new_tokens)}"]

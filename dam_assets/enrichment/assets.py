@@ -38,7 +38,11 @@ from dam_models.versions import caption_version, embedding_version
 
 def _where(load) -> dict:
     """Which process ran the step and what its model cost: 0 s when a warm worker already held it."""
-    return {"model_load_seconds": round(load.seconds, 3), "worker_host": socket.gethostname(), "worker_pid": os.getpid()}
+    return {
+        "model_load_seconds": round(load.seconds, 3),
+        "worker_host": socket.gethostname(),
+        "worker_pid": os.getpid(),
+    }
 
 
 BACKFILL_TAG = "dagster/backfill"
@@ -50,8 +54,11 @@ THUMBNAILS = AssetKey("image_thumbnails")
 def caption_code_version(settings: Settings) -> str:
     """The captioner's own version (model, generation, dtype, runtime): a change marks every batch's captions stale."""
     return caption_version(
-        settings.dam_caption_model, settings.dam_caption_max_tokens,
-        dtype=settings.dam_dtype, runtime=settings.dam_runtime, quantize=settings.dam_quantize,
+        settings.dam_caption_model,
+        settings.dam_caption_max_tokens,
+        dtype=settings.dam_dtype,
+        runtime=settings.dam_runtime,
+        quantize=settings.dam_quantize,
     )
 
 
@@ -242,9 +249,14 @@ def _commit_batch(context: AssetExecutionContext, dam: DamResource, batch: str) 
         [r for r in kept if r["id"] not in gone], committed_at, lag=BACKFILL_TAG not in context.run.tags
     )
     return _Commit(
-        rows=rows, committed=len(kept) - len(late), checks=RowChecks.of(staged.manifest, rows, embeddings.dim),
-        version=version, seconds=took.seconds, dim=embeddings.dim,
-        caption_model=staged.captions.model or "", embedding_model=embeddings.model or "",
+        rows=rows,
+        committed=len(kept) - len(late),
+        checks=RowChecks.of(staged.manifest, rows, embeddings.dim),
+        version=version,
+        seconds=took.seconds,
+        dim=embeddings.dim,
+        caption_model=staged.captions.model or "",
+        embedding_model=embeddings.model or "",
     )
 
 

@@ -101,7 +101,10 @@ def enrich_chunks(
         clock.time("thumbnail_write", lambda: write_thumbnails(store, made))
         return len(made)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thumbnails") as pool, contextlib.closing(prepared_chunks):
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="thumbnails") as pool,
+        contextlib.closing(prepared_chunks),
+    ):
         for p in prepared_chunks:
             decoded.extend(p.decoded)
             if work.thumbnails:
@@ -109,9 +112,12 @@ def enrich_chunks(
             if c is not None:
                 captions.append(clock.time("caption", lambda p=p: caption_batch(p.decoded, c, p.caption_pixels)))
             if e is not None:
-                embeddings.append(clock.time("embed", lambda p=p: embed_batch(
-                    p.decoded, e, work.labels, work.threshold, work.top_k, p.embed_pixels
-                )))
+                embeddings.append(
+                    clock.time(
+                        "embed",
+                        lambda p=p: embed_batch(p.decoded, e, work.labels, work.threshold, work.top_k, p.embed_pixels),
+                    )
+                )
         made = sum(f.result() for f in thumbnails)
     return StepResult(
         decoded=decoded,

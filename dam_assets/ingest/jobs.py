@@ -11,7 +11,8 @@ from dam_assets.ingest.partitions import batches_partitions_def
 # land, never queued behind other batches' runs.
 enrich_batch_job = define_asset_job(
     "enrich_batch",
-    selection=AssetSelection.groups("ingest", "enrichment", "table") | AssetSelection.assets(AssetKey("search_segment")),
+    selection=AssetSelection.groups("ingest", "enrichment", "table")
+    | AssetSelection.assets(AssetKey("search_segment")),
     partitions_def=batches_partitions_def,
     executor_def=in_process_executor,
     description="Caption, embed, tabulate and index one ingest batch.",

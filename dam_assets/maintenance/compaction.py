@@ -51,9 +51,7 @@ def compact_assets(context: AssetExecutionContext, config: CompactConfig, dam: D
     if done is None:
         context.log.info("no table yet: nothing to compact")
         return MaterializeResult(metadata={"files_before": 0, "files_after": 0, "retention_hours": retention})
-    return MaterializeResult(
-        metadata={**done.as_metadata(), "table": MetadataValue.path(dam.table.describe())}
-    )
+    return MaterializeResult(metadata={**done.as_metadata(), "table": MetadataValue.path(dam.table.describe())})
 
 
 compact_assets_job = define_asset_job(

@@ -27,7 +27,9 @@ def orphan_sweep_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
         grace_seconds=dam.settings.dam_orphan_grace_seconds,
         queue=dam.queue,
         # Read only when the sweep has candidates: the whole table is the costliest reference.
-        table_keys=lambda: [r[0] for r in dam.table.connect().execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()],
+        table_keys=lambda: [
+            r[0] for r in dam.table.connect().execute("SELECT DISTINCT r2_key FROM assets_all").fetchall()
+        ],
         budget_seconds=SWEEP_BUDGET_SECONDS,
     )
     for key in report.deleted:

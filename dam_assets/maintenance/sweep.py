@@ -50,7 +50,7 @@ class SweepReport:
 
 def _asset_id(key: str) -> str | None:
     stem = asset_id_of_original(key)
-    return stem if "/" not in key[len(ORIGINALS_PREFIX):] and is_asset_id(stem) else None
+    return stem if "/" not in key[len(ORIGINALS_PREFIX) :] and is_asset_id(stem) else None
 
 
 def _manifest_keys(store: ObjectStore) -> set[str]:
@@ -90,11 +90,13 @@ def sweep_orphans(
             return report
     grace = timedelta(seconds=grace_seconds)
     cutoff = now() - grace
-    old = [(key, aid) for key, mtime in store.list_modified(ORIGINALS_PREFIX) if mtime < cutoff and (aid := _asset_id(key))]
+    old = [
+        (key, aid) for key, mtime in store.list_modified(ORIGINALS_PREFIX) if mtime < cutoff and (aid := _asset_id(key))
+    ]
     report.old = len(old)
     if not old:
         return report
-    marked = {k[len(MARKERS_PREFIX):].removesuffix(MARKER_SUFFIX) for k in store.list(MARKERS_PREFIX)}
+    marked = {k[len(MARKERS_PREFIX) :].removesuffix(MARKER_SUFFIX) for k in store.list(MARKERS_PREFIX)}
     candidates = [(key, aid) for key, aid in old if aid not in marked]
     report.kept["marker"] = len(old) - len(candidates)
     if not candidates:

@@ -41,8 +41,6 @@ def _clean_env(**extra) -> dict:
     return env
 
 
-
-
 @pytest.fixture
 def dam_api(tmp_path):
     """Start `dam api` as a subprocess with extra environment; yields (url, data_dir)."""
@@ -55,7 +53,10 @@ def dam_api(tmp_path):
         log = open(tmp_path / f"api-{port}.log", "w+b")
         proc = subprocess.Popen(
             [*wrap, DAM, "api", "--port", str(port), "--log-level", "warning", *args],
-            env=_clean_env(DAM_DATA_DIR=data_dir, **env), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            env=_clean_env(DAM_DATA_DIR=data_dir, **env),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         procs.append((proc, log))
         url = f"http://127.0.0.1:{port}"
@@ -78,9 +79,13 @@ def dam_api(tmp_path):
 
 def _multipart(data: bytes, filename: str = "a.jpg") -> bytes:
     return (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def _originals(data_dir: Path) -> list[str]:
@@ -209,7 +214,9 @@ def test_a_slow_request_head_is_disconnected_at_the_header_timeout(dam_api, work
     timeout = 2.0
     url, data_dir = dam_api("--workers", workers, DAM_HEADER_TIMEOUT_SECONDS=timeout)
     if workers != "1":  # and the workers serve the app itself, not just the socket
-        r = httpx.post(f"{url}/upload", files={"file": ("w.jpg", jpeg_bytes(64, 48, seed=46), "image/jpeg")}, timeout=30)
+        r = httpx.post(
+            f"{url}/upload", files={"file": ("w.jpg", jpeg_bytes(64, 48, seed=46), "image/jpeg")}, timeout=30
+        )
         assert r.status_code == 202, r.text
         assert _originals(data_dir) == [f"{r.json()['id']}.jpg"]
     lines = [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n"] + [f"X-Slow-{i}: {i}\r\n".encode() for i in range(30)]
@@ -244,7 +251,9 @@ def test_uploads_over_the_concurrency_cap_get_503_at_once(dam_api):
     try:
         time.sleep(0.5)
         t0 = time.monotonic()
-        r = httpx.post(f"{url}/upload", files={"file": ("c.jpg", jpeg_bytes(80, 60, seed=45), "image/jpeg")}, timeout=10)
+        r = httpx.post(
+            f"{url}/upload", files={"file": ("c.jpg", jpeg_bytes(80, 60, seed=45), "image/jpeg")}, timeout=10
+        )
         assert r.status_code == 503, r.text
         assert time.monotonic() - t0 < 2
         assert r.headers.get("retry-after")
@@ -256,7 +265,9 @@ def test_uploads_over_the_concurrency_cap_get_503_at_once(dam_api):
     # The held slots come back once those clients are gone.
     deadline = time.monotonic() + 10
     while True:
-        r = httpx.post(f"{url}/upload", files={"file": ("d.jpg", jpeg_bytes(80, 60, seed=46), "image/jpeg")}, timeout=10)
+        r = httpx.post(
+            f"{url}/upload", files={"file": ("d.jpg", jpeg_bytes(80, 60, seed=46), "image/jpeg")}, timeout=10
+        )
         if r.status_code != 503 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -352,7 +363,9 @@ def _run_briefly(args: list[str], env: dict, cwd: Path, seconds: float = 30) -> 
 @pytest.mark.parametrize("command", ["api", "dev"])
 def test_no_key_on_a_public_address_is_refused(tmp_path, command):
     rc, err = _run_briefly(
-        [DAM, command, "--host", "0.0.0.0", "--port", str(free_port())], _clean_env(DAM_DATA_DIR=tmp_path / "data"), tmp_path
+        [DAM, command, "--host", "0.0.0.0", "--port", str(free_port())],
+        _clean_env(DAM_DATA_DIR=tmp_path / "data"),
+        tmp_path,
     )
     assert rc == 2, err
     assert "DAM_API_KEY" in err and "--insecure-no-auth" in err
@@ -483,10 +496,23 @@ def test_a_cursor_the_api_did_not_issue_is_a_400(make_settings):
 
 
 def _can_mount_tmpfs(where: Path) -> bool:
-    probe = subprocess.run(
-        ["unshare", "-rm", "--propagation", "private", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(where)],
-        capture_output=True,
-    ) if shutil.which("unshare") else None
+    probe = (
+        subprocess.run(
+            [
+                "unshare",
+                "-rm",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount -t tmpfs -o size=64k tmpfs "$0"',
+                str(where),
+            ],
+            capture_output=True,
+        )
+        if shutil.which("unshare")
+        else None
+    )
     return probe is not None and probe.returncode == 0
 
 
@@ -563,7 +589,9 @@ def test_idle_and_unauthenticated_connections_cannot_lock_out_a_key_holder(dam_a
         r = httpx.get(f"{url}/assets", headers=authorized, timeout=5)
         assert r.status_code == 200, r.text
         r = httpx.post(
-            f"{url}/upload", headers=authorized, timeout=5,
+            f"{url}/upload",
+            headers=authorized,
+            timeout=5,
             files={"file": ("k.jpg", jpeg_bytes(64, 48, seed=71), "image/jpeg")},
         )
         assert r.status_code == 202, r.text
@@ -630,4 +658,3 @@ def test_docs_load_no_script_from_elsewhere_without_integrity(make_settings):
         assert r.status_code == 200 and len(r.content) > 10_000, ref
         assert r.headers["content-type"].startswith(("text/javascript", "text/css")), ref
     assert client.get("/redoc").status_code == 404  # ReDoc loaded an unpinned CDN script too: off
-

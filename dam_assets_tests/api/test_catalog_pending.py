@@ -137,8 +137,15 @@ def test_stray_objects_under_batches_neither_stop_nor_become_the_low_watermark(t
     def manifest(n: int) -> str:
         asset_id = f"{n:032x}"
         msg = UploadMessage(
-            id=asset_id, filename="x.jpg", r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
-            bytes=1, sha256="0" * 64, width=1, height=1, uploaded_at=datetime.now(UTC),
+            id=asset_id,
+            filename="x.jpg",
+            r2_key=f"assets/{asset_id}.jpg",
+            mime_type="image/jpeg",
+            bytes=1,
+            sha256="0" * 64,
+            width=1,
+            height=1,
+            uploaded_at=datetime.now(UTC),
         )
         return write_manifest(store, [msg]).batch
 

@@ -72,7 +72,16 @@ def test_every_operation_answers_within_its_contract(api, mode):
     assert sum(calls.values()) >= 5 * len(operations)
 
 
-_SIGNATURES = [b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM", b"RIFF\x00\x00\x00\x00WEBP"]
+_SIGNATURES = [
+    b"",
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"II*\x00",
+    b"MM\x00*",
+    b"BM",
+    b"RIFF\x00\x00\x00\x00WEBP",
+]
 
 
 def test_arbitrary_file_bytes_never_cause_a_server_error(api):

@@ -227,38 +227,85 @@ def file_part(data: bytes, filename: str | bytes = "photo.jpg", ctype: str = "im
 REJECTED = {
     # name: (body builder, status, words in the detail)
     "zero-bytes": (lambda: multipart([file_part(b"")]), 400, ("empty",)),
-    "text-labelled-jpeg": (lambda: multipart([file_part(b"just some text, honest " * 20)]), 415, ("not a supported image",)),
-    "html-with-script": (lambda: multipart([file_part(HTML, "index.jpg", "image/jpeg")]), 415, ("not a supported image",)),
-    "svg-with-script": (lambda: multipart([file_part(SVG, "logo.svg", "image/svg+xml")]), 415, ("not a supported image",)),
-    "unsupported-format-ico": (lambda: multipart([file_part(ico_bytes(), "favicon.png", "image/png")]), 415, ("not a supported image",)),
+    "text-labelled-jpeg": (
+        lambda: multipart([file_part(b"just some text, honest " * 20)]),
+        415,
+        ("not a supported image",),
+    ),
+    "html-with-script": (
+        lambda: multipart([file_part(HTML, "index.jpg", "image/jpeg")]),
+        415,
+        ("not a supported image",),
+    ),
+    "svg-with-script": (
+        lambda: multipart([file_part(SVG, "logo.svg", "image/svg+xml")]),
+        415,
+        ("not a supported image",),
+    ),
+    "unsupported-format-ico": (
+        lambda: multipart([file_part(ico_bytes(), "favicon.png", "image/png")]),
+        415,
+        ("not a supported image",),
+    ),
     "truncated-jpeg": (lambda: multipart([file_part(jpeg_bytes(320, 240, seed=5)[:1500])]), 422, ("truncated",)),
     # Issue 22, 6b: accepted before, and processed as a grey 9000x9000 image.
     "jpeg-header-of-9000x9000-in-1.4-kb": (
-        lambda: multipart([file_part(jpeg_header_claiming_9000x9000())]), 422, ("truncated", "9000x9000")),
+        lambda: multipart([file_part(jpeg_header_claiming_9000x9000())]),
+        422,
+        ("truncated", "9000x9000"),
+    ),
     "jpeg-header-of-9000x9000-cut-without-eoi": (
-        lambda: multipart([file_part(jpeg_header_claiming_9000x9000()[:-2])]), 422, ("truncated",)),
+        lambda: multipart([file_part(jpeg_header_claiming_9000x9000()[:-2])]),
+        422,
+        ("truncated",),
+    ),
     # Issue 22, 6e: ~5 s of API CPU before; now refused from the header, before any decode.
     "png-1x89000000": (
-        lambda: multipart([file_part(png_1_by_89_million(), "thin.png", "image/png")]), 422,
-        ("1x89000000", "DAM_MAX_IMAGE_SIDE", "65535")),
+        lambda: multipart([file_part(png_1_by_89_million(), "thin.png", "image/png")]),
+        422,
+        ("1x89000000", "DAM_MAX_IMAGE_SIDE", "65535"),
+    ),
     # Issue 22, 6d: "Invalid multipart data." before, with no hint.
     "filename-of-8000-characters": (
-        lambda: multipart([file_part(jpeg_bytes(32, 32, seed=19), "a" * 8000 + ".jpg")]), 413,
-        ("header is too long", "filename", str(MAX_PART_HEADER_BYTES))),
+        lambda: multipart([file_part(jpeg_bytes(32, 32, seed=19), "a" * 8000 + ".jpg")]),
+        413,
+        ("header is too long", "filename", str(MAX_PART_HEADER_BYTES)),
+    ),
     "png-bad-crc": (lambda: multipart([file_part(png_bad_crc(), "x.png", "image/png")]), 422, ()),
     "png-truncated-idat": (lambda: multipart([file_part(png_truncated_idat(), "x.png", "image/png")]), 422, ()),
-    "png-decompression-bomb": (lambda: multipart([file_part(png_declaring(60000, 60000), "bomb.png")]), 422, ("pixels",)),
-    "png-just-over-pixel-limit": (lambda: multipart([file_part(png_declaring(11000, 10000), "big.png")]), 422, ("pixels",)),
+    "png-decompression-bomb": (
+        lambda: multipart([file_part(png_declaring(60000, 60000), "bomb.png")]),
+        422,
+        ("pixels",),
+    ),
+    "png-just-over-pixel-limit": (
+        lambda: multipart([file_part(png_declaring(11000, 10000), "big.png")]),
+        422,
+        ("pixels",),
+    ),
     "gif-decompression-bomb": (lambda: multipart([file_part(gif_bomb(), "bomb.gif", "image/gif")]), 422, ("pixels",)),
     "gif-2000-frames": (lambda: multipart([file_part(animated_gif(2000), "anim.gif", "image/gif")]), 422, ("frames",)),
     "file-over-size-limit": (
-        lambda: multipart([file_part(b"\xff\xd8\xff\xe0" + b"\x00" * (MAX_UPLOAD + 10))]), 413, ("limit",)),
+        lambda: multipart([file_part(b"\xff\xd8\xff\xe0" + b"\x00" * (MAX_UPLOAD + 10))]),
+        413,
+        ("limit",),
+    ),
     "too-many-files": (
         lambda: multipart([file_part(jpeg_bytes(32, 32, seed=100 + i), f"{i}.jpg") for i in range(MAX_FILES + 2)]),
-        413, ("too many files",)),
+        413,
+        ("too many files",),
+    ),
     "no-file-field": (lambda: multipart([("comment", None, None, b"hello")]), 400, ("no file",)),
-    "file-field-without-filename": (lambda: multipart([("file", None, None, jpeg_bytes(32, 32, seed=7))]), 400, ("no file",)),
-    "wrong-field-name": (lambda: multipart([("image", "x.jpg", "image/jpeg", jpeg_bytes(32, 32, seed=8))]), 400, ("no file",)),
+    "file-field-without-filename": (
+        lambda: multipart([("file", None, None, jpeg_bytes(32, 32, seed=7))]),
+        400,
+        ("no file",),
+    ),
+    "wrong-field-name": (
+        lambda: multipart([("image", "x.jpg", "image/jpeg", jpeg_bytes(32, 32, seed=8))]),
+        400,
+        ("no file",),
+    ),
     "garbage-after-boundary": (lambda: b"--" + BOUNDARY.encode() + b"\r\n\x00\x01\x02 no headers at all", 400, ()),
 }
 
@@ -413,7 +460,7 @@ def test_the_pipeline_decodes_up_to_the_pixel_setting_too():
 HOSTILE_NAMES = {
     "dot-dot-slash": ("../../../etc/passwd.jpg", "passwd.jpg"),
     "windows-path": ("C:\\Users\\me\\..\\evil.jpg", "evil.jpg"),
-    "quotes": ('a"b\'c.jpg', 'a"b\'c.jpg'),
+    "quotes": ("a\"b'c.jpg", "a\"b'c.jpg"),
     "nul": ("a\x00b.jpg", "ab.jpg"),
     "newline-and-tab": ("a\nb\tc\x1b.jpg", "abc.jpg"),
     "1000-chars": ("x" * 1000 + ".jpg", "x" * 255),
@@ -441,7 +488,10 @@ def test_hostile_filename_is_accepted_as_cleaned_data(api, case):
     # Nothing outside the store's own layout was created from the name.
     root = api.settings.data_dir
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "/.tmp/" not in p.as_posix()}
-    assert {f for f in files if f.startswith("store/")} == {f"store/{body['r2_key']}", f"store/uploads/{body['id']}.json"}
+    assert {f for f in files if f.startswith("store/")} == {
+        f"store/{body['r2_key']}",
+        f"store/uploads/{body['id']}.json",
+    }
     assert all(f.startswith(("store/", "queue/")) for f in files), files
 
 
@@ -505,7 +555,7 @@ def _odd_but_valid(api, tiny_models, monkeypatch):
 def _big_file_body(total: int, chunk: int = 64 * 1024):
     """A multipart body with one file of `total` bytes, in chunks, and its length."""
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -591,9 +641,13 @@ def test_services_down_answer_503_without_secrets(make_settings):
     store_secret, amqp_secret = "R2-SECRET-do-not-leak-91xq", "amqp-pw-do-not-leak-7zk"
     closed = free_port()  # nothing listens there
     settings = make_settings(
-        R2_ENDPOINT=f"http://127.0.0.1:{closed}", R2_ACCESS_KEY_ID="AKIAHOSTILETEST",
-        R2_SECRET_ACCESS_KEY=store_secret, R2_BUCKET="dam-hostile", R2_REGION="us-east-1",
-        AMQP_URL=f"amqp://dam:{amqp_secret}@127.0.0.1:{closed}/%2F", DAM_API_KEY=API_KEY,
+        R2_ENDPOINT=f"http://127.0.0.1:{closed}",
+        R2_ACCESS_KEY_ID="AKIAHOSTILETEST",
+        R2_SECRET_ACCESS_KEY=store_secret,
+        R2_BUCKET="dam-hostile",
+        R2_REGION="us-east-1",
+        AMQP_URL=f"amqp://dam:{amqp_secret}@127.0.0.1:{closed}/%2F",
+        DAM_API_KEY=API_KEY,
     )
     secrets = (store_secret, amqp_secret, API_KEY)
 

@@ -6,12 +6,11 @@ by a gate on the real store (fault injection: the store answers, just late).
 
 from __future__ import annotations
 
-import pytest
-
 import threading
 import time
 
 import httpx
+import pytest
 
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.faults.server import serve
@@ -101,7 +100,9 @@ def test_stopping_the_api_waits_for_the_markers_in_flight(make_settings, s3_env,
 
 
 @pytest.mark.system
-def test_a_delete_right_after_the_202_waits_for_the_marker_and_leaves_none(make_settings, s3_env, rabbit_url, queue_name):
+def test_a_delete_right_after_the_202_waits_for_the_marker_and_leaves_none(
+    make_settings, s3_env, rabbit_url, queue_name
+):
     """The marker write is in flight when the DELETE arrives: the delete waits for it, then removes it
     (else the late write would land after the delete and leave a marker of a deleted upload)."""
     settings = make_settings(**s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name)

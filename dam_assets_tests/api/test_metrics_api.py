@@ -45,7 +45,9 @@ def api(tmp_path):
 
     def start(*args: str, **extra) -> tuple[str, Path]:
         data_dir = tmp_path / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_", "PROMETHEUS_")) and k != "AMQP_URL"}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_", "PROMETHEUS_")) and k != "AMQP_URL"
+        }
         env.update(DAM_DATA_DIR=str(data_dir), DAM_API_KEY=KEY, DAM_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), **extra)
         proc, url, log = start_dam_api(env, tmp_path, tmp_path / "api.log", *args, port=free_port())
         procs.append((proc, log))
@@ -105,12 +107,27 @@ def test_upload_counts_and_requests_by_route(api, tmp_path, workers):
 
     assert value(m, "dam_uploads_accepted_total") == 8
     assert value(m, "dam_uploads_duplicate_total") == 1
-    rejected = {r: value(m, "dam_uploads_rejected_total", reason=r) for r in
-                ("not_an_image", "empty", "corrupt", "too_large", "unauthorized", "bomb", "store_unavailable")}
-    assert rejected == {"not_an_image": 3, "empty": 1, "corrupt": 1, "too_large": 1, "unauthorized": 1,
-                        "bomb": 0, "store_unavailable": 0}
-    received = sum(len(d) for d in good) + len(good[0]) + len(b"not an image at all") + len(b"still not an image") \
-        + len(good[1]) // 2 + sum(len(d) for _, d in mixed)
+    rejected = {
+        r: value(m, "dam_uploads_rejected_total", reason=r)
+        for r in ("not_an_image", "empty", "corrupt", "too_large", "unauthorized", "bomb", "store_unavailable")
+    }
+    assert rejected == {
+        "not_an_image": 3,
+        "empty": 1,
+        "corrupt": 1,
+        "too_large": 1,
+        "unauthorized": 1,
+        "bomb": 0,
+        "store_unavailable": 0,
+    }
+    received = (
+        sum(len(d) for d in good)
+        + len(good[0])
+        + len(b"not an image at all")
+        + len(b"still not an image")
+        + len(good[1]) // 2
+        + sum(len(d) for _, d in mixed)
+    )
     assert value(m, "dam_upload_bytes_total") == received  # files read to the end (not the 413 or 401)
 
     def requests(handler, status, method="POST"):
@@ -136,8 +153,13 @@ def test_upload_counts_and_requests_by_route(api, tmp_path, workers):
         files = sorted(mp_dir.glob("counter_*.db"))
         assert mp_dir / "counter_1.db" not in files, "the stale file was not cleared at start"
         served = {  # requests each process answered, from its own file
-            f.name: sum(s.value for fam in MultiProcessCollector.merge([str(f)]) if fam.name == "http_requests"
-                        for s in fam.samples if s.name == "http_requests_total")
+            f.name: sum(
+                s.value
+                for fam in MultiProcessCollector.merge([str(f)])
+                if fam.name == "http_requests"
+                for s in fam.samples
+                if s.name == "http_requests_total"
+            )
             for f in files
         }
         assert sum(1 for n in served.values() if n) == 2, f"both workers should have answered: {served}"
@@ -155,7 +177,10 @@ def test_metrics_off(make_settings):
         with TestClient(app) as client:
             assert client.get("/metrics").status_code == 404
             before = metrics.UPLOADS_ACCEPTED._value.get()
-            assert client.post("/upload", files={"file": ("a.jpg", jpeg_bytes(32, 32, seed=5), "image/jpeg")}).status_code == 202
+            assert (
+                client.post("/upload", files={"file": ("a.jpg", jpeg_bytes(32, 32, seed=5), "image/jpeg")}).status_code
+                == 202
+            )
             assert metrics.UPLOADS_ACCEPTED._value.get() == before
     finally:
         metrics.configure(True)
@@ -183,17 +208,22 @@ def test_docs_and_dashboard_name_real_metrics():
     import json
     import re
 
+    from prometheus_client import REGISTRY
+
     import dam_assets.metrics
     import dam_ingest_api.metrics
-    from prometheus_client import REGISTRY
 
     docs = Path(__file__).resolve().parents[2] / "docs"
     ours = {  # counters without `_total`: the registry knows both spellings
-        name.removesuffix("_total") for name in REGISTRY._names_to_collectors
+        name.removesuffix("_total")
+        for name in REGISTRY._names_to_collectors
         if name.startswith(("dam_", "http_")) and not name.endswith(("_bucket", "_count", "_sum", "_created"))
     }
     ours.add(dam_ingest_api.metrics.INDEX_AGE_NAME)  # computed at scrape time
-    listed = {n.removesuffix("_total") for n in re.findall(r"^\| `((?:dam|http)_\w+)`", (docs / "metrics.md").read_text(), re.M)}
+    listed = {
+        n.removesuffix("_total")
+        for n in re.findall(r"^\| `((?:dam|http)_\w+)`", (docs / "metrics.md").read_text(), re.M)
+    }
     assert ours - listed == set(), "metrics missing from docs/metrics.md"
     assert listed - ours == set(), "docs/metrics.md names metrics that do not exist"
 

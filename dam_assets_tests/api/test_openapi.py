@@ -16,13 +16,33 @@ from dam_core.settings import load_settings
 from dam_ingest_api.main import create_app
 
 ITEM = [
-    "id", "filename", "caption", "tags", "mime_type", "width", "height", "status", "error",
-    "uploaded_at", "processed_at", "thumbnail_url", "original_url",
+    "id",
+    "filename",
+    "caption",
+    "tags",
+    "mime_type",
+    "width",
+    "height",
+    "status",
+    "error",
+    "uploaded_at",
+    "processed_at",
+    "thumbnail_url",
+    "original_url",
 ]
 DETAIL = [*ITEM, "taken_at", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "orientation"]
 UPLOAD = [
-    "id", "filename", "r2_key", "vector_key", "mime_type", "bytes", "sha256", "width", "height",
-    "uploaded_at", "status",
+    "id",
+    "filename",
+    "r2_key",
+    "vector_key",
+    "mime_type",
+    "bytes",
+    "sha256",
+    "width",
+    "height",
+    "uploaded_at",
+    "status",
 ]
 # Every body component, with its properties in JSON order; all of them always present.
 COMPONENTS = {
@@ -61,7 +81,9 @@ OPERATIONS = {
     ("get", "/healthz"): {"200": {"Health"}},
     ("get", "/readyz"): {"200": {"Readiness"}, "503": {"Readiness"}},
     ("post", "/upload"): {
-        "202": {"UploadAnswer", "UploadBatch"}, "200": {"DuplicateAnswer", "UploadBatch"}, "401": E,
+        "202": {"UploadAnswer", "UploadBatch"},
+        "200": {"DuplicateAnswer", "UploadBatch"},
+        "401": E,
         **dict.fromkeys(["400", "408", "413", "415", "422", "503"], REFUSED),
     },
     ("get", "/assets"): {"200": {"AssetPage"}, "400": E, "401": E, "422": V, "503": E},
@@ -80,7 +102,7 @@ def _refs(schema: dict) -> set[str]:
     """The components a schema names: one `$ref`, or an `anyOf` of them; fails on anything else."""
     options = schema.get("anyOf", [schema])
     assert all(set(o) == {"$ref"} and o["$ref"].startswith(REF) for o in options), schema
-    return {o["$ref"][len(REF):] for o in options}
+    return {o["$ref"][len(REF) :] for o in options}
 
 
 def _body_schema(doc: dict, method: str, path: str, status: int | str) -> dict:
@@ -145,9 +167,16 @@ def test_real_answers_match_the_schema_of_their_status(make_settings, tiny_model
         first = check("post", "/upload", upload(("red.jpg", red, "image/jpeg")), 202)
         asset = f"/assets/{first['id']}"
         check("post", "/upload", upload(("again.jpg", red, "image/jpeg")), 200)
-        batch = check("post", "/upload", upload(
-            ("a.png", png_bytes(24, 24), "image/png"), ("x.jpg", b"<html>", "image/jpeg"), ("again.jpg", red, "image/jpeg")
-        ), 202)
+        batch = check(
+            "post",
+            "/upload",
+            upload(
+                ("a.png", png_bytes(24, 24), "image/png"),
+                ("x.jpg", b"<html>", "image/jpeg"),
+                ("again.jpg", red, "image/jpeg"),
+            ),
+            202,
+        )
         assert [i.get("status") for i in batch["items"]] == ["queued", "rejected", "queued"]
         check("post", "/upload", upload(("b.jpg", red, "image/jpeg"), ("c.jpg", red, "image/jpeg")), 200)
         check("post", "/upload", upload(("x.jpg", b"<html>", "image/jpeg"), ("e.jpg", b"", "image/jpeg")), 415)

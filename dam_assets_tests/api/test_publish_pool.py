@@ -54,9 +54,19 @@ class DelayProxy:
     def __init__(self, target_port: int, one_way_ms: float):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.netem", "--listen", f"127.0.0.1:{self.port}",
-             "--target", f"127.0.0.1:{target_port}", "--delay-ms", str(one_way_ms)],
-            cwd=REPO, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "bench.netem",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--target",
+                f"127.0.0.1:{target_port}",
+                "--delay-ms",
+                str(one_way_ms),
+            ],
+            cwd=REPO,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while True:
@@ -138,8 +148,12 @@ def test_confirm_round_trips_overlap_instead_of_queueing(rabbit_url, queue_name)
 def test_a_publish_waiting_for_a_pooled_connection_keeps_its_deadline(rabbit_url, queue_name):
     """Partitioned broker, 2 pooled connections, 8 publishers: all fail within the deadline, none hangs."""
     with TcpProxy("127.0.0.1", 5672) as proxy:
-        q = RabbitQueue(rabbit_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}"), queue_name,
-                        publish_timeout=1.5, publishers=2)
+        q = RabbitQueue(
+            rabbit_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}"),
+            queue_name,
+            publish_timeout=1.5,
+            publishers=2,
+        )
         q.publish(b'{"before": 1}')
         proxy.cut("blackhole")
 
@@ -171,8 +185,9 @@ def test_concurrent_uploads_through_a_broker_cut_answer_202_or_503_and_each_202_
     with TcpProxy("127.0.0.1", 5672) as proxy:
         proxied = rabbit_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
         settings = make_settings(**s3_env, AMQP_URL=proxied, DAM_QUEUE=queue_name)
-        queue = RabbitQueue(proxied, queue_name, settings.dead_letter_queue, publish_timeout=publish_timeout,
-                            publishers=8)
+        queue = RabbitQueue(
+            proxied, queue_name, settings.dead_letter_queue, publish_timeout=publish_timeout, publishers=8
+        )
         app = create_app(settings, store=make_store(settings), queue=queue)
         with serve(app) as url:
             sent = threading.Event()
@@ -210,8 +225,7 @@ def test_concurrent_uploads_through_a_broker_cut_answer_202_or_503_and_each_202_
             th.join()
     assert len(results) == n
     statuses = Counter(s for _, s, _, _ in results)
-    print(f"[broker {mode}, {clients} clients] answers: {dict(statuses)}, "
-          f"slowest {max(t for *_, t in results):.2f} s")
+    print(f"[broker {mode}, {clients} clients] answers: {dict(statuses)}, slowest {max(t for *_, t in results):.2f} s")
     assert set(statuses) <= {202, 503}, statuses
     assert statuses[202] > 0 and statuses[503] > 0, statuses  # the cut was exercised
     # The deadline covers the wait for a pooled connection and the confirm; the rest is store and HTTP.

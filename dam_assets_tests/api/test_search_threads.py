@@ -4,14 +4,13 @@ changes it (the Catalog also serves `dam search` and runs in processes that embe
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import subprocess
 import sys
 import threading
 
+import pytest
 from dagster import materialize
 from fastapi.testclient import TestClient
 
@@ -77,8 +76,11 @@ def test_search_leaves_torch_threads_alone_and_the_api_sets_one_at_start_up(make
         torch.set_num_threads(before)
 
     proc = subprocess.run(
-        [sys.executable, "-c", API_PROCESS], env={**os.environ, "OMP_NUM_THREADS": "3"},
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", API_PROCESS],
+        env={**os.environ, "OMP_NUM_THREADS": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"torch_at_start": False, "hits": 2, "threads": 1}

@@ -226,7 +226,7 @@ def test_lying_content_type_uses_the_bytes(backend):
     assert body["r2_key"] == f"assets/{body['id']}.png"
     assert body["filename"] == "photo.jpg"  # the name is data, kept as given
     assert backend.store.get(body["r2_key"]) == data
-    (raw, _), = backend.queued()
+    ((raw, _),) = backend.queued()
     assert UploadMessage.from_json(raw).mime_type == "image/png"
 
 
@@ -300,7 +300,12 @@ def test_no_file_field(backend):
     "name, make, status, says",
     [
         ("empty.jpg", lambda: b"", 400, "empty"),
-        ("notes.jpg", lambda: b"hello, this is plain text and not an image at all\n" * 10, 415, "not a supported image"),
+        (
+            "notes.jpg",
+            lambda: b"hello, this is plain text and not an image at all\n" * 10,
+            415,
+            "not a supported image",
+        ),
         ("page.png", lambda: b"<!doctype html><html><body>hi</body></html>", 415, "not a supported image"),
         ("half.jpg", truncated_jpeg, 422, "truncated"),
         ("badcrc.png", png_with_bad_crc, 422, "corrupt"),
@@ -340,7 +345,11 @@ def test_file_over_the_size_limit(make_backend):
 
 def test_declared_body_over_the_limit_is_refused_before_reading(make_backend):
     backend = make_backend(DAM_MAX_UPLOAD_BYTES="10000", DAM_MAX_FILES_PER_REQUEST="1")
-    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n" + b"\0" * 500_000 + b"\r\n--b--\r\n"
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        + b"\0" * 500_000
+        + b"\r\n--b--\r\n"
+    )
     r = backend.client.post("/upload", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413, r.text
     backend.assert_nothing_kept()
@@ -475,7 +484,7 @@ def test_over_real_http_with_uvicorn(backend_env, make_settings):
 
         def body():
             head = (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"huge.jpg\"\r\n"
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="huge.jpg"\r\n'
                 "Content-Type: image/jpeg\r\n\r\n"
             ).encode()
             yield head + jpeg_bytes(64, 64, seed=17)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from dagster import AssetKey, Definitions
 
 ASSETS = {
@@ -38,7 +37,10 @@ def test_every_asset_job_and_sensor_loads_with_a_description():
     versions = {k: s.code_version for k, s in specs.items()}
     assert versions["image_captions"].startswith("blip:") and versions["image_embeddings"].startswith("clip:")
     assert {k: versions[k] for k in ("upload_batch", "image_thumbnails", "asset_metadata", "search_index")} == {
-        "upload_batch": "v1", "image_thumbnails": "webp256:v1", "asset_metadata": "delta-v2", "search_index": "v2",
+        "upload_batch": "v1",
+        "image_thumbnails": "webp256:v1",
+        "asset_metadata": "delta-v2",
+        "search_index": "v2",
     }
     batch_assets = set(ASSETS) - {"search_index", "compact_assets"}
     assert {k for k, s in specs.items() if s.partitions_def is not None} == batch_assets
@@ -84,7 +86,9 @@ def test_resources_are_typed_and_built_once_from_the_settings(tmp_path):
         "DAM_CAPTION_MODEL": "/models/blip",
         "DAM_TAGS_TOP_K": "2",
     }
-    got = _load(env, """
+    got = _load(
+        env,
+        """
         from dagster import build_resources
         from dagster._core.remote_representation.external_data import RepositorySnap
         from dagster._serdes import serialize_value
@@ -111,7 +115,8 @@ def test_resources_are_typed_and_built_once_from_the_settings(tmp_path):
             "store": [type(store).__name__, store.bucket, config(store) == config(api_store)],
             "queue": [type(queue).__name__, type(queue) is type(api_queue), queue.url == api_queue.url],
         }))
-    """)
+    """,
+    )
     assert got["types"] == [True, True]
     assert (got["batch_size"], got["bucket"], got["data_dir"]) == (7, "photos", str(tmp_path))
     assert (got["caption_model"], got["tags_top_k"]) == ("/models/blip", 2)
@@ -123,7 +128,9 @@ def test_resources_are_typed_and_built_once_from_the_settings(tmp_path):
 
 @pytest.mark.system
 def test_a_broken_environment_still_loads_and_names_the_variable(tmp_path):
-    got = _load({"DAM_DATA_DIR": str(tmp_path), "R2_ENDPOINT": "http://127.0.0.1:9"}, """
+    got = _load(
+        {"DAM_DATA_DIR": str(tmp_path), "R2_ENDPOINT": "http://127.0.0.1:9"},
+        """
         from dagster import DagsterInstance, Definitions, build_sensor_context
 
         Definitions.validate_loadable(defs)
@@ -136,7 +143,8 @@ def test_a_broken_environment_still_loads_and_names_the_variable(tmp_path):
         except Exception as err:
             tick = str(err)
         print(json.dumps({"error": error, "tick": tick}))
-    """)
+    """,
+    )
     assert "R2_BUCKET" in got["error"]
     assert "R2_BUCKET" in got["tick"]  # the sensor's tick fails, saying why, in the UI
     # ...and nothing fell back to the local folder that the defaults would have used.

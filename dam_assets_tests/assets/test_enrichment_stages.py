@@ -31,8 +31,14 @@ GOOD, BROKEN, LATE = "a" * 32, "b" * 32, "c" * 32
 
 def upload(asset_id: str, data: bytes = b"x", ext: str = "jpg") -> UploadMessage:
     return UploadMessage(
-        id=asset_id, filename=f"{asset_id[:6]}.{ext}", r2_key=f"assets/{asset_id}.{ext}", mime_type=f"image/{ext}",
-        bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), width=64, height=48,
+        id=asset_id,
+        filename=f"{asset_id[:6]}.{ext}",
+        r2_key=f"assets/{asset_id}.{ext}",
+        mime_type=f"image/{ext}",
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=64,
+        height=48,
         uploaded_at=datetime(2026, 11, 24, 10, 15, tzinfo=UTC),
     )
 
@@ -74,13 +80,20 @@ def test_embeddings_round_trip_keeps_empty_tags_apart_from_none(store):
 
 
 def test_rows_of_a_batch_with_an_error_image_and_a_stale_stage():
-    manifest = BatchManifest(batch=BATCH, created_at=datetime.now(UTC), uploads=[upload(GOOD), upload(BROKEN), upload(LATE)])
+    manifest = BatchManifest(
+        batch=BATCH, created_at=datetime.now(UTC), uploads=[upload(GOOD), upload(BROKEN), upload(LATE)]
+    )
     captions = Captions("blip", "v", {GOOD: CaptionItem("a dog"), BROKEN: CaptionItem(None, "could not decode image")})
     # LATE came after the stages were written: its captions and embeddings are missing.
-    embeddings = Embeddings("clip", "v", 2, {
-        GOOD: EmbeddingItem([0.6, 0.8], None, ["dog"]),
-        BROKEN: EmbeddingItem(None, "could not decode image"),
-    })
+    embeddings = Embeddings(
+        "clip",
+        "v",
+        2,
+        {
+            GOOD: EmbeddingItem([0.6, 0.8], None, ["dog"]),
+            BROKEN: EmbeddingItem(None, "could not decode image"),
+        },
+    )
     at = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)
     rows = {r["id"]: r for r in batch_rows(manifest, captions, embeddings, processed_at=at)}
 
@@ -165,7 +178,9 @@ def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(stor
     work = Enrichment(
         captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"),
         embedder=get_embedder(tiny_models["DAM_EMBEDDING_MODEL"], device="cpu", dtype="float32"),
-        labels=load_vocabulary(), threshold=0.0, top_k=3,
+        labels=load_vocabulary(),
+        threshold=0.0,
+        top_k=3,
     )
     results = {}
     for prefetch, chunk in ((0, 64), (2, 2), (1, 3)):
@@ -203,7 +218,9 @@ def test_a_failing_fetch_fails_the_step_and_stops_the_prefetch(store, tiny_model
             raise StoreError("the store went away")
         return decode_batch(s, chunk)
 
-    work = Enrichment(captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"), thumbnails=False)
+    work = Enrichment(
+        captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"), thumbnails=False
+    )
     with pytest.raises(StoreError, match="went away"):
         enrich_chunks(store, uploads, work, decode, chunk_size=2, prefetch=1)
     assert calls == [2, 2]  # nothing decoded after the failure

@@ -52,7 +52,10 @@ def test_uploads_become_listable_fetchable_searchable_items(env, instance):
     app = create_app(env)
     with TestClient(app) as client:
         original = jpeg_bytes(480, 360, (220, 30, 30), seed=7)
-        unrelated = [jpeg_bytes(480, 360, c, seed=s) for c, s in (((20, 40, 230), 99), ((30, 200, 60), 1234), ((240, 240, 20), 555))]
+        unrelated = [
+            jpeg_bytes(480, 360, c, seed=s)
+            for c, s in (((20, 40, 230), 99), ((30, 200, 60), 1234), ((240, 240, 20), 555))
+        ]
         first = post(client, original, "red.jpg").json()
         # Queued: accepted but not processed yet; known, never 404.
         assert client.get(f"/assets/{first['id']}").json()["status"] == "queued"
@@ -118,7 +121,10 @@ def test_uploads_become_listable_fetchable_searchable_items(env, instance):
         # The shell answers from the same index.
         proc = subprocess.run(
             [sys.executable, "-m", "dam_cli.main", "search", "a red photo", "--k", "3", "--format", "json"],
-            env=dict(os.environ), capture_output=True, text=True, timeout=120,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
         assert [r["id"] for r in json.loads(proc.stdout)] == [r["id"] for r in res[:3]]

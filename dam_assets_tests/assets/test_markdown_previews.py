@@ -23,7 +23,7 @@ def cells(row: str) -> list[str]:
     out, cell, i = [], "", 1
     while i < len(row) - 1:
         if row[i] == "\\":
-            cell += row[i:i + 2]
+            cell += row[i : i + 2]
             i += 2
             continue
         if row[i] == "|":
@@ -115,8 +115,15 @@ def test_materialized_previews_of_a_batch_with_a_hostile_filename(make_settings,
         # Straight onto the queue: the API's clean_filename would already drop the line break.
         queue.publish(
             UploadMessage(
-                id=asset_id, filename=name, r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
-                bytes=len(data), sha256="0" * 64, width=64, height=48, uploaded_at=datetime.now(UTC),
+                id=asset_id,
+                filename=name,
+                r2_key=f"assets/{asset_id}.jpg",
+                mime_type="image/jpeg",
+                bytes=len(data),
+                sha256="0" * 64,
+                width=64,
+                height=48,
+                uploaded_at=datetime.now(UTC),
             ).to_json()
         )
     (batch,), _ = run_pending(instance)

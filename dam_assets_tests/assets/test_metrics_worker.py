@@ -3,13 +3,12 @@ its materialization metadata; and their files in PROMETHEUS_MULTIPROC_DIR add up
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
 
+import pytest
 from dagster import AssetKey
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -45,10 +44,19 @@ def test_a_batch_run_records_enrichment_metrics(make_settings, tiny_models, inst
         r = client.post("/upload", files={"file": (f"{i}.jpg", jpeg_bytes(96, 64, seed=70 + i), "image/jpeg")})
         assert r.status_code == 202, r.text
     missing = "d" * 32  # queued, but its original is gone: an error row
-    make_queue(settings).publish(UploadMessage(
-        id=missing, filename="gone.jpg", r2_key=f"assets/{missing}.jpg", mime_type="image/jpeg",
-        bytes=10, sha256="0" * 64, width=10, height=10, uploaded_at=datetime.now(UTC),
-    ).to_json())
+    make_queue(settings).publish(
+        UploadMessage(
+            id=missing,
+            filename="gone.jpg",
+            r2_key=f"assets/{missing}.jpg",
+            mime_type="image/jpeg",
+            bytes=10,
+            sha256="0" * 64,
+            width=10,
+            height=10,
+            uploaded_at=datetime.now(UTC),
+        ).to_json()
+    )
     clear_cache()  # this run loads each model once
     before = snapshot()
     (batch,), _ = run_pending(instance)
@@ -97,8 +105,11 @@ def test_worker_metrics_add_up_over_processes(tmp_path):
         text = generate_latest(scrape_registry()).decode()
     finally:
         del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert samples[("dam_runs_total", (("outcome", "success"),))] == 2
     assert samples[("dam_runs_total", (("outcome", "failure"),))] == 1
     assert samples[("dam_enrichment_stage_seconds_count", (("stage", "caption"),))] == 3

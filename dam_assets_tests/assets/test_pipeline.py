@@ -57,7 +57,9 @@ def test_upload_to_sql_end_to_end(env, instance):
     assert instance.has_dynamic_partition(batches_partitions_def.name, batches[0])
     assert make_queue(env).depth() == 0
 
-    got = rows("SELECT id, filename, caption, error, len(embedding) AS dim, width, height, batch FROM assets ORDER BY filename")
+    got = rows(
+        "SELECT id, filename, caption, error, len(embedding) AS dim, width, height, batch FROM assets ORDER BY filename"
+    )
     assert sorted(r["id"] for r in got) == sorted(s["id"] for s in sent)
     for r in got:
         assert r["error"] is None
@@ -119,8 +121,15 @@ def test_corrupt_and_missing_images_give_error_rows_and_a_successful_run(env, in
     for asset_id in (corrupt_id, missing_id):
         queue.publish(
             UploadMessage(
-                id=asset_id, filename=f"{asset_id[:4]}.jpg", r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
-                bytes=10, sha256="0" * 64, width=10, height=10, uploaded_at=datetime.now(UTC),
+                id=asset_id,
+                filename=f"{asset_id[:4]}.jpg",
+                r2_key=f"assets/{asset_id}.jpg",
+                mime_type="image/jpeg",
+                bytes=10,
+                sha256="0" * 64,
+                width=10,
+                height=10,
+                uploaded_at=datetime.now(UTC),
             ).to_json()
         )
     (batch,), _ = run_pending(instance)  # raises if the run failed
@@ -207,7 +216,9 @@ def test_a_backfill_run_holds_several_batches(make_settings, tiny_models, instan
     assert len(batches) == 3
 
     result = materialize(
-        [*BATCH_ASSETS, search_segment], instance=instance, resources=resources(),
+        [*BATCH_ASSETS, search_segment],
+        instance=instance,
+        resources=resources(),
         tags={"dagster/asset_partition_range_start": batches[0], "dagster/asset_partition_range_end": batches[-1]},
     )
     assert result.success

@@ -21,8 +21,15 @@ from dam_ingest_api.main import create_app
 
 def _msg(asset_id: str) -> UploadMessage:
     return UploadMessage(
-        id=asset_id, filename=f"{asset_id[:6]}.jpg", r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
-        bytes=10, sha256="b" * 64, width=1, height=1, uploaded_at=datetime.now(UTC),
+        id=asset_id,
+        filename=f"{asset_id[:6]}.jpg",
+        r2_key=f"assets/{asset_id}.jpg",
+        mime_type="image/jpeg",
+        bytes=10,
+        sha256="b" * 64,
+        width=1,
+        height=1,
+        uploaded_at=datetime.now(UTC),
     )
 
 
@@ -47,7 +54,10 @@ def test_only_true_orphans_go_and_only_after_the_grace_period(store):
     store.put("assets/notes.txt", b"not an original of ours")
     store.put(upload_marker_key(marked), _msg(marked).to_json())
     batch = "20261124T101500Z-3fa2c1"
-    store.put(manifest_key(batch), BatchManifest(batch=batch, created_at=datetime.now(UTC), uploads=[_msg(in_manifest)]).to_json())
+    store.put(
+        manifest_key(batch),
+        BatchManifest(batch=batch, created_at=datetime.now(UTC), uploads=[_msg(in_manifest)]).to_json(),
+    )
     table = lambda: [f"assets/{in_table}.jpg"]  # noqa: E731 - rows of the assets table
 
     grace = 2.0
@@ -77,9 +87,10 @@ def test_nothing_is_swept_while_messages_wait_in_the_queue(make_settings):
     assert store.exists(f"assets/{aid}.jpg")
     with queue.consumer() as c:  # drained into a manifest, as the sensor does
         d = c.take(10, 1)
-        store.put(manifest_key("20261124T101500Z-000001"), BatchManifest(
-            batch="20261124T101500Z-000001", created_at=datetime.now(UTC), uploads=[_msg(aid)]
-        ).to_json())
+        store.put(
+            manifest_key("20261124T101500Z-000001"),
+            BatchManifest(batch="20261124T101500Z-000001", created_at=datetime.now(UTC), uploads=[_msg(aid)]).to_json(),
+        )
         c.ack(d)
     store.put(f"assets/{'b' * 32}.png", b"y")
     _age(store, f"assets/{'b' * 32}.png", 7200)

@@ -71,7 +71,9 @@ def test_dam_sql_and_search_read_the_same_data_from_any_folder(make_settings, ti
     settings = make_settings(**tiny_models, DAM_DATA_DIR=str(tmp_path / "xdg" / "dam"))
     with TestClient(create_app(settings)) as client:
         ids = sorted(
-            client.post("/upload", files={"file": (f"p{i}.jpg", jpeg_bytes(160, 120, seed=i), "image/jpeg")}).json()["id"]
+            client.post("/upload", files={"file": (f"p{i}.jpg", jpeg_bytes(160, 120, seed=i), "image/jpeg")}).json()[
+                "id"
+            ]
             for i in range(3)
         )
     (batch,), _ = run_pending(instance)
@@ -134,7 +136,11 @@ def _closed_early(command: str, env: dict, cwd: Path) -> tuple[str, int]:
     """Run `command | head -1` in bash without pipefail; return stderr and the status of `command`."""
     proc = subprocess.run(
         ["bash", "-c", f"set +o pipefail; {command} | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}"],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=180,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     return proc.stderr, proc.returncode
 
@@ -156,20 +162,22 @@ def test_search_piped_into_head_exits_quietly(tmp_path, tiny_models):
 
     n = 1500
     now = datetime.now(UTC)
-    items = pa.table({
-        "id": [f"{i:032x}" for i in range(n)],
-        "filename": [f"photo-{i}.jpg" for i in range(n)],
-        "caption": ["a long enough caption to make every result line a few hundred bytes"] * n,
-        "tags": pa.array([["dog", "beach"]] * n, type=pa.list_(pa.string())),
-        "mime_type": ["image/jpeg"] * n,
-        "width": pa.array([640] * n, type=pa.int32()),
-        "height": pa.array([480] * n, type=pa.int32()),
-        "error": pa.nulls(n, type=pa.string()),
-        "uploaded_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
-        "processed_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
-        "batch": ["20260101T000000Z-000000"] * n,
-        "embedding_model": [tiny_models["DAM_EMBEDDING_MODEL"]] * n,
-    })  # no EXIF columns, as an index written before them: they load as nulls
+    items = pa.table(
+        {
+            "id": [f"{i:032x}" for i in range(n)],
+            "filename": [f"photo-{i}.jpg" for i in range(n)],
+            "caption": ["a long enough caption to make every result line a few hundred bytes"] * n,
+            "tags": pa.array([["dog", "beach"]] * n, type=pa.list_(pa.string())),
+            "mime_type": ["image/jpeg"] * n,
+            "width": pa.array([640] * n, type=pa.int32()),
+            "height": pa.array([480] * n, type=pa.int32()),
+            "error": pa.nulls(n, type=pa.string()),
+            "uploaded_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
+            "processed_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
+            "batch": ["20260101T000000Z-000000"] * n,
+            "embedding_model": [tiny_models["DAM_EMBEDDING_MODEL"]] * n,
+        }
+    )  # no EXIF columns, as an index written before them: they load as nulls
     vectors = np.random.default_rng(0).standard_normal((n, CLIP_PROJECTION_DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     store = LocalStore(tmp_path / "data" / "store")
@@ -186,7 +194,9 @@ def test_search_piped_into_head_exits_quietly(tmp_path, tiny_models):
 def test_csv_lines_end_in_lf(tmp_path):
     proc = subprocess.run(
         [DAM, "sql", "SELECT 1 AS a, 'x,y' AS b UNION ALL SELECT 2, 'z' ORDER BY a", "--format", "csv"],
-        env=user_env(tmp_path, DAM_DATA_DIR=str(tmp_path / "data")), capture_output=True, timeout=120,
+        env=user_env(tmp_path, DAM_DATA_DIR=str(tmp_path / "data")),
+        capture_output=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b'a,b\n1,"x,y"\n2,z\n'
@@ -202,7 +212,10 @@ def api(tmp_path):
     log = open(tmp_path / "api.log", "w+b")
     proc = subprocess.Popen(
         [DAM, "api", "--port", str(port), "--log-level", "warning"],
-        env=user_env(tmp_path, DAM_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        env=user_env(tmp_path, DAM_DATA_DIR=str(tmp_path / "data")),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

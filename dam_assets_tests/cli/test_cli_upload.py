@@ -121,7 +121,10 @@ def test_dam_upload_only_good_files_exits_0(api, tmp_path):
 def test_dam_upload_nothing_to_upload(tmp_path):
     proc = subprocess.run(
         [DAM, "upload", str(tmp_path / "missing"), "--url", "http://127.0.0.1:9", "--quiet"],
-        env=_clean_env(), capture_output=True, text=True, timeout=60,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "nothing to upload" in proc.stderr

@@ -35,8 +35,18 @@ RED = jpeg_bytes(96, 64, (220, 30, 30), seed=1)
 BLUE = jpeg_bytes(96, 64, (30, 40, 220), seed=2)
 GREEN = jpeg_bytes(96, 64, (30, 200, 40), seed=3)
 HOSTILE_IDS = [
-    "NOT-AN-ID", "0" * 31, "0" * 33, "A" * 32, "g" * 32, "..", "%2e%2e", "..%2f..%2fetc%2fpasswd",
-    "0" * 32 + "%00", "0" * 32 + ".json", "%20" + "0" * 32, "assets%2f" + "0" * 32,
+    "NOT-AN-ID",
+    "0" * 31,
+    "0" * 33,
+    "A" * 32,
+    "g" * 32,
+    "..",
+    "%2e%2e",
+    "..%2f..%2fetc%2fpasswd",
+    "0" * 32 + "%00",
+    "0" * 32 + ".json",
+    "%20" + "0" * 32,
+    "assets%2f" + "0" * 32,
 ]
 
 
@@ -45,7 +55,9 @@ def run_batches(instance, cursor: str | None = None) -> str | None:
     result = tick(instance, cursor)
     for request in result.run_requests or []:
         materialize(
-            [*BATCH_ASSETS, search_segment], partition_key=request.partition_key, instance=instance,
+            [*BATCH_ASSETS, search_segment],
+            partition_key=request.partition_key,
+            instance=instance,
             resources=resources(),
         )
     return result.cursor if result.cursor is not None else cursor
@@ -113,8 +125,14 @@ def prod_api(make_settings, tiny_models, s3_env, rabbit_url, queue_name, tmp_pat
     """`dam api` as a subprocess on moto's S3 and RabbitMQ behind an API key; the pipeline runs in
     this process on the same settings. Yields (http client with the key, settings)."""
     env = {
-        **tiny_models, **s3_env, "AMQP_URL": rabbit_url, "DAM_QUEUE": queue_name, "DAM_API_KEY": API_KEY,
-        "DAM_BATCH_SIZE": "16", "DAM_INDEX_POLL_SECONDS": "0.5", "DAM_DATA_DIR": str(tmp_path / "data"),
+        **tiny_models,
+        **s3_env,
+        "AMQP_URL": rabbit_url,
+        "DAM_QUEUE": queue_name,
+        "DAM_API_KEY": API_KEY,
+        "DAM_BATCH_SIZE": "16",
+        "DAM_INDEX_POLL_SECONDS": "0.5",
+        "DAM_DATA_DIR": str(tmp_path / "data"),
     }
     settings = make_settings(**env)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_")) and k != "AMQP_URL"}
@@ -122,7 +140,10 @@ def prod_api(make_settings, tiny_models, s3_env, rabbit_url, queue_name, tmp_pat
     log = open(tmp_path / "api.log", "w+b")
     proc = subprocess.Popen(
         [DAM, "api", "--port", str(port), "--log-level", "warning"],
-        env={**clean, **env}, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        env={**clean, **env},
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -168,7 +189,9 @@ def similar(client, asset_id: str) -> list[str]:
 def test_delete_over_http_removes_everything_and_the_same_bytes_come_back(prod_api, instance):
     client, settings = prod_api
     store = make_store(settings)
-    red, blue, green = (upload(client, f"{n}.jpg", d).json()["id"] for n, d in (("red", RED), ("blue", BLUE), ("green", GREEN)))
+    red, blue, green = (
+        upload(client, f"{n}.jpg", d).json()["id"] for n, d in (("red", RED), ("blue", BLUE), ("green", GREEN))
+    )
     cursor = run_batches(instance)
     wait_for(lambda: listed(client) == dict.fromkeys([red, blue, green], "processed"), what="all three served")
     assert red in searched(client) and red in similar(client, blue)
@@ -190,8 +213,14 @@ def test_delete_over_http_removes_everything_and_the_same_bytes_come_back(prod_a
     assert r.status_code == 200, r.text
     body = r.json()
     assert body == {
-        "id": red, "deleted_at": body["deleted_at"], "original": True, "thumbnail": True, "vector": True,
-        "marker": True, "table_rows": 1, "index": True,
+        "id": red,
+        "deleted_at": body["deleted_at"],
+        "original": True,
+        "thumbnail": True,
+        "vector": True,
+        "marker": True,
+        "table_rows": 1,
+        "index": True,
     }
     assert datetime.fromisoformat(body["deleted_at"]) <= datetime.now(UTC)
 
@@ -210,7 +239,12 @@ def test_delete_over_http_removes_everything_and_the_same_bytes_come_back(prod_a
     again = client.delete(f"/assets/{red}")
     assert again.status_code == 200, again.text
     assert {k: v for k, v in again.json().items() if k not in ("id", "deleted_at")} == {
-        "original": False, "thumbnail": False, "vector": False, "marker": False, "table_rows": 0, "index": False,
+        "original": False,
+        "thumbnail": False,
+        "vector": False,
+        "marker": False,
+        "table_rows": 0,
+        "index": False,
     }
 
     # The same bytes again: a new upload (202, not a duplicate), queued at once.
@@ -240,7 +274,11 @@ def test_a_delete_while_queued_is_not_undone_by_the_batch(prod_api, instance):
 
     r = client.delete(f"/assets/{red}")
     assert r.status_code == 200, r.text
-    assert {k: r.json()[k] for k in ("original", "marker", "table_rows")} == {"original": True, "marker": True, "table_rows": 0}
+    assert {k: r.json()[k] for k in ("original", "marker", "table_rows")} == {
+        "original": True,
+        "marker": True,
+        "table_rows": 0,
+    }
     assert client.get(f"/assets/{red}").status_code == 404
     assert listed(client) == {blue: "queued"}  # the manifest still names it: hidden all the same
 
@@ -262,7 +300,9 @@ def dam(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.system
-def test_dam_delete_removes_everything_and_a_running_api_stops_serving_it(make_settings, tiny_models, instance, tmp_path):
+def test_dam_delete_removes_everything_and_a_running_api_stops_serving_it(
+    make_settings, tiny_models, instance, tmp_path
+):
     settings = make_settings(**tiny_models, DAM_BATCH_SIZE="16", DAM_INDEX_POLL_SECONDS="0.5")
     store = make_store(settings)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DAM_")) and k != "AMQP_URL"}
@@ -282,8 +322,15 @@ def test_dam_delete_removes_everything_and_a_running_api_stops_serving_it(make_s
         assert proc.returncode == 1, proc.stderr  # one id was not found
         reports = json.loads(proc.stdout)
         assert [r["id"] for r in reports] == [red, "0" * 32]
-        assert {k: reports[0][k] for k in ("found", "original", "thumbnail", "vector", "marker", "table_rows", "index")} == {
-            "found": True, "original": True, "thumbnail": True, "vector": True, "marker": True, "table_rows": 1,
+        assert {
+            k: reports[0][k] for k in ("found", "original", "thumbnail", "vector", "marker", "table_rows", "index")
+        } == {
+            "found": True,
+            "original": True,
+            "thumbnail": True,
+            "vector": True,
+            "marker": True,
+            "table_rows": 1,
             "index": True,
         }
         assert reports[1]["found"] is False and reports[1]["deleted_at"] is None

@@ -169,8 +169,12 @@ print(json.dumps({"batches": batches, "peak_kib": peak}))
 def _run_batch_watched(bound: int, timeout: float = 540) -> dict:
     """Tick + materialize in a fresh process; kill it as soon as its RSS passes ``bound`` bytes."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _RUN_BATCH], cwd=REPO, env=dict(os.environ),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", _RUN_BATCH],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ps, seen, deadline = psutil.Process(proc.pid), 0, time.monotonic() + timeout
     while proc.poll() is None:

@@ -36,12 +36,30 @@ def rows(batch: str, ids: list[str], error: str | None = None, at: datetime | No
     at = at or datetime.now(UTC)
     return [
         {
-            "id": i, "filename": f"{i}.jpg", "r2_key": f"assets/{i}.jpg", "vector_key": f"vectors/{i}.json",
-            "mime_type": "image/jpeg", "caption": None if error else f"a photo of {i}",
-            "embedding": None if error else [1.0, 0.0, 0.0, float(k)], "width": 64, "height": 48, "bytes": 100,
-            "sha256": "0" * 64, "uploaded_at": at, "processed_at": at, "caption_model": "blip",
-            "embedding_model": "clip", "batch": batch, "error": error, "tags": ["cat"], "taken_at": None,
-            "camera_make": "Canon", "camera_model": None, "lens": None, "gps_lat": 48.85, "gps_lon": 2.35,
+            "id": i,
+            "filename": f"{i}.jpg",
+            "r2_key": f"assets/{i}.jpg",
+            "vector_key": f"vectors/{i}.json",
+            "mime_type": "image/jpeg",
+            "caption": None if error else f"a photo of {i}",
+            "embedding": None if error else [1.0, 0.0, 0.0, float(k)],
+            "width": 64,
+            "height": 48,
+            "bytes": 100,
+            "sha256": "0" * 64,
+            "uploaded_at": at,
+            "processed_at": at,
+            "caption_model": "blip",
+            "embedding_model": "clip",
+            "batch": batch,
+            "error": error,
+            "tags": ["cat"],
+            "taken_at": None,
+            "camera_make": "Canon",
+            "camera_model": None,
+            "lens": None,
+            "gps_lat": 48.85,
+            "gps_lon": 2.35,
             "orientation": 1,
         }
         for k, i in enumerate(ids)
@@ -133,7 +151,13 @@ def test_batch_runs_in_separate_processes_commit_concurrently_without_losing_one
     write_batch(dam, first, rows(first, ["seed"]), DIM)  # the table exists: both race on commits only
     batches = [batch_key(24, n) for n in range(4)]
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, b, "3", "3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, b, "3", "3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for b in batches
     ]
     for p in procs:
@@ -195,22 +219,37 @@ def test_dam_table_history_and_sql_as_of_read_the_commit_log(dam, tmp_path):
     cli = [sys.executable, "-m", "dam_cli.main"]
     sql = subprocess.run(
         [*cli, "sql", "SELECT id, camera_make, len(embedding) AS dim FROM assets ORDER BY id", "--format", "json"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert json.loads(sql.stdout) == [
-        {"id": "l1", "camera_make": "Canon", "dim": 4}, {"id": "l2", "camera_make": "Canon", "dim": 4},
+        {"id": "l1", "camera_make": "Canon", "dim": 4},
+        {"id": "l2", "camera_make": "Canon", "dim": 4},
         {"id": "l3", "camera_make": "Canon", "dim": 4},
     ]
     log = subprocess.run([*cli, "table", "history"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert log.returncode == 0 and log.stdout.count("WRITE") == 2
-    past = subprocess.run([*cli, "sql", "SELECT count(*) AS n FROM assets", "--as-of", "0", "--format", "json"],
-                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    past = subprocess.run(
+        [*cli, "sql", "SELECT count(*) AS n FROM assets", "--as-of", "0", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert json.loads(past.stdout) == [{"n": 2}]
-    bad = subprocess.run([*cli, "sql", "SELECT 1", "--as-of", "99"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    bad = subprocess.run(
+        [*cli, "sql", "SELECT 1", "--as-of", "99"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert bad.returncode == 1 and "no version 99" in bad.stderr
 
 
-def test_a_delete_landing_while_the_batch_commits_does_not_resurrect_the_id(make_settings, tiny_models, instance, monkeypatch):
+def test_a_delete_landing_while_the_batch_commits_does_not_resurrect_the_id(
+    make_settings, tiny_models, instance, monkeypatch
+):
     """The delete's tombstone and table delete both land after the batch read the tombstones and
     before its commit (injected right there): the batch's second look removes the row again."""
     from fastapi.testclient import TestClient
@@ -222,7 +261,10 @@ def test_a_delete_landing_while_the_batch_commits_does_not_resurrect_the_id(make
 
     dam = open_dam(make_settings(**tiny_models))
     client = TestClient(create_app(dam.settings))
-    ids = [client.post("/upload", files={"file": (f"{n}.jpg", jpeg_bytes(96, 64, seed=n), "image/jpeg")}).json()["id"] for n in (1, 2)]
+    ids = [
+        client.post("/upload", files={"file": (f"{n}.jpg", jpeg_bytes(96, 64, seed=n), "image/jpeg")}).json()["id"]
+        for n in (1, 2)
+    ]
     (request,) = tick(instance).run_requests
     doomed, kept = ids
     real_write = AssetTable.write_batch
@@ -279,8 +321,10 @@ def test_cosine_over_a_table_with_error_rows_and_near_duplicates(dam):
     good[1]["embedding"] = [1.0, 0.0, 0.0, 0.01]  # nearly p's
     write_batch(dam, a, good + rows(a, ["broken"], error="decode failed"), DIM)
     con = dam.table.connect()
-    scores = dict(con.execute(
-        "SELECT id, list_cosine_similarity(embedding, [1.0, 0.0, 0.0, 0.0]::FLOAT[]) FROM assets"
-    ).fetchall())
+    scores = dict(
+        con.execute(
+            "SELECT id, list_cosine_similarity(embedding, [1.0, 0.0, 0.0, 0.0]::FLOAT[]) FROM assets"
+        ).fetchall()
+    )
     assert scores["broken"] is None and scores["p"] == pytest.approx(1.0)
     assert con.execute("SELECT a, b FROM near_duplicates").fetchall() == [("p", "q")]

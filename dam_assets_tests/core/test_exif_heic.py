@@ -199,22 +199,54 @@ def test_a_garbage_block_is_null_and_the_image_still_decodes(fmt, name):
 def test_wrong_types_zero_denominators_and_out_of_range_values_are_null_one_field_at_a_time():
     make = ascii_entry(0x010F, b"Nikon\x00")
     cases = {
-        "latitude as text": [ascii_entry(1, b"N\x00"), ascii_entry(2, b"fifty two\x00"),
-                             ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (53, 1), (0, 1))],
-        "reference as a number": [(1, SHORT, 1, struct.pack("<H", 5)), rationals(2, (52, 1), (0, 1), (0, 1)),
-                                  ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (53, 1), (0, 1))],
-        "zero denominator": [ascii_entry(1, b"N\x00"), rationals(2, (52, 0), (22, 1), (30, 1)),
-                             ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (53, 1), (0, 1))],
-        "latitude 95": [ascii_entry(1, b"N\x00"), rationals(2, (95, 1), (0, 1), (0, 1)),
-                        ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (53, 1), (0, 1))],
-        "longitude 200": [ascii_entry(1, b"N\x00"), rationals(2, (52, 1), (0, 1), (0, 1)),
-                          ascii_entry(3, b"E\x00"), rationals(4, (200, 1), (0, 1), (0, 1))],
-        "unknown reference": [ascii_entry(1, b"Q\x00"), rationals(2, (52, 1), (0, 1), (0, 1)),
-                              ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (0, 1), (0, 1))],
-        "minutes 75": [ascii_entry(1, b"N\x00"), rationals(2, (52, 1), (75, 1), (0, 1)),
-                       ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (0, 1), (0, 1))],
-        "four components": [ascii_entry(1, b"N\x00"), rationals(2, (52, 1), (1, 1), (0, 1), (9, 1)),
-                            ascii_entry(3, b"E\x00"), rationals(4, (4, 1), (0, 1), (0, 1))],
+        "latitude as text": [
+            ascii_entry(1, b"N\x00"),
+            ascii_entry(2, b"fifty two\x00"),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (53, 1), (0, 1)),
+        ],
+        "reference as a number": [
+            (1, SHORT, 1, struct.pack("<H", 5)),
+            rationals(2, (52, 1), (0, 1), (0, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (53, 1), (0, 1)),
+        ],
+        "zero denominator": [
+            ascii_entry(1, b"N\x00"),
+            rationals(2, (52, 0), (22, 1), (30, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (53, 1), (0, 1)),
+        ],
+        "latitude 95": [
+            ascii_entry(1, b"N\x00"),
+            rationals(2, (95, 1), (0, 1), (0, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (53, 1), (0, 1)),
+        ],
+        "longitude 200": [
+            ascii_entry(1, b"N\x00"),
+            rationals(2, (52, 1), (0, 1), (0, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (200, 1), (0, 1), (0, 1)),
+        ],
+        "unknown reference": [
+            ascii_entry(1, b"Q\x00"),
+            rationals(2, (52, 1), (0, 1), (0, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (0, 1), (0, 1)),
+        ],
+        "minutes 75": [
+            ascii_entry(1, b"N\x00"),
+            rationals(2, (52, 1), (75, 1), (0, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (0, 1), (0, 1)),
+        ],
+        "four components": [
+            ascii_entry(1, b"N\x00"),
+            rationals(2, (52, 1), (1, 1), (0, 1), (9, 1)),
+            ascii_entry(3, b"E\x00"),
+            rationals(4, (4, 1), (0, 1), (0, 1)),
+        ],
     }
     for name, gps in cases.items():
         got = exif_of(opened(encode("JPEG", tiff_exif([make], gps))))
@@ -222,20 +254,26 @@ def test_wrong_types_zero_denominators_and_out_of_range_values_are_null_one_fiel
         assert got.camera_make == "Nikon", name  # the rest of the block still counts
 
     # the same block with a valid position, as a control
-    valid = [ascii_entry(1, b"S\x00"), rationals(2, (3345, 100), (0, 1), (0, 1)),
-             ascii_entry(3, b"E\x00"), rationals(4, (151, 1), (12, 1), (36, 1))]
+    valid = [
+        ascii_entry(1, b"S\x00"),
+        rationals(2, (3345, 100), (0, 1), (0, 1)),
+        ascii_entry(3, b"E\x00"),
+        rationals(4, (151, 1), (12, 1), (36, 1)),
+    ]
     got = exif_of(opened(encode("JPEG", tiff_exif([make], valid))))
     assert math.isclose(got.gps_lat, -33.45) and math.isclose(got.gps_lon, 151.21)
 
 
 def test_hostile_text_dates_and_orientation_are_clamped_or_null():
     huge = b"Ca\x00n\x07on" + b"\x1b[31m" + b"A" * 60_000 + b"\x00"  # a JPEG segment holds 64 KiB
-    block = tiff_exif([
-        ascii_entry(0x010F, huge),
-        (0x0110, LONG, 1, struct.pack("<I", 1234)),  # Model as a number
-        (0x0112, SHORT, 1, struct.pack("<H", 99)),  # orientation out of 1-8
-        ascii_entry(0x0132, b"0000:00:00 00:00:00\x00"),  # DateTime: an unset camera clock
-    ])
+    block = tiff_exif(
+        [
+            ascii_entry(0x010F, huge),
+            (0x0110, LONG, 1, struct.pack("<I", 1234)),  # Model as a number
+            (0x0112, SHORT, 1, struct.pack("<H", 99)),  # orientation out of 1-8
+            ascii_entry(0x0132, b"0000:00:00 00:00:00\x00"),  # DateTime: an unset camera clock
+        ]
+    )
     got = exif_of(opened(encode("JPEG", block)))
     assert got.camera_make is not None and len(got.camera_make) <= MAX_TEXT
     assert got.camera_make.startswith("Canon[31mAAAA") and "\x00" not in got.camera_make
@@ -356,8 +394,14 @@ def test_decode_batch_carries_exif_and_a_hostile_block_never_fails_a_row(tmp_pat
 
 def _upload(asset_id: str, ext: str, data: bytes) -> UploadMessage:
     return UploadMessage(
-        id=asset_id, filename=f"{asset_id[:6]}.{ext}", r2_key=f"assets/{asset_id}.{ext}", mime_type="image/jpeg",
-        bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), width=240, height=160,
+        id=asset_id,
+        filename=f"{asset_id[:6]}.{ext}",
+        r2_key=f"assets/{asset_id}.{ext}",
+        mime_type="image/jpeg",
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=240,
+        height=160,
         uploaded_at=datetime(2026, 11, 24, 10, 15, tzinfo=UTC),
     )
 
@@ -372,7 +416,11 @@ def test_exif_stage_round_trips_and_a_batch_from_before_it_gets_null_columns(tmp
     assert read_exif(store, BATCH) == {"a" * 32: info}
 
     assert read_exif(store, "20200101T000000Z-000000") == {}  # enriched before EXIF existed
-    manifest = BatchManifest(batch=BATCH, created_at=datetime.now(UTC), uploads=[_upload("a" * 32, "jpg", b"x"), _upload("b" * 32, "jpg", b"y")])
+    manifest = BatchManifest(
+        batch=BATCH,
+        created_at=datetime.now(UTC),
+        uploads=[_upload("a" * 32, "jpg", b"x"), _upload("b" * 32, "jpg", b"y")],
+    )
     rows = batch_rows(
         manifest, Captions("m", "v", {}), Embeddings("m", "v", 4, {}), datetime.now(UTC), exif=read_exif(store, BATCH)
     )
@@ -386,20 +434,22 @@ def test_exif_stage_round_trips_and_a_batch_from_before_it_gets_null_columns(tmp
 def _old_items(n: int = 2) -> pa.Table:
     """Index items as the version before EXIF wrote them."""
     now = datetime.now(UTC)
-    return pa.table({
-        "id": [f"{i:032x}" for i in range(n)],
-        "filename": [f"old-{i}.jpg" for i in range(n)],
-        "caption": ["an old photo"] * n,
-        "tags": pa.array([["dog"]] * n, type=pa.list_(pa.string())),
-        "mime_type": ["image/jpeg"] * n,
-        "width": pa.array([64] * n, type=pa.int32()),
-        "height": pa.array([48] * n, type=pa.int32()),
-        "error": pa.nulls(n, type=pa.string()),
-        "uploaded_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
-        "processed_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
-        "batch": [BATCH] * n,
-        "embedding_model": ["clip"] * n,
-    })
+    return pa.table(
+        {
+            "id": [f"{i:032x}" for i in range(n)],
+            "filename": [f"old-{i}.jpg" for i in range(n)],
+            "caption": ["an old photo"] * n,
+            "tags": pa.array([["dog"]] * n, type=pa.list_(pa.string())),
+            "mime_type": ["image/jpeg"] * n,
+            "width": pa.array([64] * n, type=pa.int32()),
+            "height": pa.array([48] * n, type=pa.int32()),
+            "error": pa.nulls(n, type=pa.string()),
+            "uploaded_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
+            "processed_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
+            "batch": [BATCH] * n,
+            "embedding_model": ["clip"] * n,
+        }
+    )
 
 
 def test_a_snapshot_written_before_exif_loads_with_null_fields(tmp_path):
@@ -447,7 +497,9 @@ def test_heic_and_avif_uploads_are_accepted_and_a_truncated_heic_is_422(make_set
         r = client.post("/upload", files={"file": ("cut.heic", truncated[: len(truncated) // 2], "image/heic")})
         assert r.status_code == 422, r.text
         assert "corrupt" in r.json()["detail"]
-        r = client.post("/upload", files={"file": ("fake.heic", b"\x00\x00\x00\x18ftypqt  " + b"\x00" * 40, "image/heic")})
+        r = client.post(
+            "/upload", files={"file": ("fake.heic", b"\x00\x00\x00\x18ftypqt  " + b"\x00" * 40, "image/heic")}
+        )
         assert r.status_code == 415, r.text
         assert "HEIC" in r.json()["detail"] and "AVIF" in r.json()["detail"]
 
@@ -498,10 +550,13 @@ def test_heic_avif_and_jpeg_with_gps_end_to_end(make_settings, tiny_models, inst
 
     rows = {
         r[0]: r[1:]
-        for r in make_table(settings).connect().execute(
+        for r in make_table(settings)
+        .connect()
+        .execute(
             "SELECT filename, mime_type, error, width, height, taken_at, camera_make, camera_model, lens,"
             " gps_lat, gps_lon, orientation FROM assets"
-        ).fetchall()
+        )
+        .fetchall()
     }
     assert set(rows) == set(files)
     expected_size = {"IMG_0001.HEIC": (320, 480), "holiday.avif": (480, 320), "gps.jpg": (320, 480)}

@@ -30,20 +30,47 @@ def batch_key(i: int) -> str:
     return f"20261124T10{i // 60:02d}{i % 60:02d}Z-00000{i % 10}"
 
 
-def row(asset_id: str, batch: str, i: int, vec: np.ndarray | None, processed: datetime, error: str | None = None) -> dict:
+def row(
+    asset_id: str, batch: str, i: int, vec: np.ndarray | None, processed: datetime, error: str | None = None
+) -> dict:
     return {
-        "id": asset_id, "filename": f"{asset_id}.jpg", "r2_key": f"assets/{asset_id}.jpg", "vector_key": None,
-        "mime_type": "image/jpeg", "caption": f"caption {asset_id}", "embedding": None if vec is None else vec.tolist(),
-        "width": 10, "height": 10, "bytes": 100, "sha256": asset_id, "uploaded_at": T0 + timedelta(seconds=i),
-        "processed_at": processed, "caption_model": "blip", "embedding_model": "clip", "batch": batch,
-        "error": error, "tags": ["x"],
+        "id": asset_id,
+        "filename": f"{asset_id}.jpg",
+        "r2_key": f"assets/{asset_id}.jpg",
+        "vector_key": None,
+        "mime_type": "image/jpeg",
+        "caption": f"caption {asset_id}",
+        "embedding": None if vec is None else vec.tolist(),
+        "width": 10,
+        "height": 10,
+        "bytes": 100,
+        "sha256": asset_id,
+        "uploaded_at": T0 + timedelta(seconds=i),
+        "processed_at": processed,
+        "caption_model": "blip",
+        "embedding_model": "clip",
+        "batch": batch,
+        "error": error,
+        "tags": ["x"],
     }
 
 
 def land(settings, store, batch: str, rows: list[dict]) -> None:
     """A batch as the pipeline leaves it: its manifest, then its table file."""
-    uploads = [UploadMessage(id=r["id"], filename=r["filename"], r2_key=r["r2_key"], mime_type="image/jpeg",
-                             bytes=100, sha256=r["id"] * 2, width=10, height=10, uploaded_at=r["uploaded_at"]) for r in rows]
+    uploads = [
+        UploadMessage(
+            id=r["id"],
+            filename=r["filename"],
+            r2_key=r["r2_key"],
+            mime_type="image/jpeg",
+            bytes=100,
+            sha256=r["id"] * 2,
+            width=10,
+            height=10,
+            uploaded_at=r["uploaded_at"],
+        )
+        for r in rows
+    ]
     m = BatchManifest(batch=batch, created_at=T0, uploads=uploads)
     store.put(manifest_key(batch), m.to_json())
     make_table(settings).write_batch(batch, rows, DIM, store)
@@ -65,13 +92,27 @@ def random_batches(n_batches: int, per_batch: int, seed: int = 0):
         for j in range(per_batch):
             asset_id = f"{k:032x}"
             err = "bad image" if j == 0 else None
-            rows.append(row(asset_id, key, k, None if err else rng.standard_normal(DIM).astype(np.float32),
-                            T0 + timedelta(minutes=b), error=err))
+            rows.append(
+                row(
+                    asset_id,
+                    key,
+                    k,
+                    None if err else rng.standard_normal(DIM).astype(np.float32),
+                    T0 + timedelta(minutes=b),
+                    error=err,
+                )
+            )
             k += 1
         if b >= 2:  # re-process two ids of an earlier batch: the newer rows supersede them
             for old in (out[b - 2][1][1], out[b - 2][1][2]):
-                rows.append({**old, "batch": key, "processed_at": T0 + timedelta(minutes=b),
-                             "embedding": rng.standard_normal(DIM).astype(np.float32).tolist()})
+                rows.append(
+                    {
+                        **old,
+                        "batch": key,
+                        "processed_at": T0 + timedelta(minutes=b),
+                        "embedding": rng.standard_normal(DIM).astype(np.float32).tolist(),
+                    }
+                )
         out.append((key, rows))
     return out
 
@@ -104,6 +145,7 @@ def test_batch_by_batch_equals_a_full_rebuild(env, tmp_path, make_settings):
     full = rebuilt_snapshot(make_settings, tmp_path / "rebuilt", batches)
 
     assert incremental.items.ids == full.items.ids  # same ids, same listing order
+
     def public(row):  # where its vector sits differs (segments); everything else is the same
         return {k: v for k, v in row.items() if k != "vector_row"}
 

@@ -6,13 +6,13 @@ real source, lazy imports inside functions included.
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ["dam_core", "dam_models", "dam_assets", "dam_ingest_api", "dam_cli"]
@@ -22,7 +22,11 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(root))
     return subprocess.run(
         [str(Path(sys.executable).parent / "lint-imports"), "--no-cache", str(root / "pyproject.toml")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

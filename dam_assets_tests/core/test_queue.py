@@ -214,7 +214,8 @@ def test_rabbitmq_messages_are_persistent_and_queue_durable(rabbit_url, queue_na
         ch.basic_nack(method.delivery_tag, requeue=True)
         # Redeclaring with the same durable arguments is accepted...
         ch.queue_declare(
-            queue_name, durable=True,
+            queue_name,
+            durable=True,
             arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue_name}.dead"},
         )
         ch.queue_declare(f"{queue_name}.dead", durable=True)

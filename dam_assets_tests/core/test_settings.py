@@ -95,7 +95,9 @@ def test_bad_configuration_names_the_variable(make_settings, env, names):
 def test_partial_r2_settings_never_fall_back_to_local(make_settings):
     """A half-configured store is an error, not a silent local folder."""
     with pytest.raises(SettingsError, match="R2_BUCKET"):
-        make_settings(R2_ENDPOINT="https://acct.r2.cloudflarestorage.com", R2_ACCESS_KEY_ID="a", R2_SECRET_ACCESS_KEY="b")
+        make_settings(
+            R2_ENDPOINT="https://acct.r2.cloudflarestorage.com", R2_ACCESS_KEY_ID="a", R2_SECRET_ACCESS_KEY="b"
+        )
 
 
 def _clean_env(**extra) -> dict:

@@ -83,7 +83,9 @@ def test_list_prefix_and_start_after_sorted(store):
         store.put(k, k.encode())
     assert list(store.list("batches/")) == ["batches/a.json", "batches/b.json", "batches/c.json", "batches/sub/d.json"]
     assert list(store.list("batches/", start_after="batches/a.json")) == [
-        "batches/b.json", "batches/c.json", "batches/sub/d.json"
+        "batches/b.json",
+        "batches/c.json",
+        "batches/sub/d.json",
     ]
     assert list(store.list("batches/", start_after="batches/c.json")) == ["batches/sub/d.json"]
     assert list(store.list("batches/", start_after="batches/zzz")) == []

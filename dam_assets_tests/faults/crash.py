@@ -62,7 +62,9 @@ def tick(home: str, step: str, cursor: str | None) -> None:
     instance = DagsterInstance.local_temp(tempdir=home)
     ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources())
     result = upload_queue_sensor(ctx)
-    print(json.dumps({"runs": [r.partition_key for r in result.run_requests or []], "cursor": result.cursor}), flush=True)
+    print(
+        json.dumps({"runs": [r.partition_key for r in result.run_requests or []], "cursor": result.cursor}), flush=True
+    )
     if step == "before_partition":
         die("after the tick returned, before its partitions were stored")
     for req in result.dynamic_partitions_requests or []:
@@ -138,8 +140,15 @@ def message(i: int) -> bytes:
 
     asset_id = f"{i:032x}"
     return UploadMessage(
-        id=asset_id, filename=f"burst-{i}.jpg", r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
-        bytes=1000 + i, sha256="a" * 64, width=10, height=10, uploaded_at=datetime.now(UTC),
+        id=asset_id,
+        filename=f"burst-{i}.jpg",
+        r2_key=f"assets/{asset_id}.jpg",
+        mime_type="image/jpeg",
+        bytes=1000 + i,
+        sha256="a" * 64,
+        width=10,
+        height=10,
+        uploaded_at=datetime.now(UTC),
     ).to_json()
 
 

@@ -31,7 +31,10 @@ def served(tmp_path, tiny_models):
     env = dict(os.environ, HF_HUB_OFFLINE="1", DAM_DATA_DIR=str(tmp_path / "data"), DAM_DEVICE="cpu", **tiny_models)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dam_cli.main", "models", "serve", "--socket", str(sock)],
-        env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while not sock.exists():
@@ -45,8 +48,14 @@ def served(tmp_path, tiny_models):
 
 
 def _resource(tmp_path, tiny_models, **over) -> ModelsResource:
-    s = Settings(dam_data_dir=tmp_path / "data", dam_device="cpu", dam_caption_model=tiny_models["DAM_CAPTION_MODEL"],
-                 dam_embedding_model=tiny_models["DAM_EMBEDDING_MODEL"], dam_model_cache_dir=tiny_models["DAM_MODEL_CACHE_DIR"], **over)
+    s = Settings(
+        dam_data_dir=tmp_path / "data",
+        dam_device="cpu",
+        dam_caption_model=tiny_models["DAM_CAPTION_MODEL"],
+        dam_embedding_model=tiny_models["DAM_EMBEDDING_MODEL"],
+        dam_model_cache_dir=tiny_models["DAM_MODEL_CACHE_DIR"],
+        **over,
+    )
     return ModelsResource.from_settings(s)
 
 
@@ -120,8 +129,17 @@ def test_a_run_process_on_served_models_never_imports_torch(served, tmp_path):
     for i in range(3):
         data = jpeg_bytes(64 + 8 * i, 48, seed=i)
         sha = hashlib.sha256(data).hexdigest()
-        u = UploadMessage(id=sha[:32], filename=f"{i}.jpg", r2_key=f"assets/{sha[:32]}.jpg", mime_type="image/jpeg",
-                          bytes=len(data), sha256=sha, width=64 + 8 * i, height=48, uploaded_at=datetime.now(UTC))
+        u = UploadMessage(
+            id=sha[:32],
+            filename=f"{i}.jpg",
+            r2_key=f"assets/{sha[:32]}.jpg",
+            mime_type="image/jpeg",
+            bytes=len(data),
+            sha256=sha,
+            width=64 + 8 * i,
+            height=48,
+            uploaded_at=datetime.now(UTC),
+        )
         store.put(u.r2_key, data)
         uploads.append(u.model_dump(mode="json"))
     (tmp_path / "uploads.json").write_text(json.dumps(uploads))
@@ -131,7 +149,10 @@ def test_a_run_process_on_served_models_never_imports_torch(served, tmp_path):
     def run(**extra):
         out = subprocess.run(
             [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "uploads.json")],
-            env={**env, **extra}, capture_output=True, text=True, timeout=300,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])

@@ -23,7 +23,9 @@ pytest.importorskip("openvino")
 
 # (runtime, dtype, quantize) measured against torch fp32; bench/RESULTS.md has the full-size figures.
 CANDIDATES = [
-    ("openvino", "float32", "none"), ("openvino", "bfloat16", "none"), ("openvino", "bfloat16", "int8"),
+    ("openvino", "float32", "none"),
+    ("openvino", "bfloat16", "none"),
+    ("openvino", "bfloat16", "int8"),
     ("torch", "bfloat16", "none"),
 ]
 MIN_COSINE = 0.99
@@ -77,7 +79,9 @@ def test_openvino_fp32_reproduces_the_reference_captions(models, cache, images):
     short = get_captioner(
         models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, max_new_tokens=3, quantize="none"
     )
-    ref_short = get_captioner(models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache, max_new_tokens=3)
+    ref_short = get_captioner(
+        models[0], device="cpu", dtype="float32", runtime="torch", cache_dir=cache, max_new_tokens=3
+    )
     assert short.caption(images) == ref_short.caption(images)
 
 
@@ -106,7 +110,9 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
 
     blip, _ = write_tiny_models(tmp_path / "m")
     cache = tmp_path / "cache"
-    first = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    first = get_captioner(
+        str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none"
+    )
     before = first.caption(images[:2])
     (converted,) = _converted(cache)
 
@@ -114,7 +120,9 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
     exports = []
     real_export = openvino_blip.export_blip
     monkeypatch.setattr(openvino_blip, "export_blip", lambda *a, **k: exports.append(1) or real_export(*a, **k))
-    again = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    again = get_captioner(
+        str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none"
+    )
     assert again is not first and exports == []
     assert again.caption(images[:2]) == before
 
@@ -126,7 +134,9 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
             param.add_(torch.randn_like(param) * 0.05)
     model.save_pretrained(blip)
     clear_cache()
-    changed = get_captioner(str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none")
+    changed = get_captioner(
+        str(blip), device="cpu", dtype="float32", runtime="openvino", cache_dir=cache, quantize="none"
+    )
     assert exports == [1]
     assert len(_converted(cache)) == 2 and converted in _converted(cache)
     ref = get_captioner(str(blip), device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
@@ -151,7 +161,9 @@ def test_dtype_and_runtime_change_the_assets_code_versions(tmp_path):
     captions = {k: caption_code_version(s) for k, s in settings.items()}
     embeddings = {k: embedding_code_version(s) for k, s in settings.items()}
     assert len(set(captions.values())) == 5
-    assert len(set(embeddings.values())) == 4 and embeddings["no-int8"] == embeddings["auto"]  # int8: the captioner only
+    assert (
+        len(set(embeddings.values())) == 4 and embeddings["no-int8"] == embeddings["auto"]
+    )  # int8: the captioner only
     # One string, two users: the loaded model's version is the asset's code_version.
     assert captions["fp32"] == caption_version(settings["fp32"].dam_caption_model, 30, dtype="float32")
 
@@ -160,7 +172,13 @@ def test_dtype_and_runtime_change_the_assets_code_versions(tmp_path):
 def test_code_version_is_the_loaded_models_version(models, cache, tmp_path):
     from dam_assets.enrichment.assets import caption_code_version, embedding_code_version
 
-    s = Settings(dam_data_dir=tmp_path, dam_caption_model=models[0], dam_embedding_model=models[1], dam_dtype="float32", dam_runtime="openvino")
+    s = Settings(
+        dam_data_dir=tmp_path,
+        dam_caption_model=models[0],
+        dam_embedding_model=models[1],
+        dam_dtype="float32",
+        dam_runtime="openvino",
+    )
     captioner = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
     assert captioner.spec.quantize == "int8"  # auto, on OpenVINO
     embedder = get_embedder(models[1], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
@@ -190,8 +208,13 @@ def test_dam_models_prepare_converts_once(models, tmp_path):
     import sys
 
     env = dict(
-        os.environ, HF_HUB_OFFLINE="1", DAM_DATA_DIR=str(tmp_path / "data"), DAM_CAPTION_MODEL=models[0],
-        DAM_EMBEDDING_MODEL=models[1], DAM_RUNTIME="openvino", DAM_DEVICE="cpu",
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        DAM_DATA_DIR=str(tmp_path / "data"),
+        DAM_CAPTION_MODEL=models[0],
+        DAM_EMBEDDING_MODEL=models[1],
+        DAM_RUNTIME="openvino",
+        DAM_DEVICE="cpu",
     )
     cmd = [sys.executable, "-m", "dam_cli.main", "models", "prepare"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -202,16 +225,25 @@ def test_dam_models_prepare_converts_once(models, tmp_path):
     assert len([c for c in converted if not c.startswith(".")]) == 3, converted
     assert "int8" in first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert second.returncode == 0 and sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*")) == converted
+    assert (
+        second.returncode == 0
+        and sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*")) == converted
+    )
     missing = subprocess.run(
-        cmd, env={**env, "DAM_CAPTION_MODEL": str(tmp_path / "no-such-model")}, capture_output=True, text=True, timeout=300
+        cmd,
+        env={**env, "DAM_CAPTION_MODEL": str(tmp_path / "no-such-model")},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert missing.returncode == 1 and "no-such-model" in missing.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("runtime", "dtype", "quantize"), [("torch", "float32", "none"), *CANDIDATES])
-def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime(models, cache, tmp_path, runtime, dtype, quantize):
+def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime(
+    models, cache, tmp_path, runtime, dtype, quantize
+):
     import hashlib
     from datetime import UTC, datetime
 
@@ -226,8 +258,17 @@ def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime
     for i in range(3):
         data = jpeg_bytes(80 + 10 * i, 60, seed=i)
         sha = hashlib.sha256(data).hexdigest()
-        u = UploadMessage(id=sha[:32], filename=f"{i}.jpg", r2_key=f"assets/{sha[:32]}.jpg", mime_type="image/jpeg",
-                          bytes=len(data), sha256=sha, width=80 + 10 * i, height=60, uploaded_at=datetime.now(UTC))
+        u = UploadMessage(
+            id=sha[:32],
+            filename=f"{i}.jpg",
+            r2_key=f"assets/{sha[:32]}.jpg",
+            mime_type="image/jpeg",
+            bytes=len(data),
+            sha256=sha,
+            width=80 + 10 * i,
+            height=60,
+            uploaded_at=datetime.now(UTC),
+        )
         store.put(u.r2_key, data[:120] if i == 1 else data)  # the second is truncated
         uploads.append(u)
     decoded = decode_batch(store, uploads)

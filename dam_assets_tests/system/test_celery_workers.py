@@ -44,7 +44,10 @@ RECOVERY_DEADLINE_S = 150  # from the SIGKILL to every upload's row
 
 
 def images(n: int, seed: int) -> list[bytes]:
-    return [jpeg_bytes(64, 48, color=(seed * 37 % 256, i * 11 % 256, 255 - i * 9), seed=seed * 1000 + i + 1) for i in range(n)]
+    return [
+        jpeg_bytes(64, 48, color=(seed * 37 % 256, i * 11 % 256, 255 - i * 9), seed=seed * 1000 + i + 1)
+        for i in range(n)
+    ]
 
 
 def spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -67,7 +70,11 @@ def kill_group(proc: subprocess.Popen) -> None:
 def ping(env: dict, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "dam"), "worker", "--ping", "--timeout", "2", *extra],
-        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -122,7 +129,12 @@ def prod_env(prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, 
     monkeypatch.setenv("DAGSTER_HOME", str(prod_home[0]))
     monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
     settings = make_settings(
-        **tiny_models, **s3_env, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name, DAM_BATCH_SIZE=str(BATCH), OMP_NUM_THREADS="1"
+        **tiny_models,
+        **s3_env,
+        AMQP_URL=rabbit_url,
+        DAM_QUEUE=queue_name,
+        DAM_BATCH_SIZE=str(BATCH),
+        OMP_NUM_THREADS="1",
     )
     return settings, dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -151,9 +163,7 @@ def upload_all(client: TestClient, datas: list[bytes], prefix: str) -> set[str]:
 
 
 @pytest.mark.timeout(420)
-def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
-    tmp_path, prod_home, prod_env, s3_env
-):
+def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(tmp_path, prod_home, prod_env, s3_env):
     home, prefix = prod_home
     settings, env = prod_env
     s3 = urlparse(s3_env["R2_ENDPOINT"])
@@ -176,7 +186,9 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
         # serves only dam-models, so the index runs never hold it.
         metrics_port = free_port()
         procs["warm"] = spawn(
-            [str(BIN / "dam"), "worker", "--name", "warm", "--preload", "--metrics-port", str(metrics_port)], env, logs["warm"]
+            [str(BIN / "dam"), "worker", "--name", "warm", "--preload", "--metrics-port", str(metrics_port)],
+            env,
+            logs["warm"],
         )
         procs["victim"] = spawn(
             [str(BIN / "dam"), "worker", "--name", "victim", "--queue", "dam-models"], victim_env, logs["victim"]
@@ -184,9 +196,14 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
         wait_until(
             "both workers answer `dam worker --ping`",
             lambda: len(ping(env, "--queue", "dam-models").stdout.splitlines()) == 2,
-            90, list(logs.values()), list(procs.values()), every=0.5,
+            90,
+            list(logs.values()),
+            list(procs.values()),
+            every=0.5,
         )
-        procs["daemon"] = spawn([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"])
+        procs["daemon"] = spawn(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"]
+        )
 
         with DagsterInstance.get() as instance:
             assert type(instance.run_launcher).__name__ == "DamCeleryRunLauncher"
@@ -199,6 +216,7 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
                 return n == len(ids) and distinct == len(ids) and ok == ids
 
             started = time.monotonic()
+
             def phase1_done() -> bool:
                 runs = batch_runs()
                 return len(runs) == 8 and all(r.is_finished for r in runs) and all_rows()
@@ -221,13 +239,17 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
                     run = by_run[rec.run_id]
                     assert md["worker_pid"].value == int(run.tags[WORKER_PID_TAG])  # recorded where it ran
                     assert md["worker_host"].value
-                    loads.setdefault((run.tags[WORKER_TAG].split("-")[0], key), []).append(md["model_load_seconds"].value)
+                    loads.setdefault((run.tags[WORKER_TAG].split("-")[0], key), []).append(
+                        md["model_load_seconds"].value
+                    )
             for (node, key), seconds in loads.items():
                 cold = [s for s in seconds if s > 0]
                 # preloaded: every run found the model loaded; otherwise the first run alone loaded it
                 assert len(cold) == (0 if node == "warm" else 1), (node, key, seconds)
             victim_runs = len([r for r in runs if r.tags[WORKER_TAG].startswith("victim")])
-            print(f"\n8 batches in {phase1_s:.1f}s; victim took {victim_runs}; load seconds by (worker, asset): {loads}")
+            print(
+                f"\n8 batches in {phase1_s:.1f}s; victim took {victim_runs}; load seconds by (worker, asset): {loads}"
+            )
 
             # ---- a worker dies mid-run
             proxy.cut("blackhole")  # the victim's next run hangs on the store, so it is in flight
@@ -237,7 +259,9 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
                 running = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
                 return [r for r in running if r.tags.get(WORKER_TAG, "").startswith("victim")]
 
-            (stranded,) = wait_until("a run STARTED on the victim", victim_run, 120, list(logs.values()), list(procs.values()), every=0.3)
+            (stranded,) = wait_until(
+                "a run STARTED on the victim", victim_run, 120, list(logs.values()), list(procs.values()), every=0.3
+            )
             time.sleep(1)
             kill_group(procs.pop("victim"))
             killed_at = time.monotonic()
@@ -248,12 +272,20 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
                 retries = [r for r in runs if r.parent_run_id == stranded.run_id]
                 done = (
                     instance.get_run_by_id(stranded.run_id).status == DagsterRunStatus.FAILURE
-                    and retries and retries[-1].status == DagsterRunStatus.SUCCESS
+                    and retries
+                    and retries[-1].status == DagsterRunStatus.SUCCESS
                     and all(r.status == DagsterRunStatus.SUCCESS for r in runs if r.run_id != stranded.run_id)
                 )
                 return done and all_rows()
 
-            wait_until("every upload in rows after the kill", recovered, RECOVERY_DEADLINE_S, list(logs.values()), list(procs.values()), every=2)
+            wait_until(
+                "every upload in rows after the kill",
+                recovered,
+                RECOVERY_DEADLINE_S,
+                list(logs.values()),
+                list(procs.values()),
+                every=2,
+            )
             recovery_s = time.monotonic() - killed_at
             failure = instance.all_logs(stranded.run_id, of_type=DagsterEventType.RUN_FAILURE)[-1].dagster_event.message
             assert "is gone" in failure, failure
@@ -289,9 +321,7 @@ def test_runs_spread_over_warm_workers_and_a_killed_worker_loses_nothing(
 
 
 @pytest.mark.timeout(300)
-def test_run_of_a_dead_worker_nobody_else_serves_is_failed_by_the_health_check(
-    tmp_path, prod_home, prod_env, s3_env
-):
+def test_run_of_a_dead_worker_nobody_else_serves_is_failed_by_the_health_check(tmp_path, prod_home, prod_env, s3_env):
     """With no other worker to take the redelivered task, run monitoring alone must fail the run."""
     home, _ = prod_home
     settings, env = prod_env
@@ -305,13 +335,17 @@ def test_run_of_a_dead_worker_nobody_else_serves_is_failed_by_the_health_check(
     try:
         lone_env = dict(env, R2_ENDPOINT=f"http://127.0.0.1:{proxy.port}")
         procs["lone"] = spawn([str(BIN / "dam"), "worker", "--name", "lone"], lone_env, logs["lone"])
-        procs["daemon"] = spawn([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"])
+        procs["daemon"] = spawn(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"]
+        )
         with DagsterInstance.get() as instance:
 
             def started():
                 return instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
 
-            (stranded,) = wait_until("the batch run STARTED", started, 150, list(logs.values()), list(procs.values()), every=0.3)
+            (stranded,) = wait_until(
+                "the batch run STARTED", started, 150, list(logs.values()), list(procs.values()), every=0.3
+            )
             kill_group(procs.pop("lone"))
             killed_at = time.monotonic()
 
@@ -335,7 +369,9 @@ def test_run_of_a_dead_worker_nobody_else_serves_is_failed_by_the_health_check(
             wait_until("the retry's rows", retried, 150, list(logs.values()), list(procs.values()), every=2)
             (retry,) = [r for r in instance.get_runs() if r.parent_run_id == stranded.run_id]
             assert retry.status == DagsterRunStatus.SUCCESS and retry.tags[WORKER_TAG].startswith("next")
-            assert instance.get_run_by_id(stranded.run_id).status == DagsterRunStatus.FAILURE  # the stale task changed nothing
+            assert (
+                instance.get_run_by_id(stranded.run_id).status == DagsterRunStatus.FAILURE
+            )  # the stale task changed nothing
             print(f"\nhealth check failed the dead worker's run {failed_s:.1f}s after the kill: {failure}")
     finally:
         for p in procs.values():
@@ -368,15 +404,15 @@ query($id: String!) {
 def graphql(port: int, query: str, variables: dict) -> dict:
     import httpx
 
-    body = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables}, timeout=60).json()
+    body = httpx.post(
+        f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables}, timeout=60
+    ).json()
     assert "errors" not in body, body
     return body["data"]
 
 
 @pytest.mark.timeout(300)
-def test_graphql_backfill_of_every_partition_runs_on_the_workers(
-    tmp_path, prod_home, prod_env, s3_env
-):
+def test_graphql_backfill_of_every_partition_runs_on_the_workers(tmp_path, prod_home, prod_env, s3_env):
     """The UI's backfill of every batch (a model change made them all stale) re-runs them on warm workers."""
     from dam_assets_tests.conftest import free_port
     from dam_assets_tests.processes import wait_http
@@ -391,12 +427,15 @@ def test_graphql_backfill_of_every_partition_runs_on_the_workers(
     try:
         procs["webserver"] = spawn(
             [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            env, logs["webserver"],
+            env,
+            logs["webserver"],
         )
         # Both preloaded: a backfill run on a warm worker loads nothing.
         for name in ("w1", "w2"):
             procs[name] = spawn([str(BIN / "dam"), "worker", "--name", name, "--preload"], env, logs[name])
-        procs["daemon"] = spawn([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"])
+        procs["daemon"] = spawn(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, logs["daemon"]
+        )
         every = (list(logs.values()), list(procs.values()))
 
         with DagsterInstance.get() as instance:
@@ -412,13 +451,22 @@ def test_graphql_backfill_of_every_partition_runs_on_the_workers(
             wait_http(f"http://127.0.0.1:{port}/server_info", 60, procs["webserver"])
 
             started = time.monotonic()
-            launched = graphql(port, LAUNCH_BACKFILL, {"params": {
-                "selector": {
-                    "partitionSetName": "enrich_batch_partition_set",
-                    "repositorySelector": {"repositoryLocationName": "dam_assets", "repositoryName": "__repository__"},
+            launched = graphql(
+                port,
+                LAUNCH_BACKFILL,
+                {
+                    "params": {
+                        "selector": {
+                            "partitionSetName": "enrich_batch_partition_set",
+                            "repositorySelector": {
+                                "repositoryLocationName": "dam_assets",
+                                "repositoryName": "__repository__",
+                            },
+                        },
+                        "allPartitions": True,
+                    }
                 },
-                "allPartitions": True,
-            }})["launchPartitionBackfill"]
+            )["launchPartitionBackfill"]
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
             backfill_id = launched["backfillId"]
 
@@ -438,7 +486,13 @@ def test_graphql_backfill_of_every_partition_runs_on_the_workers(
             def backfill_done():
                 state = graphql(port, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
                 runs = backfill_runs()
-                finished = state["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+                finished = state["status"] in (
+                    "COMPLETED",
+                    "COMPLETED_SUCCESS",
+                    "COMPLETED_FAILED",
+                    "FAILED",
+                    "CANCELED",
+                )
                 return state if finished and len(runs) == expected_runs and all(r.is_finished for r in runs) else None
 
             state = wait_until("the backfill's runs finished", backfill_done, 120, *every, every=1)
@@ -455,7 +509,9 @@ def test_graphql_backfill_of_every_partition_runs_on_the_workers(
             by_run = {r.run_id: r for r in runs}
             for key in ("image_captions", "image_embeddings"):
                 records = [
-                    rec for rec in instance.fetch_materializations(AssetKey(key), limit=100).records if rec.run_id in by_run
+                    rec
+                    for rec in instance.fetch_materializations(AssetKey(key), limit=100).records
+                    if rec.run_id in by_run
                 ]
                 assert sorted(rec.partition_key for rec in records) == sorted(partitions)  # one per batch
                 for rec in records:

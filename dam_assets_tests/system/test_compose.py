@@ -32,14 +32,19 @@ def _tool() -> str:
 
 def _config(tool: str, env_extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("R2_", "DAM_")) and k != "AMQP_URL" and k not in REQUIRED
     }
     env.update(env_extra)
     # --project-directory elsewhere: a developer's .env beside the file must not fill the gaps.
     return subprocess.run(
         [tool, "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path), "config"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -56,7 +56,11 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
     log = open(tmp_path / "dam-dev.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dam"), "dev", "--port", str(api_port), "--dagster-port", str(ui_port)],
-        env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        cwd=str(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_http(f"http://127.0.0.1:{api_port}/healthz", 60, proc)
@@ -71,7 +75,9 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
             time.sleep(1)
         keys = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
         assert {"upload_batch", "image_captions", "image_embeddings", "asset_metadata"} <= keys
-        sensors = {s["name"]: s["sensorState"]["status"] for r in data["repositoriesOrError"]["nodes"] for s in r["sensors"]}
+        sensors = {
+            s["name"]: s["sensorState"]["status"] for r in data["repositoriesOrError"]["nodes"] for s in r["sensors"]
+        }
         assert sensors.get("upload_queue_sensor") == "RUNNING"
 
         # The model server is up once its socket is (it loads and warms the models first; a run that

@@ -38,7 +38,9 @@ def _clean_env(**extra) -> dict:
 
 def _listening(port: int) -> set[str]:
     """The local addresses with a socket listening on this TCP port."""
-    return {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    return {
+        c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
 
 
 def _graphql(url: str, query: str, host: str | None = None) -> httpx.Response:
@@ -57,7 +59,10 @@ def test_dam_dev_on_every_interface_keeps_the_dagster_ui_on_loopback(tmp_path):
         proc = subprocess.Popen(
             [DAM, "dev", "--host", "0.0.0.0", "--port", str(api_port), "--dagster-port", str(ui_port)],
             env=_clean_env(DAM_API_KEY="exposure-test-key", DAM_DATA_DIR=tmp_path / "data", HF_HUB_OFFLINE=1),
-            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         ui = f"http://127.0.0.1:{ui_port}"
@@ -98,7 +103,11 @@ def test_a_dagster_host_beyond_loopback_is_refused_without_an_acknowledgement(tm
     data = tmp_path / "data"
     proc = subprocess.Popen(
         [DAM, "dev", "--dagster-host", dagster_host, "--port", str(free_port()), "--dagster-port", str(free_port())],
-        env=_clean_env(DAM_DATA_DIR=data), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_clean_env(DAM_DATA_DIR=data),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _, err = proc.communicate(timeout=60)
@@ -132,7 +141,14 @@ def test_the_host_check_lets_loopback_names_through_and_nothing_else():
     for host in ("localhost:3000", "LOCALHOST", "localhost.", "127.0.0.1", "127.0.0.1:3000", "[::1]:3000", "[::1]"):
         r = client.get("/", headers={"Host": host})
         assert r.status_code == 200 and r.text == "ok", host
-    for host in ("evil.example", "evil.example:3000", "localhost.evil.example", "127.0.0.1.nip.io:3000", "[::2]:3000", ""):
+    for host in (
+        "evil.example",
+        "evil.example:3000",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io:3000",
+        "[::2]:3000",
+        "",
+    ):
         r = client.get("/", headers={"Host": host})
         assert r.status_code == 400 and "not served here" in r.text, host
 

@@ -102,7 +102,11 @@ def crash(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "dam_assets_tests.faults.crash", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr[-3000:])
     assert "KILL " in proc.stdout, proc.stdout
@@ -119,7 +123,10 @@ def upload_all(client, images: list[bytes], prefix: str = "img") -> list[dict]:
 
 
 def images(n: int, seed: int) -> list[bytes]:
-    return [jpeg_bytes(48, 40, color=((seed * 7 + i * 31) % 256, i * 13 % 256, seed % 256), seed=seed * 100 + i + 1) for i in range(n)]
+    return [
+        jpeg_bytes(48, 40, color=((seed * 7 + i * 31) % 256, i * 13 % 256, seed % 256), seed=seed * 100 + i + 1)
+        for i in range(n)
+    ]
 
 
 def wait_until_released(settings, timeout: float = 15) -> None:
@@ -435,8 +442,11 @@ def _flaky_table_write(real):
 
 def _materialize_flaky(instance, batch):
     return materialize(
-        BATCH_ASSETS, partition_key=batch, instance=instance,
-        resources={**resources(), "dam": FlakyDamResource.from_settings(load_settings())}, raise_on_error=False,
+        BATCH_ASSETS,
+        partition_key=batch,
+        instance=instance,
+        resources={**resources(), "dam": FlakyDamResource.from_settings(load_settings())},
+        raise_on_error=False,
     )
 
 
@@ -482,7 +492,11 @@ def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance
 
     retry = _materialize_flaky(instance, batch)  # the fault is gone: the retry succeeds
     assert retry.success
-    count_line(f"store fault {prefix}#{nth} ({how}), {settings.uses_s3 and 's3' or 'local'}, retried", settings, {s["id"] for s in sent})
+    count_line(
+        f"store fault {prefix}#{nth} ({how}), {settings.uses_s3 and 's3' or 'local'}, retried",
+        settings,
+        {s["id"] for s in sent},
+    )
 
 
 # ----------------------------------------------------------------------------- 5. bad messages
@@ -491,8 +505,15 @@ def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance
 def _huge_message() -> bytes:
     good = json.loads(
         UploadMessage(
-            id="f" * 32, filename="x.jpg", r2_key=f"assets/{'f' * 32}.jpg", mime_type="image/jpeg", bytes=1,
-            sha256="0" * 64, width=1, height=1, uploaded_at="2026-01-01T00:00:00Z",
+            id="f" * 32,
+            filename="x.jpg",
+            r2_key=f"assets/{'f' * 32}.jpg",
+            mime_type="image/jpeg",
+            bytes=1,
+            sha256="0" * 64,
+            width=1,
+            height=1,
+            uploaded_at="2026-01-01T00:00:00Z",
         ).to_json()
     )
     good["filename"] = "y" * (4 << 20)  # 4 MiB: over the model's 1024-character limit
@@ -508,10 +529,19 @@ BAD_MESSAGES = {
     "empty": b"",
     "deeply-nested": b"[" * 20000 + b"]" * 20000,
     "wrong-types": json.dumps({"id": "a" * 32, "filename": 5, "r2_key": "assets/x.jpg", "width": "wide"}).encode(),
-    "naive-timestamp": json.dumps({
-        "id": "b" * 32, "filename": "n.jpg", "r2_key": f"assets/{'b' * 32}.jpg", "mime_type": "image/jpeg",
-        "bytes": 3, "sha256": "0" * 64, "width": 1, "height": 1, "uploaded_at": "2026-01-01T00:00:00",
-    }).encode(),
+    "naive-timestamp": json.dumps(
+        {
+            "id": "b" * 32,
+            "filename": "n.jpg",
+            "r2_key": f"assets/{'b' * 32}.jpg",
+            "mime_type": "image/jpeg",
+            "bytes": 3,
+            "sha256": "0" * 64,
+            "width": 1,
+            "height": 1,
+            "uploaded_at": "2026-01-01T00:00:00",
+        }
+    ).encode(),
     "huge": _huge_message(),
 }
 
@@ -522,8 +552,11 @@ def _inject_raw_embedded(settings, rows: list) -> None:
     from persistqueue.serializers import json as json_serializer
 
     q = persistqueue.SQLiteAckQueue(
-        str(settings.data_dir / "queue"), db_file_name=f"{settings.dam_queue}.sqlite",
-        auto_resume=False, multithreading=True, serializer=json_serializer,
+        str(settings.data_dir / "queue"),
+        db_file_name=f"{settings.dam_queue}.sqlite",
+        auto_resume=False,
+        multithreading=True,
+        serializer=json_serializer,
     )
     for row in rows:
         q.put(row)
@@ -578,7 +611,8 @@ def test_bad_messages_are_dead_lettered_and_gone_objects_become_error_rows(setti
     assert all(rows[b["id"]] is None for b in before + after)
     count_line(
         f"bad messages ({len(bad)} dead-lettered), {settings.uses_rabbitmq and 'rabbitmq+s3' or 'embedded'}",
-        settings, {b["id"] for b in before + after + [gone]},
+        settings,
+        {b["id"] for b in before + after + [gone]},
     )
 
 
@@ -615,7 +649,11 @@ def test_embedded_queue_crash_mid_publish_burst_keeps_every_confirmed_message(tm
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "dam_assets_tests.faults.crash", "publish", str(directory), name, "100000"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     printed: list[str] = []
     target = random.Random(7).randint(200, 600)

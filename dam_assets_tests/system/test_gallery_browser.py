@@ -45,8 +45,12 @@ def served(make_settings, tiny_models, tmp_path):
     import httpx
 
     with serving(create_app(settings)) as base:
-        for i, (w, h, color) in enumerate([(400, 300, (200, 40, 40)), (300, 400, (40, 40, 200)), (350, 350, (40, 180, 60))]):
-            r = httpx.post(f"{base}/upload", files={"file": (f"photo-{i}.jpg", jpeg_bytes(w, h, color, seed=i + 5), "image/jpeg")})
+        for i, (w, h, color) in enumerate(
+            [(400, 300, (200, 40, 40)), (300, 400, (40, 40, 200)), (350, 350, (40, 180, 60))]
+        ):
+            r = httpx.post(
+                f"{base}/upload", files={"file": (f"photo-{i}.jpg", jpeg_bytes(w, h, color, seed=i + 5), "image/jpeg")}
+            )
             assert r.status_code == 202
         with DagsterInstance.ephemeral() as instance:
 
@@ -107,9 +111,13 @@ def test_gallery_search_detail_and_upload(served):
             page.click("#clear-search")
             page.set_input_files('[data-testid="file-input"]', str(upload_file))
             expect(page.locator('[data-testid="upload-row"][data-state="done"]')).to_have_count(1, timeout=15_000)
-            expect(page.locator('[data-testid="gallery"] [data-testid="card"][data-status="queued"]')).to_have_count(1, timeout=15_000)
+            expect(page.locator('[data-testid="gallery"] [data-testid="card"][data-status="queued"]')).to_have_count(
+                1, timeout=15_000
+            )
             process()
-            expect(page.locator('[data-testid="gallery"] [data-testid="card"][data-status="processed"]')).to_have_count(4, timeout=30_000)
+            expect(page.locator('[data-testid="gallery"] [data-testid="card"][data-status="processed"]')).to_have_count(
+                4, timeout=30_000
+            )
             expect(page.locator("#more")).to_be_hidden()  # four items fit on one page
             page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
             assert (tmp_path / "gallery.png").stat().st_size > 0
@@ -122,7 +130,9 @@ def test_empty_gallery_and_no_results_states(make_settings):
     from playwright.sync_api import expect, sync_playwright
 
     with serving(create_app(make_settings())) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = browser.new_page()
         page.goto(f"{base}/")
         expect(page.locator('[data-testid="empty"]')).to_be_visible(timeout=10_000)
@@ -154,7 +164,9 @@ def test_a_phone_wide_viewport_has_no_horizontal_overflow(make_settings):
             assert width > 0 and 0 <= left and right <= 390, (what, name, layout)
 
     with serving(app) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         try:
             page = browser.new_page(viewport={"width": 390, "height": 844})
             page.goto(f"{base}/")

@@ -25,7 +25,9 @@ def test_pipeline_on_postgres_instance(tmp_path, pg_url, monkeypatch, make_setti
     settings = make_settings(**tiny_models)
     client = TestClient(create_app(settings))
     ids = {
-        client.post("/upload", files={"file": (f"{i}.jpg", jpeg_bytes(160, 120, (i * 40, 90, 200)), "image/jpeg")}).json()["id"]
+        client.post(
+            "/upload", files={"file": (f"{i}.jpg", jpeg_bytes(160, 120, (i * 40, 90, 200)), "image/jpeg")}
+        ).json()["id"]
         for i in range(3)
     }
     with DagsterInstance.from_config(str(home)) as instance:

@@ -30,7 +30,9 @@ def dam_api(tmp_path):
     procs = []
 
     def start(*args: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
-        proc, url, log = start_dam_api(env, tmp_path, tmp_path / f"api-{len(procs)}.log", *args, port=port or free_port())
+        proc, url, log = start_dam_api(
+            env, tmp_path, tmp_path / f"api-{len(procs)}.log", *args, port=port or free_port()
+        )
         procs.append((proc, log))
         return proc, url
 
@@ -127,8 +129,15 @@ def test_the_scan_reads_only_markers_the_index_lacks(tmp_path):
     def message(n: int) -> UploadMessage:
         asset_id = f"{n:032x}"
         return UploadMessage(
-            id=asset_id, filename=f"{n}.jpg", r2_key=f"assets/{asset_id}.jpg", mime_type="image/jpeg",
-            bytes=1, sha256="0" * 64, width=1, height=1, uploaded_at=datetime.now(UTC),
+            id=asset_id,
+            filename=f"{n}.jpg",
+            r2_key=f"assets/{asset_id}.jpg",
+            mime_type="image/jpeg",
+            bytes=1,
+            sha256="0" * 64,
+            width=1,
+            height=1,
+            uploaded_at=datetime.now(UTC),
         )
 
     indexed = {f"{n:032x}" for n in range(50)}

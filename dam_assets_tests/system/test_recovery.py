@@ -41,9 +41,10 @@ RECOVERY_BOUND_SECONDS = 120  # the README's bound: failed and re-executed withi
 
 
 def images(n: int, seed: int) -> list[bytes]:
-    return [jpeg_bytes(64, 48, color=(seed * 37 % 256, i * 11 % 256, 255 - i * 9), seed=seed * 1000 + i + 1) for i in range(n)]
-
-
+    return [
+        jpeg_bytes(64, 48, color=(seed * 37 % 256, i * 11 % 256, 255 - i * 9), seed=seed * 1000 + i + 1)
+        for i in range(n)
+    ]
 
 
 def kill_tree(proc: subprocess.Popen) -> int:
@@ -96,11 +97,15 @@ def wait_for_started_run(instance: DagsterInstance, proc: subprocess.Popen, time
 def stranded_runs(instance: DagsterInstance) -> list:
     """Runs left in progress by the kill: one STARTED at least, maybe others still STARTING."""
     runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
-    assert any(r.status == DagsterRunStatus.STARTED for r in runs), "the run finished before the kill; nothing was stranded"
+    assert any(r.status == DagsterRunStatus.STARTED for r in runs), (
+        "the run finished before the kill; nothing was stranded"
+    )
     return runs
 
 
-def recover(instance: DagsterInstance, killed: list, restarted_at: float, rows_ready, deadline_s: float, log: Path, slots: int):
+def recover(
+    instance: DagsterInstance, killed: list, restarted_at: float, rows_ready, deadline_s: float, log: Path, slots: int
+):
     """Wait until every killed run FAILED, its retry SUCCEEDED and all rows are there; returns timings."""
     deadline = time.monotonic() + deadline_s
     killed_ids = {r.run_id for r in killed}
@@ -108,10 +113,14 @@ def recover(instance: DagsterInstance, killed: list, restarted_at: float, rows_r
     while True:
         records = {r.dagster_run.run_id: r for r in instance.get_run_records()}
         retries = {
-            rec.dagster_run.parent_run_id: rec for rec in records.values() if rec.dagster_run.parent_run_id in killed_ids
+            rec.dagster_run.parent_run_id: rec
+            for rec in records.values()
+            if rec.dagster_run.parent_run_id in killed_ids
         }
         # Every other batch run (the search index has runs of its own) must have succeeded too.
-        others = [r.dagster_run for i, r in records.items() if i not in killed_ids and "dam/batch" in r.dagster_run.tags]
+        others = [
+            r.dagster_run for i, r in records.items() if i not in killed_ids and "dam/batch" in r.dagster_run.tags
+        ]
         done = (
             all(r.status == DagsterRunStatus.SUCCESS for r in others)
             and all(records[i].dagster_run.status == DagsterRunStatus.FAILURE for i in killed_ids)
@@ -122,7 +131,9 @@ def recover(instance: DagsterInstance, killed: list, restarted_at: float, rows_r
             break
         if time.monotonic() > deadline:
             states = {i: (r.dagster_run.status.value, r.dagster_run.parent_run_id) for i, r in records.items()}
-            raise AssertionError(f"not recovered within {deadline_s}s: killed {killed_ids}, runs {states}\n" + log.read_text()[-4000:])
+            raise AssertionError(
+                f"not recovered within {deadline_s}s: killed {killed_ids}, runs {states}\n" + log.read_text()[-4000:]
+            )
         time.sleep(3)
     for rec in sorted(records.values(), key=lambda r: r.create_timestamp):
         run, at = rec.dagster_run, lambda t: f"{t - restarted_at:+7.1f}s" if t else "      -"
@@ -136,7 +147,9 @@ def recover(instance: DagsterInstance, killed: list, restarted_at: float, rows_r
     # creation took slots the retry did not exist for yet; with warm models there can be several).
     for i in killed_ids:
         queued_at, retried_at = retries[i].create_timestamp.timestamp(), retries[i].start_time
-        overtook = [r for r in others if r.parent_run_id is None and queued_at < records[r.run_id].start_time < retried_at]
+        overtook = [
+            r for r in others if r.parent_run_id is None and queued_at < records[r.run_id].start_time < retried_at
+        ]
         assert len(overtook) <= slots, [r.tags["dam/batch"] for r in overtook]
     timings = {
         "failed_after_s": max(records[i].end_time for i in killed_ids) - restarted_at,
@@ -153,7 +166,9 @@ def recover(instance: DagsterInstance, killed: list, restarted_at: float, rows_r
         assert run.tags.get("dagster/will_retry") == "true", run.tags
         # An automatic retry from the failure (Dagster's default strategy), not a manual re-run.
         retry = retries[i].dagster_run
-        assert retry.tags.get("dagster/retry_number") == "1" and retry.tags.get("dagster/is_resume_retry") == "true", retry.tags
+        assert retry.tags.get("dagster/retry_number") == "1" and retry.tags.get("dagster/is_resume_retry") == "true", (
+            retry.tags
+        )
     return timings
 
 
@@ -165,7 +180,11 @@ def start_dam_dev(cwd: Path, log: Path) -> tuple[subprocess.Popen, int, int]:
     out = open(log, "ab")
     proc = subprocess.Popen(
         [str(BIN / "dam"), "dev", "--port", str(api_port), "--dagster-port", str(ui_port)],
-        env=dict(os.environ), cwd=str(cwd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ),
+        cwd=str(cwd),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     out.close()
     wait_http(f"http://127.0.0.1:{api_port}/healthz", 90, proc)
@@ -182,7 +201,9 @@ def test_dam_dev_killed_mid_batch_recovers_every_upload(tmp_path, tiny_models, m
     try:
         ids = set()
         for i, data in enumerate(images(20, seed=3)):
-            r = httpx.post(f"http://127.0.0.1:{api_port}/upload", files={"file": (f"{i}.jpg", data, "image/jpeg")}, timeout=60)
+            r = httpx.post(
+                f"http://127.0.0.1:{api_port}/upload", files={"file": (f"{i}.jpg", data, "image/jpeg")}, timeout=60
+            )
             assert r.status_code == 202, r.text
             ids.add(r.json()["id"])
         assert len(ids) == 20
@@ -220,7 +241,11 @@ def start_daemon(env: dict, log: Path) -> subprocess.Popen:
     out = open(log, "ab")
     proc = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-        env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        cwd=str(REPO),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     out.close()
     return proc
@@ -340,12 +365,16 @@ def test_health_check_fails_only_workers_it_can_see_are_dead(tmp_path):
         def health(pid: int, announced_at: float | None = None, **tags) -> WorkerStatus:
             """A run as the launcher tags it, whose worker announced `pid` (as the worker does)."""
             local = {
-                HOST_TAG: socket.gethostname(), PID_NAMESPACE_TAG: pid_namespace(),
-                BOOT_TAG: str(int(psutil.boot_time())), GRPC_INFO_TAG: json.dumps({"host": "localhost", "port": 1}),
+                HOST_TAG: socket.gethostname(),
+                PID_NAMESPACE_TAG: pid_namespace(),
+                BOOT_TAG: str(int(psutil.boot_time())),
+                GRPC_INFO_TAG: json.dumps({"host": "localhost", "port": 1}),
             }
             run = instance.create_run_for_job(job, tags={**local, **tags})
             event = DagsterEvent(
-                "ENGINE_EVENT", job_name=run.job_name, message=f"Started process for run (pid: {pid}).",
+                "ENGINE_EVENT",
+                job_name=run.job_name,
+                message=f"Started process for run (pid: {pid}).",
                 event_specific_data=EngineEventData.in_process(pid),
             )
             instance.report_dagster_event(event, run.run_id, timestamp=announced_at)
@@ -359,7 +388,10 @@ def test_health_check_fails_only_workers_it_can_see_are_dead(tmp_path):
             assert health(worker.pid, announced_at=time.time() - 60) == WorkerStatus.FAILED
             # Another host, or a code server elsewhere: nothing this machine can judge.
             assert health(2**22 + 1, **{HOST_TAG: "another-host"}) == WorkerStatus.RUNNING
-            assert health(2**22 + 1, **{GRPC_INFO_TAG: json.dumps({"host": "10.0.0.9", "port": 1})}) == WorkerStatus.RUNNING
+            assert (
+                health(2**22 + 1, **{GRPC_INFO_TAG: json.dumps({"host": "10.0.0.9", "port": 1})})
+                == WorkerStatus.RUNNING
+            )
         finally:
             worker.kill()
             worker.wait()

@@ -148,12 +148,17 @@ def publish(
             return None
         seq = (head.seq if head else 0) + 1
         segs = new.segments
-        new = new.model_copy(update={
-            "seq": seq, "version": f"{seq:012d}",
-            "rows": sum(s.rows for s in segs), "vectors": sum(s.vectors for s in segs),
-            "dim": max((s.dim for s in segs), default=0), "hnsw": any(s.hnsw for s in segs),
-            "built_at": datetime.now(UTC),
-        })
+        new = new.model_copy(
+            update={
+                "seq": seq,
+                "version": f"{seq:012d}",
+                "rows": sum(s.rows for s in segs),
+                "vectors": sum(s.vectors for s in segs),
+                "dim": max((s.dim for s in segs), default=0),
+                "hnsw": any(s.hnsw for s in segs),
+                "built_at": datetime.now(UTC),
+            }
+        )
         body = new.to_json()
         if store.create(index_manifest_key(seq), body, content_type="application/json"):
             # The pointer is written last: readers only ever see complete versions. A slower
@@ -169,14 +174,15 @@ def _prune(store: ObjectStore) -> None:
     try:
         manifests = sorted(store.list(INDEX_VERSIONS_PREFIX))
         referenced = {
-            s.prefix for key in manifests[-KEEP_VERSIONS:]
+            s.prefix
+            for key in manifests[-KEEP_VERSIONS:]
             for s in IndexManifest.model_validate_json(store.get(key)).segments
         }
         for key in manifests[:-KEEP_VERSIONS]:
             store.delete(key)
         now = datetime.now(UTC)
         for key in list(store.list(INDEX_SEGMENTS_PREFIX)):
-            name = key[len(INDEX_SEGMENTS_PREFIX):].split("/", 1)[0]
+            name = key[len(INDEX_SEGMENTS_PREFIX) :].split("/", 1)[0]
             born = segment_born(name)
             if index_segment_prefix(name) in referenced or born is None or now - born < ORPHAN_GRACE:
                 continue

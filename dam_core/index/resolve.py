@@ -39,7 +39,9 @@ def drop_deleted(table: pa.Table, removed: Mapping[str, datetime]) -> pa.Table:
     return table.filter(pa.array(~gone)) if gone.any() else table
 
 
-def live_rows(segs: Sequence[Segment], entries: Sequence[SegmentEntry], removed: Mapping[str, datetime]) -> list[np.ndarray]:
+def live_rows(
+    segs: Sequence[Segment], entries: Sequence[SegmentEntry], removed: Mapping[str, datetime]
+) -> list[np.ndarray]:
     """Per segment (oldest first, with its manifest entry), which item rows are served."""
     n = [s.items.num_rows for s in segs]
     alive = [np.ones(k, bool) for k in n]

@@ -28,8 +28,19 @@ from dam_core.store import LocalStore, ObjectStore
 from dam_core.table import schema
 
 ITEM_COLUMNS = [
-    "id", "filename", "caption", "tags", "mime_type", "width", "height", "error",
-    "uploaded_at", "processed_at", "batch", "embedding_model", *EXIF_COLUMNS,
+    "id",
+    "filename",
+    "caption",
+    "tags",
+    "mime_type",
+    "width",
+    "height",
+    "error",
+    "uploaded_at",
+    "processed_at",
+    "batch",
+    "embedding_model",
+    *EXIF_COLUMNS,
 ]
 
 # ----------------------------------------------------------------------------- HNSW tuning
@@ -64,15 +75,21 @@ def expansion_search(vectors: int) -> int:
 
 def _new_hnsw(dim: int) -> Index:
     # f16 storage halves memory; the candidates are re-scored from the float32 vectors.
-    return Index(ndim=dim, metric="ip", dtype="f16", connectivity=HNSW_CONNECTIVITY,
-                 expansion_add=HNSW_EXPANSION_ADD, expansion_search=HNSW_EXPANSION_SEARCH)
+    return Index(
+        ndim=dim,
+        metric="ip",
+        dtype="f16",
+        connectivity=HNSW_CONNECTIVITY,
+        expansion_add=HNSW_EXPANSION_ADD,
+        expansion_search=HNSW_EXPANSION_SEARCH,
+    )
 
 
 def quantize(vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     """Unit vectors to int8 (components of unit vectors lie in [-1, 1]), in chunks: no full-size temporaries."""
     out = np.empty(vectors.shape, dtype=np.int8)
     for i in range(0, len(vectors), chunk):
-        out[i:i + chunk] = np.clip(np.rint(np.asarray(vectors[i:i + chunk]) * 127.0), -127, 127)
+        out[i : i + chunk] = np.clip(np.rint(np.asarray(vectors[i : i + chunk]) * 127.0), -127, 127)
     return out
 
 
@@ -109,9 +126,10 @@ def write_segment(
     """Write one immutable segment (items newest first; vectors for the rows where `valid`); returns its entry."""
     name = new_segment_name()
     prefix = index_segment_prefix(name)
-    items = items.append_column("vector_row", pa.array(
-        np.where(valid, np.cumsum(valid) - 1, -1).astype(np.int64) if len(valid) else np.zeros(0, np.int64)
-    ))
+    items = items.append_column(
+        "vector_row",
+        pa.array(np.where(valid, np.cumsum(valid) - 1, -1).astype(np.int64) if len(valid) else np.zeros(0, np.int64)),
+    )
     buf = io.BytesIO()
     pq.write_table(items, buf, compression="zstd")
     store.put(prefix + "items.parquet", buf.getvalue())
@@ -128,8 +146,12 @@ def write_segment(
             with open(path, "rb") as f:
                 store.put(prefix + "hnsw.usearch", f)
     return SegmentEntry(
-        name=name, prefix=prefix, rows=items.num_rows, vectors=int(len(vectors)),
-        dim=int(vectors.shape[1]) if len(vectors) else 0, hnsw=hnsw,
+        name=name,
+        prefix=prefix,
+        rows=items.num_rows,
+        vectors=int(len(vectors)),
+        dim=int(vectors.shape[1]) if len(vectors) else 0,
+        hnsw=hnsw,
     )
 
 

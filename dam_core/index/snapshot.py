@@ -102,7 +102,9 @@ class Snapshot:
 
     @property
     def vector_count(self) -> int:
-        return int(sum(len(s.vectors) - (int(d.sum()) if d is not None else 0) for s, d in zip(self.segments, self.dead)))
+        return int(
+            sum(len(s.vectors) - (int(d.sum()) if d is not None else 0) for s, d in zip(self.segments, self.dead))
+        )
 
     @property
     def dim(self) -> int:
@@ -132,7 +134,11 @@ class Snapshot:
         if q.shape[0] != self.dim:
             raise ValueError(f"query has dimension {q.shape[0]}, the index {self.dim}")
         want = k + (1 if exclude else 0)
-        work = [(seg, dead, item_of) for seg, dead, item_of in zip(self.segments, self.dead, self.item_of) if len(seg.vectors)]
+        work = [
+            (seg, dead, item_of)
+            for seg, dead, item_of in zip(self.segments, self.dead, self.item_of)
+            if len(seg.vectors)
+        ]
         threads = 0 if len(work) == 1 else 1  # several segments: the cores go to segments side by side
 
         def one(part) -> tuple[np.ndarray, np.ndarray]:
@@ -186,9 +192,12 @@ def load_snapshot(
         if len(parts) > 1:
             table = table.take(pc.sort_indices(table, [("uploaded_at", "descending"), ("id", "ascending")]))
     else:
-        table = with_item_columns(schema(None).empty_table().drop(["embedding"])).append_column(
-            "vector_row", pa.array([], pa.int64())).append_column("_seg", pa.array([], pa.int32())).append_column(
-            "_row", pa.array([], pa.int64()))
+        table = (
+            with_item_columns(schema(None).empty_table().drop(["embedding"]))
+            .append_column("vector_row", pa.array([], pa.int64()))
+            .append_column("_seg", pa.array([], pa.int32()))
+            .append_column("_row", pa.array([], pa.int64()))
+        )
     rows_in_seg = table.column("_row").to_numpy()
     items = Rows(table.drop(["_row"]))
     items.seg = table.column("_seg").to_numpy().astype(np.int64)
@@ -197,7 +206,7 @@ def load_snapshot(
     bounds = np.searchsorted(items.seg[order], np.arange(len(segs) + 1))
     for i, (seg, keep) in enumerate(zip(segs, alive)):
         pos = np.full(seg.items.num_rows, -1, np.int64)
-        mine = order[bounds[i]:bounds[i + 1]]
+        mine = order[bounds[i] : bounds[i + 1]]
         pos[rows_in_seg[mine]] = mine
         positions.append(pos)
         of_vec = pos[seg.row_of_vector]

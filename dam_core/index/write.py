@@ -46,9 +46,12 @@ def build_index(store: ObjectStore, con, exact_max: int, model: str | None = Non
     # batch landing in between may be in the snapshot before the low watermark passes it, which
     # is harmless, but is never passed by the low watermark while missing from the snapshot.
     after = "WHERE batch > $after" if previous else ""
-    in_table = {b for (b,) in con.execute(
-        f"SELECT DISTINCT batch FROM assets_all {after}", {"after": previous} if previous else {}
-    ).fetchall()}
+    in_table = {
+        b
+        for (b,) in con.execute(
+            f"SELECT DISTINCT batch FROM assets_all {after}", {"after": previous} if previous else {}
+        ).fetchall()
+    }
     # A table written before a column existed (EXIF) lacks it: it is added as nulls.
     present = set(con.sql("SELECT * FROM assets").columns)
     cols = ", ".join(c for c in ITEM_COLUMNS if c in present)
@@ -99,11 +102,16 @@ def write_index(
         low, pending = low_watermark, []
         if in_table is not None:
             low, pending = advance_low_watermark(store, m.low_watermark, in_table | set(m.pending))
-        return m.model_copy(update={
-            "segments": (*entries, *newer), "removed": {}, "model": model,
-            "watermark": max(batches | ({m.watermark} if newer and m.watermark else set()), default=None),
-            "low_watermark": low, "pending": tuple(pending),
-        })
+        return m.model_copy(
+            update={
+                "segments": (*entries, *newer),
+                "removed": {},
+                "model": model,
+                "watermark": max(batches | ({m.watermark} if newer and m.watermark else set()), default=None),
+                "low_watermark": low,
+                "pending": tuple(pending),
+            }
+        )
 
     return publish(store, change)
 
@@ -168,13 +176,16 @@ def add_batch(
         # A batch at or before the newest indexed one may be a re-run: its rows in older segments are stale.
         rerun = bool(m.watermark and batch <= m.watermark)
         low, pending = advance_low_watermark(store, m.low_watermark, set(m.pending) | {batch})
-        return m.model_copy(update={
-            "segments": (*m.segments, entry.model_copy(update={"replaces": (batch,) if rerun else ()})),
-            "model": m.model or batch_model,
-            "removed": m.removed_with(gone),
-            "watermark": max(filter(None, [m.watermark, batch])),
-            "low_watermark": low, "pending": tuple(pending),
-        })
+        return m.model_copy(
+            update={
+                "segments": (*m.segments, entry.model_copy(update={"replaces": (batch,) if rerun else ()})),
+                "model": m.model or batch_model,
+                "removed": m.removed_with(gone),
+                "watermark": max(filter(None, [m.watermark, batch])),
+                "low_watermark": low,
+                "pending": tuple(pending),
+            }
+        )
 
     current = publish(store, change)
     merged = merge_segments(store, exact_max)
@@ -246,8 +257,13 @@ def merge_segments(store: ObjectStore, exact_max: int) -> IndexManifest | None:
         allv = np.concatenate([v for v in vecs if len(v)]) if dims else np.zeros((0, 0), np.float32)
         # Vector rows follow the item order: vector i of `allv` belongs to the i-th valid item before sorting.
         vec_of_item = np.where(valid, np.cumsum(valid) - 1, -1)[order]
-        entry = write_segment(store, items.take(pa.array(order)), allv[vec_of_item[vec_of_item >= 0]] if dims else allv,
-                              valid[order], exact_max)
+        entry = write_segment(
+            store,
+            items.take(pa.array(order)),
+            allv[vec_of_item[vec_of_item >= 0]] if dims else allv,
+            valid[order],
+            exact_max,
+        )
         entry = entry.model_copy(update={"replaces": tuple(sorted({b for s in parts for b in s.replaces}))})
         names = [s.name for s in parts]
 
@@ -257,9 +273,9 @@ def merge_segments(store: ObjectStore, exact_max: int) -> IndexManifest | None:
                 at = have.index(names[0])
             except ValueError:
                 return None  # merged by another writer meanwhile
-            if have[at:at + n] != names:
+            if have[at : at + n] != names:
                 return None
-            segments = (*m.segments[:at], entry, *m.segments[at + n:])
+            segments = (*m.segments[:at], entry, *m.segments[at + n :])
             if len(segments) == 1:  # every row was resolved against the set: it is done
                 # Deletions published meanwhile (or newer ones of the same ids) stay.
                 return m.model_copy(update={"segments": segments, "removed": m.removed_without(removed)})

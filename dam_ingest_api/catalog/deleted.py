@@ -86,7 +86,8 @@ class DeletedAssets:
                 return self._hidden[2]
             generation = self.generation
         hidden = frozenset(
-            i for i in tombs
+            i
+            for i in tombs
             if (pos := snap.by_id.get(i)) is not None and is_deleted(tombs, i, float(snap.items.uploaded_ts[pos]))
         )
         with self._lock:

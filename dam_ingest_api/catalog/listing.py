@@ -91,7 +91,12 @@ def decode_cursor(cursor: str, key: bytes) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         ts, asset_id = json.loads(raw)
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not isinstance(asset_id, str) or len(asset_id) > 64:
+        if (
+            not isinstance(ts, (int, float))
+            or isinstance(ts, bool)
+            or not isinstance(asset_id, str)
+            or len(asset_id) > 64
+        ):
             raise ValueError
         ts = float(ts)  # a 320-digit integer overflows here
         if ts != ts or ts in (float("inf"), float("-inf")):  # JSON "NaN"/"Infinity" would break the ordering
@@ -168,7 +173,8 @@ class Listing:
                     indexed.append((*ss.key(i), ss.snap.items[i]))
                 i += 1
         merged = sorted(
-            [(k, i, AssetItem.queued, u) for k, i, u in pending] + [(k, i, AssetItem.indexed, r) for k, i, r in indexed],
+            [(k, i, AssetItem.queued, u) for k, i, u in pending]
+            + [(k, i, AssetItem.indexed, r) for k, i, r in indexed],
             key=lambda t: (t[0], t[1]),
         )
         page = merged[:limit]

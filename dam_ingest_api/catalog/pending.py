@@ -44,9 +44,7 @@ class PendingUploads:
     """The queued uploads, listed from the store at most every PENDING_TTL_SECONDS per snapshot
     (the manifests after the low watermark), plus what the last marker scan found."""
 
-    def __init__(
-        self, store: ObjectStore, index: IndexHolder, deleted: DeletedAssets, scan_seconds: float = 5.0
-    ):
+    def __init__(self, store: ObjectStore, index: IndexHolder, deleted: DeletedAssets, scan_seconds: float = 5.0):
         self.store = store
         self.index = index
         self.deleted = deleted
@@ -179,7 +177,9 @@ class PendingUploads:
         out: dict[str, UploadMessage] = {}
 
         def add(u: UploadMessage) -> None:
-            if (snap is None or u.id not in snap.by_id or u.id in hidden) and not self.deleted.hides(u.id, u.uploaded_at):
+            if (snap is None or u.id not in snap.by_id or u.id in hidden) and not self.deleted.hides(
+                u.id, u.uploaded_at
+            ):
                 if u.id not in out or u.uploaded_at > out[u.id].uploaded_at:
                     out[u.id] = u
 

@@ -15,7 +15,6 @@ from dam_core.settings import Settings
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.schemas import ScoredAsset
 
-
 QUERY_CACHE_SIZE = 1024  # query vectors kept (2 KiB each at 512 dimensions)
 
 
@@ -83,9 +82,14 @@ class Search:
                     from dam_models.embedder import get_embedder
 
                     self._encoder = get_embedder(
-                        model, device=self.settings.dam_device, dtype=self.settings.dam_dtype,
-                        runtime=self.settings.dam_runtime, cache_dir=self.settings.model_cache_dir,
+                        model,
+                        device=self.settings.dam_device,
+                        dtype=self.settings.dam_dtype,
+                        runtime=self.settings.dam_runtime,
+                        cache_dir=self.settings.model_cache_dir,
                     )
                 except Exception as err:
-                    raise SearchUnavailable(f"the text encoder {model!r} could not be loaded: {type(err).__name__}") from None
+                    raise SearchUnavailable(
+                        f"the text encoder {model!r} could not be loaded: {type(err).__name__}"
+                    ) from None
             return self._encoder

@@ -74,7 +74,8 @@ def _bytes(store: ObjectStore, key: str, media_type: str, cache: str) -> Respons
     except StoreError:
         raise HTTPException(503, "the object store is unavailable") from None
     return Response(
-        data, media_type=media_type,
+        data,
+        media_type=media_type,
         headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"},
     )
 
@@ -129,10 +130,12 @@ def duplicates(asset_id: AssetIdPath, catalog: CatalogDep, settings: SettingsDep
 
 @router.delete(
     "/assets/{asset_id}",
-    responses=errors({
-        404: "no asset with this id was ever stored",
-        503: "the object store, the table or the index failed; the asset is hidden already, send the DELETE again",
-    }),
+    responses=errors(
+        {
+            404: "no asset with this id was ever stored",
+            503: "the object store, the table or the index failed; the asset is hidden already, send the DELETE again",
+        }
+    ),
 )
 def delete_asset(asset_id: AssetIdPath, dam: DamDep, catalog: CatalogDep, uploader: UploaderDep) -> DeleteAnswer:
     """Delete an asset everywhere: original, thumbnail, vector, upload marker, table rows, index entry.

@@ -17,7 +17,9 @@ def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", responses={503: {"description": "the object store or the queue is unavailable", "model": Readiness}})
+@router.get(
+    "/readyz", responses={503: {"description": "the object store or the queue is unavailable", "model": Readiness}}
+)
 async def readyz(store: StoreDep, queue: QueueDep, response: Response) -> Readiness:
     """The object store and the queue both answer."""
     checks = {}

@@ -40,7 +40,8 @@ def require_scrape_key(
     expected = settings.dam_api_key.get_secret_value()
     if not (_same(api_key, expected) or _same(bearer.credentials if bearer else None, expected)):
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key header (or bearer token)",
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong X-API-Key header (or bearer token)",
             headers={"WWW-Authenticate": "API-Key"},
         )
 

@@ -20,12 +20,14 @@ _CSP = (
 
 @router.get("/", response_class=HTMLResponse)
 def index() -> HTMLResponse:
-    return HTMLResponse(_STATIC.joinpath("index.html").read_text(encoding="utf-8"), headers={"Content-Security-Policy": _CSP})
+    return HTMLResponse(
+        _STATIC.joinpath("index.html").read_text(encoding="utf-8"), headers={"Content-Security-Policy": _CSP}
+    )
 
 
 @router.get("/static/{name}")
 def static(name: str) -> Response:
-    suffix = name[name.rfind("."):] if "." in name else ""
+    suffix = name[name.rfind(".") :] if "." in name else ""
     if suffix not in _TYPES or "/" in name or name.startswith("."):
         raise HTTPException(404, "not found")
     f = _STATIC.joinpath(name)

@@ -15,11 +15,13 @@ router = APIRouter(
     tags=["search"],
     dependencies=[ApiKey],
     responses={
-        **errors({
-            400: "empty query",
-            401: "missing or wrong X-API-Key",
-            503: "the text encoder could not be loaded, or the store is unavailable",
-        }),
+        **errors(
+            {
+                400: "empty query",
+                401: "missing or wrong X-API-Key",
+                503: "the text encoder could not be loaded, or the store is unavailable",
+            }
+        ),
         **errors({422: "a parameter out of range"}, ValidationErrorBody),
     },
 )

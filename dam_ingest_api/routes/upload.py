@@ -121,8 +121,10 @@ async def upload(request: Request, uploader: UploaderDep, catalog: CatalogDep, s
 async def _upload(request: Request, uploader: Uploader, catalog: Catalog) -> JSONResponse:
     settings = uploader.settings
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body_bytes(
-        settings.dam_max_files_per_request, settings.dam_max_upload_bytes
+    if (
+        declared
+        and declared.isdigit()
+        and int(declared) > max_body_bytes(settings.dam_max_files_per_request, settings.dam_max_upload_bytes)
     ):
         return _error(413, f"request body of {declared} bytes is over the limit")
     try:
