@@ -96,7 +96,7 @@ def child_batch(args) -> dict:
         t = time.perf_counter()
         now = datetime.now(UTC)
         rows = []
-        for d, cap, vec in zip(ok, captions, vectors):
+        for d, cap, vec in zip(ok, captions, vectors, strict=True):
             u = d.upload
             store.put(
                 vector_key(u.id),

@@ -287,7 +287,7 @@ def make_photos(n: int, bases: int, size: tuple[int, int], threads: int) -> list
     with ThreadPoolExecutor(max_workers=threads) as pool:
         out = list(pool.map(lambda v: jpeg(shapes[(v[0], v[1])].copy(), quality=v[2]), variants))
     seen: set[bytes] = set()
-    for i, (b, k, q) in enumerate(variants):  # ids are content hashes: every photo must differ
+    for i, (b, k, _q) in enumerate(variants):  # ids are content hashes: every photo must differ
         for q2 in range(97, 50, -1):
             if out[i] not in seen:
                 break
@@ -347,7 +347,7 @@ def bench_clip(embedder, pixels, batches, device, cfg, clock: Clock, log=log) ->
         x = _tile(pixels, bs, device, embedder.dtype)
         _reset_peak(device)
 
-        def call():
+        def call(x=x):  # bound now, not looked up late; ``del x, call`` below frees the tensor
             with torch.inference_mode():
                 return _pooled(embedder.model.get_image_features(pixel_values=x))
 
@@ -367,7 +367,7 @@ def bench_clip(embedder, pixels, batches, device, cfg, clock: Clock, log=log) ->
             r = {"error": f"out of memory: {str(err)[:200]}"}
         r["peak_mem_mib"] = _peak_mem(device)
         out[str(bs)] = r
-        del x
+        del x, call
         log(f"  clip {embedder.dtype} batch {bs}: {r.get('images_per_s')} images/s")
     return out
 
@@ -386,7 +386,7 @@ def bench_blip(captioner, pixels, batches, device, cfg, clock: Clock, log=log) -
         _reset_peak(device)
         shape = {}
 
-        def call():
+        def call(x=x, shape=shape):  # bound now, not looked up late; ``del x, call`` below frees the tensor
             with torch.inference_mode():
                 ids = captioner.model.generate(pixel_values=x, **kw)
             shape["tokens"] = int(ids.shape[1])
@@ -408,7 +408,7 @@ def bench_blip(captioner, pixels, batches, device, cfg, clock: Clock, log=log) -
             r = {"error": f"out of memory: {str(err)[:200]}"}
         r["peak_mem_mib"] = _peak_mem(device)
         out[str(bs)] = r
-        del x
+        del x, call
         log(f"  blip {captioner.dtype} batch {bs}: {r.get('images_per_s')} images/s")
     return out
 

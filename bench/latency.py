@@ -26,6 +26,7 @@ STEP_START and RUN_SUCCESS events.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -278,7 +279,7 @@ def _sensor_ticks(instance, name: str = "upload_queue_sensor") -> dict:
     ticks = _ticks(instance, name)
     if not ticks:
         return {}
-    gaps = [b.timestamp - a.timestamp for a, b in zip(ticks, ticks[1:])]
+    gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(ticks)]
     empty = [
         t.tick_data.end_timestamp - t.timestamp
         for t in ticks

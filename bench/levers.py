@@ -86,7 +86,7 @@ def caption_batch(cap, images, sizes=(8, 16, 32)) -> dict:
     cpu_s = {}
     for bs in sizes:
         c = time.process_time()
-        dt = _timed(lambda: cap.caption(images, batch_size=bs))
+        dt = _timed(lambda bs=bs: cap.caption(images, batch_size=bs))
         out[str(bs)] = round(dt / len(images), 3)
         cpu_s[str(bs)] = round((time.process_time() - c) / len(images), 3)
     return {"images": len(images), "s_per_image": out, "cpu_s_per_image": cpu_s, "cpu": mon.stop()}
@@ -114,10 +114,10 @@ def decoding(cap, emb, n=8) -> dict:
     mon = CpuMonitor()
     out = {}
     for name, side in (("full", 0), ("draft", DECODE_MIN_SIDE)):
-        t_dec = _timed(lambda: [decode(d, min_side=side) for d in datas], reps=3)
+        t_dec = _timed(lambda side=side: [decode(d, min_side=side) for d in datas], reps=3)
         imgs = [decode(d, min_side=side) for d in datas]
         t_proc = _timed(
-            lambda: (
+            lambda imgs=imgs: (
                 cap.processor.image_processor(images=imgs, return_tensors="pt"),
                 emb.processor.image_processor(images=imgs, return_tensors="pt"),
             ),
@@ -142,7 +142,7 @@ def decode_threads(store_dir: Path, n=16) -> dict:
     mon = CpuMonitor()
     out = {}
     for t in (1, 2, 4, 8):
-        out[str(t)] = round(1000 * _timed(lambda: decode_batch(store, uploads, threads=t), reps=3) / n, 2)
+        out[str(t)] = round(1000 * _timed(lambda t=t: decode_batch(store, uploads, threads=t), reps=3) / n, 2)
     return {"images": n, "ms_per_image": out, "cpu": mon.stop()}
 
 
@@ -176,7 +176,7 @@ def bf16(blip: str, clip: str, images) -> dict:
 
     cos = (vecs["float32"] * vecs["bfloat16"]).sum(axis=1)
     out["embedding_cosine_min"] = round(float(np.min(cos)), 4)
-    out["captions_identical"] = sum(a == b for a, b in zip(caps["float32"], caps["bfloat16"]))
+    out["captions_identical"] = sum(a == b for a, b in zip(caps["float32"], caps["bfloat16"], strict=True))
     out["images"] = len(images)
     out["cpu"] = mon.stop()
     return out

@@ -111,7 +111,7 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarr
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:10]) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
+    return float(np.mean([len(set(f[:10]) & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)]))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -219,7 +219,7 @@ def clip_hnsw_figures(n: int, nq: int = 200, log=print) -> dict:
             ("similar", vectors[sim_rows], np.array(sim_truth), True),
         ):
             lat, found = [], []
-            for q, r in zip(qs, sim_rows):
+            for q, r in zip(qs, sim_rows, strict=True):
                 ex = f"{int(r):032x}" if excl else None
                 t = time.perf_counter()
                 hits = snap.search(q, 10, exclude=ex)
@@ -427,7 +427,9 @@ def clip_segmented_figures(
         manifest = read_version(store, seq)
         build = [meta["segments"][k]["build_s"] for k in keys]
         fig = {
-            "segments": [{"rows": r, "hnsw": e.hnsw, "build_s": b} for r, e, b in zip(plan, entries, build)],
+            "segments": [
+                {"rows": r, "hnsw": e.hnsw, "build_s": b} for r, e, b in zip(plan, entries, build, strict=True)
+            ],
             "build_s": round(sum(build), 1),
         }
         rss0 = rss_mb()
@@ -470,7 +472,7 @@ def clip_segmented_figures(
                 split = {"hnsw": [], "exact": []}
                 for q in queries[:50]:
                     per = {"hnsw": 0.0, "exact": 0.0}
-                    for seg, dead in zip(snap.segments, snap.dead):
+                    for seg, dead in zip(snap.segments, snap.dead, strict=True):
                         t = time.perf_counter()
                         seg.candidates(q, 10, dead)
                         per["hnsw" if seg.hnsw is not None else "exact"] += (time.perf_counter() - t) * 1000

@@ -131,7 +131,7 @@ def ownership_plan(n_batches: int, real: set[int]) -> dict:
     skipped_real = 0
     for b in range(1, n_batches + 1):
         _, ids, err = _ids_err(b - 1)
-        for pos, (i, e) in enumerate(zip(ids, err)):
+        for pos, (i, e) in enumerate(zip(ids, err, strict=True)):
             old = owner.get(i)
             if old is None:
                 owner[i] = (b, pos, bool(e))
@@ -185,8 +185,10 @@ def batch_table(k: int):
     ts = pa.timestamp("us", tz="UTC")
     cols = {
         "id": ids,
-        "filename": [f"IMG_{int(n):05d}.{ext[m]}" for n, m in zip(rng.integers(100000, size=BATCH), mimes)],
-        "r2_key": [f"assets/{u}.{ext[m]}" for u, m in zip(ids, mimes)],
+        "filename": [
+            f"IMG_{int(n):05d}.{ext[m]}" for n, m in zip(rng.integers(100000, size=BATCH), mimes, strict=True)
+        ],
+        "r2_key": [f"assets/{u}.{ext[m]}" for u, m in zip(ids, mimes, strict=True)],
         "vector_key": [None if err[i] else f"vectors/{u}.json" for i, u in enumerate(ids)],
         "mime_type": mimes,
         "caption": captions,
@@ -204,7 +206,11 @@ def batch_table(k: int):
         "error": ["TimeoutError: fetching original timed out after 30 s" if e else None for e in err],
         "tags": pa.array(tags, pa.list_(pa.string())),
         "taken_at": pa.array(
-            [bt - timedelta(days=int(d)) if x else None for d, x in zip(rng.integers(0, 900, size=BATCH), exif)], ts
+            [
+                bt - timedelta(days=int(d)) if x else None
+                for d, x in zip(rng.integers(0, 900, size=BATCH), exif, strict=True)
+            ],
+            ts,
         ),
         "camera_make": [c[0] for c in cams],
         "camera_model": [c[1] for c in cams],
@@ -948,8 +954,8 @@ def write_profile(n_batches: int, keep: str | None = None, log=print) -> dict:
         out["alt_version_without_files"] = {
             "write_deltalake_median_ms": _ms(w),
             "version_lookup_median_ms": _ms(v),
-            "total_median_ms": _ms([a + b for a, b in zip(w, v)]),
-            "mean_ms": round(1000 * statistics.fmean([a + b for a, b in zip(w, v)]), 1),
+            "total_median_ms": _ms([a + b for a, b in zip(w, v, strict=True)]),
+            "mean_ms": round(1000 * statistics.fmean([a + b for a, b in zip(w, v, strict=True)]), 1),
         }
         log(f"  ALT version lookup without files: {out['alt_version_without_files']}")
 
@@ -1012,7 +1018,7 @@ def lines(r: dict) -> list[str]:
         f"{'speedup':>7} | {'target':>8}"
     )
     L.append(f"{'':<44}| {'total = connect + query ms':>26} | {'total = connect + query ms':>26} | {'':>7} |")
-    for q, sql in QUERIES.items():
+    for q in QUERIES:
         d, lg = r["delta"][q], r["legacy"][q]
         L.append(
             f"{q + (' (processed_at DESC)' if q == 'recent' else ' (cosine to a query vector)'):<44}| "

@@ -207,7 +207,7 @@ class MotoServer:
                     break
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("moto server exited")
+                    raise RuntimeError(f"moto server exited (code {self.proc.returncode})") from None
                 time.sleep(0.2)
 
     def bucket(self) -> dict:

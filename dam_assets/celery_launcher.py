@@ -30,6 +30,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import dagster._check as check
 from celery import Celery
 from celery.exceptions import Ignore
 from celery.states import READY_STATES, STARTED
@@ -48,7 +49,6 @@ from dagster._core.launcher import (
     CheckRunHealthResult,
     LaunchRunContext,
     ResumeRunContext,
-    RunLauncher,
     WorkerStatus,
 )
 from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
@@ -99,7 +99,7 @@ def _count_outcome(instance: DagsterInstance, run_id: str) -> None:
         ended = instance.get_run_by_id(run_id)
     except Exception:  # the run storage is unreachable: the run's own failure says more than this
         ended = None
-    metrics.run_finished(_OUTCOMES.get(ended.status if ended else None, "failure"))
+    metrics.run_finished(_OUTCOMES.get(ended.status, "failure") if ended else "failure")
 
 
 def holds_task(app: Celery, node: str | None, task_id: str, pid: Any, timeout: float) -> bool | None:
@@ -156,7 +156,9 @@ def _take_over_or_fail(task, instance: DagsterInstance, run: DagsterRun, health_
     if alive:
         # The broker gave up on a live holder (a network blip): leave the run to it, and put its
         # name back in the result backend, which this delivery overwrote when it started.
-        task.backend.store_result(task.request.id, {"pid": int(pid), "hostname": node}, STARTED, request=task.request)
+        # No pid tag (never so: run_worker writes both tags) stores no pid instead of failing here.
+        held_by = {"pid": None if pid is None else int(pid), "hostname": node}
+        task.backend.store_result(task.request.id, held_by, STARTED, request=task.request)
         instance.report_engine_event(f"Celery redelivered the run's task to {me[0]}; {node} still runs it", run)
         raise Ignore()
     msg = (
@@ -184,8 +186,9 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
         config_source: Mapping[str, Any] | None = None,
         inst_data: ConfigurableClassData | None = None,
     ) -> None:
-        # Not CeleryRunLauncher.__init__: its app declares only the `dagster` queue.
-        RunLauncher.__init__(self)
+        # Not CeleryRunLauncher.__init__ (its app declares only the `dagster` queue): the one after it,
+        # RunLauncher's.
+        super(CeleryRunLauncher, self).__init__()
         self._inst_data = inst_data
         self.broker = broker or os.environ.get("AMQP_URL") or None
         if database_backend_url:
@@ -221,7 +224,7 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         args = ExecuteRunArgs(
-            job_origin=run.job_code_origin,
+            job_origin=check.not_none(run.job_code_origin),
             run_id=run.run_id,
             instance_ref=self._instance.get_ref(),
             set_exit_code_on_failure=True,
@@ -231,7 +234,7 @@ class DamCeleryRunLauncher(CeleryRunLauncher):
     def resume_run(self, context: ResumeRunContext) -> None:
         run = context.dagster_run
         args = ResumeRunArgs(
-            job_origin=run.job_code_origin,
+            job_origin=check.not_none(run.job_code_origin),
             run_id=run.run_id,
             instance_ref=self._instance.get_ref(),
             set_exit_code_on_failure=True,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dagster import ConfigurableResource, Definitions, in_process_executor
 
 from dam_assets.config import SETTINGS, SETTINGS_ERROR
-from dam_assets.enrichment.assets import asset_metadata, image_enrichment
+from dam_assets.enrichment.assets import TEXT, asset_metadata, image_enrichment, image_text
+from dam_assets.enrichment.automation import automation_sensor
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.jobs import enrich_batch_job
 from dam_assets.ingest.sensors import upload_queue_sensor
@@ -30,11 +31,16 @@ def build_resources(settings: Settings, configuration_error: str | None = None) 
     }
 
 
+# OCR (DAM_OCR) is an enrichment of its own: defined, and in the batch job (its group), only when on;
+# then the automation sensor also fills it in for every batch processed before it was switched on.
+OCR = [image_text] if SETTINGS.dam_ocr else []
+AUTOMATION = [automation_sensor([TEXT, asset_metadata.key, search_segment.key])] if SETTINGS.dam_ocr else []
+
 defs = Definitions(
-    assets=[upload_batch, image_enrichment, asset_metadata, search_segment, search_index, compact_assets],
+    assets=[upload_batch, image_enrichment, *OCR, asset_metadata, search_segment, search_index, compact_assets],
     jobs=[enrich_batch_job, search_index_job, compact_assets_job],
     schedules=[compact_assets_schedule],
-    sensors=[upload_queue_sensor, orphan_sweep_sensor, compact_assets_sensor],
+    sensors=[upload_queue_sensor, orphan_sweep_sensor, compact_assets_sensor, *AUTOMATION],
     resources=build_resources(SETTINGS, SETTINGS_ERROR),
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,

@@ -102,7 +102,7 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
             pid = event.engine_event_data.metadata.get("pid")
             if pid is None:
                 continue
-            return int(pid.value), entry.timestamp
+            return int(str(pid.value)), entry.timestamp  # text: EngineEventData.in_process
         return None
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:

@@ -20,7 +20,7 @@ _ESCAPES = {ord(c): _ENTITIES.get(c, "\\" + c) for c in string.punctuation}
 
 def _one_line(text: str) -> str:
     """Control characters and line or paragraph separators to one space each, runs collapsed."""
-    out = []
+    out: list[str] = []
     for ch in text:
         if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             if not out or out[-1] != " ":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from dagster import ConfigurableResource, EnvVar
@@ -14,10 +15,13 @@ from dam_core.queue import UploadQueue
 from dam_core.settings import Settings, SettingsError
 from dam_core.store import ObjectStore
 from dam_core.table import AssetTable
+from dam_models.serving import ServerUnavailable, connect
+from dam_models.tagging import load_vocabulary
+from dam_models.versions import caption_version, embedding_version
 
 log = logging.getLogger("dam_assets.resources")
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imports torch, which a run on served models never loads (dam_models/serving.py)
     from dam_models.captioner import Captioner
     from dam_models.embedder import Embedder
 
@@ -61,7 +65,8 @@ class DamResource(ConfigurableResource):
         if self.configuration_error:
             raise SettingsError(self.configuration_error)
         if self._dam is None:
-            self._dam = open_dam(Settings(**self.values, **{name: getattr(self, name) for name in SECRETS}))
+            values: dict[str, Any] = self.values  # each checked by Settings
+            self._dam = open_dam(Settings(**values, **{name: getattr(self, name) for name in SECRETS}))
         return self._dam
 
     @property
@@ -144,9 +149,6 @@ class ModelsResource(ConfigurableResource):
         self._server_asked = True
         if not self.model_server or self.model_server == "off":
             return None
-        from dam_models.serving import ServerUnavailable, connect
-        from dam_models.versions import caption_version, embedding_version
-
         try:
             captioner, embedder = connect(self.model_server)
         except ServerUnavailable as err:
@@ -184,6 +186,7 @@ class ModelsResource(ConfigurableResource):
 
     def load_captioner(self) -> Captioner:
         """The captioner loaded (and converted, once) in this process, whatever server there is."""
+        # Imported here, as in load_embedder: torch, which a run on served models never loads.
         from dam_models.captioner import get_captioner
 
         return get_captioner(
@@ -198,7 +201,7 @@ class ModelsResource(ConfigurableResource):
 
     def load_embedder(self) -> Embedder:
         """The embedder loaded (and converted, once) in this process, whatever server there is."""
-        from dam_models.embedder import get_embedder
+        from dam_models.embedder import get_embedder  # torch: see load_captioner
 
         return get_embedder(
             self.embedding_model,
@@ -209,6 +212,4 @@ class ModelsResource(ConfigurableResource):
         )
 
     def vocabulary(self) -> list[str]:
-        from dam_models.tagging import load_vocabulary
-
-        return load_vocabulary(self.tags_file)
+        return load_vocabulary(Path(self.tags_file) if self.tags_file else None)

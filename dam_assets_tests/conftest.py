@@ -11,13 +11,19 @@ from __future__ import annotations
 import io
 import os
 import socket
+import subprocess
+import sys
 import uuid
 
 import pytest
+from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The project's own modules only after the defaults above: whatever they import may read them once, at import.
+from dam_core.settings import load_settings
 
 RABBIT_URL = os.environ.get("DAM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 S3_REGION = "us-east-1"  # moto rejects R2's "auto"
@@ -55,8 +61,6 @@ def free_port() -> int:
 
 def jpeg_bytes(width=320, height=240, color=(200, 40, 40), quality=90, seed=None) -> bytes:
     """A real JPEG with some texture so it compresses like a photo."""
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGB", (width, height), color)
     d = ImageDraw.Draw(img)
     s = seed if seed is not None else (hash(color) & 0xFFFF)
@@ -69,8 +73,6 @@ def jpeg_bytes(width=320, height=240, color=(200, 40, 40), quality=90, seed=None
 
 
 def png_bytes(width=64, height=64, mode="RGBA") -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new(mode, (width, height), (10, 200, 30, 128) if mode == "RGBA" else 128).save(buf, "PNG")
     return buf.getvalue()
@@ -79,6 +81,7 @@ def png_bytes(width=64, height=64, mode="RGBA") -> bytes:
 @pytest.fixture(scope="session")
 def rabbit_url() -> str:
     """The machine's RabbitMQ; the suite fails (not skips) when it is missing."""
+    # Service clients (pika, boto3, psycopg2) are imported by the service fixtures only: the fast tier needs none.
     import pika
 
     try:
@@ -91,7 +94,7 @@ def rabbit_url() -> str:
 @pytest.fixture
 def queue_name(rabbit_url):
     """A unique RabbitMQ queue name for one test, deleted (with its dead-letter queue) afterwards."""
-    import pika
+    import pika  # a service client: see rabbit_url
 
     name = f"test-uploads-{uuid.uuid4().hex[:10]}"
     yield name
@@ -137,9 +140,6 @@ def moto_endpoint():
     Its own process, as R2 is: delta-rs holds the GIL in some blocking calls (a log listing), which
     would deadlock against a server answering from threads of the same interpreter.
     """
-    import subprocess
-    import sys
-
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", _MOTO, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -156,7 +156,7 @@ def moto_endpoint():
 @pytest.fixture
 def s3_env(moto_endpoint) -> dict:
     """Environment for the S3 store: a fresh bucket on the moto server."""
-    import boto3
+    import boto3  # a service client: see rabbit_url
 
     bucket = f"dam-{uuid.uuid4().hex[:12]}"
     boto3.client(
@@ -174,8 +174,6 @@ def s3_env(moto_endpoint) -> dict:
 @pytest.fixture
 def make_settings(tmp_path, monkeypatch):
     """Build Settings from a clean environment plus the given variables."""
-    from dam_core.settings import load_settings
-
     for var in list(os.environ):
         if var.startswith(("R2_", "DAM_")) or var == "AMQP_URL":
             monkeypatch.delenv(var, raising=False)
@@ -192,6 +190,7 @@ def make_settings(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Tiny random BLIP and CLIP models written once per session through `dam models tiny`."""
+    # torch and transformers (about a second) only for the tests that use the models: every run loads this file.
     from dam_models.tiny import write_tiny_models
 
     blip, clip = write_tiny_models(tmp_path_factory.mktemp("models"))
@@ -238,6 +237,7 @@ def pg_url():
 @pytest.fixture
 def instance():
     """A real, ephemeral Dagster instance."""
+    # dagster only for the tests that use it: every run, of any test, loads this file.
     from dagster import DagsterInstance
 
     with DagsterInstance.ephemeral() as inst:

@@ -14,6 +14,7 @@ INSECURE_HELP = "serve on a non-loopback --host without DAM_API_KEY (otherwise r
 
 
 def settings_or_exit():
+    # In here, as below: pydantic-settings costs `dam --help` about 0.15 s (see the module docstring).
     from dam_core.settings import SettingsError, get_settings
 
     try:
@@ -25,14 +26,14 @@ def settings_or_exit():
 
 def dam_or_exit():
     """The Dam of this environment's settings (its store, queue and table open on first use)."""
-    from dam_core.dam import open_dam
+    from dam_core.dam import open_dam  # the store's and the table's libraries: not for `dam --help`
 
     return open_dam(settings_or_exit())
 
 
 def refuse_open_api(settings, host: str, insecure: bool, command: str) -> bool:
     """True (after saying why) when the API would listen beyond this machine with no key."""
-    from dam_ingest_api.server import is_loopback
+    from dam_ingest_api.server import is_loopback  # uvicorn comes with it: not for `dam --help`
 
     if settings.dam_api_key is not None or insecure or is_loopback(host):
         return False

@@ -25,17 +25,20 @@ def format_result(rel, fmt: str = "table", max_width: int = 60) -> str:
     names = rel.columns
     rows = rel.fetchall()
     if fmt == "json":
-        return json.dumps([dict(zip(names, r)) for r in rows], default=str, ensure_ascii=False, indent=1)
+        return json.dumps([dict(zip(names, r, strict=True)) for r in rows], default=str, ensure_ascii=False, indent=1)
     if fmt == "csv":
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\n")  # the csv module's default is CRLF
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")  # the csv module's default is CRLF
         w.writerow(names)
         for r in rows:
             w.writerow([json.dumps(list(v)) if isinstance(v, (list, tuple)) else ("" if v is None else v) for v in r])
-        return out.getvalue().rstrip("\n")
+        return buf.getvalue().rstrip("\n")
     cells = [[_cell(v).replace("\n", " ")[:max_width] for v in r] for r in rows]
     widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
-    line = lambda vals: " | ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+
+    def line(vals: list[str]) -> str:
+        return " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
+
     out = [line(names), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(out)

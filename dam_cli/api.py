@@ -16,12 +16,14 @@ def cmd_api(args) -> int:
     if args.workers < 1:
         print("dam: --workers must be at least 1", file=sys.stderr)
         return 2
-    from dam_core.metrics import ENV, use_multiprocess_dir
+    from dam_core.metrics import ENV, use_multiprocess_dir  # tempfile and random: not for `dam --help`
 
     # Several workers answer /metrics for all of them only through shared files: the variable is
     # set (to an empty folder) before anything here imports prometheus_client or starts a worker.
     shared = settings.dam_metrics and (args.workers > 1 or bool(os.environ.get(ENV)))
     with use_multiprocess_dir() if shared else contextlib.nullcontext():
+        # In here: the API imports prometheus_client, which must see the variable; and FastAPI is
+        # not for `dam --help`.
         from dam_ingest_api.main import create_app
         from dam_ingest_api.server import run
 

@@ -21,7 +21,9 @@ daemon logs two lines per sensor per tick otherwise, every few seconds); the tic
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import runpy
 import sys
 import warnings
@@ -85,8 +87,8 @@ def allowed_hosts(environ) -> list[str] | None:
 
 
 def _webserver(argv: list[str]) -> None:
-    import os
-
+    # Dagster's modules are imported by the mode that hooks them: `dam dev` imports this module for
+    # its constants, and the daemon process needs none of the webserver.
     import dagster_webserver.cli as webserver_cli
 
     hosts = allowed_hosts(os.environ)
@@ -103,9 +105,7 @@ def _webserver(argv: list[str]) -> None:
 
 def _hooks_fit() -> str | None:
     """Why the two hooks would not take effect with the installed Dagster; None when they do."""
-    import inspect
-
-    import dagster._cli.dev as dagster_dev
+    import dagster._cli.dev as dagster_dev  # Dagster: see _webserver
     import dagster_webserver.cli as webserver_cli
 
     if not callable(getattr(dagster_dev, "open_ipc_subprocess", None)):
@@ -137,7 +137,7 @@ def _daemon(argv: list[str]) -> None:
 
 
 def _dev(argv: list[str]) -> None:
-    import dagster._cli as dagster_cli
+    import dagster._cli as dagster_cli  # Dagster: see _webserver
     import dagster._cli.dev as dagster_dev
 
     why = _hooks_fit()

@@ -80,6 +80,7 @@ DAGSTER_READ_ONLY_HELP = "serve the Dagster UI read-only (no launching, terminat
 
 def refuse_open_dagster(host: str, behind_proxy: bool, read_only: bool) -> bool:
     """True (after saying why) when the Dagster UI would listen beyond this machine, writable, unguarded."""
+    # Here and below: the server module brings uvicorn, which `dam --help` should not load.
     from dam_ingest_api.server import is_loopback
 
     if is_loopback(host) or behind_proxy or read_only:
@@ -97,6 +98,7 @@ def refuse_open_dagster(host: str, behind_proxy: bool, read_only: bool) -> bool:
 
 def dagster_env(env: dict, dagster_host: str, read_only: bool) -> dict:
     """The environment of `dagster dev`: read-only or not; the Host check on loopback (dagster_ui.py)."""
+    # dagster_ui's own imports (inspect, runpy) and uvicorn (see refuse_open_dagster): not for `dam --help`.
     from dam_cli.dagster_ui import ALLOWED_HOSTS_ENV, LOOPBACK_HOSTS
     from dam_ingest_api.server import is_loopback
 
@@ -113,7 +115,7 @@ def dagster_env(env: dict, dagster_host: str, read_only: bool) -> dict:
 
 
 def _where(host: str) -> str:
-    from dam_ingest_api.server import is_loopback
+    from dam_ingest_api.server import is_loopback  # uvicorn: see refuse_open_dagster
 
     if is_loopback(host):
         return "this machine only"

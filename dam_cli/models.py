@@ -10,6 +10,8 @@ from dam_cli._common import settings_or_exit
 
 
 def cmd_models_tiny(args) -> int:
+    # The model libraries are imported by the command that uses them: torch and transformers take
+    # seconds, Dagster (the resource) and numpy a good part of one, and `dam --help` needs none.
     from dam_models.tiny import write_tiny_models
 
     blip, clip = write_tiny_models(Path(args.dir))
@@ -19,7 +21,7 @@ def cmd_models_tiny(args) -> int:
 
 def _resource(settings):
     """The models as a run configures them; these commands load them here (never from a model server: they make one)."""
-    from dam_assets.resources import ModelsResource
+    from dam_assets.resources import ModelsResource  # Dagster: see cmd_models_tiny
 
     return ModelsResource.from_settings(settings)
 
@@ -44,7 +46,7 @@ def cmd_models_prepare(args) -> int:
 def _warm_up(models, captioner, embedder) -> None:
     """One chunk through each model before the socket opens: a runtime's first call at a shape
     allocates and compiles for it (seconds on OpenVINO), which the first batch would pay."""
-    from dam_models.calibration import photo_like
+    from dam_models.calibration import photo_like  # numpy and Pillow: see cmd_models_tiny
 
     chunk = models.chunk_size(captioner.device)
     images = [photo_like(640, 480, seed=i) for i in range(chunk)]
@@ -56,7 +58,7 @@ def _warm_up(models, captioner, embedder) -> None:
 def cmd_models_serve(args) -> int:
     """Hold the models warm and answer runs on a Unix socket (what `dam dev` starts)."""
     settings = settings_or_exit()
-    from dam_models.serving import serve
+    from dam_models.serving import serve  # numpy: see cmd_models_tiny
 
     socket_path = Path(args.socket) if args.socket else settings.model_server_socket
     started = time.perf_counter()

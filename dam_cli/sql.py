@@ -5,19 +5,17 @@ from __future__ import annotations
 import sys
 
 from dam_cli._common import dam_or_exit, existing_store, say_no_data
+from dam_cli._format import format_result
+from dam_core.layout import TABLE_PREFIX
 
 
 def _has_table(dam) -> bool:
-    from dam_core.layout import TABLE_PREFIX
-
     store = existing_store(dam)
     return store is not None and next(iter(store.list(TABLE_PREFIX)), None) is not None
 
 
 def cmd_sql(args) -> int:
     dam = dam_or_exit()
-    from dam_cli._format import format_result
-
     try:
         con = dam.table.connect(as_of=args.as_of)
         rel = con.sql(args.query)

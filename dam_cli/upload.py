@@ -11,7 +11,7 @@ from pathlib import Path
 
 def collect(paths: list[str]) -> tuple[list[Path], list[str]]:
     """Files named, plus the image files found under folders named; and the names that do not exist."""
-    from dam_core.images import file_suffixes
+    from dam_core.images import file_suffixes  # Pillow: not for `dam --help`
 
     suffixes = file_suffixes()
     files, missing = [], []
@@ -29,6 +29,7 @@ def collect(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def cmd_upload(args) -> int:
+    # httpx and tqdm (0.1 s): only for this command, not for `dam --help`.
     import httpx
     from tqdm import tqdm
 
@@ -41,7 +42,8 @@ def cmd_upload(args) -> int:
         return 1
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     url = args.url.rstrip("/") + "/upload"
-    uploaded, present = [], []
+    uploaded: list[dict[str, object]] = []  # the API's answers, with the file's path
+    present: list[dict[str, object]] = []
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     with httpx.Client(headers=headers, timeout=httpx.Timeout(120, connect=5), limits=limits) as client:
 

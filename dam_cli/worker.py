@@ -19,6 +19,8 @@ log = logging.getLogger("dam.worker")
 
 
 def _launcher_or_exit():
+    # Dagster and Celery load when the command runs, not for `dam --help`; and only after
+    # cmd_worker has set the metrics variable that prometheus_client reads when imported.
     from dagster import DagsterInstance
 
     from dam_assets.celery_launcher import DamCeleryRunLauncher
@@ -52,6 +54,7 @@ def _queues_or_exit(launcher, wanted: list[str] | None) -> list[str]:
 
 def _preload(**_) -> None:
     # Runs in each pool process as it starts, not before the fork: CUDA cannot cross a fork.
+    # Imported here for the same reason: torch and the models load in the pool process only.
     from dam_assets import metrics
     from dam_assets.config import SETTINGS
     from dam_assets.resources import ModelsResource
@@ -94,13 +97,14 @@ def ping(launcher, queues: list[str] | None, timeout: float, any_host: bool) -> 
 
 def _process_gone(pid=None, **_) -> None:
     # In the pool process that exits: its live gauges leave the sum (its counters stay).
-    from dam_core.metrics import mark_process_dead
+    from dam_core.metrics import mark_process_dead  # tempfile and random: not for `dam --help`
 
     mark_process_dead(pid)
 
 
 def _serve_metrics(host: str, port: int) -> None:
     """Every pool process's metrics (dam_assets/metrics.py), summed, on http://host:port/metrics."""
+    # Imported here: prometheus_client must see the variable cmd_worker sets; Celery is not for `dam --help`.
     from celery.signals import worker_process_shutdown
     from prometheus_client import start_http_server
 
@@ -117,7 +121,7 @@ def _serve_metrics(host: str, port: int) -> None:
 def cmd_worker(args) -> int:
     if args.metrics_port is None or args.ping:
         return _work(args)
-    from dam_core.metrics import use_multiprocess_dir
+    from dam_core.metrics import use_multiprocess_dir  # tempfile and random: not for `dam --help`
 
     # Set before the instance (and with it prometheus_client) is imported: the pool processes,
     # forked later, then write their metrics to files the main process serves.
@@ -134,7 +138,7 @@ def _work(args) -> int:
         _serve_metrics(args.metrics_host, args.metrics_port)
     app = launcher.celery
     if args.preload:
-        from celery.signals import worker_process_init
+        from celery.signals import worker_process_init  # Celery: not for `dam --help`
 
         worker_process_init.connect(_preload, weak=False)
         # Celery kills a pool process that is not ready within this; loading models takes longer.

@@ -57,7 +57,7 @@ class Dam:
     def __enter__(self) -> Dam:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

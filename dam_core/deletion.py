@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from dam_core import layout
 from dam_core.dam import Dam
@@ -59,7 +60,7 @@ class DeleteReport:
     table_rows: int = 0
     index: bool = False  # a new index version drops the id (it was not dropped before)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["deleted_at"] = self.deleted_at.isoformat() if self.deleted_at else None
         return out
@@ -82,8 +83,9 @@ def delete_assets(dam: Dam, ids: Iterable[str], now: datetime | None = None) -> 
     reports = {i: DeleteReport(i, found=_seen(store, i)) for i in ids}
     found = [i for i in ids if reports[i].found]
 
+    deleted_at: dict[str, datetime] = {}
     for asset_id in found:
-        reports[asset_id].deleted_at = write_tombstone(store, asset_id, when)
+        deleted_at[asset_id] = reports[asset_id].deleted_at = write_tombstone(store, asset_id, when)
 
     try:
         for asset_id in found:
@@ -100,9 +102,7 @@ def delete_assets(dam: Dam, ids: Iterable[str], now: datetime | None = None) -> 
         try:
             # An id deleted before, with nothing of it found now, is not in the index any more:
             # only a new upload since (or a delete that failed before this step) moves its time.
-            removed = _remove_from_index(
-                store, {i: reports[i].deleted_at for i in found}, {i for i in found if _had_data(reports[i])}
-            )
+            removed = _remove_from_index(store, deleted_at, {i for i in found if _had_data(reports[i])})
         except Exception as err:
             log.exception("removing %s from the search index failed", found)
             raise DeletionFailed("search index", err, [reports[i] for i in ids]) from err

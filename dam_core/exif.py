@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,7 +91,7 @@ def _columns(img: Image.Image, exif: Image.Exif) -> ExifInfo:
     )
 
 
-def _safe(read) -> dict:
+def _safe(read: Callable[[], dict[int, Any]]) -> dict[int, Any]:
     try:
         return read()
     except Exception:  # a corrupt IFD offset, a loop, a wrong type
@@ -113,7 +114,7 @@ def orientation(value: Any) -> int | None:
     return value if 1 <= value <= 8 else None
 
 
-def taken_at(ifd0: dict, sub: dict) -> datetime | None:
+def taken_at(ifd0: dict[int, Any], sub: dict[int, Any]) -> datetime | None:
     """DateTimeOriginal with OffsetTimeOriginal, else DateTime with OffsetTime; None if neither parses."""
     for date_tag, offset_tag, where in (
         (_DATETIME_ORIGINAL, _OFFSET_TIME_ORIGINAL, sub),
@@ -131,8 +132,9 @@ def parse_datetime(value: Any, offset: Any = None) -> datetime | None:
     match = _DATE.match(value) if value else None
     if match is None:
         return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
     try:
-        local = datetime(*map(int, match.groups()))
+        local = datetime(year, month, day, hour, minute, second)
     except ValueError:  # 0000:00:00 00:00:00, month 13, Feb 30
         return None
     shift = parse_offset(offset)
@@ -155,7 +157,7 @@ def parse_offset(value: Any) -> timedelta:
     return -shift if sign == "-" else shift
 
 
-def gps_position(gps: dict) -> tuple[float | None, float | None]:
+def gps_position(gps: dict[int, Any]) -> tuple[float | None, float | None]:
     """(latitude, longitude) in signed decimal degrees; (None, None) unless both are valid."""
     lat = coordinate(gps.get(_LAT), gps.get(_LAT_REF), positive="N", negative="S", limit=90.0)
     lon = coordinate(gps.get(_LON), gps.get(_LON_REF), positive="E", negative="W", limit=180.0)

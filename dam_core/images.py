@@ -205,6 +205,7 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int, max_side: int
             raise ImageRejected(422, f"corrupt image header ({type(err).__name__})") from None
         with img:
             fmt = img.format
+            assert fmt is not None  # Image.open(formats=FORMATS) opened it as one of FORMATS
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageRejected(422, "image has no pixels")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -132,7 +133,7 @@ def decode_with_exif(
 
 
 @functools.cache
-def _malloc_trim():
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc only; elsewhere there is nothing to call
     except (OSError, AttributeError):
@@ -165,6 +166,7 @@ def _reduce(img: Image.Image, factor: int) -> Image.Image:
     no second full-size buffer (a converted or alpha-premultiplied copy) is ever allocated.
     """
     width, height = img.size
+    convert: Callable[[Image.Image], Image.Image]
     if has_alpha(img):
         mode, convert = "RGBA", lambda strip: strip.convert("RGBA")
     else:
@@ -210,10 +212,10 @@ def to_rgb(img: Image.Image, peak: float | None = None) -> Image.Image:
             arr = np.clip(arr, 0, 65535) >> 8
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     elif mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
-        if arr.size and (arr.max() if peak is None else peak) <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        floats = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        if floats.size and (floats.max() if peak is None else peak) <= 1.0:
+            floats = floats * 255.0
+        img = Image.fromarray(np.clip(floats, 0, 255).astype(np.uint8), "L")
     elif mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -71,6 +71,11 @@ def exif_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}exif/batch={batch}.json"
 
 
+def text_stage_key(batch: str) -> str:
+    """The text read in a batch's images (OCR): lines with boxes and confidences, per upload id."""
+    return f"{STAGES_PREFIX}text/batch={batch}.json"
+
+
 def embeddings_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}embeddings/batch={batch}.parquet"
 

@@ -69,6 +69,6 @@ def batches_after(store: ObjectStore, after: str | None = None) -> Iterator[str]
 def newest_batch(store: ObjectStore, after: str | None) -> str | None:
     """The newest manifest's key after `after`, else `after`."""
     newest = after
-    for newest in batches_after(store, after):
-        pass
+    for batch in batches_after(store, after):
+        newest = batch  # the last one listed
     return newest

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import re
+import unicodedata
 from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -30,11 +32,12 @@ class UploadMessage(BaseModel):
     height: int = Field(ge=1)
     uploaded_at: AwareDatetime
 
-    def to_json(self) -> bytes:
+    # `builtins.bytes`: in the class body `bytes` is the field above.
+    def to_json(self) -> builtins.bytes:
         return self.model_dump_json().encode()
 
     @classmethod
-    def from_json(cls, body: bytes | str) -> "UploadMessage":
+    def from_json(cls, body: builtins.bytes | str) -> "UploadMessage":
         """Parse a message; raises MessageError with a readable reason."""
         try:
             return cls.model_validate_json(body)
@@ -65,8 +68,6 @@ _INVISIBLE = {0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x
 
 def clean_filename(raw: str | None) -> str:
     """The client's filename kept as data: no path, no control or bidi-override characters, bounded."""
-    import unicodedata
-
     name = unicodedata.normalize("NFC", raw or "")
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch) != "Cc" and ord(ch) not in _INVISIBLE).strip()

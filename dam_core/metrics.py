@@ -5,6 +5,8 @@ that serve one figure (`dam api --workers N`, Celery's prefork pool) write them 
 PROMETHEUS_MULTIPROC_DIR instead, and a scrape sums the files. prometheus_client decides between
 the two when it is first imported, so the variable must be set before that, in the parent, before
 any worker starts (`use_multiprocess_dir`); each metric module only defines its metrics.
+That is why this module imports prometheus_client inside its functions, never at its top: the
+parent imports it to call `use_multiprocess_dir`, before the variable is set.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
@@ -52,9 +59,9 @@ def use_multiprocess_dir() -> Iterator[str]:
 def mark_process_dead(pid: int | None = None) -> None:
     """Drop the live gauges of a process that exits (its counters stay: totals never go back)."""
     if multiprocess():
-        from prometheus_client import multiprocess as mp
+        from prometheus_client import multiprocess as mp  # not at the top: see the module docstring
 
-        mp.mark_process_dead(os.getpid() if pid is None else pid)
+        mp.mark_process_dead(os.getpid() if pid is None else pid)  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 def _prune_dead() -> None:
@@ -76,19 +83,20 @@ def _prune_dead() -> None:
 class _ProcessFiles:
     """prometheus_client's MultiProcessCollector, after dropping the live gauges of dead processes."""
 
-    def __init__(self):
-        from prometheus_client.multiprocess import MultiProcessCollector
+    def __init__(self) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector  # not at the top: see the module docstring
 
-        self._files = MultiProcessCollector(None)
+        self._files = MultiProcessCollector(None)  # type: ignore[no-untyped-call]  # unannotated upstream
 
-    def collect(self):
+    def collect(self) -> Iterable[Metric]:
         _prune_dead()
-        return self._files.collect()
+        metrics: Iterable[Metric] = self._files.collect()  # type: ignore[no-untyped-call]  # unannotated upstream
+        return metrics
 
 
-def scrape_registry():
+def scrape_registry() -> CollectorRegistry:
     """The registry a scrape reads: every process's files in multiprocess mode, else this process's own."""
-    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client import REGISTRY, CollectorRegistry  # not at the top: see the module docstring
 
     if not multiprocess():
         return REGISTRY

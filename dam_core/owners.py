@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from dam_core.layout import owner_key, owner_prefix
 from dam_core.store import LocalStore, ObjectStore, StoreError
 
 _PARALLEL = 16
 
+T = TypeVar("T")
+R = TypeVar("R")
 
-def _each(store: ObjectStore, fn, items: list):
+
+def _each(store: ObjectStore, fn: Callable[[T], R], items: list[T]) -> list[R]:
     # In parallel on both stores: S3 round trips, and a local folder's fsyncs, wait outside the GIL.
     if len(items) < 2:
         return [fn(x) for x in items]
@@ -56,7 +60,7 @@ def claimants(store: ObjectStore, ids: Iterable[str]) -> dict[str, list[str]]:
     """Every batch that claimed each id, oldest first."""
     ids = sorted(set(ids))
     found = _each(store, lambda i: sorted(k[len(owner_prefix(i)) :] for k in store.list(owner_prefix(i))), ids)
-    return dict(zip(ids, found))
+    return dict(zip(ids, found, strict=True))
 
 
 def release(store: ObjectStore, pairs: Iterable[tuple[str, str]]) -> None:

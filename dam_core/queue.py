@@ -1,4 +1,8 @@
-"""Upload queue: one interface, RabbitMQ through pika and a durable embedded queue (SQLite)."""
+"""Upload queue: one interface, RabbitMQ through pika and a durable embedded queue (SQLite).
+
+pika is imported inside the RabbitMQ queue's methods, not at the top: a process on the embedded
+queue (the default) never loads it. pika ships no type information: its objects are `Any`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import persistqueue
+from persistqueue.exceptions import Empty
 
 if TYPE_CHECKING:
     from dam_core.settings import Settings
@@ -29,7 +37,7 @@ class Delivery:
 
     tag: Any
     body: bytes
-    headers: dict = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
 
 
 class Consumer(abc.ABC):
@@ -82,7 +90,7 @@ class UploadQueue(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (not abstract: a queue that holds no connection has nothing to close)
         pass
 
     @abc.abstractmethod
@@ -92,13 +100,13 @@ class UploadQueue(abc.ABC):
 # --------------------------------------------------------------------------- RabbitMQ
 
 
-def _queue_arguments(dead_letter_queue: str) -> dict:
+def _queue_arguments(dead_letter_queue: str) -> dict[str, str]:
     # Messages rejected by a consumer route to the dead-letter queue via the default exchange.
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue}
 
 
 @contextlib.contextmanager
-def _abort_at(conn, deadline: float | None):
+def _abort_at(conn: Any, deadline: float | None) -> Iterator[None]:
     """Abort `conn` if the block is still waiting on the broker at `deadline` (monotonic).
 
     pika's blocking calls (a publisher confirm, a declare) wait for the broker without a
@@ -107,12 +115,12 @@ def _abort_at(conn, deadline: float | None):
     This arms the same stream abort pika's heartbeat checker uses; the blocked call then
     raises AMQPConnectionError.
     """
-    impl = getattr(conn, "_impl", None)
+    impl: Any = getattr(conn, "_impl", None)  # pika's connection internals
     handle = None
     if deadline is not None and impl is not None and hasattr(impl, "_terminate_stream"):
-        import pika
+        import pika  # RabbitMQ only: see the module docstring
 
-        def abort():
+        def abort() -> None:
             with contextlib.suppress(Exception):
                 impl._terminate_stream(pika.exceptions.AMQPConnectionError("no answer from RabbitMQ in time"))
 
@@ -128,7 +136,7 @@ def _abort_at(conn, deadline: float | None):
 class _Publisher:
     """One connection with a confirm channel; used by one thread at a time (pika is not thread-safe)."""
 
-    def __init__(self, conn, channel, generation: int):
+    def __init__(self, conn: Any, channel: Any, generation: int):
         self.conn = conn
         self.channel = channel
         self.generation = generation
@@ -140,7 +148,7 @@ class _Publisher:
             if not self.channel.is_open:
                 return False
             self.conn.process_data_events(0)
-            return self.channel.is_open
+            return bool(self.channel.is_open)
         except Exception:
             return False
 
@@ -179,8 +187,8 @@ class RabbitQueue(UploadQueue):
         self._open = 0  # publishers that exist (idle, in use, or being connected)
         self._generation = 0  # close() bumps it: connections in use then are closed when returned
 
-    def _params(self, heartbeat: int | None = None, deadline: float | None = None):
-        import pika
+    def _params(self, heartbeat: int | None = None, deadline: float | None = None) -> Any:
+        import pika  # RabbitMQ only: see the module docstring
 
         params = pika.URLParameters(self.url)
         params.connection_attempts = 1
@@ -195,8 +203,8 @@ class RabbitQueue(UploadQueue):
             params.heartbeat = heartbeat
         return params
 
-    def _connect(self, heartbeat: int | None = None, deadline: float | None = None):
-        import pika
+    def _connect(self, heartbeat: int | None = None, deadline: float | None = None) -> tuple[Any, Any]:
+        import pika  # RabbitMQ only: see the module docstring
 
         try:
             conn = pika.BlockingConnection(self._params(heartbeat, deadline))
@@ -262,7 +270,7 @@ class RabbitQueue(UploadQueue):
         self._release_slot()
 
     def publish(self, body: bytes) -> None:
-        import pika
+        import pika  # RabbitMQ only: see the module docstring
 
         props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
         deadline = time.monotonic() + self.publish_timeout
@@ -297,14 +305,14 @@ class RabbitQueue(UploadQueue):
     def depth(self) -> int:
         conn, ch = self._connect()
         try:
-            return ch.queue_declare(self.name, passive=True).method.message_count
+            return int(ch.queue_declare(self.name, passive=True).method.message_count)
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
 
     def dead_letters(self) -> list[Delivery]:
         conn, ch = self._connect()
-        out = []
+        out: list[Delivery] = []
         try:
             while True:
                 method, props, body = ch.basic_get(self.dlq, auto_ack=False)
@@ -329,22 +337,21 @@ class RabbitQueue(UploadQueue):
             self._discard(pub)
 
     def describe(self) -> str:
-        from urllib.parse import urlparse
-
         u = urlparse(self.url)
         return f"{u.scheme}://{u.hostname}:{u.port or 5672}{u.path or '/'} queue={self.name}"
 
 
 class _RabbitConsumer(Consumer):
-    def __init__(self, queue: RabbitQueue, conn, channel):
+    def __init__(self, queue: RabbitQueue, conn: Any, channel: Any):
         self.queue = queue
         self.conn = conn
         self.channel = channel
         self._prefetch = 0
-        self._gen = None
-        self._wait = None
+        # (method, properties, body) per message; all None when nothing arrived in time.
+        self._gen: Iterator[tuple[Any, Any, Any]] | None = None
+        self._wait: float | None = None
 
-    def take(self, max_messages, wait_seconds):
+    def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
         if self._gen is None or self._prefetch != max_messages or self._wait != wait_seconds:
             if self._gen is not None:
                 self.channel.cancel()
@@ -360,13 +367,13 @@ class _RabbitConsumer(Consumer):
                 break
         return out
 
-    def ack(self, deliveries):
+    def ack(self, deliveries: list[Delivery]) -> None:
         if deliveries:
             # Tags on one channel grow monotonically: one multiple-ack covers the batch.
             self.channel.basic_ack(max(d.tag for d in deliveries), multiple=True)
 
-    def dead_letter(self, delivery, reason):
-        import pika
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        import pika  # RabbitMQ only: see the module docstring
 
         headers = dict(delivery.headers)
         headers.update(
@@ -376,7 +383,7 @@ class _RabbitConsumer(Consumer):
         self.channel.basic_publish("", self.queue.dlq, delivery.body, props, mandatory=True)
         self.channel.basic_ack(delivery.tag)
 
-    def close(self):
+    def close(self) -> None:
         with contextlib.suppress(Exception):
             if self._gen is not None:
                 self.channel.cancel()
@@ -395,11 +402,9 @@ class EmbeddedQueue(UploadQueue):
         self.name = name
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._producer = None
+        self._producer: persistqueue.SQLiteAckQueue | None = None
 
-    def _open(self, name: str, resume: bool):
-        import persistqueue
-
+    def _open(self, name: str, resume: bool) -> persistqueue.SQLiteAckQueue:
         try:
             return persistqueue.SQLiteAckQueue(
                 str(self.directory),
@@ -441,7 +446,7 @@ class EmbeddedQueue(UploadQueue):
         q = self._open(f"{self.name}.dead", resume=False)
         try:
             rows = q.queue()
-            out = []
+            out: list[Delivery] = []
             for row in rows:
                 data = row["data"]
                 out.append(Delivery(row["id"], data["body"].encode(), data.get("headers", {})))
@@ -475,11 +480,11 @@ class _TolerantJson:
     consumer dead-letters instead of an exception that would stop the queue at that row forever."""
 
     @staticmethod
-    def dumps(value) -> bytes:
+    def dumps(value: Any) -> bytes:
         return json.dumps(value).encode("utf-8")
 
     @staticmethod
-    def loads(blob):
+    def loads(blob: bytes | str) -> Any:
         try:
             return json.loads(blob)
         except Exception:
@@ -487,7 +492,7 @@ class _TolerantJson:
             return {"body": bytes(raw).decode("utf-8", "replace"), "headers": {"x-dam-undecodable-row": True}}
 
 
-def _row_message(data) -> tuple[bytes, dict]:
+def _row_message(data: Any) -> tuple[bytes, dict[str, Any]]:
     """A stored row as (body, headers). publish() writes {"body": str, "headers": {}}; anything
     else (a foreign writer, a damaged row) becomes a body that fails to parse, never an exception."""
     if isinstance(data, dict) and isinstance(data.get("body"), str):
@@ -497,14 +502,12 @@ def _row_message(data) -> tuple[bytes, dict]:
 
 
 class _EmbeddedConsumer(Consumer):
-    def __init__(self, queue: EmbeddedQueue, q):
+    def __init__(self, queue: EmbeddedQueue, q: persistqueue.SQLiteAckQueue):
         self.queue = queue
         self.q = q
-        self._dead = None
+        self._dead: persistqueue.SQLiteAckQueue | None = None
 
-    def take(self, max_messages, wait_seconds):
-        from persistqueue.exceptions import Empty
-
+    def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
         out: list[Delivery] = []
         deadline = time.monotonic() + wait_seconds
         while len(out) < max_messages:
@@ -519,12 +522,12 @@ class _EmbeddedConsumer(Consumer):
             out.append(Delivery(row["pqid"], body, headers))
         return out
 
-    def ack(self, deliveries):
+    def ack(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
             self.q.ack(id=d.tag)
         self.q.clear_acked_data(keep_latest=0)
 
-    def dead_letter(self, delivery, reason):
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if self._dead is None:
             self._dead = self.queue._open(f"{self.queue.name}.dead", resume=False)
         headers = dict(delivery.headers)
@@ -534,7 +537,7 @@ class _EmbeddedConsumer(Consumer):
         self._dead.put({"body": delivery.body.decode("utf-8", "replace"), "headers": headers})
         self.q.ack(id=delivery.tag)
 
-    def close(self):
+    def close(self) -> None:
         # As with RabbitMQ, what this session took and did not ack is ready again (and counted by
         # depth()) once it closes. After a crash the rows stay 'unack' until the next consumer opens.
         with contextlib.suppress(Exception):
@@ -548,6 +551,7 @@ class _EmbeddedConsumer(Consumer):
 def make_queue(settings: "Settings") -> UploadQueue:
     """The queue the settings ask for: RabbitMQ when AMQP_URL is set, else the embedded one."""
     if settings.uses_rabbitmq:
+        assert settings.amqp_url is not None  # what uses_rabbitmq checks
         return RabbitQueue(
             settings.amqp_url.get_secret_value(),
             settings.dam_queue,

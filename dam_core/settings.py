@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -119,6 +120,12 @@ class Settings(BaseSettings):
     dam_tags_file: Path | None = None  # one label per line; default: the list shipped in the package
     dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # softmax probability over the vocabulary
     dam_tags_top_k: int = Field(default=5, ge=0, le=50)
+    # Text in images (OCR, asset image_text): off by default, because on this project's reference
+    # CPU it costs more than the captioner per photo (bench/RESULTS.md, "OCR"). Switched on for a
+    # data folder that has batches already, every earlier batch gets its text in the background.
+    dam_ocr: bool = False
+    dam_ocr_det_side: int = Field(default=960, ge=160, le=4096)  # detection runs at this long side, at most
+    dam_ocr_min_score: float = Field(default=0.5, ge=0, le=1)  # lines recognized with less confidence are dropped
     dam_near_duplicate: float = Field(default=0.95, ge=-1, le=1)
     # Per index segment: above this many vectors a segment gets an HNSW graph (recall@10 about 0.98
     # at 1M in segments, ef=256; bench/NOTES.md); up to it, a float32 scan takes ~1 ms.
@@ -232,7 +239,7 @@ def _describe(err: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(lines)
 
 
-def load_settings(**overrides) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, raising SettingsError that names the variable."""
     try:
         return Settings(**overrides)

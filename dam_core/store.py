@@ -1,4 +1,8 @@
-"""Object store: one interface, a local folder (default) and the S3 API (R2, MinIO, AWS)."""
+"""Object store: one interface, a local folder (default) and the S3 API (R2, MinIO, AWS).
+
+boto3/botocore are imported inside the S3 store's methods, not at the top: a process on the local
+store (the default) never loads them. botocore ships no type information: its objects are `Any`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from dam_core.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=/-]{0,1000}$")
 
@@ -93,11 +100,11 @@ class _SourceFailed(Exception):
         self.error = error
 
 
-def _local_errors(method):
+def _local_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Concatenate[LocalStore, P], R]:
     """Disk full, permission denied, a file where a folder should be: a StoreError (503), never a 500."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: LocalStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
         except _SourceFailed as failed:
@@ -154,7 +161,7 @@ class LocalStore(ObjectStore):
         return tmp
 
     @_local_errors
-    def put(self, key, data, content_type=None):
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._write_temp(data)
@@ -166,7 +173,7 @@ class LocalStore(ObjectStore):
         _fsync_dir(dest.parent)
 
     @_local_errors
-    def create(self, key, data, content_type=None):
+    def create(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> bool:
         dest = self.path(key)
         if dest.exists():
             return False
@@ -182,18 +189,18 @@ class LocalStore(ObjectStore):
         return True
 
     @_local_errors
-    def get(self, key):
+    def get(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
             raise KeyNotFound(key) from None
 
     @_local_errors
-    def exists(self, key):
+    def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
     @_local_errors
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
     def _walk(self, prefix: str, start_after: str | None = None) -> list[tuple[str, str]]:
@@ -201,7 +208,7 @@ class LocalStore(ObjectStore):
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return []
-        found = []
+        found: list[tuple[str, str]] = []
 
         def fail(err: OSError) -> None:
             raise err  # an unreadable folder must not look like an empty one
@@ -217,12 +224,12 @@ class LocalStore(ObjectStore):
         return found
 
     @_local_errors
-    def list(self, prefix, start_after=None):
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         return iter([key for key, _ in self._walk(prefix, start_after)])
 
     @_local_errors
-    def list_modified(self, prefix):
-        out = []
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        out: list[tuple[str, datetime]] = []
         for key, full in self._walk(prefix):
             try:
                 out.append((key, _utc(os.stat(full).st_mtime)))
@@ -231,18 +238,18 @@ class LocalStore(ObjectStore):
         return iter(out)
 
     @_local_errors
-    def modified(self, key):
+    def modified(self, key: str) -> datetime | None:
         try:
             st = self.path(key).stat()
         except FileNotFoundError:
             return None
         return _utc(st.st_mtime)
 
-    def ping(self):
+    def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise StoreError(f"local store {self.root} is not writable")
 
-    def describe(self):
+    def describe(self) -> str:
         return f"file://{self.root}"
 
     def clear_temp(self) -> None:
@@ -254,14 +261,14 @@ class LocalStore(ObjectStore):
 EXPECT_CONTINUE_MIN_BYTES = 8 * 1024 * 1024
 
 
-def _expect_continue_for_large_bodies(model, params, **kwargs):
+def _expect_continue_for_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
     """botocore's `Expect: 100-continue` for file bodies, kept only for large ones.
 
     botocore sends it for every file-like body: the headers go first and the body waits for the
     server's `100 Continue`, one more round trip on every upload (an image is a spooled file).
     It only pays off when the server refuses a body worth not sending.
     """
-    from botocore.handlers import add_expect_header
+    from botocore.handlers import add_expect_header  # S3 only: see the module docstring
     from botocore.utils import determine_content_length
 
     body = params.get("body")
@@ -275,8 +282,8 @@ def _expect_continue_for_large_bodies(model, params, **kwargs):
 class S3Store(ObjectStore):
     """Objects in a bucket through the S3 API (Cloudflare R2, MinIO, AWS S3, moto)."""
 
-    def __init__(self, client, bucket: str, endpoint: str | None = None):
-        from botocore.handlers import add_expect_header
+    def __init__(self, client: Any, bucket: str, endpoint: str | None = None):
+        from botocore.handlers import add_expect_header  # S3 only: see the module docstring
 
         self.client = client
         self.bucket = bucket
@@ -287,9 +294,11 @@ class S3Store(ObjectStore):
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "S3Store":
-        import boto3
+        import boto3  # S3 only: see the module docstring
         from botocore.config import Config
 
+        if not settings.r2_bucket:
+            raise ValueError("R2_BUCKET is not set: these settings select the local store")
         client = boto3.client(
             "s3",
             endpoint_url=settings.r2_endpoint,
@@ -311,7 +320,7 @@ class S3Store(ObjectStore):
     def _wrap(self, err: Exception) -> StoreError:
         return StoreError(f"object store {self.describe()} failed: {type(err).__name__}")
 
-    def put(self, key, data, content_type=None):
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
         check_key(key)  # a bad key is the caller's ValueError, not a store outage
         extra = {"ContentType": content_type} if content_type else {}
         try:
@@ -322,8 +331,8 @@ class S3Store(ObjectStore):
         except Exception as err:  # botocore raises many unrelated types
             raise self._wrap(err) from err
 
-    def create(self, key, data, content_type=None):
-        from botocore.exceptions import ClientError
+    def create(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> bool:
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
 
         check_key(key)
         extra = {"ContentType": content_type} if content_type else {}
@@ -341,12 +350,13 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
-    def get(self, key):
-        from botocore.exceptions import ClientError
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
 
         check_key(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
+            return body
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 raise KeyNotFound(key) from None
@@ -354,8 +364,8 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
-    def exists(self, key):
-        from botocore.exceptions import ClientError
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
 
         check_key(key)
         try:
@@ -368,14 +378,14 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         check_key(key)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
         except Exception as err:
             raise self._wrap(err) from err
 
-    def list(self, prefix, start_after=None):
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
@@ -386,7 +396,7 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
-    def list_modified(self, prefix):
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
@@ -394,12 +404,13 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
-    def modified(self, key):
-        from botocore.exceptions import ClientError
+    def modified(self, key: str) -> datetime | None:
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
 
         check_key(key)
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=key)["LastModified"].astimezone(UTC)
+            when: datetime = self.client.head_object(Bucket=self.bucket, Key=key)["LastModified"]
+            return when.astimezone(UTC)
         except ClientError as err:
             if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
@@ -407,13 +418,13 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
-    def ping(self):
+    def ping(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as err:
             raise self._wrap(err) from err
 
-    def describe(self):
+    def describe(self) -> str:
         return f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -63,6 +63,8 @@ _TABLE_PROPERTIES = {
 }
 _BATCH_KEY = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 T = TypeVar("T")
+# A commit's table: an open one, or None before the first commit creates it.
+_Table = TypeVar("_Table", DeltaTable, DeltaTable | None)
 
 
 def schema(embedding_dim: int | None) -> pa.Schema:
@@ -98,6 +100,9 @@ def schema(embedding_dim: int | None) -> pa.Schema:
             ("gps_lat", pa.float64()),
             ("gps_lon", pa.float64()),
             ("orientation", pa.int8()),
+            # The text read in the image (OCR, DAM_OCR): lines joined by newlines, "" for none; null
+            # where it was not read (OCR off or not yet, or it failed on this image).
+            ("ocr_text", pa.string()),
         ]
     )
 
@@ -131,7 +136,7 @@ def location(settings: "Settings") -> Location:
         options["AWS_ENDPOINT_URL"] = settings.r2_endpoint
         if settings.r2_endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
-    if settings.r2_access_key_id:
+    if settings.r2_access_key_id and settings.r2_secret_access_key:  # both or neither (Settings checks)
         options["AWS_ACCESS_KEY_ID"] = settings.r2_access_key_id.get_secret_value()
         options["AWS_SECRET_ACCESS_KEY"] = settings.r2_secret_access_key.get_secret_value()
     return Location(f"s3://{settings.r2_bucket}/{TABLE_PREFIX.rstrip('/')}", options)
@@ -157,7 +162,7 @@ def batch_month(batch: str) -> str:
     return f"{batch[:4]}-{batch[4:6]}"
 
 
-def _arrow(rows: list[dict], embedding_dim: int | None, month: str) -> pa.Table:
+def _arrow(rows: list[dict[str, Any]], embedding_dim: int | None, month: str) -> pa.Table:
     table = pa.Table.from_pylist(rows, schema=schema(embedding_dim))
     # Delta has no fixed-size lists: the embedding is stored as a variable list of float32.
     table = table.set_column(
@@ -185,7 +190,9 @@ def _later_claimed(batch: str, claims: dict[str, list[str]]) -> set[str]:
     return {i for i, batches in claims.items() if any(b > batch for b in batches)}
 
 
-def _ownership(table: DeltaTable | None, batch: str, mine: dict[str, dict], claims: dict[str, list[str]]) -> _Plan:
+def _ownership(
+    table: DeltaTable | None, batch: str, mine: dict[str, dict[str, Any]], claims: dict[str, list[str]]
+) -> _Plan:
     later = _later_claimed(batch, claims)
     earlier = {i: [b for b in bs if b < batch] for i, bs in claims.items() if i not in later}
     earlier = {i: bs for i, bs in earlier.items() if bs}
@@ -215,7 +222,9 @@ def _ids_with_good_rows(table: DeltaTable | None, where: dict[str, list[str]]) -
         & pc.field("error").is_null(),
     )
     return {
-        i for i, b in zip(found.column("id").to_pylist(), found.column("batch").to_pylist()) if b in where.get(i, [])
+        i
+        for i, b in zip(found.column("id").to_pylist(), found.column("batch").to_pylist(), strict=True)
+        if b in where.get(i, [])
     }
 
 
@@ -234,7 +243,7 @@ class Compaction:
     retention_hours: float
     duplicates_removed: int = 0
 
-    def as_metadata(self) -> dict:
+    def as_metadata(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -300,7 +309,9 @@ class AssetTable:
 
     # ------------------------------------------------------------------------- writing
 
-    def write_batch(self, batch: str, rows: list[dict], embedding_dim: int | None, store: "ObjectStore") -> int:
+    def write_batch(
+        self, batch: str, rows: list[dict[str, Any]], embedding_dim: int | None, store: "ObjectStore"
+    ) -> int:
         """Replace the batch's rows with `rows` in one commit, owning each id's row (see
         dam_core/owners.py): rows of these ids in earlier batches go in the same commit, ids a later
         batch claimed are left to it. `store` holds the claims. Returns the table version written."""
@@ -317,7 +328,9 @@ class AssetTable:
         # first and found no row of ours to delete, so ours goes now.
         overtaken = _later_claimed(batch, claimants(store, [r["id"] for r in kept]))
         if overtaken:
-            table = table if table is not None else self.open()
+            if table is None:
+                table = self.open()
+                assert table is not None  # this batch's commit created it
             self._delete(table, _batch_predicate(batch, sorted(overtaken)), f"delete {len(overtaken)} ids")
             version = table.version()
         release(store, [(i, b) for b, ids in plan.replaced.items() for i in ids])
@@ -325,7 +338,12 @@ class AssetTable:
         return version
 
     def _overwrite(
-        self, table: DeltaTable | None, batch: str, rows: list[dict], dim: int | None, replaced: dict[str, list[str]]
+        self,
+        table: DeltaTable | None,
+        batch: str,
+        rows: list[dict[str, Any]],
+        dim: int | None,
+        replaced: dict[str, list[str]],
     ) -> DeltaTable | None:
         """One commit: the batch's rows replace its old ones and the replaced batches' rows of its ids.
         Returns the handle, now at the version written (None when this commit created the table)."""
@@ -385,7 +403,7 @@ class AssetTable:
         metrics = self._commit(table, lambda t: t.delete(predicate), what)
         return int(metrics.get("num_deleted_rows", 0) or 0)
 
-    def _commit(self, table: DeltaTable | None, action: Callable[[DeltaTable | None], T], what: str) -> T:
+    def _commit(self, table: _Table, action: Callable[[_Table], T], what: str) -> T:
         """Run one commit on `table`, retrying a conflict with another writer (delta-rs re-checks on
         each try, after the handle loaded the versions it missed)."""
         for attempt in range(1, COMMIT_ATTEMPTS):
@@ -433,7 +451,7 @@ class AssetTable:
             duplicates_removed=duplicates,
         )
 
-    def history(self, limit: int | None = None) -> list[dict]:
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The commit log, newest first: version, timestamp, operation and its parameters/metrics."""
         table = self.open()
         return [] if table is None else table.history(limit)
@@ -449,20 +467,21 @@ class AssetTable:
         table = self.open(as_of)
         con = duckdb.connect(database)
         files = table.file_uris() if table is not None else []
-        present = {f.name for f in table.schema().fields} if files else set()
-        if files and self.location.is_local:
-            # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
-            # union_by_name: files written before a column existed read it as null.
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
-            # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
-            columns = _column_list(present, {"embedding": "embedding[:]"})
-            con.execute(
-                f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)"
-            )
-        elif files:
-            con.register("_assets_dataset", table.to_pyarrow_dataset())
-            con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {_column_list(present)} FROM _assets_dataset")
+        if table is not None and files:
+            present = {f.name for f in table.schema().fields}
+            if self.location.is_local:
+                # DuckDB's own Parquet reader over the version's files (about 2x the Arrow scan at 1M rows);
+                # union_by_name: files written before a column existed read it as null.
+                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                # embedding[:]: DuckDB 2.0's Parquet reader leaves a NULL list's slot such that
+                # list_cosine_similarity refuses the whole column; the slice hands on a clean list.
+                columns = _column_list(present, {"embedding": "embedding[:]"})
+                con.execute(
+                    f"CREATE OR REPLACE VIEW assets_all AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)"
+                )
+            else:
+                con.register("_assets_dataset", table.to_pyarrow_dataset())
+                con.execute(f"CREATE OR REPLACE VIEW assets_all AS SELECT {_column_list(present)} FROM _assets_dataset")
         else:
             con.register("_assets_empty", schema(None).empty_table())
             con.execute("CREATE OR REPLACE VIEW assets_all AS SELECT * FROM _assets_empty")

@@ -56,7 +56,7 @@ def read_tombstones(store: ObjectStore, ids: Iterable[str]) -> dict[str, datetim
     else:
         with ThreadPoolExecutor(min(8, len(ids))) as pool:
             found = list(pool.map(lambda i: read_tombstone(store, i), ids))
-    return {i: when for i, when in zip(ids, found) if when is not None}
+    return {i: when for i, when in zip(ids, found, strict=True) if when is not None}
 
 
 def list_tombstones(store: ObjectStore) -> dict[str, datetime]:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+import dam_models
 from dam_core.dam import open_dam
 from dam_core.metrics import mark_process_dead
 from dam_core.queue import UploadQueue
@@ -38,8 +39,6 @@ def create_app(
     async def lifespan(app: FastAPI):
         # Decided here, once, for the process that serves the API; torch is loaded only by the
         # first text search (see dam_models.set_query_threads for why one thread).
-        import dam_models
-
         dam_models.set_query_threads(1)
         app.state.catalog.start()
         yield

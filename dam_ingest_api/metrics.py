@@ -10,8 +10,10 @@ recording call into a no-op (`configure`) and leaves /metrics out.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
@@ -155,7 +157,7 @@ def file_rejected(reason: str, size: int | None) -> None:
 FILES_COUNTED = "dam.upload_files_counted"  # scope key: this request's files were counted one by one
 
 
-def files_counted(scope: dict) -> None:
+def files_counted(scope: MutableMapping[str, Any]) -> None:
     """The upload route counted each file of this request: the request itself is not counted again."""
     scope[FILES_COUNTED] = True
 
@@ -207,8 +209,6 @@ def index_swapped(snapshot) -> None:
     INDEX_VERSION.set(snapshot.seq)
     built = getattr(snapshot, "built_at", None)
     if built:
-        from datetime import datetime
-
         try:
             INDEX_BUILT.set(datetime.fromisoformat(built).timestamp())
         except (TypeError, ValueError):  # a manifest from another writer: the age is unknown, the swap stands

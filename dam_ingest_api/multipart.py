@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE
 from starlette.datastructures import FormData, Headers
@@ -43,7 +43,7 @@ def max_body_bytes(max_files: int, max_file_bytes: int) -> int:
 class LimitedMultiPartParser(MultiPartParser):
     """Starlette's parser with a per-file byte limit (Starlette only limits non-file fields)."""
 
-    def __init__(self, headers: Headers, stream: AsyncIterator[bytes], *, max_file_bytes: int, max_files: int):
+    def __init__(self, headers: Headers, stream: AsyncGenerator[bytes, None], *, max_file_bytes: int, max_files: int):
         super().__init__(headers, stream, max_files=max_files, max_fields=100, max_part_size=64 * 1024)
         self.max_file_bytes = max_file_bytes
         # Bytes of the part being read. Not a dict keyed by id(part): a finished part is freed and
@@ -72,7 +72,7 @@ async def limited_stream(
     deadline_seconds: float | None = None,
     min_bytes_per_second: float = 0,
     rate_grace_seconds: float = 0,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield body chunks; stop at max_body_bytes, and give up on a client that is too slow.
 
     Too slow: no chunk for idle_timeout, the whole body not in within deadline_seconds, or

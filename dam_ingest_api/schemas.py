@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -53,7 +53,7 @@ class AssetItem(Body):
     original_url: str
 
     @classmethod
-    def of(cls, row: Mapping[str, Any], status: AssetStatus, **extra: Any) -> AssetItem:
+    def of(cls, row: Mapping[str, Any], status: AssetStatus, **extra: Any) -> Self:
         """The one builder of the public asset shape: from an index row or a queued upload."""
         asset_id = row["id"]
         return cls(
@@ -74,12 +74,12 @@ class AssetItem(Body):
         )
 
     @classmethod
-    def indexed(cls, row: Mapping[str, Any]) -> AssetItem:
+    def indexed(cls, row: Mapping[str, Any]) -> Self:
         """An asset from the search index: processed, or error with the reason."""
         return cls.of(row, _indexed_status(row))
 
     @classmethod
-    def queued(cls, upload: UploadMessage) -> AssetItem:
+    def queued(cls, upload: UploadMessage) -> Self:
         """An accepted upload the index does not hold yet."""
         return cls.of(upload.model_dump(), "queued")
 
@@ -100,20 +100,27 @@ class AssetDetail(AssetItem):
     gps_lat: float | None = Field(description="decimal degrees, north positive")
     gps_lon: float | None = Field(description="decimal degrees, east positive")
     orientation: int | None = Field(description="the EXIF orientation, 1-8 (width and height are already upright)")
+    ocr_text: str | None = Field(
+        description='the text read in the image (DAM_OCR), lines joined by newlines; "" for none, null when not read',
+    )
 
     @classmethod
-    def of(cls, row: Mapping[str, Any], status: AssetStatus, **extra: Any) -> AssetDetail:
-        return super().of(row, status, **{name: row.get(name) for name in EXIF_COLUMNS}, **extra)
+    def of(cls, row: Mapping[str, Any], status: AssetStatus, **extra: Any) -> Self:
+        fields = {name: row.get(name) for name in (*EXIF_COLUMNS, "ocr_text")}
+        return super().of(row, status, **fields, **extra)
 
 
 class ScoredAsset(AssetItem):
     """An asset with its cosine similarity to the query (text or image), rounded to 6 places."""
 
-    score: float
+    score: float = Field(description="cosine similarity for a meaning hit; 1 for a text hit")
+    match: Literal["meaning", "text"] = Field(
+        description="text: the words are written in the image (OCR); meaning: the embedding"
+    )
 
     @classmethod
-    def hit(cls, row: Mapping[str, Any], score: float) -> ScoredAsset:
-        return cls.of(row, _indexed_status(row), score=round(float(score), 6))
+    def hit(cls, row: Mapping[str, Any], score: float, match: Literal["meaning", "text"] = "meaning") -> ScoredAsset:
+        return cls.of(row, _indexed_status(row), score=round(float(score), 6), match=match)
 
 
 def _indexed_status(row: Mapping[str, Any]) -> AssetStatus:
@@ -179,7 +186,7 @@ class UploadAnswer(Body):
     status: AssetStatus
 
     @classmethod
-    def of(cls, upload: UploadMessage, status: AssetStatus, **extra: Any) -> UploadAnswer:
+    def of(cls, upload: UploadMessage, status: AssetStatus, **extra: Any) -> Self:
         return cls(
             id=upload.id,
             filename=upload.filename,
@@ -202,7 +209,7 @@ class DuplicateAnswer(UploadAnswer):
     duplicate: Literal[True] = True
 
     @classmethod
-    def of(cls, upload: UploadMessage, status: AssetStatus, **extra: Any) -> DuplicateAnswer:
+    def of(cls, upload: UploadMessage, status: AssetStatus, **extra: Any) -> Self:
         return super().of(upload, status, duplicate=True, **extra)
 
 

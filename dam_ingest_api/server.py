@@ -10,10 +10,13 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import TypedDict
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from dam_core.settings import get_settings
 
 log = logging.getLogger("dam_ingest_api.server")
 
@@ -345,7 +348,6 @@ def worker_app():
     """The app of one `dam api --workers N` process, and its connection policy, from one read of the settings."""
     # Imported here: `dam` commands import this module for is_loopback alone, and the app pulls in
     # all of FastAPI and the API (about 0.6 s).
-    from dam_core.settings import get_settings
     from dam_ingest_api.main import create_app
 
     settings = get_settings()
@@ -355,6 +357,15 @@ def worker_app():
 
 WORKER_PROTOCOL = f"{__name__}:SettingsHeaderTimeoutProtocol"
 WORKER_APP = f"{__name__}:worker_app"
+
+
+class _UvicornOptions(TypedDict):
+    """What both ways of serving pass to uvicorn.run."""
+
+    host: str
+    port: int
+    log_level: str
+    timeout_keep_alive: int
 
 
 def run(app, settings, host: str, port: int, log_level: str = "info", workers: int = 1) -> None:
@@ -367,7 +378,7 @@ def run(app, settings, host: str, port: int, log_level: str = "info", workers: i
     """
     # No uvicorn limit_concurrency: DAM_MAX_CONNECTIONS is applied by the protocol's policy, which
     # tells requests with a valid key from the rest (see HeaderTimeoutProtocol).
-    common = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=30)
+    common = _UvicornOptions(host=host, port=port, log_level=log_level, timeout_keep_alive=30)
     if workers > 1:
         uvicorn.run(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL, **common)
         return

@@ -1,12 +1,20 @@
 """Model layer: BLIP captions and CLIP embeddings, loaded once per process.
 
 Submodules import torch/transformers; import them where needed (``dam_models.captioner``,
-``dam_models.embedder``, ``dam_models.tiny``) so that importing the package is cheap.
+``dam_models.embedder``, ``dam_models.tiny``) so that importing the package is cheap. This module
+itself never imports torch at its top: a run on served models imports the package (through
+``dam_models.cache``, ``dam_models.versions``, ``dam_models.serving``) and must not load torch.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dam_models.captioner import get_captioner
+    from dam_models.embedder import get_embedder
+    from dam_models.tiny import write_tiny_models
 
 __all__ = ["get_captioner", "get_embedder", "set_query_threads", "write_tiny_models"]
 
@@ -38,12 +46,13 @@ def query_threads() -> int | None:
 def apply_query_threads() -> None:
     """Apply set_query_threads (dam_models.loading calls it once torch is imported)."""
     if _query_threads is not None:
-        import torch
+        import torch  # loaded already when this runs (see its callers); never at the top: see the module docstring
 
         torch.set_num_threads(_query_threads)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
+    # The loaders, imported on first use: their modules import torch (see the module docstring).
     if name == "get_captioner":
         from dam_models.captioner import get_captioner
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 CALIBRATION_IMAGES = 32
 
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
     """Gradients + shapes + noise: compresses and decodes like a photograph, not like a flat fill."""
-    from PIL import ImageDraw, ImageFilter
-
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.empty((height, width, 3), np.float32)

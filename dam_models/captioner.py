@@ -12,15 +12,19 @@ checkpoints never stop there anyway; random tiny models otherwise could, giving 
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+from transformers.models.blip.modeling_blip import BlipAttention
 
 from dam_models import query_threads
 from dam_models.base import InferenceModel, ModelSpec
+from dam_models.calibration import calibration_images
 from dam_models.loading import cached, model_cache_dir, pinned, to_rgb
 from dam_models.quiet import quiet_transformers
 from dam_models.runtime import build_once, conversion_dir
@@ -50,15 +54,12 @@ def use_sdpa_vision_attention(model) -> int:
     (bench/RESULTS.md) with outputs equal to float rounding. Attention weights are then not
     returned, which inference never asks for.
     """
-    import types
-
-    from transformers.models.blip.modeling_blip import BlipAttention
-
     switched = 0
     vision = getattr(model, "vision_model", None)
     for module in vision.modules() if vision is not None else ():
         if isinstance(module, BlipAttention) and hasattr(module, "qkv"):
-            module.forward = types.MethodType(_sdpa_attention_forward, module)
+            # Replaces this instance's bound forward on purpose (mypy flags any assignment to a method).
+            module.forward = types.MethodType(_sdpa_attention_forward, module)  # type: ignore[method-assign]
             switched += 1
     return switched
 
@@ -187,21 +188,19 @@ class Captioner(InferenceModel):
 
 
 def _load_torch_blip(spec: ModelSpec) -> TorchBlip:
-    from transformers import BlipForConditionalGeneration
-
     model = BlipForConditionalGeneration.from_pretrained(spec.model_id, dtype=spec.dtype)
-    model.to(spec.device).eval()
+    # transformers declares `.to` through functools.wraps(torch.nn.Module.to): mypy does not bind self.
+    model.to(spec.device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
     use_sdpa_vision_attention(model)
     return TorchBlip(model, spec.device, spec.dtype)
 
 
 def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBackend:
+    # Not at the top: openvino_blip imports openvino, which a process on the torch runtime (a GPU) never loads.
     from dam_models.openvino_blip import IMAGE_SIDE, OpenVinoBlip, export_blip, is_exported
 
     def build(folder: Path) -> None:
-        from transformers import BlipForConditionalGeneration
-
         # Exported from fp32 weights: the precision is chosen when the graphs are compiled.
         model = BlipForConditionalGeneration.from_pretrained(spec.model_id, dtype=torch.float32).eval()
         export_blip(model, folder)
@@ -209,7 +208,7 @@ def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBacken
     folder = conversion_dir(cache_root, "blip", spec.model_id, "openvino")
     build_once(folder, is_exported, build)
     if spec.quantize == "int8":
-        from dam_models.calibration import calibration_images
+        # Not at the top: NNCF takes seconds to import, for a conversion made once per model.
         from dam_models.openvino_quantize import quantize_graph
 
         exported = folder
@@ -223,9 +222,7 @@ def _load_openvino_blip(spec: ModelSpec, cache_root: Path) -> OpenVinoBlipBacken
     return OpenVinoBlipBackend(OpenVinoBlip(folder, spec.precision, threads=query_threads()))
 
 
-def _load_processor(model_id: str):
-    from transformers import AutoTokenizer, BlipImageProcessorPil, BlipProcessor
-
+def _load_processor(model_id: str) -> BlipProcessor:
     # transformers 5 would pick the torchvision-backed fast image processor by default; this
     # project does not ship torchvision, so the PIL one is named explicitly.
     return BlipProcessor(

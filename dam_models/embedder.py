@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig
+from transformers.utils import cached_file
 
 from dam_models import query_threads
 from dam_models.base import InferenceModel, ModelSpec
@@ -24,9 +27,7 @@ from dam_models.versions import embedding_version
 quiet_transformers()  # this module loads weights: no progress bars or advice on the console
 
 
-def _load_processor(model_id: str):
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPProcessor
-
+def _load_processor(model_id: str) -> CLIPProcessor:
     # Named explicitly: transformers 5 defaults to the torchvision-backed image processor.
     return CLIPProcessor(
         image_processor=CLIPImageProcessorPil.from_pretrained(model_id),
@@ -160,42 +161,36 @@ class Embedder(InferenceModel):
 
 
 def _load_torch_clip(spec: ModelSpec) -> TorchClip:
-    from transformers import CLIPModel
-
     model = CLIPModel.from_pretrained(spec.model_id, dtype=spec.dtype)
-    model.to(spec.device).eval()
+    # transformers declares `.to` through functools.wraps(torch.nn.Module.to): mypy does not bind self.
+    model.to(spec.device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
     return TorchClip(model, spec.device, spec.dtype)
 
 
-def _clip_config(model_id: str):
-    from transformers import CLIPConfig
-
+def _clip_config(model_id: str) -> CLIPConfig:
     return CLIPConfig.from_pretrained(model_id)
 
 
 def _load_openvino_clip(spec: ModelSpec, cache_root: Path) -> OpenVinoClipBackend:
+    # Not at the top: openvino_clip imports openvino, which a process on the torch runtime (a GPU) never loads.
     from dam_models.openvino_clip import OpenVinoClip, export_clip, is_exported
 
     def build(folder: Path) -> None:
-        from transformers import CLIPModel
-
         export_clip(CLIPModel.from_pretrained(spec.model_id, dtype=torch.float32).eval(), folder)
 
     folder = conversion_dir(cache_root, "clip", spec.model_id, "openvino")
     build_once(folder, is_exported, build)
-    scale = float(np.exp(_clip_config(spec.model_id).logit_scale_init_value))
+    init = _clip_config(spec.model_id).logit_scale_init_value
+    assert init is not None  # typed optional by transformers; every CLIP config has one (default 2.6592)
+    scale = float(np.exp(init))
     scale = _stored_logit_scale(spec.model_id, scale)
     return OpenVinoClipBackend(OpenVinoClip(folder, spec.precision, threads=query_threads()), scale)
 
 
 def _stored_logit_scale(model_id: str, default: float) -> float:
     """exp(logit_scale) as trained, read from the weights file without loading the model."""
-    from transformers.utils import cached_file
-
     try:
-        from safetensors import safe_open
-
         path = cached_file(model_id, "model.safetensors")
         with safe_open(path, "np") as f:
             return float(np.exp(f.get_tensor("logit_scale")).item())
@@ -216,9 +211,10 @@ def get_embedder(
     def build() -> Embedder:
         backend = cached(spec.cache_key("clip"), load_backend)
         processor = cached(("clip-processor", spec.model_id), lambda: _load_processor(spec.model_id))
-        config = _clip_config(spec.model_id)
+        text_config = _clip_config(spec.model_id).text_config
+        assert isinstance(text_config, CLIPTextConfig)  # typed dict | None too; CLIPConfig makes it a CLIPTextConfig
         max_len = int(
-            min(config.text_config.max_position_embeddings, getattr(processor.tokenizer, "model_max_length", 77) or 77)
+            min(text_config.max_position_embeddings, getattr(processor.tokenizer, "model_max_length", 77) or 77)
         )
         return Embedder(backend, processor, spec, max_len)
 

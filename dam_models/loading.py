@@ -12,8 +12,11 @@ import torch
 
 # One conversion for every image path (decode, thumbnails, models); it lives beside the decode.
 from dam_core.imaging import to_rgb  # noqa: F401  (re-exported for the model classes)
-from dam_core.settings import check_device
+from dam_core.settings import check_device, get_settings
 from dam_models import apply_query_threads
+
+# The process-wide cache lives in dam_models.cache (torch-free); re-exported for the model classes.
+from dam_models.cache import LoadTime, cached, clear_cache, track_loads  # noqa: F401
 
 apply_query_threads()  # a query server that started before torch was loaded (dam_models.set_query_threads)
 
@@ -87,14 +90,8 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _SHORT.get(dtype, str(dtype).removeprefix("torch."))
 
 
-# The process-wide cache lives in dam_models.cache (torch-free); re-exported for the model classes.
-from dam_models.cache import LoadTime, cached, clear_cache, track_loads  # noqa: E402,F401  isort: skip
-
-
 def model_cache_dir() -> Path:
     """Where converted models are kept: DAM_MODEL_CACHE_DIR, else the data folder's models/converted."""
-    from dam_core.settings import get_settings
-
     return get_settings().model_cache_dir
 
 

@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
+import torch
+from openvino.preprocess import PrePostProcessor
 
 from dam_models.blip_graphs import MASKED, BlipDecoderStep, BlipImageSide
 
@@ -27,9 +30,6 @@ _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 def export_blip(model, folder: Path, max_len: int = MAX_CACHE_LEN) -> Path:
     """Convert a loaded fp32 HF BLIP into the two OpenVINO graphs under `folder`; returns it."""
-    import openvino as ov
-    import torch
-
     folder.mkdir(parents=True, exist_ok=True)
     side, step = BlipImageSide(model).eval(), BlipDecoderStep(model).eval()
     size = int(model.config.vision_config.image_size)
@@ -97,11 +97,12 @@ class OpenVinoBlip:
     """The exported BLIP graphs compiled for one device and precision; greedy captions as token ids."""
 
     def __init__(self, folder: Path, precision: str = "fp32", threads: int | None = None):
-        import openvino as ov
-
         self.meta = json.loads((folder / META).read_text())
         self.precision = precision
-        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, str | int] = {
+            "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         # The caches cross between the two graphs and numpy in the compute precision: converting
@@ -119,8 +120,6 @@ class OpenVinoBlip:
     def _typed(self, model, inputs, outputs):
         if self._cache_type.get_type_name() == "f32":
             return model
-        from openvino.preprocess import PrePostProcessor
-
         ppp = PrePostProcessor(model)
         for name in inputs:
             ppp.input(name).tensor().set_element_type(self._cache_type)
@@ -130,8 +129,6 @@ class OpenVinoBlip:
 
     def _steps(self, pixel_values: np.ndarray):
         """A generator over steps: send token ids (B,), receive the logits (B, vocab) for the next token."""
-        import openvino as ov
-
         m = self.meta
         batch = pixel_values.shape[0]
         image = self._image.create_infer_request()

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
+import torch
 
 IMAGE, TEXT, META = "image_features.xml", "text_features.xml", "meta.json"
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -17,8 +19,6 @@ def _pooled(out):
 
 def export_clip(model, folder: Path) -> Path:
     """Convert a loaded fp32 HF CLIP's two towers (projected features, not yet normalised) under `folder`."""
-    import openvino as ov
-    import torch
 
     class ImageFeatures(torch.nn.Module):
         def __init__(self, clip):
@@ -68,9 +68,10 @@ class OpenVinoClip:
     """The exported towers compiled for the CPU; each call returns projected features (n, dim) float32."""
 
     def __init__(self, folder: Path, precision: str = "fp32", threads: int | None = None):
-        import openvino as ov
-
-        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, str | int] = {
+            "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()

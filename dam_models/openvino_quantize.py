@@ -12,14 +12,13 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+import nncf
 import numpy as np
+import openvino as ov
 
 
 def quantize_graph(source: Path, target: Path, graph: str, samples: Iterable[dict[str, np.ndarray]]) -> Path:
     """Copy the exported folder `source` to `target` with `graph` (an .xml in it) quantized to int8."""
-    import nncf
-    import openvino as ov
-
     shutil.copytree(source, target)
     model = ov.Core().read_model(source / graph)
     samples = list(samples)

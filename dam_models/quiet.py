@@ -11,11 +11,11 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
+from transformers.utils import logging as hf_logging
+
 
 def quiet_transformers() -> None:
     """No progress bars, no advice below errors, no deprecation notes from transformers' own loading."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)

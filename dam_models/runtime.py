@@ -22,6 +22,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from huggingface_hub import try_to_load_from_cache
+
 from dam_models.quiet import quiet_conversion
 
 log = logging.getLogger("dam_models.runtime")
@@ -66,11 +69,9 @@ def resolve_quantize(setting: str | None, runtime: str) -> str:
 
 def runtime_version(runtime: str) -> str:
     if runtime.startswith("openvino"):
-        import openvino
+        import openvino  # the openvino runtime's only: a torch process (a GPU) never loads it
 
         return openvino.__version__.split("-")[0]
-    import torch
-
     return torch.__version__.split("+")[0]
 
 
@@ -89,8 +90,6 @@ def source_fingerprint(model_id: str) -> str:
     folder = Path(model_id).expanduser()
     if folder.is_dir():
         return _local_fingerprint(folder.resolve())
-    from huggingface_hub import try_to_load_from_cache
-
     cached = try_to_load_from_cache(model_id, "config.json")
     if isinstance(cached, str):  # .../snapshots/<commit>/config.json
         return "hub-" + Path(cached).parent.name
@@ -108,7 +107,7 @@ def conversion_dir(cache_root: Path, kind: str, model_id: str, runtime: str) -> 
     return cache_root / kind / f"{name}-{runtime}-{key}"
 
 
-def build_once(folder: Path, is_built: Callable[[Path], bool], build: Callable[[Path], None]) -> bool:
+def build_once(folder: Path, is_built: Callable[[Path], bool], build: Callable[[Path], object]) -> bool:
     """Make sure `folder` is built: by this call (returns True) or by an earlier or concurrent one.
 
     The build writes into a temporary sibling that is renamed into place, under a file lock, so a

@@ -20,6 +20,18 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessorPil,
+    BlipProcessor,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+)
 
 SEED = 1234
 
@@ -60,7 +72,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 # ----------------------------------------------------------------------------- vocab files
@@ -116,14 +128,6 @@ def _write_vocab_files(staging: Path) -> tuple[Path, Path]:
 
 
 def _write_blip(target: Path, vocab_dir: Path) -> Path:
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessorPil,
-        BlipProcessor,
-    )
-
     tokenizer = BertTokenizer.from_pretrained(
         vocab_dir, do_lower_case=True, bos_token="[DEC]", model_max_length=TEXT_MAX_POSITIONS
     )
@@ -192,14 +196,6 @@ def _write_blip(target: Path, vocab_dir: Path) -> Path:
 
 
 def _write_clip(target: Path, vocab_dir: Path) -> Path:
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessorPil,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
-
     tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=TEXT_MAX_POSITIONS)
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(

@@ -9,6 +9,11 @@ if [ "${1:-}" = "--fast" ]; then fast=1; shift; fi
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
+# Static checks first (seconds): lint, format, types, the import layering.
+ruff check --quiet .
+ruff format --check --quiet .
+mypy
+lint-imports --no-cache >/dev/null || lint-imports --no-cache
 if [ "$fast" = 1 ]; then
   exec python -m pytest -n "${DAM_TEST_WORKERS:-2}" -m "not system and not slow" "$@"
 fi

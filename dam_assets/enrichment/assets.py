@@ -20,23 +20,28 @@ from dagster import (
     asset,
     multi_asset,
 )
+from dagster._core.definitions.metadata import RawMetadataValue  # what a metadata value may be
 
 from dam_assets import metrics
 from dam_assets.config import SETTINGS
+from dam_assets.enrichment.automation import CATCH_UP, FILL_IN
 from dam_assets.enrichment.pipeline import Enrichment, Steps, enrich_batch
 from dam_assets.enrichment.rows import RowChecks, deleted, not_deleted, read_batch_rows
 from dam_assets.enrichment.stages.decode import decoder
+from dam_assets.enrichment.stages.text import read_text_batch, write_text
 from dam_assets.enrichment.stages.thumbnails import THUMBNAIL_LONG_EDGE
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.markdown import md_table, md_text
 from dam_assets.resources import DamResource, ModelsResource
+from dam_core.manifests import read_manifest
 from dam_core.settings import Settings
 from dam_models.cache import track_loads  # not dam_models.loading: no torch, as a run on served models needs none
+from dam_models.ocr import get_text_reader, ocr_version
 from dam_models.versions import caption_version, embedding_version
 
 
-def _where(load) -> dict:
+def _where(load) -> dict[str, RawMetadataValue]:
     """Which process ran the step and what its model cost: 0 s when a warm worker already held it."""
     return {
         "model_load_seconds": round(load.seconds, 3),
@@ -49,6 +54,8 @@ BACKFILL_TAG = "dagster/backfill"
 CAPTIONS = AssetKey("image_captions")
 EMBEDDINGS = AssetKey("image_embeddings")
 THUMBNAILS = AssetKey("image_thumbnails")
+TEXT = AssetKey("image_text")
+TEXT_CHUNK = 16  # images decoded at once for OCR: the decode's memory stays that of one chunk
 
 
 def caption_code_version(settings: Settings) -> str:
@@ -120,7 +127,8 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     decode = decoder(
         dam.settings.dam_decode_pixel_budget, dam.settings.dam_max_image_pixels, dam.settings.dam_max_image_side
     )
-    chunk = models.chunk_size((work.captioner or work.embedder).device if loads else "cpu")
+    model = work.captioner or work.embedder
+    chunk = models.chunk_size(model.device if model is not None else "cpu")
 
     # One batch, or several in a backfill's run (BACKFILL_POLICY): each written as it is done.
     done = Steps()
@@ -129,7 +137,7 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
         metrics.stages_observed(step.busy)
         done.add(step)
 
-    common = {
+    common: dict[str, RawMetadataValue] = {
         "batches": len(context.partition_keys),
         "images": done.images,
         "errors": done.errors,
@@ -176,6 +184,54 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
         )
 
 
+def text_code_version(settings: Settings) -> str:
+    """The OCR models (pinned by the rapidocr package) and their settings."""
+    return ocr_version(settings.dam_ocr_det_side, settings.dam_ocr_min_score)
+
+
+@asset(
+    key=TEXT,
+    partitions_def=batches_partitions_def,
+    deps=[upload_batch],
+    kinds={"onnx", "ocr"},
+    group_name="enrichment",
+    code_version=text_code_version(SETTINGS),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=FILL_IN,
+)
+def image_text(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
+    """The text in every image of the batch (PP-OCR through RapidOCR): lines with boxes and confidences."""
+    settings, store = dam.settings, dam.store
+    reader = get_text_reader(settings.dam_ocr_det_side, settings.dam_ocr_min_score)
+    decode = decoder(settings.dam_decode_pixel_budget, settings.dam_max_image_pixels, settings.dam_max_image_side)
+    images = with_text = failed = 0
+    samples: list[tuple[str, str | None]] = []
+    with metrics.stage("ocr") as took:
+        for batch in context.partition_keys:
+            uploads = read_manifest(store, batch).uploads
+            names = {u.id: u.filename for u in uploads}
+            items = {}
+            for start in range(0, len(uploads), TEXT_CHUNK):
+                items.update(read_text_batch(reader, decode(store, uploads[start : start + TEXT_CHUNK])))
+            write_text(store, batch, items, reader.version)
+            images += len(items)
+            with_text += sum(1 for t in items.values() if t.text)
+            failed += sum(1 for t in items.values() if t.error)
+            samples += [(names[uid], t.text) for uid, t in items.items() if t.text]
+    return MaterializeResult(
+        metadata={
+            "batches": len(context.partition_keys),
+            "images": images,
+            "images_with_text": with_text,
+            "errors": failed,
+            "model": reader.version,
+            "runtime": reader.describe(),
+            "seconds": round(took.seconds, 3),
+            "sample_text": MetadataValue.md(captions_preview(samples)),
+        }
+    )
+
+
 _CHECKS = {
     "one_row_per_upload": "Exactly one row for every upload in the batch manifest.",
     "unique_ids": "No id appears twice in the batch.",
@@ -186,12 +242,13 @@ _CHECKS = {
 
 @asset(
     partitions_def=batches_partitions_def,
-    deps=[upload_batch, CAPTIONS, EMBEDDINGS],
+    deps=[upload_batch, CAPTIONS, EMBEDDINGS, *([TEXT] if SETTINGS.dam_ocr else [])],
     kinds={"deltalake", "duckdb"},
     group_name="table",
-    # v2: the table became a Delta table; a backfill of this asset alone migrates an old one.
     code_version="delta-v2",
     backfill_policy=BACKFILL_POLICY,
+    # With OCR on, a batch whose text arrived after its rows (OCR switched on later) is re-committed.
+    automation_condition=CATCH_UP if SETTINGS.dam_ocr else None,
     check_specs=[AssetCheckSpec(name, asset="asset_metadata", description=d) for name, d in _CHECKS.items()],
 )
 def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:

@@ -18,9 +18,10 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dam_assets.enrichment.stages.captions import Captions, caption_batch, merge_captions, write_captions
@@ -110,14 +111,10 @@ def enrich_chunks(
             if work.thumbnails:
                 thumbnails.append(pool.submit(thumbnail, p.decoded))
             if c is not None:
-                captions.append(clock.time("caption", lambda p=p: caption_batch(p.decoded, c, p.caption_pixels)))
+                captions.append(clock.time("caption", partial(caption_batch, p.decoded, c, p.caption_pixels)))
             if e is not None:
-                embeddings.append(
-                    clock.time(
-                        "embed",
-                        lambda p=p: embed_batch(p.decoded, e, work.labels, work.threshold, work.top_k, p.embed_pixels),
-                    )
-                )
+                embed = partial(embed_batch, p.decoded, e, work.labels, work.threshold, work.top_k, p.embed_pixels)
+                embeddings.append(clock.time("embed", embed))
         made = sum(f.result() for f in thumbnails)
     return StepResult(
         decoded=decoded,
@@ -175,7 +172,7 @@ class _Clock:
 _DONE = object()
 
 
-def _prefetched(produce: Iterator[Prepared], depth: int) -> Iterator[Prepared]:
+def _prefetched(produce: Iterator[Prepared], depth: int) -> Generator[Prepared, None, None]:
     """`produce` run on a thread, at most `depth` items ahead; its exception re-raised here."""
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

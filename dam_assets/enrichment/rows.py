@@ -10,6 +10,7 @@ from datetime import datetime
 from dam_assets.enrichment.stages.captions import CaptionItem, Captions, read_captions
 from dam_assets.enrichment.stages.embeddings import EmbeddingItem, Embeddings, read_embeddings
 from dam_assets.enrichment.stages.exif import read_exif
+from dam_assets.enrichment.stages.text import TextItem, read_text
 from dam_core.exif import ExifInfo
 from dam_core.layout import vector_key
 from dam_core.manifests import read_manifest
@@ -31,11 +32,18 @@ class BatchRows:
 
 
 def read_batch_rows(store: ObjectStore, batch: str, processed_at: datetime) -> BatchRows:
-    """The batch's manifest and stage files (captions, embeddings, EXIF), as its table rows."""
+    """The batch's manifest and stage files (captions, embeddings, EXIF, text), as its table rows."""
     manifest = read_manifest(store, batch)
     captions = read_captions(store, batch)
     embeddings = read_embeddings(store, batch)
-    rows = batch_rows(manifest, captions, embeddings, processed_at=processed_at, exif=read_exif(store, batch))
+    rows = batch_rows(
+        manifest,
+        captions,
+        embeddings,
+        processed_at=processed_at,
+        exif=read_exif(store, batch),
+        text=read_text(store, batch),
+    )
     return BatchRows(manifest, captions, embeddings, rows)
 
 
@@ -45,12 +53,15 @@ def batch_rows(
     embeddings: Embeddings,
     processed_at: datetime,
     exif: dict[str, ExifInfo] | None = None,
+    text: dict[str, TextItem] | None = None,
 ) -> list[dict]:
     """One row per upload; an image that failed anywhere upstream is a row with `error`, no caption or vector.
 
     EXIF describes the original file, so it is kept on error rows too; null where none was read.
+    The text read in the image (OCR) is null where it was not read (OCR off, not yet, or it failed).
     """
     exif = exif or {}
+    text = text or {}
     rows = []
     for u in manifest.uploads:
         c = captions.items.get(u.id, CaptionItem(None))
@@ -86,6 +97,7 @@ def batch_rows(
                 "gps_lat": x.gps_lat,
                 "gps_lon": x.gps_lon,
                 "orientation": x.orientation,
+                "ocr_text": t.text if (t := text.get(u.id)) is not None else None,
             }
         )
     return rows

@@ -8,7 +8,8 @@ from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition
 
 from dam_assets.config import SETTINGS
 
-batches_partitions_def = DynamicPartitionsDefinition(name="ingest_batches")
+BATCHES_PARTITIONS = "ingest_batches"
+batches_partitions_def = DynamicPartitionsDefinition(name=BATCHES_PARTITIONS)
 
 # A backfill from the UI (asset graph, asset page or the job's partitions) runs up to this many
 # batches per run: the models load once for all of them, and a GPU gets enough images per run. The

@@ -10,7 +10,7 @@ from dagster import (
 
 from dam_assets.ingest.draining import drain
 from dam_assets.ingest.jobs import enrich_batch_job
-from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.ingest.partitions import BATCHES_PARTITIONS, batches_partitions_def
 from dam_assets.resources import DamResource
 from dam_assets.run_queues import MODELS_QUEUE, QUEUE_TAG
 from dam_core.manifests import batch_key_time, batches_after
@@ -63,7 +63,7 @@ def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
         # Nothing to say, so no skip reason: `dam dev` prints only ticks that did something
         # (dam_cli/dagster_ui.py); the UI still lists every tick.
         return SensorResult()
-    missing = [k for k in pending if not context.instance.has_dynamic_partition(batches_partitions_def.name, k)]
+    missing = [k for k in pending if not context.instance.has_dynamic_partition(BATCHES_PARTITIONS, k)]
     context.log.info(
         f"drained {report.messages} message(s) into {len(report.batches)} batch(es); "
         f"{len(pending)} batch(es) pending, {len(missing)} new partition(s)"

@@ -86,7 +86,7 @@ _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStat
 def compact_assets_sensor(context: SensorEvaluationContext, dam: DamResource):
     table = dam.table.open()
     files = len(table.file_uris()) if table is not None else 0
-    if files <= dam.table.compact_max_files:
+    if table is None or files <= dam.table.compact_max_files:
         return SkipReason(f"{files} data files (compacts above {dam.table.compact_max_files})")
     if context.instance.get_runs(RunsFilter(job_name=compact_assets_job.name, statuses=_ACTIVE), limit=1):
         return SkipReason(f"{files} data files; a compaction is already running")

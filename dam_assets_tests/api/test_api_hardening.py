@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
+import http.client
+import io
 import os
+import re
 import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.faults.http import multipart_head, send_raw
@@ -209,8 +216,6 @@ def _hold_open_until_closed(url: str, lines: list[bytes], every: float, give_up:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_slow_request_head_is_disconnected_at_the_header_timeout(dam_api, workers):
     """The same in every worker process of `dam api --workers N` (each builds its protocol by name)."""
-    import http.client
-
     timeout = 2.0
     url, data_dir = dam_api("--workers", workers, DAM_HEADER_TIMEOUT_SECONDS=timeout)
     if workers != "1":  # and the workers serve the app itself, not just the socket
@@ -384,10 +389,6 @@ def test_a_public_address_is_served_with_a_key_or_the_explicit_flag(dam_api):
 
 def _large_png(seed: int) -> bytes:
     """A legal 6000x6000 PNG (a few hundred KiB on disk, ~100 MB of pixels to verify)."""
-    import io
-
-    from PIL import Image
-
     img = Image.new("RGB", (6000, 6000), (seed % 256, 80, 160))
     img.putpixel((seed, seed), (255, 255, 255))
     buf = io.BytesIO()
@@ -397,8 +398,6 @@ def _large_png(seed: int) -> bytes:
 
 def _peak_rss_during_burst(url: str, pid: int, bodies: list[bytes]) -> tuple[int, int, list[int]]:
     """Baseline RSS, peak RSS while `bodies` are uploaded at once, and their status codes."""
-    import psutil
-
     proc = psutil.Process(pid)
     baseline = proc.memory_info().rss
     peak, done = baseline, threading.Event()
@@ -447,8 +446,6 @@ def test_concurrent_validations_are_capped_so_a_burst_of_large_images_takes_one_
 
 
 def _pid_listening(url: str) -> int:
-    import psutil
-
     port = int(url.rsplit(":", 1)[1])
     for conn in psutil.net_connections("tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
@@ -541,8 +538,6 @@ def test_a_full_spool_folder_is_503_not_500(dam_api, tmp_path):
 
 def test_a_spool_write_error_is_503(make_settings, monkeypatch):
     """The same in-process, anywhere: the spool's rollover to disk fails with EDQUOT."""
-    import errno
-    import tempfile
 
     def over_quota(*args, **kwargs):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
@@ -636,8 +631,6 @@ def test_one_address_holds_at_most_its_share_of_connections(dam_api):
 
 def test_docs_load_no_script_from_elsewhere_without_integrity(make_settings):
     """Issue 22, 6f: /docs loaded swagger-ui-dist@5 (any 5.x) from a CDN with no integrity check."""
-    import re
-
     client = TestClient(create_app(make_settings()))
     page = client.get("/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text

@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
@@ -86,8 +87,6 @@ _SIGNATURES = [
 
 def test_arbitrary_file_bytes_never_cause_a_server_error(api):
     """The schema cannot describe image bytes: fuzz them here, with and without real signatures."""
-    from hypothesis import strategies as st
-
     app, _ = api
     client = TestClient(app, raise_server_exceptions=False)
     seen = Counter()

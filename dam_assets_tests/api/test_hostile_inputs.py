@@ -10,6 +10,7 @@ the body carries no stack trace and no configured secret.
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import random
 import struct
@@ -17,13 +18,21 @@ import zlib
 from dataclasses import dataclass
 
 import pytest
+import torch
+from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dam_assets_tests.conftest import jpeg_bytes, png_bytes
+from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.faults.http import chunked, multipart_head, send_raw
 from dam_assets_tests.faults.server import serve
+from dam_assets_tests.pipeline_harness import run_pending
+from dam_core.imaging import decode_with_exif
 from dam_core.messages import UploadMessage
+from dam_core.queue import RabbitQueue
+from dam_core.store import LocalStore
+from dam_core.table import make_table
+from dam_ingest_api import deps
 from dam_ingest_api.main import create_app
 from dam_ingest_api.multipart import MAX_PART_HEADER_BYTES
 
@@ -358,10 +367,6 @@ def test_missing_or_wrong_api_key_is_401(api, key):
 
 
 def test_api_key_is_compared_in_constant_time():
-    import inspect
-
-    from dam_ingest_api import deps
-
     assert "hmac.compare_digest" in inspect.getsource(deps.require_api_key)
 
 
@@ -442,8 +447,6 @@ def test_the_pixel_setting_is_the_limit_not_pillows_own(make_settings, tmp_path)
 
 def test_the_pipeline_decodes_up_to_the_pixel_setting_too():
     """The batch decode uses the same setting (it used 100 Mpx, and Pillow's 89 Mpx warned or refused)."""
-    from dam_core.imaging import decode_with_exif
-
     buf = io.BytesIO()
     Image.new("L", (9500, 9500), 77).save(buf, "PNG")
     image, _ = decode_with_exif(buf.getvalue(), max_pixels=100_000_000)
@@ -512,8 +515,6 @@ ODD_BUT_VALID = {
 
 @pytest.mark.slow
 def test_odd_but_valid_images_are_accepted_with_rotated_size_through_the_pipeline(api, tiny_models, monkeypatch):
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models; a second thread only waits on a busy machine
     try:
@@ -523,11 +524,6 @@ def test_odd_but_valid_images_are_accepted_with_rotated_size_through_the_pipelin
 
 
 def _odd_but_valid(api, tiny_models, monkeypatch):
-    from dagster import DagsterInstance
-
-    from dam_assets_tests.pipeline_harness import run_pending
-    from dam_core.table import make_table
-
     sent = {}
     for name, (build, mime, size) in ODD_BUT_VALID.items():
         r = api.client.post("/upload", files={"file": (f"{name}.bin", build(), "application/octet-stream")})
@@ -634,10 +630,6 @@ def test_error_bodies_never_leak_secrets_or_tracebacks(api, make_settings):
 
 def test_services_down_answer_503_without_secrets(make_settings):
     """Object store or queue unreachable: 503, nothing kept, and no credential in the body."""
-    from dam_assets_tests.conftest import free_port
-    from dam_core.queue import RabbitQueue
-    from dam_core.store import LocalStore
-
     store_secret, amqp_secret = "R2-SECRET-do-not-leak-91xq", "amqp-pw-do-not-leak-7zk"
     closed = free_port()  # nothing listens there
     settings = make_settings(

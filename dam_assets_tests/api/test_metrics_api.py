@@ -4,19 +4,30 @@ API key on the scrape; and DAM_METRICS=0 turning it all off."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+import dam_assets.metrics
+import dam_ingest_api.metrics
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.processes import start_dam_api, stop
+from dam_core.images import ImageRejected
 from dam_core.index.manifest import publish
 from dam_core.store import LocalStore
+from dam_ingest_api import metrics
+from dam_ingest_api.main import create_app
+from dam_ingest_api.metrics import REJECT_REASONS, image_reason
+from dam_ingest_api.request_metrics import RequestMetrics
 
 KEY = "metrics-test-key"
 MAX_UPLOAD = 300_000
@@ -148,8 +159,6 @@ def test_upload_counts_and_requests_by_route(api, tmp_path, workers):
     assert 0 <= value(m, "dam_search_index_age_seconds") < time.time() - built + 5
 
     if workers > 1:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         files = sorted(mp_dir.glob("counter_*.db"))
         assert mp_dir / "counter_1.db" not in files, "the stale file was not cleared at start"
         served = {  # requests each process answered, from its own file
@@ -167,10 +176,6 @@ def test_upload_counts_and_requests_by_route(api, tmp_path, workers):
 
 def test_metrics_off(make_settings):
     """DAM_METRICS=0: no /metrics route, no middleware, and recording calls do nothing."""
-    from dam_ingest_api import metrics
-    from dam_ingest_api.main import create_app
-    from dam_ingest_api.request_metrics import RequestMetrics
-
     try:
         app = create_app(make_settings(DAM_METRICS="0"))
         assert not any(m.cls is RequestMetrics for m in app.user_middleware)
@@ -187,9 +192,6 @@ def test_metrics_off(make_settings):
 
 
 def test_reasons_from_image_errors():
-    from dam_core.images import ImageRejected
-    from dam_ingest_api.metrics import REJECT_REASONS, image_reason
-
     cases = {
         (400, "the file is empty"): "empty",
         (415, "not a supported image: expected JPEG"): "not_an_image",
@@ -205,14 +207,6 @@ def test_reasons_from_image_errors():
 
 def test_docs_and_dashboard_name_real_metrics():
     """docs/metrics.md lists every metric of both modules; the Grafana dashboard queries only those."""
-    import json
-    import re
-
-    from prometheus_client import REGISTRY
-
-    import dam_assets.metrics
-    import dam_ingest_api.metrics
-
     docs = Path(__file__).resolve().parents[2] / "docs"
     ours = {  # counters without `_total`: the registry knows both spellings
         name.removesuffix("_total")

@@ -30,7 +30,7 @@ ITEM = [
     "thumbnail_url",
     "original_url",
 ]
-DETAIL = [*ITEM, "taken_at", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "orientation"]
+DETAIL = [*ITEM, "taken_at", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "orientation", "ocr_text"]
 UPLOAD = [
     "id",
     "filename",
@@ -48,7 +48,7 @@ UPLOAD = [
 COMPONENTS = {
     "AssetItem": ITEM,
     "AssetDetail": DETAIL,
-    "ScoredAsset": [*ITEM, "score"],
+    "ScoredAsset": [*ITEM, "score", "match"],
     "AssetPage": ["items", "next"],
     "SimilarAssets": ["items"],
     "NearDuplicates": ["threshold", "items"],

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pika
 import pytest
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
@@ -33,8 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _drain(rabbit_url: str, queue: str) -> list[bytes]:
     """Every message in the queue, taken and acked."""
-    import pika
-
     conn = pika.BlockingConnection(pika.URLParameters(rabbit_url))
     out = []
     try:

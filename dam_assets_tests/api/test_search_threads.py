@@ -11,6 +11,7 @@ import sys
 import threading
 
 import pytest
+import torch
 from dagster import materialize
 from fastapi.testclient import TestClient
 
@@ -40,8 +41,6 @@ with TestClient(create_app()) as client:
 
 def threads_of_a_new_thread() -> int:
     """torch's intra-op count as a thread that has not used torch yet (a request thread) gets it."""
-    import torch
-
     seen = []
     thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
     thread.start()
@@ -51,8 +50,6 @@ def threads_of_a_new_thread() -> int:
 
 @pytest.mark.system
 def test_search_leaves_torch_threads_alone_and_the_api_sets_one_at_start_up(make_settings, tiny_models, instance):
-    import torch
-
     env = make_settings(**tiny_models)
     client = TestClient(create_app(env))
     for seed in (1, 2):

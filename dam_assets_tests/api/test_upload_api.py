@@ -13,7 +13,9 @@ import zlib
 from dataclasses import dataclass, field
 
 import httpx
+import pika
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
@@ -117,8 +119,6 @@ class Backend:
     def queued(self) -> list[tuple[bytes, int | None]]:
         """Every message waiting on the queue as (body, delivery_mode); leaves them queued."""
         if isinstance(self.queue, RabbitQueue):
-            import pika
-
             conn = pika.BlockingConnection(pika.URLParameters(self.queue.url))
             try:
                 ch = conn.channel()
@@ -253,7 +253,7 @@ def test_several_files_in_one_request(backend):
     assert [it["filename"] for it in items] == ["a.jpg", "b.png", "c.gif"]
     assert all(it["status"] == "queued" for it in items)
     assert sorted(backend.assets()) == sorted(it["r2_key"] for it in items)
-    for (_, data, _), it in zip(files, items):
+    for (_, data, _), it in zip(files, items, strict=True):
         assert backend.store.get(it["r2_key"]) == data
     assert sorted(UploadMessage.from_json(raw).id for raw, _ in backend.queued()) == sorted(it["id"] for it in items)
     assert backend.depth() == 3
@@ -445,8 +445,6 @@ def test_health_and_readiness(backend):
 @contextlib.contextmanager
 def serve(app):
     """uvicorn for real, in a thread, on a free port."""
-    import uvicorn
-
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -11,6 +11,8 @@ import textwrap
 import pytest
 from dagster import AssetKey, Definitions
 
+from dam_assets.definitions import defs
+
 ASSETS = {
     "upload_batch": "ingest",
     "image_captions": "enrichment",
@@ -26,8 +28,6 @@ SENSORS = {"upload_queue_sensor", "orphan_sweep_sensor", "compact_assets_sensor"
 
 
 def test_every_asset_job_and_sensor_loads_with_a_description():
-    from dam_assets.definitions import defs
-
     Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import threading
 from datetime import UTC, datetime
 
 import pytest
 
+from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
 from dam_assets.enrichment.rows import MISSING_UPSTREAM, RowChecks, batch_rows
 from dam_assets.enrichment.stages.captions import CaptionItem, Captions, caption_batch, read_captions, write_captions
 from dam_assets.enrichment.stages.embeddings import (
@@ -21,9 +24,12 @@ from dam_assets.enrichment.stages.embeddings import (
 from dam_assets.enrichment.stages.thumbnails import thumbnail_batch
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_core.imaging import decode_batch
-from dam_core.layout import captions_stage_key, embeddings_stage_key, vector_key
+from dam_core.layout import captions_stage_key, embeddings_stage_key, thumbnail_key, vector_key
 from dam_core.messages import BatchManifest, UploadMessage
-from dam_core.store import LocalStore
+from dam_core.store import LocalStore, StoreError
+from dam_models.captioner import get_captioner
+from dam_models.embedder import get_embedder
+from dam_models.tagging import load_vocabulary
 
 BATCH = "20261124T101500Z-3fa2c1"
 GOOD, BROKEN, LATE = "a" * 32, "b" * 32, "c" * 32
@@ -126,10 +132,6 @@ def test_row_checks_see_bad_vectors_blank_captions_and_duplicates():
 
 def test_one_decoded_batch_with_an_unreadable_image(store, tiny_models):
     """Caption, embed and thumbnail a real decoded batch: the bad image carries its error everywhere."""
-    from dam_models.captioner import get_captioner
-    from dam_models.embedder import get_embedder
-    from dam_models.tagging import load_vocabulary
-
     good, clear, broken = upload(GOOD, ext="jpeg"), upload(LATE, ext="png"), upload(BROKEN, ext="jpeg")
     store.put(good.r2_key, jpeg_bytes(64, 48))
     store.put(clear.r2_key, png_bytes(40, 30))
@@ -166,14 +168,6 @@ def _pipeline_batch(store, n: int = 7) -> list[UploadMessage]:
 @pytest.mark.slow
 def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(store, tiny_models):
     """Chunks prepared on a thread ahead of the models: the same captions, vectors, tags and thumbnails."""
-    import functools
-
-    from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
-    from dam_core.layout import thumbnail_key
-    from dam_models.captioner import get_captioner
-    from dam_models.embedder import get_embedder
-    from dam_models.tagging import load_vocabulary
-
     uploads = _pipeline_batch(store)
     work = Enrichment(
         captioner=get_captioner(tiny_models["DAM_CAPTION_MODEL"], device="cpu", dtype="float32"),
@@ -198,17 +192,11 @@ def test_the_prefetching_step_yields_exactly_the_rows_of_the_sequential_one(stor
             other = got[1].items[uid]
             assert (other.error, other.tags) == (item.error, item.tags)
             if item.embedding is not None:
-                assert max(abs(a - b) for a, b in zip(item.embedding, other.embedding)) < 1e-5
+                assert max(abs(a - b) for a, b in zip(item.embedding, other.embedding, strict=True)) < 1e-5
 
 
 @pytest.mark.slow
 def test_a_failing_fetch_fails_the_step_and_stops_the_prefetch(store, tiny_models):
-    import threading
-
-    from dam_assets.enrichment.pipeline import Enrichment, enrich_chunks
-    from dam_core.store import StoreError
-    from dam_models.captioner import get_captioner
-
     uploads = _pipeline_batch(store)
     calls = []
 

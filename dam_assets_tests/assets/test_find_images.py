@@ -8,12 +8,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from dagster import materialize
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import dam_ingest_api.catalog.search as search_mod
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import resources, run_pending
@@ -222,7 +224,6 @@ def test_new_index_version_is_picked_up_without_restart(make_settings, tiny_mode
         a = post(client, jpeg_bytes(120, 120, seed=21), "a.jpg").json()
         run_pending(instance)
         build_index(instance)
-        import time
 
         deadline = time.monotonic() + 10
         while client.get(f"/assets/{a['id']}").json()["status"] != "processed":
@@ -265,8 +266,6 @@ def test_hnsw_path_serves_search_and_similar(make_settings, tiny_models, instanc
 
 def test_a_repeated_text_query_is_encoded_once(env, instance, monkeypatch):
     """The text encoder is most of a search's time: pages of one query reuse its vector (a bounded LRU)."""
-    import dam_ingest_api.catalog.search as search_mod
-
     monkeypatch.setattr(search_mod, "QUERY_CACHE_SIZE", 2)
     app = create_app(env)
     with TestClient(app) as client:

@@ -11,13 +11,16 @@ from datetime import UTC, datetime
 import pytest
 from dagster import AssetKey
 from fastapi.testclient import TestClient
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dam_assets_tests.conftest import jpeg_bytes
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_core.messages import UploadMessage
+from dam_core.metrics import scrape_registry
 from dam_core.queue import make_queue
 from dam_ingest_api.main import create_app
+from dam_models.loading import clear_cache
 
 STAGES = ("decode", "caption", "embed", "thumbnail", "write")
 
@@ -36,8 +39,6 @@ def snapshot() -> dict:
 
 
 def test_a_batch_run_records_enrichment_metrics(make_settings, tiny_models, instance):
-    from dam_models.loading import clear_cache
-
     settings = make_settings(**tiny_models)
     client = TestClient(create_app(settings))
     for i in range(3):
@@ -92,13 +93,9 @@ with metrics.stage("caption"):
 @pytest.mark.system
 def test_worker_metrics_add_up_over_processes(tmp_path):
     """Two run processes writing to one PROMETHEUS_MULTIPROC_DIR: the worker's scrape sums them."""
-    from prometheus_client import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     for outcome in ("success", "success", "failure"):
         subprocess.run([sys.executable, "-c", _CHILD, outcome], env=env, check=True, timeout=60)
-    from dam_core.metrics import scrape_registry
 
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
     try:

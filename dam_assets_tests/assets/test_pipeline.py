@@ -8,13 +8,20 @@ import os
 from datetime import UTC, datetime
 
 import pytest
+from dagster import AssetKey, materialize
 from fastapi.testclient import TestClient
 
+import dam_assets.config as config_module
+import dam_assets.enrichment.assets as assets_module
+from dam_assets.ingest.draining import drain
 from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.search.assets import search_segment
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import (
+    BATCH_ASSETS,
     dam_sql,
     materialize_batch,
+    resources,
     run_pending,
     tick,
 )
@@ -163,8 +170,6 @@ def test_manifest_without_partition_is_reconciled(env, instance):
     client = TestClient(create_app(env))
     sent = upload(client, jpeg_bytes(64, 64), "orphan.jpg")
     # Simulate the crashed tick: the queue is drained and the manifest written, nothing else.
-    from dam_assets.ingest.draining import drain
-
     report = drain(make_queue(env), store, batch_size=8, budget_seconds=5)
     (orphan,) = [b.batch for b in report.batches]
     assert not instance.has_dynamic_partition(batches_partitions_def.name, orphan)
@@ -182,9 +187,6 @@ def test_write_manifest_never_overwrites(env):
 
 
 def test_changing_caption_model_changes_code_version(make_settings, monkeypatch):
-    import dam_assets.config as config_module
-    import dam_assets.enrichment.assets as assets_module
-
     def load():  # a code location (re)loading: settings read once, then the definitions
         importlib.reload(config_module)
         return importlib.reload(assets_module)
@@ -203,11 +205,6 @@ def test_changing_caption_model_changes_code_version(make_settings, monkeypatch)
 
 def test_a_backfill_run_holds_several_batches(make_settings, tiny_models, instance):
     """What a backfill launched from the asset graph runs (BackfillPolicy.multi_run): one run over a range of batches."""
-    from dagster import AssetKey, materialize
-
-    from dam_assets.search.assets import search_segment
-    from dam_assets_tests.pipeline_harness import BATCH_ASSETS, resources
-
     settings = make_settings(**tiny_models, DAM_BATCH_SIZE="1")
     client = TestClient(create_app(settings))
     sent = {upload(client, jpeg_bytes(200 + 40 * i, 150, seed=i), f"{i}.jpg")["id"] for i in range(3)}

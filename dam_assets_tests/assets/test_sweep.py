@@ -8,10 +8,13 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from dagster import DefaultSensorStatus, SkipReason, build_sensor_context
 from fastapi.testclient import TestClient
 
+from dam_assets.definitions import defs
 from dam_assets.maintenance.sweep import sweep_orphans
 from dam_assets_tests.conftest import free_port, jpeg_bytes
+from dam_assets_tests.pipeline_harness import resources
 from dam_core.layout import manifest_key, upload_marker_key
 from dam_core.messages import BatchManifest, UploadMessage
 from dam_core.queue import make_queue
@@ -125,11 +128,6 @@ def test_a_failed_upload_leaves_an_orphan_that_a_retry_makes_young_and_keeps(mak
 
 
 def test_the_sweep_is_a_dagster_sensor_that_removes_orphans(make_settings, instance):
-    from dagster import DefaultSensorStatus, SkipReason, build_sensor_context
-
-    from dam_assets.definitions import defs
-    from dam_assets_tests.pipeline_harness import resources
-
     settings = make_settings(DAM_ORPHAN_GRACE_SECONDS="60")
     store = make_store(settings)
     orphan, marked = "c" * 32, "d" * 32

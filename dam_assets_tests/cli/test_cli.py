@@ -22,7 +22,15 @@ from fastapi.testclient import TestClient
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_assets_tests.processes import stop
+from dam_cli.dev import prepare_dagster_home
+from dam_core.images import FORMATS, file_suffixes
 from dam_core.index.write import build_index, write_index
+from dam_core.settings import load_settings
+from dam_core.store import LocalStore, make_store
+from dam_core.table import make_table
+from dam_ingest_api.main import create_app
+from dam_models.tagging import load_vocabulary
+from dam_models.tiny import CLIP_PROJECTION_DIM
 
 REPO = Path(__file__).resolve().parents[2]
 DAM = str(Path(sys.executable).parent / "dam")
@@ -48,7 +56,6 @@ def test_default_data_folder_is_per_user_not_per_directory(make_settings, monkey
     monkeypatch.delenv("DAM_DATA_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    from dam_core.settings import load_settings
 
     monkeypatch.chdir(tmp_path)
     assert load_settings().data_dir == tmp_path / "home" / ".local" / "share" / "dam"
@@ -63,10 +70,6 @@ def test_default_data_folder_is_per_user_not_per_directory(make_settings, monkey
 @pytest.mark.system
 @pytest.mark.timeout(600)
 def test_dam_sql_and_search_read_the_same_data_from_any_folder(make_settings, tiny_models, instance, tmp_path):
-    from dam_core.store import make_store
-    from dam_core.table import make_table
-    from dam_ingest_api.main import create_app
-
     # The pipeline writes where a user's `dam dev` would: the per-user folder under XDG_DATA_HOME.
     settings = make_settings(**tiny_models, DAM_DATA_DIR=str(tmp_path / "xdg" / "dam"))
     with TestClient(create_app(settings)) as client:
@@ -157,9 +160,6 @@ def test_sql_piped_into_head_exits_quietly(tmp_path):
 
 @pytest.mark.system
 def test_search_piped_into_head_exits_quietly(tmp_path, tiny_models):
-    from dam_core.store import LocalStore
-    from dam_models.tiny import CLIP_PROJECTION_DIM
-
     n = 1500
     now = datetime.now(UTC)
     items = pa.table(
@@ -266,8 +266,6 @@ def test_upload_counts_exact_duplicates_as_already_present(api, tmp_path):
 
 
 def test_upload_suffixes_come_from_the_supported_formats():
-    from dam_core.images import FORMATS, file_suffixes
-
     assert {ext for _, ext in FORMATS.values()} <= file_suffixes()
     assert {".jpeg", ".jpe", ".tif"} <= file_suffixes()
     assert not re.search(r"\{\s*\"\.jpg\"", "".join(p.read_text() for p in (REPO / "dam_cli").glob("*.py")))
@@ -279,8 +277,6 @@ def test_upload_suffixes_come_from_the_supported_formats():
 def test_dam_dev_refreshes_the_dagster_yaml_it_wrote_and_keeps_a_hand_edited_one(
     make_settings, monkeypatch, tmp_path, capsys
 ):
-    from dam_cli.dev import prepare_dagster_home
-
     settings = make_settings(DAM_DATA_DIR=str(tmp_path / "data"))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     project = (REPO / "dagster.yaml").read_text()
@@ -327,7 +323,5 @@ def test_dam_dev_refreshes_the_dagster_yaml_it_wrote_and_keeps_a_hand_edited_one
 
 
 def test_docs_state_the_tag_vocabulary_size_the_code_loads():
-    from dam_models.tagging import load_vocabulary
-
     counts = re.findall(r"vocabulary of (\d+) everyday subjects", (REPO / "docs" / "http-api.md").read_text())
     assert counts == [str(len(load_vocabulary()))]

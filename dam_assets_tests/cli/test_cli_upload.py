@@ -14,6 +14,8 @@ import pytest
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
 from dam_assets_tests.processes import stop
+from dam_core.queue import EmbeddedQueue
+from dam_core.store import LocalStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAM = str(Path(sys.executable).parent / "dam")
@@ -94,9 +96,6 @@ def test_dam_upload_a_folder(api, tmp_path):
     assert failure["error"].startswith("415")
 
     # The API kept exactly the five originals, byte for byte, and queued five messages.
-    from dam_core.queue import EmbeddedQueue
-    from dam_core.store import LocalStore
-
     store = LocalStore(data_dir / "store")
     for u in out["uploaded"]:
         rel = Path(u["path"]).relative_to(folder).as_posix()

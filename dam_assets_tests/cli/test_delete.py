@@ -24,7 +24,7 @@ from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.pipeline_harness import BATCH_ASSETS, resources, tick
 from dam_assets_tests.processes import stop
 from dam_core import layout
-from dam_core.store import make_store
+from dam_core.store import LocalStore, make_store
 from dam_core.table import make_table
 from dam_core.tombstones import is_deleted, list_tombstones, read_tombstone, write_tombstone
 from dam_ingest_api.main import create_app
@@ -98,8 +98,6 @@ def wait_for(check, timeout: float = 30.0, what: str = "condition"):
 
 
 def test_a_tombstone_hides_uploads_up_to_its_time_only(tmp_path):
-    from dam_core.store import LocalStore
-
     store = LocalStore(tmp_path / "store")
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     asset = "ab" * 16

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from dam_assets_tests.conftest import jpeg_bytes, png_bytes
+from dam_assets_tests.pipeline_harness import run_pending
 from dam_core.budget import Budget, OverBudget
 from dam_core.imaging import decode
 from dam_core.layout import thumbnail_key
@@ -221,8 +222,6 @@ def test_batch_of_large_pngs_runs_in_bounded_memory(make_settings, tiny_models, 
 
 
 def test_image_over_the_pixel_budget_is_an_error_row_and_its_batch_mates_succeed(make_settings, tiny_models, instance):
-    from dam_assets_tests.pipeline_harness import run_pending
-
     settings = make_settings(**tiny_models, DAM_DECODE_PIXEL_BUDGET="5000000")
     client = TestClient(create_app(settings))
     wide = Image.new("RGB", (3000, 2000), (30, 120, 200))  # 6 M pixels: legal upload, over this budget

@@ -359,7 +359,7 @@ def test_truncated_heif_and_avif_are_422(fmt, keep):
 def test_every_format_is_turned_upright_once(fmt):
     """JPEG and AVIF (irot read back as EXIF) are turned by the decode, HEIF by libheif: never twice."""
     corner = picture((480, 320)).getpixel((20, 20))  # the top-left of the picture as drawn
-    near = lambda a, b: all(abs(x - y) <= 6 for x, y in zip(a, b))  # noqa: E731  (lossy codecs)
+    near = lambda a, b: all(abs(x - y) <= 6 for x, y in zip(a, b, strict=True))  # noqa: E731  (lossy codecs)
     turned = decode_with_exif(encode(fmt, camera_exif(orientation=3), size=(480, 320)))[0]
     assert turned.size == (480, 320) and near(turned.getpixel((459, 299)), corner)  # 180°: bottom right
     turned = decode_with_exif(encode(fmt, camera_exif(orientation=6), size=(480, 320)))[0]
@@ -560,8 +560,15 @@ def test_heic_avif_and_jpeg_with_gps_end_to_end(make_settings, tiny_models, inst
     }
     assert set(rows) == set(files)
     expected_size = {"IMG_0001.HEIC": (320, 480), "holiday.avif": (480, 320), "gps.jpg": (320, 480)}
+    expected_mime = {
+        "IMG_0001.HEIC": "image/heic",
+        "holiday.avif": "image/avif",
+        "gps.jpg": "image/jpeg",
+        "plain.jpg": "image/jpeg",
+    }
     for name, (mime, error, width, height, taken, make, model, lens, lat, lon, orientation) in rows.items():
         assert error is None, (name, error)
+        assert mime == expected_mime[name], (name, mime)
         if name == "plain.jpg":
             assert (taken, make, model, lens, lat, lon, orientation) == (None,) * 7
             continue
@@ -569,7 +576,6 @@ def test_heic_avif_and_jpeg_with_gps_end_to_end(make_settings, tiny_models, inst
         assert taken == TAKEN_UTC and (make, model, lens) == ("Canon", "EOS R5", "RF24-70mm F2.8 L IS USM")
         assert math.isclose(lat, LAT) and math.isclose(lon, LON)
         assert orientation == {"IMG_0001.HEIC": 6, "holiday.avif": 3, "gps.jpg": 8}[name]
-    assert rows["IMG_0001.HEIC"][0] == "image/heic" and rows["holiday.avif"][0] == "image/avif"
 
     store = app.state.dam.store
     for name, s in sent.items():

@@ -6,6 +6,7 @@ Real table files (dam_core.table.write_batch) and a real local store; no mocks.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -238,7 +239,6 @@ def test_a_crash_before_the_pointer_leaves_the_previous_version_served(env, monk
 def test_concurrent_writers_lose_no_batch(env):
     """Two batch runs publishing at once: compare-and-swap on the version, so both batches are served."""
     settings, store = env
-    import threading
 
     batches = random_batches(8, 3)
     for key, rows in batches:

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pika
 import pytest
 
 from dam_assets_tests.conftest import free_port
@@ -122,8 +124,6 @@ def test_ping_and_describe(queue):
 
 
 def test_publish_is_thread_safe(queue):
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: queue.publish(_msg(i)), range(40)))
     assert queue.depth() == 40
@@ -197,8 +197,6 @@ def test_embedded_queue_dead_letters_survive_a_restart(tmp_path):
 
 
 def test_rabbitmq_messages_are_persistent_and_queue_durable(rabbit_url, queue_name):
-    import pika
-
     q = RabbitQueue(rabbit_url, queue_name)
     try:
         q.publish(_msg(42))
@@ -228,8 +226,6 @@ def test_rabbitmq_messages_are_persistent_and_queue_durable(rabbit_url, queue_na
 
 
 def test_rabbitmq_dead_letter_is_persistent(rabbit_url, queue_name):
-    import pika
-
     q = RabbitQueue(rabbit_url, queue_name)
     q.publish(b"bad")
     with q.consumer() as c:

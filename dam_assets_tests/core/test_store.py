@@ -9,6 +9,7 @@ import pytest
 
 from dam_assets_tests.conftest import free_port
 from dam_core.store import (
+    EXPECT_CONTINUE_MIN_BYTES,
     KeyNotFound,
     LocalStore,
     ObjectStore,
@@ -111,14 +112,14 @@ def test_create_race_exactly_one_wins(store):
         results: dict[int, bool] = {}
         errors: list[BaseException] = []
 
-        def writer(i):
+        def writer(i, key, barrier, results, errors):  # this round's, passed in: the threads run in it
             try:
                 barrier.wait()
                 results[i] = store.create(key, f"writer-{i}".encode() * 1000)
             except BaseException as err:  # pragma: no cover - reported below
                 errors.append(err)
 
-        threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=writer, args=(i, key, barrier, results, errors)) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -143,8 +144,14 @@ def test_invalid_keys_raise_value_error(store, key):
     assert list(store.list("")) == []
 
 
+def source_failure(store) -> type[Exception]:
+    """What put raises when the data being written fails: the local store hands on the source's own
+    error (the client went away: not the store's fault), the S3 store wraps whatever botocore raised."""
+    return ConnectionResetError if isinstance(store, LocalStore) else StoreError
+
+
 def test_failed_stream_leaves_nothing_visible(store):
-    with pytest.raises(Exception):
+    with pytest.raises(source_failure(store)):
         store.put("assets/partial.jpg", FailingReader(b"x" * 50_000))
     assert not store.exists("assets/partial.jpg")
     with pytest.raises(KeyNotFound):
@@ -154,7 +161,7 @@ def test_failed_stream_leaves_nothing_visible(store):
 
 def test_failed_overwrite_keeps_the_old_bytes(store):
     store.put("assets/keep.jpg", b"old bytes")
-    with pytest.raises(Exception):
+    with pytest.raises(source_failure(store)):
         store.put("assets/keep.jpg", FailingReader(b"y" * 50_000))
     assert store.get("assets/keep.jpg") == b"old bytes"
     assert list(store.list("")) == ["assets/keep.jpg"]
@@ -221,8 +228,6 @@ def test_s3_ping_missing_bucket_raises_store_error(make_settings, s3_env):
 def test_s3_file_bodies_skip_the_100_continue_round_trip_unless_large(make_settings, s3_env):
     """An image body goes with its headers; only a body of EXPECT_CONTINUE_MIN_BYTES or more waits
     for the server's `100 Continue` first (botocore's default for every file body)."""
-    from dam_core.store import EXPECT_CONTINUE_MIN_BYTES
-
     store = make_store(make_settings(**s3_env))
     sent = []
     store.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(dict(request.headers)))

@@ -15,6 +15,12 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime
+
+from dam_core import queue as q
+from dam_core.messages import UploadMessage
+from dam_core.queue import EmbeddedQueue
+from dam_core.store import LocalStore, S3Store
 
 
 def die(reason: str) -> None:
@@ -22,19 +28,14 @@ def die(reason: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _stores():
-    from dam_core.store import LocalStore, S3Store
-
-    return (LocalStore, S3Store)
+STORES = (LocalStore, S3Store)
 
 
 def tick(home: str, step: str, cursor: str | None) -> None:
     """One upload-sensor evaluation, killed before the manifest, before the ack, or before
     the daemon would store its partitions (after the tick function returned)."""
-    from dam_core import queue as q
-
     if step == "before_manifest":
-        for cls in _stores():
+        for cls in STORES:
             original = cls.create
 
             def create(self, key, data, content_type=None, _original=original):
@@ -53,6 +54,7 @@ def tick(home: str, step: str, cursor: str | None) -> None:
     elif step not in ("before_partition", "none"):
         raise SystemExit(f"unknown step {step}")
 
+    # dagster and the code location only in the entry points that run them: `put` and `publish` start fast.
     from dagster import DagsterInstance, build_sensor_context
 
     from dam_assets.ingest.partitions import batches_partitions_def
@@ -74,7 +76,7 @@ def tick(home: str, step: str, cursor: str | None) -> None:
 def run(home: str, batch: str, prefix: str, nth: int) -> None:
     """Materialize one batch, killed right after the nth object under `prefix` was written."""
     seen = {"n": 0}
-    for cls in _stores():
+    for cls in STORES:
         original = cls.put
 
         def put(self, key, data, content_type=None, _original=original):
@@ -86,7 +88,7 @@ def run(home: str, batch: str, prefix: str, nth: int) -> None:
 
         cls.put = put
 
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance  # lazily, as in tick
 
     from dam_assets_tests.pipeline_harness import materialize_batch
 
@@ -111,8 +113,6 @@ class _Endless:
 
 
 def put(root: str, key: str, total_mib: int, kill_after_mib: int, mode: str = "put") -> None:
-    from dam_core.store import LocalStore
-
     store = LocalStore(root)
     data = _Endless(total_mib << 20, kill_after_mib << 20)
     if mode == "create":
@@ -124,8 +124,6 @@ def put(root: str, key: str, total_mib: int, kill_after_mib: int, mode: str = "p
 
 def publish(directory: str, name: str, count: int) -> None:
     """Publish `count` messages, printing each index once publish() returned (the confirm)."""
-    from dam_core.queue import EmbeddedQueue
-
     queue = EmbeddedQueue(directory, name)
     for i in range(count):
         queue.publish(message(i))
@@ -134,10 +132,6 @@ def publish(directory: str, name: str, count: int) -> None:
 
 
 def message(i: int) -> bytes:
-    from datetime import UTC, datetime
-
-    from dam_core.messages import UploadMessage
-
     asset_id = f"{i:032x}"
     return UploadMessage(
         id=asset_id,

@@ -7,12 +7,12 @@ import socket
 import threading
 import time
 
+import uvicorn
+
 
 @contextlib.contextmanager
 def serve(app, **config):
     """Yield the base URL of `app` served by uvicorn on 127.0.0.1; stop it afterwards."""
-    import uvicorn
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

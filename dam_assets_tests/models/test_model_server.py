@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dam_assets.resources import ModelsResource
+from dam_assets_tests.conftest import jpeg_bytes
+from dam_cli import dev
+from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
+from dam_core.store import LocalStore
 from dam_models.serving import RemoteCaptioner, ServerUnavailable, connect
 
 
@@ -116,13 +124,6 @@ RUN = textwrap.dedent("""
 @pytest.mark.system
 def test_a_run_process_on_served_models_never_imports_torch(served, tmp_path):
     """What a fresh `dagster dev` run process does per batch: its step, on the served models."""
-    import hashlib
-    from datetime import UTC, datetime
-
-    from dam_assets_tests.conftest import jpeg_bytes
-    from dam_core.messages import UploadMessage
-    from dam_core.store import LocalStore
-
     sock, _, env = served
     store = LocalStore(tmp_path / "store")
     uploads = []
@@ -167,10 +168,6 @@ def test_a_run_process_on_served_models_never_imports_torch(served, tmp_path):
 
 def test_dam_dev_retries_a_failing_model_server_ever_less_often(monkeypatch, tmp_path):
     """A server that cannot load its models (offline hub, missing folder) must not reload them every few seconds."""
-    import shutil
-
-    from dam_cli import dev
-
     clock = [1000.0]
     monkeypatch.setattr(dev.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(dev, "bin_path", lambda name: shutil.which("false"))  # a server that fails at once
@@ -182,7 +179,7 @@ def test_dam_dev_retries_a_failing_model_server_ever_less_often(monkeypatch, tmp
         server.proc.wait()
         server.supervise()
         clock[0] += 1.0
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) <= 11, starts  # after 10, 20, 40, 80, 160, then every 300 s: not 200 tries every 10 s
     assert gaps == sorted(gaps) and max(gaps) <= dev.ModelServer.LAST_RETRY + 2
     server.stop()

@@ -7,15 +7,31 @@ teacher-forced next-token logits (cosine and top-1 agreement) except on the exac
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers import BlipForConditionalGeneration
 
+from dam_assets.enrichment.assets import caption_code_version, embedding_code_version
+from dam_assets.enrichment.stages.captions import caption_batch
+from dam_assets.enrichment.stages.embeddings import embed_batch
+from dam_assets_tests.conftest import jpeg_bytes
+from dam_core.imaging import decode_batch
+from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
+from dam_core.store import LocalStore
 from dam_models import openvino_blip
 from dam_models.captioner import get_captioner
 from dam_models.embedder import get_embedder
 from dam_models.loading import clear_cache
+from dam_models.runtime import resolve_quantize, resolve_runtime
 from dam_models.tiny import write_tiny_models
 from dam_models.versions import caption_version
 
@@ -105,9 +121,6 @@ def _converted(cache) -> list:
 
 @pytest.mark.slow
 def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_path, images, monkeypatch):
-    import torch
-    from transformers import BlipForConditionalGeneration
-
     blip, _ = write_tiny_models(tmp_path / "m")
     cache = tmp_path / "cache"
     first = get_captioner(
@@ -145,8 +158,6 @@ def test_a_second_load_converts_nothing_and_a_model_change_converts_again(tmp_pa
 
 
 def test_dtype_and_runtime_change_the_assets_code_versions(tmp_path):
-    from dam_assets.enrichment.assets import caption_code_version, embedding_code_version
-
     base = dict(dam_data_dir=tmp_path)
     settings = {
         key: Settings(**base, **extra)
@@ -170,8 +181,6 @@ def test_dtype_and_runtime_change_the_assets_code_versions(tmp_path):
 
 @pytest.mark.slow
 def test_code_version_is_the_loaded_models_version(models, cache, tmp_path):
-    from dam_assets.enrichment.assets import caption_code_version, embedding_code_version
-
     s = Settings(
         dam_data_dir=tmp_path,
         dam_caption_model=models[0],
@@ -191,7 +200,6 @@ def test_runtime_setting_is_validated(tmp_path):
         Settings(dam_data_dir=tmp_path, dam_runtime="tensorrt")
     with pytest.raises(ValueError, match="auto, none or int8"):
         Settings(dam_data_dir=tmp_path, dam_quantize="int4")
-    from dam_models.runtime import resolve_quantize, resolve_runtime
 
     with pytest.raises(ValueError, match="CPU only"):
         resolve_runtime("openvino", "cuda")
@@ -203,10 +211,6 @@ def test_runtime_setting_is_validated(tmp_path):
 @pytest.mark.system
 def test_dam_models_prepare_converts_once(models, tmp_path):
     """The CLI a user (and `dam dev`, `dam worker --preload`) runs: converts, then finds the conversions."""
-    import os
-    import subprocess
-    import sys
-
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -244,16 +248,6 @@ def test_dam_models_prepare_converts_once(models, tmp_path):
 def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime(
     models, cache, tmp_path, runtime, dtype, quantize
 ):
-    import hashlib
-    from datetime import UTC, datetime
-
-    from dam_assets.enrichment.stages.captions import caption_batch
-    from dam_assets.enrichment.stages.embeddings import embed_batch
-    from dam_assets_tests.conftest import jpeg_bytes
-    from dam_core.imaging import decode_batch
-    from dam_core.messages import UploadMessage
-    from dam_core.store import LocalStore
-
     store, uploads = LocalStore(tmp_path / "store"), []
     for i in range(3):
         data = jpeg_bytes(80 + 10 * i, 60, seed=i)

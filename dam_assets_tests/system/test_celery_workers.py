@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
+import pika
 import pytest
 import yaml
 from dagster import (
@@ -30,10 +32,12 @@ from dagster import (
     RunsFilter,
 )
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from dam_assets.celery_launcher import WORKER_PID_TAG, WORKER_TAG
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.faults.proxy import TcpProxy
+from dam_assets_tests.processes import wait_http
 from dam_core.table import make_table
 from dam_ingest_api.main import create_app
 
@@ -105,8 +109,6 @@ def row_counts(settings) -> tuple[int, int, set]:
 @pytest.fixture
 def prod_home(tmp_path, rabbit_url):
     """$DAGSTER_HOME with dagster.prod.yaml, its queues prefixed so parallel tests never share one."""
-    import pika
-
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -141,9 +143,6 @@ def prod_env(prod_home, pg_url, tiny_models, make_settings, s3_env, rabbit_url, 
 
 def scrape_worker(port: int) -> dict:
     """Every sample of a worker's metrics port as {(name, sorted labels): value}."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -402,8 +401,6 @@ query($id: String!) {
 
 
 def graphql(port: int, query: str, variables: dict) -> dict:
-    import httpx
-
     body = httpx.post(
         f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables}, timeout=60
     ).json()
@@ -414,9 +411,6 @@ def graphql(port: int, query: str, variables: dict) -> dict:
 @pytest.mark.timeout(300)
 def test_graphql_backfill_of_every_partition_runs_on_the_workers(tmp_path, prod_home, prod_env, s3_env):
     """The UI's backfill of every batch (a model change made them all stale) re-runs them on warm workers."""
-    from dam_assets_tests.conftest import free_port
-    from dam_assets_tests.processes import wait_http
-
     home, _ = prod_home
     settings, env = prod_env
     port = free_port()

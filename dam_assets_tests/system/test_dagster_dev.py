@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dagster import AssetKey, DagsterInstance
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.pipeline_harness import dam_sql
@@ -105,8 +106,6 @@ def test_dam_dev_runs_the_pipeline_and_stops_on_ctrl_c(tmp_path, tiny_models, ma
         assert found[0]["error"] is None and found[0]["caption"]
 
         # The run used the warm models of the model server `dam dev` started, not models of its own.
-        from dagster import AssetKey, DagsterInstance
-
         with DagsterInstance.from_config(str(tmp_path / "data" / "dagster")) as instance:
             event = instance.get_latest_materialization_event(AssetKey("image_captions"))
         metadata = event.asset_materialization.metadata

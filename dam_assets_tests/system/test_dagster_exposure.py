@@ -11,10 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster_webserver.cli as webserver_cli
 import httpx
 import psutil
 import pytest
 import yaml
+from dagster import DagsterInstance
+from dagster._config import Shape, validate_config
+from dagster._core.instance.config import dagster_instance_config_schema
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
@@ -170,9 +174,8 @@ def test_the_environment_of_dagster_dev(monkeypatch):
     exposed = dagster_env(base, "0.0.0.0", read_only=True)
     assert allowed_hosts(exposed) is None  # exposed on purpose: the proxy in front checks Host
     assert exposed["DAGSTER_WEBSERVER_READ_ONLY"] == "true"
-    # dagster-webserver (started by `dagster dev` with our environment) turns it into --read-only.
-    import dagster_webserver.cli as webserver_cli
 
+    # dagster-webserver (started by `dagster dev` with our environment) turns it into --read-only.
     def read_only() -> bool:
         ctx = webserver_cli.dagster_webserver.make_context(
             "dagster-webserver", ["-w", str(REPO / "workspace.yaml")], auto_envvar_prefix="DAGSTER_WEBSERVER"
@@ -195,9 +198,6 @@ def test_the_installed_dagster_takes_the_webserver_hooks():
 
 @pytest.mark.parametrize("name", ["dagster.yaml", "dagster.prod.yaml"])
 def test_the_community_dialog_is_off_in_both_instance_configs(name):
-    from dagster._config import Shape, validate_config
-    from dagster._core.instance.config import dagster_instance_config_schema
-
     config = yaml.safe_load((REPO / name).read_text())
     assert config["nux"] == {"enabled": False}
     schema = dagster_instance_config_schema()
@@ -205,8 +205,6 @@ def test_the_community_dialog_is_off_in_both_instance_configs(name):
 
 
 def test_the_local_instance_has_nux_disabled(tmp_path, monkeypatch):
-    from dagster import DagsterInstance
-
     home = tmp_path / "dagster"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")

@@ -24,11 +24,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
+import persistqueue
+import pika
 import pytest
+import torch
 from dagster import DagsterInstance, materialize
 from fastapi.testclient import TestClient
+from persistqueue.serializers import json as json_serializer
 
+import dam_core.table
 from dam_assets.ingest.partitions import batches_partitions_def
 from dam_assets.resources import DamResource
 from dam_assets_tests.conftest import jpeg_bytes
@@ -59,8 +65,6 @@ REPO = Path(__file__).resolve().parents[2]
 def one_torch_thread():
     """Tiny models gain nothing from a second thread, and on a busy 2-core machine torch's
     thread barriers wait for time slices on every op (runs 5-20x slower)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -133,7 +137,6 @@ def wait_until_released(settings, timeout: float = 15) -> None:
     """RabbitMQ requeues a dead consumer's messages once it noticed the closed socket."""
     if not settings.uses_rabbitmq:
         return
-    import pika
 
     deadline = time.monotonic() + timeout
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
@@ -200,8 +203,6 @@ def assert_every_manifest_has_a_partition(settings, instance) -> None:
 
 def _peek_persistent(settings, broker_url: str) -> dict[str, int]:
     """Every message in the queue, by upload id -> delivery mode; left in the queue."""
-    import pika
-
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     out: dict[str, int] = {}
     try:
@@ -221,8 +222,6 @@ def _content_id(data: bytes) -> str:
 
 
 def _burst(url: str, blobs: list[bytes], spacing: float) -> list[tuple[int, dict, float]]:
-    import httpx
-
     def send(i):
         time.sleep(i * spacing)
         t = time.monotonic()
@@ -466,8 +465,6 @@ def _failure_text(result) -> str:
     ids=["table-write-breaks-midway", "second-vector-put-refused"],
 )
 def test_store_write_fault_fails_the_run_and_a_retry_succeeds(settings, instance, prefix, nth, how, monkeypatch):
-    import dam_core.table
-
     monkeypatch.setattr(dam_core.table, "write_deltalake", _flaky_table_write(dam_core.table.write_deltalake))
     client = TestClient(create_app(settings))
     sent = upload_all(client, images(3, seed=30 + nth))
@@ -548,9 +545,6 @@ BAD_MESSAGES = {
 
 def _inject_raw_embedded(settings, rows: list) -> None:
     """Rows written into the embedded queue's SQLite by something other than publish()."""
-    import persistqueue
-    from persistqueue.serializers import json as json_serializer
-
     q = persistqueue.SQLiteAckQueue(
         str(settings.data_dir / "queue"),
         db_file_name=f"{settings.dam_queue}.sqlite",

@@ -7,9 +7,11 @@ import shutil
 import threading
 import time
 
+import httpx
 import pytest
 import uvicorn
 from dagster import DagsterInstance, materialize
+from playwright.sync_api import expect, sync_playwright
 
 from dam_assets.search.assets import search_index
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
@@ -42,7 +44,6 @@ def serving(app):
 def served(make_settings, tiny_models, tmp_path):
     """The real app on a real port, with three processed images and a fresh index."""
     settings = make_settings(**tiny_models, DAM_INDEX_POLL_SECONDS="0.5", DAM_TAG_THRESHOLD="0", DAM_TAGS_TOP_K="2")
-    import httpx
 
     with serving(create_app(settings)) as base:
         for i, (w, h, color) in enumerate(
@@ -63,8 +64,6 @@ def served(make_settings, tiny_models, tmp_path):
 
 
 def test_gallery_search_detail_and_upload(served):
-    from playwright.sync_api import expect, sync_playwright
-
     base, process, tmp_path = served
     upload_file = tmp_path / "dropped.png"
     upload_file.write_bytes(png_bytes(220, 160))
@@ -127,8 +126,6 @@ def test_gallery_search_detail_and_upload(served):
 
 
 def test_empty_gallery_and_no_results_states(make_settings):
-    from playwright.sync_api import expect, sync_playwright
-
     with serving(create_app(make_settings())) as base, sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -152,8 +149,6 @@ NARROW_LAYOUT = """() => {
 
 def test_a_phone_wide_viewport_has_no_horizontal_overflow(make_settings):
     """At 390 px (a phone) nothing is wider than the screen; the key and upload controls are on it."""
-    from playwright.sync_api import expect, sync_playwright
-
     app = create_app(make_settings(DAM_API_KEY="narrow-key"))  # the page asks for the key at once
 
     def assert_fits(page, what: str, *controls: str) -> None:

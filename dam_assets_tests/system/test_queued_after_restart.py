@@ -7,12 +7,19 @@ import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.processes import start_dam_api, stop
+from dam_core.layout import MARKERS_PREFIX
+from dam_core.markers import write_marker
+from dam_core.messages import UploadMessage
+from dam_core.store import LocalStore
+from dam_ingest_api.catalog.deleted import DeletedAssets
+from dam_ingest_api.catalog.pending import PendingUploads
 
 POLL_SECONDS = 2  # DAM_INDEX_POLL_SECONDS here: the shortest wait between two marker scans
 # The README's bound, on a store this small: the first marker scan starts with the API (a few ms
@@ -103,14 +110,6 @@ def test_every_worker_lists_what_another_accepted(dam_api):
 def test_the_scan_reads_only_markers_the_index_lacks(tmp_path):
     """A marker scan lists `uploads/` once and reads only the markers of ids not indexed (here
     none is): a restart with a million processed uploads does not read a million markers."""
-    from datetime import UTC, datetime
-
-    from dam_core.layout import MARKERS_PREFIX
-    from dam_core.markers import write_marker
-    from dam_core.messages import UploadMessage
-    from dam_core.store import LocalStore
-    from dam_ingest_api.catalog.deleted import DeletedAssets
-    from dam_ingest_api.catalog.pending import PendingUploads
 
     class CountingStore(LocalStore):
         gets: list[str] = []

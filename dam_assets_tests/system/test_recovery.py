@@ -23,10 +23,14 @@ import httpx
 import psutil
 import pytest
 import yaml
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, GraphDefinition, RunsFilter
+from dagster._core.events import EngineEventData
+from dagster._core.launcher import WorkerStatus
+from dagster._core.storage.tags import GRPC_INFO_TAG
 from fastapi.testclient import TestClient
 
 from dam_assets.ingest.partitions import batches_partitions_def
+from dam_assets.launcher import BOOT_TAG, HOST_TAG, PID_NAMESPACE_TAG, pid_namespace
 from dam_assets_tests.conftest import free_port, jpeg_bytes
 from dam_assets_tests.pipeline_harness import dam_sql, tick
 from dam_assets_tests.processes import wait_http
@@ -347,13 +351,6 @@ def test_manifest_written_after_the_clock_stepped_back_is_still_processed(make_s
 
 def test_health_check_fails_only_workers_it_can_see_are_dead(tmp_path):
     """Real processes, an instance configured from dagster.yaml: a worker seen dead is FAILED, else RUNNING."""
-    from dagster import DagsterEvent, GraphDefinition
-    from dagster._core.events import EngineEventData
-    from dagster._core.launcher import WorkerStatus
-    from dagster._core.storage.tags import GRPC_INFO_TAG
-
-    from dam_assets.launcher import BOOT_TAG, HOST_TAG, PID_NAMESPACE_TAG, pid_namespace
-
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")

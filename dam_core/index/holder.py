@@ -60,7 +60,7 @@ class IndexHolder:
             return True
 
     def start(self) -> None:
-        def loop():
+        def loop() -> None:
             while not self._stop.wait(self.poll_seconds):
                 self.refresh()
 

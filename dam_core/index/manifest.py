@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,8 +124,8 @@ def read_head(store: ObjectStore) -> IndexManifest | None:
     except KeyNotFound:
         current = None
     newest = None
-    for newest in store.list(INDEX_VERSIONS_PREFIX, start_after=index_manifest_key(current.seq if current else 0)):
-        pass
+    for key in store.list(INDEX_VERSIONS_PREFIX, start_after=index_manifest_key(current.seq if current else 0)):
+        newest = key  # the last one listed
     if newest is not None:
         try:
             return IndexManifest.model_validate_json(store.get(newest))
@@ -133,6 +134,14 @@ def read_head(store: ObjectStore) -> IndexManifest | None:
     return current
 
 
+@overload
+def publish(
+    store: ObjectStore, change: Callable[[IndexManifest], IndexManifest], attempts: int = 100
+) -> IndexManifest: ...
+@overload
+def publish(
+    store: ObjectStore, change: Callable[[IndexManifest], IndexManifest | None], attempts: int = 100
+) -> IndexManifest | None: ...
 def publish(
     store: ObjectStore, change: Callable[[IndexManifest], IndexManifest | None], attempts: int = 100
 ) -> IndexManifest | None:

@@ -77,7 +77,7 @@ def live_rows(
     if not dup:
         return alive
     dupes = pa.array(sorted(dup))
-    best: dict[str, tuple] = {}
+    best: dict[str, tuple[tuple[bool, datetime, str, int], int, int]] = {}  # id -> (rank, segment, row)
     for i, s in enumerate(segs):
         if not n[i]:
             continue
@@ -85,11 +85,11 @@ def live_rows(
         if not len(hit):
             continue
         sub = s.items.take(pa.array(hit)).select(["id", "error", "processed_at", "batch"]).to_pylist()
-        for r, row in zip(hit, sub):
+        for r, row in zip(hit, sub, strict=True):
             alive[i][r] = False
             key = (row["error"] is None, row["processed_at"] or datetime.min.replace(tzinfo=UTC), row["batch"] or "", i)
             if row["id"] not in best or key > best[row["id"]][0]:
                 best[row["id"]] = (key, i, int(r))
-    for _, i, r in best.values():
-        alive[i][r] = True
+    for _, seg, row in best.values():
+        alive[seg][row] = True
     return alive

@@ -41,6 +41,7 @@ ITEM_COLUMNS = [
     "batch",
     "embedding_model",
     *EXIF_COLUMNS,
+    "ocr_text",  # text search reads it from the snapshot (null in segments written before OCR)
 ]
 
 # ----------------------------------------------------------------------------- HNSW tuning
@@ -204,7 +205,7 @@ class Segment:
         want = min(want, n - ndead)
         if self.hnsw is None and n <= NUMPY_EXACT_MAX:
             scores = self.vectors @ q
-            if ndead:
+            if dead is not None and ndead:
                 scores = np.where(dead, -np.inf, scores)
             rows = np.argpartition(-scores, want - 1)[:want] if want < n else np.arange(n)
             rows = rows[np.isfinite(scores[rows])]
@@ -224,7 +225,7 @@ class Segment:
                     self.quantized, quantize(q[None, :])[0], cand, MetricKind.Cos, exact=True, threads=threads
                 )
                 rows = np.asarray(found.keys, dtype=np.int64).ravel()
-            if ndead:
+            if dead is not None and ndead:
                 rows = rows[~dead[rows]]
             if len(rows) >= want or fetch >= n:
                 break
@@ -249,7 +250,10 @@ def load_segment(store: ObjectStore, entry: SegmentEntry) -> Segment:
             with open(path, "wb") as f:
                 f.write(store.get(prefix + "hnsw.usearch"))
             hnsw = Index.restore(path)
+        if hnsw is None:  # usearch found no index header in the file
+            raise ValueError(f"segment {entry.name}: hnsw.usearch is not a usearch index")
         # A saved graph does not keep its search-time expansion: restored, it would search at
         # usearch's default (64), where recall@10 of a big graph is far below the target.
-        hnsw.expansion_search = expansion_search(len(vectors))
+        # (usearch defines the setter apart from the getter, so mypy sees a read-only property.)
+        hnsw.expansion_search = expansion_search(len(vectors))  # type: ignore[misc]
     return Segment(entry.name, items, vectors, hnsw)

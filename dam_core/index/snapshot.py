@@ -6,10 +6,12 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from usearch.index import Index
 
 from dam_core.index.manifest import IndexManifest, read_head
 from dam_core.index.resolve import live_rows
@@ -31,12 +33,24 @@ class Rows:
         us = pc.cast(self.table.column("uploaded_at"), pa.int64()).to_numpy(zero_copy_only=False)
         self.uploaded_ts = np.nan_to_num(us.astype(np.float64) / 1e6)
         self.seg = np.zeros(len(self.ids), np.int64)  # the segment of each row (set by load_snapshot)
+        self._lower: pa.ChunkedArray | pa.Array | None = None
+        self._lower_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
-    def __getitem__(self, i: int) -> dict:
-        row = self.table.slice(int(i), 1).to_pylist()[0]
+    def text_filter(self, words: list[str]) -> np.ndarray:
+        """Which rows' `ocr_text` holds every word (lower case; a substring match, so `invoice` finds `invoices`)."""
+        with self._lower_lock:
+            if self._lower is None:  # once per snapshot: the text lowered, for every query after
+                self._lower = pc.utf8_lower(self.table.column("ocr_text").fill_null(""))
+        found = np.ones(len(self), dtype=bool)
+        for word in words:
+            found &= np.asarray(pc.match_substring(self._lower, word.lower()).fill_null(False), dtype=bool)
+        return found
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row: dict[str, Any] = self.table.slice(int(i), 1).to_pylist()[0]
         row.pop("_seg", None)
         return row
 
@@ -60,14 +74,14 @@ class IdLookup:
     def __init__(self, segments: list[Segment], positions: list[np.ndarray], size: int):
         self.segments, self.positions, self.size = segments, positions, size
 
-    def get(self, asset_id: str, default=None):
-        for seg, pos in zip(reversed(self.segments), reversed(self.positions)):
+    def get(self, asset_id: str, default: int | None = None) -> int | None:
+        for seg, pos in zip(reversed(self.segments), reversed(self.positions), strict=True):
             r = seg.row_of_id.get(asset_id)
             if r is not None and pos[r] >= 0:
                 return int(pos[r])
         return default
 
-    def __contains__(self, asset_id) -> bool:
+    def __contains__(self, asset_id: str) -> bool:
         return self.get(asset_id) is not None
 
     def __getitem__(self, asset_id: str) -> int:
@@ -103,20 +117,23 @@ class Snapshot:
     @property
     def vector_count(self) -> int:
         return int(
-            sum(len(s.vectors) - (int(d.sum()) if d is not None else 0) for s, d in zip(self.segments, self.dead))
+            sum(
+                len(s.vectors) - (int(d.sum()) if d is not None else 0)
+                for s, d in zip(self.segments, self.dead, strict=True)
+            )
         )
 
     @property
     def dim(self) -> int:
-        return max((s.vectors.shape[1] for s in self.segments if len(s.vectors)), default=0)
+        return max((int(s.vectors.shape[1]) for s in self.segments if len(s.vectors)), default=0)
 
     @property
-    def hnsw(self):
+    def hnsw(self) -> Index | None:
         """The largest segment's approximate index, if any segment has one."""
         graphs = [s for s in self.segments if s.hnsw is not None]
         return max(graphs, key=lambda s: len(s.vectors)).hnsw if graphs else None
 
-    def get(self, asset_id: str) -> dict | None:
+    def get(self, asset_id: str) -> dict[str, Any] | None:
         i = self.by_id.get(asset_id)
         return None if i is None else self.items[i]
 
@@ -124,9 +141,23 @@ class Snapshot:
         i = self.by_id.get(asset_id)
         if i is None or self.items.vector_row[i] < 0:
             return None
-        return self.segments[self.items.seg[i]].vectors[self.items.vector_row[i]]
+        vector: np.ndarray = self.segments[self.items.seg[i]].vectors[self.items.vector_row[i]]
+        return vector
 
-    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[tuple[dict, float]]:
+    def text_matches(self, words: list[str], k: int, hidden: set[str] | frozenset[str] = frozenset()) -> list[int]:
+        """Positions of up to k items whose image text (OCR) holds every word, case-insensitive, newest first."""
+        if not words or k <= 0:
+            return []
+        found = self.items.text_filter(words)
+        out: list[int] = []
+        for row in np.flatnonzero(found):
+            if self.items.ids[row] not in hidden:
+                out.append(int(row))
+                if len(out) == k:
+                    break
+        return out
+
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[tuple[dict[str, Any], float]]:
         """Top-k items by cosine similarity to a normalized query vector, best first."""
         if self.vector_count == 0 or k <= 0:
             return []
@@ -136,12 +167,12 @@ class Snapshot:
         want = k + (1 if exclude else 0)
         work = [
             (seg, dead, item_of)
-            for seg, dead, item_of in zip(self.segments, self.dead, self.item_of)
+            for seg, dead, item_of in zip(self.segments, self.dead, self.item_of, strict=True)
             if len(seg.vectors)
         ]
         threads = 0 if len(work) == 1 else 1  # several segments: the cores go to segments side by side
 
-        def one(part) -> tuple[np.ndarray, np.ndarray]:
+        def one(part: tuple[Segment, np.ndarray | None, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
             seg, dead, item_of = part
             rows, s = seg.candidates(q, want, dead, threads)
             return item_of[rows], s
@@ -156,7 +187,7 @@ class Snapshot:
         pos = np.concatenate([p for p, _ in found])
         scores = np.concatenate([s for _, s in found]).astype(np.float32)
         order = np.lexsort((pos, -scores))  # best first; ties by listing order
-        out = []
+        out: list[tuple[dict[str, Any], float]] = []
         for j in order:
             row = int(pos[j])
             if self.items.ids[row] == exclude:
@@ -167,6 +198,10 @@ class Snapshot:
         return out
 
 
+@overload
+def load_snapshot(store: ObjectStore, current: IndexManifest, reuse: Snapshot | None = None) -> Snapshot: ...
+@overload
+def load_snapshot(store: ObjectStore, current: None = None, reuse: Snapshot | None = None) -> Snapshot | None: ...
 def load_snapshot(
     store: ObjectStore, current: IndexManifest | None = None, reuse: Snapshot | None = None
 ) -> Snapshot | None:
@@ -183,7 +218,7 @@ def load_snapshot(
     segs = [known.get(e.name) or load_segment(store, e) for e in entries]
     alive = live_rows(segs, entries, current.removed)
     parts = []
-    for i, (seg, keep) in enumerate(zip(segs, alive)):
+    for i, (seg, keep) in enumerate(zip(segs, alive, strict=True)):
         t = seg.items.append_column("_seg", pa.array(np.full(seg.items.num_rows, i, np.int32)))
         t = t.append_column("_row", pa.array(np.arange(seg.items.num_rows, dtype=np.int64)))
         parts.append(t.filter(pa.array(keep)))
@@ -201,10 +236,12 @@ def load_snapshot(
     rows_in_seg = table.column("_row").to_numpy()
     items = Rows(table.drop(["_row"]))
     items.seg = table.column("_seg").to_numpy().astype(np.int64)
-    dead, item_of, positions = [], [], []
+    dead: list[np.ndarray | None] = []
+    item_of: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
     order = np.argsort(items.seg, kind="stable")
     bounds = np.searchsorted(items.seg[order], np.arange(len(segs) + 1))
-    for i, (seg, keep) in enumerate(zip(segs, alive)):
+    for i, seg in enumerate(segs):
         pos = np.full(seg.items.num_rows, -1, np.int64)
         mine = order[bounds[i] : bounds[i + 1]]
         pos[rows_in_seg[mine]] = mine
@@ -213,6 +250,7 @@ def load_snapshot(
         item_of.append(of_vec)
         d = of_vec < 0
         dead.append(d if d.any() else None)
+    assert current.version is not None  # set on every published manifest (None only before the first)
     return Snapshot(
         version=current.version,
         seq=current.seq,

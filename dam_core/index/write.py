@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from itertools import pairwise
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dam_core.index.manifest import IndexManifest, publish, read_head
+from dam_core.index.manifest import IndexManifest, SegmentEntry, publish, read_head
 from dam_core.index.resolve import drop_deleted, live_rows
 from dam_core.index.segments import ITEM_COLUMNS, load_segment, split_vectors, with_item_columns, write_segment
 from dam_core.index.watermark import advance_low_watermark
@@ -34,7 +36,9 @@ MAX_MERGED_ROWS = 262_144
 # ----------------------------------------------------------------------------- full build
 
 
-def build_index(store: ObjectStore, con, exact_max: int, model: str | None = None) -> IndexManifest:
+def build_index(
+    store: ObjectStore, con: duckdb.DuckDBPyConnection, exact_max: int, model: str | None = None
+) -> IndexManifest:
     """Snapshot the whole `assets` view of a DuckDB connection as new segments; returns the manifest.
 
     The full rebuild (a model change, a repair). Batches indexed while it ran stay on top of it.
@@ -99,7 +103,8 @@ def write_index(
 
     def change(m: IndexManifest) -> IndexManifest:
         newer = tuple(s for s in m.segments if _since is not None and s.name not in _since)
-        low, pending = low_watermark, []
+        low: str | None = low_watermark
+        pending: list[str] = []
         if in_table is not None:
             low, pending = advance_low_watermark(store, m.low_watermark, in_table | set(m.pending))
         return m.model_copy(
@@ -121,7 +126,7 @@ def _row_slices(valid: np.ndarray, rows: int, size: int) -> list[tuple[int, int,
     (one empty slice for no rows); vector i belongs to the i-th row where `valid`."""
     before = np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])  # vectors before each row
     bounds = list(range(0, rows, size)) + [rows] if rows else [0, 0]
-    return [(a, b, int(before[a]), int(before[b])) for a, b in zip(bounds, bounds[1:])]
+    return [(a, b, int(before[a]), int(before[b])) for a, b in pairwise(bounds)]
 
 
 def _newest_model(table: pa.Table) -> str | None:
@@ -140,7 +145,7 @@ def _of_model(table: pa.Table, model: str | None) -> pa.Table:
 # ----------------------------------------------------------------------------- incremental
 
 
-def update_index(store: ObjectStore, con, batch: str, exact_max: int) -> IndexManifest:
+def update_index(store: ObjectStore, con: duckdb.DuckDBPyConnection, batch: str, exact_max: int) -> IndexManifest:
     """Add one batch's table rows to the index as a new segment (then merge if segments piled up)."""
     present = set(con.sql("SELECT * FROM assets_all LIMIT 0").columns)
     cols = ", ".join(c for c in ITEM_COLUMNS if c in present)
@@ -233,18 +238,20 @@ def merge_run(rows: Sequence[int]) -> int:
 
 def merge_segments(store: ObjectStore, exact_max: int) -> IndexManifest | None:
     """Merge the newest segments while MERGE_FACTOR of one tier pile up; returns the last manifest published."""
-    published = None
+    published: IndexManifest | None = None
     while True:
         head = read_head(store)
         n = merge_run([s.rows for s in head.segments]) if head else 0
-        if not n:
+        if head is None or not n:
             return published
         parts = head.segments[-n:]
         removed = head.removed
         segs = [load_segment(store, s) for s in parts]
         alive = live_rows(segs, parts, removed)
-        tables, vecs, valids = [], [], []
-        for seg, keep in zip(segs, alive):
+        tables: list[pa.Table] = []
+        vecs: list[np.ndarray] = []
+        valids: list[np.ndarray] = []
+        for seg, keep in zip(segs, alive, strict=True):
             t = seg.items.filter(pa.array(keep))
             vr = t.column("vector_row").to_numpy()
             tables.append(t.drop(["vector_row"]))
@@ -265,23 +272,31 @@ def merge_segments(store: ObjectStore, exact_max: int) -> IndexManifest | None:
             exact_max,
         )
         entry = entry.model_copy(update={"replaces": tuple(sorted({b for s in parts for b in s.replaces}))})
-        names = [s.name for s in parts]
-
-        def change(m: IndexManifest) -> IndexManifest | None:
-            have = [s.name for s in m.segments]
-            try:
-                at = have.index(names[0])
-            except ValueError:
-                return None  # merged by another writer meanwhile
-            if have[at : at + n] != names:
-                return None
-            segments = (*m.segments[:at], entry, *m.segments[at + n :])
-            if len(segments) == 1:  # every row was resolved against the set: it is done
-                # Deletions published meanwhile (or newer ones of the same ids) stay.
-                return m.model_copy(update={"segments": segments, "removed": m.removed_without(removed)})
-            return m.model_copy(update={"segments": segments})
-
-        result = publish(store, change)
+        result = publish(store, _replace_merged([s.name for s in parts], entry, removed))
         if result is None:  # another writer merged these meanwhile
             return published
         published = result
+
+
+def _replace_merged(
+    names: list[str], entry: SegmentEntry, removed: Mapping[str, datetime]
+) -> Callable[[IndexManifest], IndexManifest | None]:
+    """The change that puts `entry` in place of the segments `names` it merged (`removed`: the
+    removed ids the merge resolved); it publishes nothing when another writer merged them meanwhile."""
+    n = len(names)
+
+    def change(m: IndexManifest) -> IndexManifest | None:
+        have = [s.name for s in m.segments]
+        try:
+            at = have.index(names[0])
+        except ValueError:
+            return None  # merged by another writer meanwhile
+        if have[at : at + n] != names:
+            return None
+        segments = (*m.segments[:at], entry, *m.segments[at + n :])
+        if len(segments) == 1:  # every row was resolved against the set: it is done
+            # Deletions published meanwhile (or newer ones of the same ids) stay.
+            return m.model_copy(update={"segments": segments, "removed": m.removed_without(removed)})
+        return m.model_copy(update={"segments": segments})
+
+    return change

@@ -11,6 +11,7 @@ import-linter contract in pyproject.toml keeps it so.
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 
 from dam_core.index.holder import IndexHolder
@@ -21,7 +22,7 @@ from dam_core.store import ObjectStore
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.catalog.listing import BadCursor, Listing
 from dam_ingest_api.catalog.pending import PendingUploads
-from dam_ingest_api.catalog.search import Search, SearchUnavailable
+from dam_ingest_api.catalog.search import Search, SearchMode, SearchUnavailable
 from dam_ingest_api.schemas import AssetDetail, AssetItem, AssetStatus, ScoredAsset
 
 __all__ = ["BadCursor", "Catalog", "SearchUnavailable"]
@@ -73,9 +74,10 @@ class Catalog:
         """Raises BadCursor for a cursor this API did not issue."""
         return self.listing.page(limit, cursor)
 
-    def similar(self, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset] | None:
+    # builtins.list below: in this class `list` names the method above.
+    def similar(self, asset_id: str, k: int, min_score: float | None = None) -> builtins.list[ScoredAsset] | None:
         return self.search.similar(asset_id, k, min_score)
 
-    def search_text(self, text: str, k: int) -> list[dict]:
+    def search_text(self, text: str, k: int, mode: SearchMode = "both") -> builtins.list[dict]:
         """Text search as plain JSON-ready dicts (what `dam search` prints); raises SearchUnavailable."""
-        return [hit.model_dump(mode="json") for hit in self.search.text(text, k)]
+        return [hit.model_dump(mode="json") for hit in self.search.text(text, k, mode)]

@@ -15,6 +15,7 @@ import hmac
 import json
 import secrets
 import threading
+from functools import partial
 
 from dam_core.images import FORMATS
 from dam_core.index.holder import IndexHolder
@@ -172,13 +173,14 @@ class Listing:
                 if ss.ids[i] not in hidden:
                     indexed.append((*ss.key(i), ss.snap.items[i]))
                 i += 1
+        # Each entry builds its item when called: only the page's are built.
         merged = sorted(
-            [(k, i, AssetItem.queued, u) for k, i, u in pending]
-            + [(k, i, AssetItem.indexed, r) for k, i, r in indexed],
+            [(k, i, partial(AssetItem.queued, u)) for k, i, u in pending]
+            + [(k, i, partial(AssetItem.indexed, r)) for k, i, r in indexed],
             key=lambda t: (t[0], t[1]),
         )
         page = merged[:limit]
-        items = [build(v) for _, _, build, v in page]
+        items = [build() for _, _, build in page]
         nxt = encode_cursor(-page[-1][0], page[-1][1], self.cursor_key.get()) if len(merged) > limit and page else None
         return items, nxt
 

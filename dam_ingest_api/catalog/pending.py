@@ -115,7 +115,7 @@ class PendingUploads:
         listed = time.monotonic() - started  # what every scan repeats (a marker is read once)
         if to_read:
             with ThreadPoolExecutor(min(SCAN_READ_THREADS, len(to_read)), thread_name_prefix="markers-read") as pool:
-                for asset_id, upload in zip(to_read, pool.map(self._read_marker, to_read)):
+                for asset_id, upload in zip(to_read, pool.map(self._read_marker, to_read), strict=True):
                     if upload is not None:
                         found[asset_id] = upload
         with self._lock:

@@ -7,15 +7,27 @@ decides it once, at start-up (the API's lifespan; see dam_models.set_query_threa
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Literal
 
 from dam_core.index.holder import IndexHolder
 from dam_core.settings import Settings
 from dam_ingest_api.catalog.deleted import DeletedAssets
 from dam_ingest_api.schemas import ScoredAsset
 
+if TYPE_CHECKING:  # imports torch, which the API loads on the first text query only
+    from dam_models.embedder import Embedder
+
 QUERY_CACHE_SIZE = 1024  # query vectors kept (2 KiB each at 512 dimensions)
+SearchMode = Literal["both", "text", "meaning"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("both", "text", "meaning")
+
+
+def query_words(text: str) -> list[str]:
+    """The words a text search looks for: letters and digits, two characters or more, lower case."""
+    return [w for w in re.findall(r"\w+", text.lower()) if len(w) >= 2]
 
 
 class SearchUnavailable(RuntimeError):
@@ -30,17 +42,31 @@ class Search:
         self.index = index
         self.deleted = deleted
         self._lock = threading.Lock()
-        self._encoder = None
+        self._encoder: Embedder | None = None
         self._cache_lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
 
-    def text(self, text: str, k: int) -> list[ScoredAsset]:
-        """The k assets whose embedding is closest to the text's, best first; [] before any vector."""
+    def text(self, text: str, k: int, mode: SearchMode = "both") -> list[ScoredAsset]:
+        """Up to k assets for a text query, best first; [] before the first index.
+
+        `text`: images whose OCR text holds every word of the query, newest first. `meaning`: images
+        whose embedding is closest to the query's. `both`: the text hits first, then meaning hits
+        not among them, up to k (a query written in no image is a meaning search).
+        """
         snap = self.index.snapshot
-        if snap is None or snap.vector_count == 0:
+        if snap is None:
             return []
-        query = self._embed(snap.model or self.settings.dam_embedding_model, text)
-        return [ScoredAsset.hit(row, score) for row, score in self._search(snap, query, k)]
+        hits: list[ScoredAsset] = []
+        if mode in ("text", "both"):
+            rows = snap.text_matches(query_words(text), k, self.deleted.hidden_in(snap))
+            hits = [ScoredAsset.hit(snap.items[r], 1.0, match="text") for r in rows]
+        if mode in ("meaning", "both") and len(hits) < k and snap.vector_count:
+            seen = {h.id for h in hits}
+            query = self._embed(snap.model or self.settings.dam_embedding_model, text)
+            for row, score in self._search(snap, query, k):
+                if row["id"] not in seen and len(hits) < k:
+                    hits.append(ScoredAsset.hit(row, score))
+        return hits
 
     def similar(self, asset_id: str, k: int, min_score: float | None = None) -> list[ScoredAsset] | None:
         """Assets most like this one (itself left out); None when it has no vector (yet)."""
@@ -75,10 +101,12 @@ class Search:
                 self._cache.popitem(last=False)
         return vec
 
-    def _text_encoder(self, model: str):
+    def _text_encoder(self, model: str) -> Embedder:
         with self._lock:
             if self._encoder is None or self._encoder.model_id != model:
                 try:
+                    # Imported here: torch and transformers (seconds, and memory) load on the first
+                    # text query, not when the API starts.
                     from dam_models.embedder import get_embedder
 
                     self._encoder = get_embedder(

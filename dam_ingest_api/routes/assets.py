@@ -153,6 +153,7 @@ def delete_asset(asset_id: AssetIdPath, dam: DamDep, catalog: CatalogDep, upload
         raise HTTPException(503, f"{err}; the asset is hidden already, send the DELETE again") from None
     if not report.found:
         raise HTTPException(404, f"no asset with id {asset_id}")
+    assert report.deleted_at is not None  # set for every id found (dam_core.deletion)
     catalog.note_deleted(report.id, report.deleted_at)
     fields = vars(report)
     return DeleteAnswer(**{k: fields[k] for k in DeleteAnswer.model_fields})

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dam_core.metrics import scrape_registry
 from dam_ingest_api.deps import SettingsDep
@@ -49,6 +50,4 @@ def require_scrape_key(
 @router.get("/metrics", dependencies=[Depends(require_scrape_key)])
 def metrics() -> Response:
     """Every metric of this API (all its worker processes), in Prometheus text format."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
     return Response(generate_latest(WithIndexAge(scrape_registry())), media_type=CONTENT_TYPE_LATEST)

@@ -39,8 +39,8 @@ def caption_batch(decoded: list[Decoded], captioner: Captioner, pixel_values=Non
     elif pixel_values is not None:
         texts = captioner.caption_pixels(pixel_values)
     else:
-        texts = captioner.caption([d.image for d in ok])
-    by_id = dict(zip((d.upload.id for d in ok), texts))
+        texts = captioner.caption([d.image for d in ok if d.image is not None])  # all of ok: narrows the type
+    by_id = dict(zip((d.upload.id for d in ok), texts, strict=True))
     # An image that could not be decoded carries its error instead of failing the batch.
     items = {d.upload.id: CaptionItem(by_id.get(d.upload.id), d.error) for d in decoded}
     return Captions(captioner.model_id, captioner.version, items)

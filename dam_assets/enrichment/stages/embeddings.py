@@ -50,9 +50,9 @@ def embed_batch(
     elif pixel_values is not None:
         vectors = embedder.embed_pixels(pixel_values)
     else:
-        vectors = embedder.embed_images([d.image for d in ok])
+        vectors = embedder.embed_images([d.image for d in ok if d.image is not None])  # all of ok: narrows the type
     tags = tag_images(embedder, vectors, labels, threshold, top_k)
-    by_id = {d.upload.id: (v, t) for d, v, t in zip(ok, vectors, tags)}
+    by_id = {d.upload.id: (v, t) for d, v, t in zip(ok, vectors, tags, strict=True)}
     items = {}
     for d in decoded:
         # An image that could not be decoded carries its error instead of failing the batch.
