@@ -29,4 +29,6 @@ fi
 
 command -v chromium >/dev/null || apt_install chromium || echo "services: chromium unavailable (browser test skips)" >&2
 command -v docker-compose >/dev/null || apt_install docker-compose || echo "services: docker-compose unavailable (compose test skips)" >&2
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core \
+  || echo "services: fonts-dejavu-core unavailable (OCR tests on rendered text skip)" >&2
 exit 0
