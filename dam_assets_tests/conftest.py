@@ -8,6 +8,7 @@ A service fixture set up for an unmarked test fails it, so the fast tier never n
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import socket
@@ -193,9 +194,19 @@ def tiny_models(tmp_path_factory):
     # torch and transformers (about a second) only for the tests that use the models: every run loads this file.
     from dam_models.tiny import write_tiny_models
 
-    blip, clip = write_tiny_models(tmp_path_factory.mktemp("models"))
-    # One conversion cache for the session: each test's data folder would otherwise convert them again.
-    cache = tmp_path_factory.mktemp("converted-models")
+    # One set of models and one conversion cache for the whole run, xdist workers included (their
+    # temp folders share a parent): a worker waits on the lock instead of building and converting
+    # the same models again (build_once locks the conversions the same way).
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, cache = shared / "tiny-models", shared / "converted-models"
+    with open(shared / "tiny-models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").exists():
+            write_tiny_models(folder)
+            (folder / "done").touch()
+    cache.mkdir(exist_ok=True)
+    blip, clip = folder / "blip", folder / "clip"
     return {"DAM_CAPTION_MODEL": str(blip), "DAM_EMBEDDING_MODEL": str(clip), "DAM_MODEL_CACHE_DIR": str(cache)}
 
 

@@ -12,9 +12,11 @@ from dam_cli._common import settings_or_exit
 def cmd_models_tiny(args) -> int:
     # The model libraries are imported by the command that uses them: torch and transformers take
     # seconds, Dagster (the resource) and numpy a good part of one, and `dam --help` needs none.
-    from dam_models.tiny import write_tiny_models
+    from dam_models.tiny import write_tiny_models, write_tiny_siglip
 
     blip, clip = write_tiny_models(Path(args.dir))
+    if args.siglip:  # DIR/siglip (or DIR/siglip2) beside them, and the embedding model set to it
+        clip = write_tiny_siglip(Path(args.dir) / args.siglip, args.siglip)
     print(f"export DAM_CAPTION_MODEL={blip}\nexport DAM_EMBEDDING_MODEL={clip}")
     return 0
 
@@ -84,6 +86,13 @@ def register(sub) -> None:
     msub = s.add_subparsers(dest="models_command", required=True)
     t = msub.add_parser("tiny", help="write tiny random BLIP and CLIP models to DIR/blip and DIR/clip")
     t.add_argument("dir")
+    t.add_argument(
+        "--siglip",
+        nargs="?",
+        const="siglip",
+        choices=["siglip", "siglip2"],
+        help="also write a tiny SigLIP (or SigLIP 2) model to DIR/siglip (DIR/siglip2) and export it as the embedding model",
+    )
     t.set_defaults(func=cmd_models_tiny)
     p = msub.add_parser(
         "prepare", help="load the configured models once, converting them for DAM_RUNTIME (cached; runs then load warm)"

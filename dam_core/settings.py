@@ -118,7 +118,7 @@ class Settings(BaseSettings):
 
     # Finding images: zero-shot tags, near duplicates, the vector index.
     dam_tags_file: Path | None = None  # one label per line; default: the list shipped in the package
-    dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # softmax probability over the vocabulary
+    dam_tag_threshold: float = Field(default=0.05, ge=0, le=1)  # CLIP: softmax over the vocabulary; SigLIP: per label
     dam_tags_top_k: int = Field(default=5, ge=0, le=50)
     # Text in images (OCR, asset image_text): off by default, because on this project's reference
     # CPU it costs more than the captioner per photo (bench/RESULTS.md, "OCR"). Switched on for a

@@ -1,4 +1,8 @@
-"""CLIP's image and text towers on OpenVINO: exported once from the HF model, compiled per precision."""
+"""CLIP's (or SigLIP's) image and text towers on OpenVINO: exported once from the HF model, compiled per precision.
+
+SigLIP has the same two entry points (`get_image_features`, `get_text_features`) on fixed-size
+images, so one export serves both families; SigLIP 2's variable patch grids are not covered.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ def _pooled(out):
     return out if not hasattr(out, "pooler_output") else out.pooler_output
 
 
-def export_clip(model, folder: Path) -> Path:
-    """Convert a loaded fp32 HF CLIP's two towers (projected features, not yet normalised) under `folder`."""
+def export_clip(model, folder: Path, dim: int | None = None) -> Path:
+    """Convert a loaded fp32 HF CLIP's (or SigLIP's) two towers (projected features, not yet normalised) under
+    `folder`; `dim`: the features' width where the config has no `projection_dim` (SigLIP)."""
 
     class ImageFeatures(torch.nn.Module):
         def __init__(self, clip):
@@ -56,7 +61,7 @@ def export_clip(model, folder: Path) -> Path:
     text.outputs[0].get_tensor().set_names({"features"})
     ov.save_model(image, folder / IMAGE, compress_to_fp16=False)
     ov.save_model(text, folder / TEXT, compress_to_fp16=False)
-    (folder / META).write_text(json.dumps({"dim": int(model.config.projection_dim)}))
+    (folder / META).write_text(json.dumps({"dim": int(dim or model.config.projection_dim)}))
     return folder
 
 

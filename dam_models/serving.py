@@ -98,6 +98,15 @@ class RemoteEmbedder(_Remote):
     def logit_scale(self) -> float:
         return float(self.info["logit_scale"])
 
+    @property
+    def logit_bias(self) -> float:
+        return float(self.info.get("logit_bias", 0.0))
+
+    @property
+    def family(self) -> str:
+        """clip, siglip or siglip2: how the tags are scored (dam_models.tagging)."""
+        return str(self.info.get("family", "clip"))
+
     def pixel_values(self, images):
         return list(images)
 
@@ -150,6 +159,8 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
             "pid": os.getpid(),
             "dim": embedder.dim,
             "logit_scale": embedder.logit_scale,
+            "logit_bias": getattr(embedder, "logit_bias", 0.0),
+            "family": getattr(embedder, "family", "clip"),
         },
     }
 

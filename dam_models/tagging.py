@@ -1,4 +1,4 @@
-"""Zero-shot tags: image embeddings against the CLIP text embeddings of a label vocabulary."""
+"""Zero-shot tags: image embeddings against the text embeddings of a label vocabulary (CLIP or SigLIP)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,40 @@ def logit_scale(embedder) -> float:
     return float(getattr(embedder, "logit_scale", 100.0))
 
 
-def tag_images(embedder, image_vectors: np.ndarray, labels: list[str], threshold: float, top_k: int) -> list[list[str]]:
-    """For each image, up to top_k labels whose softmax probability over the vocabulary is >= threshold."""
-    if len(image_vectors) == 0 or not labels or top_k == 0:
-        return [[] for _ in range(len(image_vectors))]
-    text = label_embeddings(embedder, labels)
-    logits = logit_scale(embedder) * (image_vectors @ text.T)
+def logit_bias(embedder) -> float:
+    return float(getattr(embedder, "logit_bias", 0.0))
+
+
+def family(embedder) -> str:
+    return str(getattr(embedder, "family", "clip"))
+
+
+def tag_probabilities(embedder, image_vectors: np.ndarray, label_vectors: np.ndarray) -> np.ndarray:
+    """``(images, labels)`` probabilities, scored as the embedder's family was trained to score.
+
+    CLIP (a contrastive softmax): a distribution over the vocabulary, each row sums to 1; adding
+    labels lowers every other label's probability. SigLIP and SigLIP 2 (a sigmoid loss): each label on
+    its own, ``sigmoid(logit_scale * cos + logit_bias)``, the model's own bias; the rows need not sum
+    to anything, and a label's probability does not depend on the rest of the vocabulary.
+    """
+    logits = logit_scale(embedder) * (image_vectors @ label_vectors.T)
+    if family(embedder) in ("siglip", "siglip2"):
+        return np.exp(-np.logaddexp(0.0, -(logits + logit_bias(embedder))))  # a sigmoid that never overflows
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def tag_images(embedder, image_vectors: np.ndarray, labels: list[str], threshold: float, top_k: int) -> list[list[str]]:
+    """For each image, up to top_k labels whose probability (`tag_probabilities`) is >= threshold.
+
+    The same threshold means a share of the vocabulary for CLIP (softmax) and a per-label
+    probability for SigLIP (sigmoid): ``DAM_TAG_THRESHOLD`` may want another value with SigLIP.
+    """
+    if len(image_vectors) == 0 or not labels or top_k == 0:
+        return [[] for _ in range(len(image_vectors))]
+    probs = tag_probabilities(embedder, image_vectors, label_embeddings(embedder, labels))
     out = []
     for row in probs:
         best = np.argsort(-row)[:top_k]

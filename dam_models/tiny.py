@@ -1,4 +1,4 @@
-"""Tiny random BLIP and CLIP models, written offline, for tests and smoke runs.
+"""Tiny random BLIP, CLIP and SigLIP models, written offline, for tests and smoke runs.
 
 ``write_tiny_models(DIR)`` writes ``DIR/blip`` and ``DIR/clip``: real architectures (ViT vision
 towers, a BERT-style caption decoder, a CLIP text tower) at toy sizes with seeded random weights,
@@ -10,6 +10,13 @@ The captions are nonsense but well-formed: the caption decoder's output bias rul
 special tokens ([PAD] [UNK] [CLS] [MASK] [DEC]) and favours whole words over ``##`` pieces,
 so greedy decoding yields a string of words. The end-of-caption token ([SEP]) stays possible,
 so captions vary in length; the captioner's default ``min_new_tokens=1`` keeps them non-empty.
+
+``write_tiny_siglip(DIR, family)`` writes a SigLIP (``siglip``) or SigLIP 2 (``siglip2``) model the
+same way. The real SigLIP tokenizer is SentencePiece (a package this project does not need) and
+SigLIP 2's is Gemma's: the tiny ones are built here with the `tokenizers` library instead, each
+with the behaviour of its family that the embedder depends on. SigLIP's pads on the right with
+its end token and returns no attention mask (the model pools the last position, padding
+included); SigLIP 2's is a `Siglip2Tokenizer` (Gemma-style byte-fallback BPE, padded on the left).
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ import json
 import string
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
 from transformers import (
     BertTokenizer,
     BlipConfig,
@@ -31,6 +41,16 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    PreTrainedTokenizerFast,
+    Siglip2Config,
+    Siglip2ImageProcessorPil,
+    Siglip2Model,
+    Siglip2Processor,
+    Siglip2Tokenizer,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipProcessor,
 )
 
 SEED = 1234
@@ -44,6 +64,11 @@ LAYERS = 2
 HEADS = 2
 CLIP_PROJECTION_DIM = 24  # deliberately != HIDDEN so a wrong "dim" shows up in tests
 TEXT_MAX_POSITIONS = 77
+# SigLIP: its embedding is the vision tower's pooled output, so the dim is the vision width (here
+# != CLIP's dim, != the text width). Text is padded to a fixed length, as SigLIP was trained (64 there).
+SIGLIP_DIM = 40
+SIGLIP_TEXT_LENGTH = 16
+SIGLIP_MAX_PATCHES = 16  # SigLIP 2: images resized to at most 16 patches of 16x16, aspect ratio kept
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -255,3 +280,111 @@ def write_tiny_models(directory: str | Path) -> tuple[Path, Path]:
         _write_blip(blip_dir, bert_vocab)
         _write_clip(clip_dir, clip_vocab)
     return blip_dir, clip_dir
+
+
+# ----------------------------------------------------------------------------- SigLIP
+
+_SIGLIP_CHARS = list(string.ascii_lowercase + string.digits + ".,!?'-:;()&/\"")
+
+
+def _siglip_tokenizer() -> PreTrainedTokenizerFast:
+    """SigLIP's tokenizer behaviour (SentencePiece-style pieces, ``</s>`` appended, padded on the right
+    with ``</s>``, no attention mask) as a `tokenizers` WordPiece over WORDS and single characters."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for c in _SIGLIP_CHARS:
+        vocab.setdefault("\u2581" + c, len(vocab))
+        vocab.setdefault(c, len(vocab))
+    for word in WORDS:
+        vocab.setdefault("\u2581" + word, len(vocab))
+    tok = Tokenizer(WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix="", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="</s>",
+        pad_token="</s>",
+        unk_token="<unk>",
+        model_max_length=SIGLIP_TEXT_LENGTH,
+        model_input_names=["input_ids"],
+    )
+
+
+def _siglip2_tokenizer() -> Siglip2Tokenizer:
+    """SigLIP 2's own tokenizer class (Gemma-style byte-fallback BPE, lower-cased) with merges for WORDS."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in ["\u2581", *_SIGLIP_CHARS]:
+        vocab.setdefault(c, len(vocab))
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for word in dict.fromkeys(WORDS):
+        merged = "\u2581"
+        for ch in word:
+            rule = (merged, ch)
+            if rule not in seen:
+                seen.add(rule)
+                merges.append(rule)
+            merged += ch
+            vocab.setdefault(merged, len(vocab))
+    # Pairs, as the tokenizers BPE takes them (transformers' annotation says strings).
+    return Siglip2Tokenizer(vocab=vocab, merges=cast(list[str], merges), model_max_length=SIGLIP_TEXT_LENGTH)
+
+
+def write_tiny_siglip(directory: str | Path, family: str = "siglip") -> Path:
+    """Write a tiny random SigLIP (``family="siglip"``) or SigLIP 2 (``"siglip2"``) model into `directory`.
+
+    Deterministic like `write_tiny_models`; loads offline with ``from_pretrained(directory)``.
+    """
+    target = Path(directory)
+    text_config = {
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "projection_size": SIGLIP_DIM,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "max_position_embeddings": SIGLIP_TEXT_LENGTH,
+    }
+    vision_config = {
+        "hidden_size": SIGLIP_DIM,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "patch_size": PATCH_SIZE,
+    }
+    if family == "siglip":
+        tokenizer: PreTrainedTokenizerFast = _siglip_tokenizer()
+        ids = {"pad_token_id": 1, "eos_token_id": 1, "bos_token_id": 1}
+        config = SiglipConfig(
+            text_config={**text_config, "vocab_size": len(tokenizer), **ids},
+            vision_config={**vision_config, "image_size": IMAGE_SIZE},
+        )
+        torch.manual_seed(SEED + 2)
+        model: SiglipModel | Siglip2Model = SiglipModel(config).eval()
+        image_processor: SiglipImageProcessorPil | Siglip2ImageProcessorPil = SiglipImageProcessorPil(
+            do_resize=True, size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_convert_rgb=True
+        )
+        processor: SiglipProcessor | Siglip2Processor = SiglipProcessor(
+            image_processor=image_processor, tokenizer=tokenizer
+        )
+    elif family == "siglip2":
+        tokenizer = _siglip2_tokenizer()
+        ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+        config2 = Siglip2Config(
+            text_config={**text_config, "vocab_size": len(tokenizer), **ids},
+            vision_config={**vision_config, "num_patches": SIGLIP_MAX_PATCHES},
+        )
+        torch.manual_seed(SEED + 3)
+        model = Siglip2Model(config2).eval()
+        image_processor = Siglip2ImageProcessorPil(patch_size=PATCH_SIZE, max_num_patches=SIGLIP_MAX_PATCHES)
+        processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    else:
+        raise ValueError(f"unknown SigLIP family {family!r} (use siglip or siglip2)")
+    with torch.no_grad():  # trained values have this shape: a temperature near 10 and a negative bias
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-2.0)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target

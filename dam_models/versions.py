@@ -8,6 +8,12 @@ The dtype and runtime appear as set (``auto`` included): a changed setting is wh
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+# The embedding families: the `model_type` in the model's config.json.
+EMBEDDING_FAMILIES = ("clip", "siglip", "siglip2")
+
 
 def model_version(kind: str, model_id: str, *parts: str, dtype: str = "auto", runtime: str = "auto") -> str:
     """``kind:model:part...:dtype=...:runtime=...``"""
@@ -29,6 +35,43 @@ def caption_version(
     return model_version("blip", model_id, *parts, dtype=dtype, runtime=runtime) + f":quantize={quantize}"
 
 
-def embedding_version(model_id: str, dtype: str = "auto", runtime: str = "auto") -> str:
-    """An image/text embedder's version (unit-norm vectors): model, dtype and runtime."""
-    return model_version("clip", model_id, "l2norm", dtype=dtype, runtime=runtime)
+def model_type(model_id: str) -> str | None:
+    """The `model_type` in a model's config.json (a local folder, or a hub id already in the local
+    hub cache), read as JSON without loading transformers; None where no config can be read here."""
+    folder = Path(str(model_id)).expanduser()
+    path: str | Path | None = folder / "config.json" if folder.is_dir() else None
+    if path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache  # only for a hub id; light, and torch-free
+
+            found = try_to_load_from_cache(str(model_id).strip().rstrip("/"), "config.json")
+        except Exception:  # not a valid repo id
+            return None
+        path = found if isinstance(found, str) else None
+    if path is None:
+        return None
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def embedding_family(model_id: str) -> str:
+    """``clip``, ``siglip`` or ``siglip2``: the config's `model_type`; where no config is at hand yet (a hub id
+    not yet downloaded), the id's name decides (``google/siglip2-...``), else CLIP. Another model type is
+    returned as it is (the embedder refuses to load it)."""
+    found = model_type(model_id)
+    if found:
+        return found
+    name = str(model_id).lower()
+    return "siglip2" if "siglip2" in name else "siglip" if "siglip" in name else "clip"
+
+
+def embedding_version(model_id: str, dtype: str = "auto", runtime: str = "auto", family: str | None = None) -> str:
+    """An image/text embedder's version (unit-norm vectors): family, model, dtype and runtime.
+
+    The family (CLIP or SigLIP, `embedding_family`) leads the string, so a model of another family marks
+    the embeddings (and their tags, scored differently) stale even under the same folder name.
+    """
+    return model_version(family or embedding_family(model_id), model_id, "l2norm", dtype=dtype, runtime=runtime)
