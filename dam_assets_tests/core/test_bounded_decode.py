@@ -169,6 +169,17 @@ print(json.dumps({"batches": batches, "peak_kib": peak}))
 
 def _run_batch_watched(bound: int, timeout: float = 540) -> dict:
     """Tick + materialize in a fresh process; kill it as soon as its RSS passes ``bound`` bytes."""
+    # The models' one-off conversion (DAM_RUNTIME) is done first, as `dam worker --preload` or
+    # `dam models prepare` would: the bound is about decoding, not about tracing a model, which
+    # the run would otherwise do itself when no earlier test of this test run converted them.
+    prepare = subprocess.run(
+        [sys.executable, "-m", "dam_cli.main", "models", "prepare", "--quiet"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert prepare.returncode == 0, prepare.stderr[-3000:]
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN_BATCH],
         cwd=REPO,
