@@ -7,6 +7,7 @@ says, answers only loopback `Host` headers there, and listens elsewhere only whe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -252,8 +253,15 @@ def cmd_dev(args) -> int:
     finally:
         if models is not None:
             models.stop()
-        for p in procs.values():
-            if p.poll() is None:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                continue
+            if name == "dagster":
+                # Stopped the way Ctrl-C stops it, by itself: it shuts the webserver and the daemon down
+                # before their code server (a signal to its whole group at once let a sensor tick find
+                # the code server gone and print a traceback on the way out).
+                os.kill(p.pid, signal.SIGINT)
+            else:
                 os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         for p in procs.values():
@@ -262,6 +270,8 @@ def cmd_dev(args) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)  # anything of its group still there once it has exited
     return rc
 
 
