@@ -118,7 +118,13 @@ def test_switching_ocr_on_fills_in_every_earlier_batch_by_itself(tmp_path, tiny_
             return t if all(row["ocr_text"] is not None for row in t.values()) else None
 
         after = wait_for("every earlier batch's text", all_read, 360, log)
-        hits = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "invoice", "mode": "text"}).json()["items"]
+
+        def found():
+            # The batch's index segment follows its rows (search_segment, then the API's next poll).
+            url = f"http://127.0.0.1:{port}/search"
+            return httpx.get(url, params={"q": "invoice", "mode": "text"}, timeout=30).json()["items"]
+
+        hits = wait_for("a text search finding the invoice", found, 120, log)
     finally:
         stop_dev(proc)
     assert "INVOICE 2026-117" in after[ids["invoice.png"]]["ocr_text"]
