@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from dam_models.cache import cached
 from dam_models.versions import model_version
 
 if TYPE_CHECKING:
@@ -145,14 +146,7 @@ class TextReader:
         return results
 
 
-_readers: dict[tuple[int, float], TextReader] = {}
-_readers_lock = threading.Lock()
-
-
 def get_text_reader(det_side: int = DEFAULT_DET_SIDE, min_score: float = DEFAULT_MIN_SCORE) -> TextReader:
-    """The process's reader for these settings (loading it takes well under a second, but once is enough)."""
-    key = (int(det_side), float(min_score))
-    with _readers_lock:
-        if key not in _readers:
-            _readers[key] = TextReader(*key)
-        return _readers[key]
+    """The process's reader for these settings, from the same process cache as every model (dam_models.cache)."""
+    key = ("ocr", int(det_side), float(min_score))
+    return cached(key, lambda: TextReader(int(det_side), float(min_score)))

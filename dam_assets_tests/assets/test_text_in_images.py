@@ -107,6 +107,9 @@ def test_a_batch_processed_before_ocr_gets_its_text_alone_and_search_finds_it(ma
 
 DEFINITIONS = """
 import json
+
+from dagster import AssetKey
+
 from dam_assets.definitions import defs
 graph = defs.resolve_asset_graph()
 job = defs.resolve_job_def("enrich_batch")
@@ -118,7 +121,7 @@ print(json.dumps({
     "sensors": sorted(s.name for s in defs.sensors),
     "automated": sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition),
 }))
-""".replace("import json", "import json\nfrom dagster import AssetKey")
+"""
 
 
 @pytest.mark.system
