@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 
 __all__ = ["get_captioner", "get_embedder", "set_query_threads", "write_tiny_models"]
 
+# OpenVINO and NNCF send usage statistics to Google Analytics unless the user has run their
+# opt-out tool: `import openvino` forks a process to send one, from a worker whose decode and
+# model threads are running, and from machines that may not reach the internet. A pipeline does
+# not phone home: with the package unimportable both libraries use their own no-op stubs. A
+# process that imported it before dam_models keeps its own choice.
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
 _query_threads: int | None = None
 
 

@@ -276,3 +276,20 @@ def test_a_bad_image_is_an_error_row_and_the_rest_are_captioned_on_every_runtime
     for u in (uploads[0], uploads[2]):
         assert captions.items[u.id].caption and captions.items[u.id].error is None
         assert len(embeddings.items[u.id].embedding) == embedder.dim and embeddings.items[u.id].tags
+
+
+def test_openvino_sends_no_telemetry_and_forks_nothing():
+    """`import openvino` would fork a process to send usage statistics; dam_models turns that off."""
+    probe = (
+        "import sys\n"
+        "forks = []\n"
+        "sys.addaudithook(lambda ev, args: forks.append(ev) if ev in ('os.fork', 'subprocess.Popen') else None)\n"
+        "import dam_models.openvino_clip, nncf\n"
+        "from openvino.tools.ovc import convert_impl\n"
+        "from nncf.telemetry import wrapper\n"
+        "print(forks, convert_impl.tm.__name__, type(wrapper.telemetry).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI", "PYTEST_CURRENT_TEST")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[]", "openvino.tools.ovc.telemetry_stub", "MagicMock"], out.stdout
