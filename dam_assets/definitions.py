@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource, Definitions, in_process_executor
 
 from dam_assets.config import SETTINGS, SETTINGS_ERROR
-from dam_assets.enrichment.assets import TEXT, asset_metadata, image_enrichment, image_text
+from dam_assets.enrichment.assets import CAPTIONS, EMBEDDINGS, TEXT, asset_metadata, image_enrichment, image_text
 from dam_assets.enrichment.automation import automation_sensor
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.jobs import enrich_batch_job
@@ -33,8 +33,13 @@ def build_resources(settings: Settings, configuration_error: str | None = None) 
 
 # OCR (DAM_OCR) is an enrichment of its own: defined, and in the batch job (its group), only when on;
 # then the automation sensor also fills it in for every batch processed before it was switched on.
+# The sensor re-computes captions and embeddings whose model changed (their code version) too.
 OCR = [image_text] if SETTINGS.dam_ocr else []
-AUTOMATION = [automation_sensor([TEXT, asset_metadata.key, search_segment.key])] if SETTINGS.dam_ocr else []
+AUTOMATION = [
+    automation_sensor(
+        [*([TEXT] if SETTINGS.dam_ocr else []), CAPTIONS, EMBEDDINGS, asset_metadata.key, search_segment.key]
+    )
+]
 
 defs = Definitions(
     assets=[upload_batch, image_enrichment, *OCR, asset_metadata, search_segment, search_index, compact_assets],

@@ -18,6 +18,9 @@ INDEX_PREFIX = "index/"
 CURRENT_INDEX_KEY = f"{INDEX_PREFIX}CURRENT.json"
 INDEX_VERSIONS_PREFIX = f"{INDEX_PREFIX}versions/"
 INDEX_SEGMENTS_PREFIX = f"{INDEX_PREFIX}segments/"
+# The index of a new embedding model while it is built beside the served one (`index/next/versions/`,
+# `index/next/CURRENT.json`); its segments live with every other under INDEX_SEGMENTS_PREFIX.
+INDEX_NEXT_PREFIX = f"{INDEX_PREFIX}next/"
 TOMBSTONES_PREFIX = "deleted/"
 OWNERS_PREFIX = "owners/"
 # The API's secret for signing listing cursors (random, written once by the first API process that
@@ -80,9 +83,19 @@ def embeddings_stage_key(batch: str) -> str:
     return f"{STAGES_PREFIX}embeddings/batch={batch}.parquet"
 
 
-def index_manifest_key(seq: int) -> str:
-    """One published index version's manifest, created exclusively: `index/versions/{seq}.json`."""
-    return f"{INDEX_VERSIONS_PREFIX}{seq:012d}.json"
+def index_manifest_key(seq: int, chain: str = INDEX_PREFIX) -> str:
+    """One published index version's manifest, created exclusively: `index/versions/{seq}.json`
+    (the served index; `chain` INDEX_NEXT_PREFIX: the one being built, `index/next/versions/...`)."""
+    return f"{index_versions_prefix(chain)}{seq:012d}.json"
+
+
+def index_versions_prefix(chain: str = INDEX_PREFIX) -> str:
+    return f"{chain}versions/"
+
+
+def current_index_key(chain: str = INDEX_PREFIX) -> str:
+    """The copy of a chain's newest manifest: `index/CURRENT.json` for the served index."""
+    return f"{chain}CURRENT.json"
 
 
 def index_segment_prefix(segment: str) -> str:
@@ -102,3 +115,29 @@ def owner_prefix(asset_id: str) -> str:
 
 def owner_key(asset_id: str, batch: str) -> str:
     return f"{owner_prefix(asset_id)}{batch}"
+
+
+# Direct-to-store uploads (S3/R2): the client PUTs to a staging key named by a random token, since
+# the content id is unknown until the bytes are; the API moves the object to its original's key
+# once checked. `incoming/{token}.json` is the API's record of that upload (who may complete it).
+INCOMING_PREFIX = "incoming/"
+STAGING_RECORD_SUFFIX = ".json"
+_TOKEN_CHARS = frozenset("0123456789abcdef")
+
+
+def staging_key(token: str) -> str:
+    """Where a direct upload's bytes land before they are checked: `incoming/{token}`."""
+    return f"{INCOMING_PREFIX}{token}"
+
+
+def staging_record_key(token: str) -> str:
+    """The API's record of one direct upload: `incoming/{token}.json`."""
+    return f"{INCOMING_PREFIX}{token}{STAGING_RECORD_SUFFIX}"
+
+
+def staging_token(key: str) -> str | None:
+    """`incoming/{token}` -> `{token}` (32 lowercase hex); None for any other key."""
+    token = key.removeprefix(INCOMING_PREFIX)
+    if token == key or len(token) != 32 or not set(token) <= _TOKEN_CHARS:
+        return None
+    return token

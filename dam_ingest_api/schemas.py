@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel, WithJsonSchema
 
 from dam_core import layout
 from dam_core.exif import EXIF_COLUMNS
@@ -49,6 +49,11 @@ class AssetItem(Body):
     error: str | None = Field(description="why processing failed (status `error`), else null")
     uploaded_at: IsoTime | None
     processed_at: IsoTime | None
+    caption_model: str | None = Field(description="the model that wrote the caption (null while queued)")
+    embedding_model: str | None = Field(
+        description="the model of the vector search uses for it; null while queued, for an error, and while "
+        "the image waits to be embedded again by a new model (its old vector is in the old model's index)"
+    )
     thumbnail_url: str
     original_url: str
 
@@ -68,6 +73,8 @@ class AssetItem(Body):
             error=row.get("error"),
             uploaded_at=row.get("uploaded_at"),
             processed_at=row.get("processed_at"),
+            caption_model=row.get("caption_model"),
+            embedding_model=row.get("embedding_model"),
             thumbnail_url=f"/assets/{asset_id}/thumbnail",
             original_url=f"/assets/{asset_id}/original",
             **extra,
@@ -234,6 +241,51 @@ class RejectedBatch(UploadBatch):
     """Several files and none accepted: the status is the first file's."""
 
     detail: str
+
+
+# ----------------------------------------------------------------------------- direct uploads (S3/R2)
+# Uppy's `@uppy/aws-s3` reads these field names as Uppy Companion spells them (camelCase, PascalCase).
+
+
+class UploadParameters(Body):
+    """Where to PUT one file (Uppy's `getUploadParameters`), and the staging `key` to complete it with."""
+
+    method: Literal["PUT"] = "PUT"
+    url: str
+    fields: dict[str, str] = Field(description="always empty: a PUT, not a form POST")
+    headers: dict[str, str] = Field(description="headers the PUT must carry, exactly (they are signed)")
+    expires: int = Field(description="seconds the URL stays valid")
+    key: str = Field(description="the staging key, for POST /s3/complete?key=")
+
+
+class MultipartStarted(Body):
+    """A multipart upload begun at a staging key."""
+
+    uploadId: str
+    key: str
+
+
+class SignedPart(Body):
+    """Where to PUT one part."""
+
+    url: str
+    expires: int
+
+
+class UploadedPartInfo(Body):
+    """One part uploaded so far."""
+
+    PartNumber: int
+    Size: int
+    ETag: str
+
+
+class UploadedParts(RootModel[list[UploadedPartInfo]]):
+    """The parts uploaded so far, by number (a bare JSON array, as Uppy expects)."""
+
+
+class Aborted(Body):
+    """The multipart upload, its parts and its record are gone: `{}`."""
 
 
 # ----------------------------------------------------------------------------- health and errors

@@ -24,7 +24,7 @@ from dagster._core.definitions.metadata import RawMetadataValue  # what a metada
 
 from dam_assets import metrics
 from dam_assets.config import SETTINGS
-from dam_assets.enrichment.automation import CATCH_UP, FILL_IN
+from dam_assets.enrichment.automation import CATCH_UP, FILL_IN, STALE
 from dam_assets.enrichment.pipeline import Enrichment, Steps, enrich_batch
 from dam_assets.enrichment.rows import RowChecks, deleted, not_deleted, read_batch_rows
 from dam_assets.enrichment.stages.decode import decoder
@@ -84,6 +84,7 @@ def embedding_code_version(settings: Settings) -> str:
             kinds={"pytorch", "blip"},
             group_name="enrichment",
             code_version=caption_code_version(SETTINGS),
+            automation_condition=STALE,
             skippable=True,
         ),
         AssetSpec(
@@ -93,6 +94,7 @@ def embedding_code_version(settings: Settings) -> str:
             kinds={"pytorch", "clip"},
             group_name="enrichment",
             code_version=embedding_code_version(SETTINGS),
+            automation_condition=STALE,
             skippable=True,
         ),
         AssetSpec(
@@ -247,8 +249,9 @@ _CHECKS = {
     group_name="table",
     code_version="delta-v2",
     backfill_policy=BACKFILL_POLICY,
-    # With OCR on, a batch whose text arrived after its rows (OCR switched on later) is re-committed.
-    automation_condition=CATCH_UP if SETTINGS.dam_ocr else None,
+    # A batch whose text, captions or embeddings changed after its rows (OCR switched on later, a
+    # model changed) is re-committed.
+    automation_condition=CATCH_UP,
     check_specs=[AssetCheckSpec(name, asset="asset_metadata", description=d) for name, d in _CHECKS.items()],
 )
 def asset_metadata(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:

@@ -6,7 +6,6 @@ separate run queued behind other batches); `search_index` rebuilds the whole ind
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
-from dam_assets.config import SETTINGS
 from dam_assets.enrichment.automation import CATCH_UP
 from dam_assets.ingest.partitions import BACKFILL_POLICY, batches_partitions_def
 from dam_assets.resources import DamResource
@@ -38,7 +37,7 @@ def _metadata(dam: DamResource, current: IndexManifest) -> dict:
     group_name="search",
     code_version="v1",
     backfill_policy=BACKFILL_POLICY,
-    automation_condition=CATCH_UP if SETTINGS.dam_ocr else None,  # the rows' new text, in the index too
+    automation_condition=CATCH_UP,  # re-committed rows (new text, a new model's output), in the index too
 )
 def search_segment(context: AssetExecutionContext, dam: DamResource) -> MaterializeResult:
     """This batch's rows added to the search index as a new version (one segment; the API serves it within a poll)."""

@@ -56,7 +56,7 @@ def row(
     }
 
 
-def land(settings, store, batch: str, rows: list[dict]) -> None:
+def land(settings, store, batch: str, rows: list[dict], dim: int = DIM) -> None:
     """A batch as the pipeline leaves it: its manifest, then its table file."""
     uploads = [
         UploadMessage(
@@ -74,7 +74,7 @@ def land(settings, store, batch: str, rows: list[dict]) -> None:
     ]
     m = BatchManifest(batch=batch, created_at=T0, uploads=uploads)
     store.put(manifest_key(batch), m.to_json())
-    make_table(settings).write_batch(batch, rows, DIM, store)
+    make_table(settings).write_batch(batch, rows, dim, store)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
     index/versions/{seq}.json   the manifest of version `seq`, created exclusively
     index/CURRENT.json          a copy of the newest manifest, written last
+    index/next/...              the same for the index of a new embedding model, built beside the
+                                served one until it covers every row (write.py: model changes)
 
 A manifest lists its segments, oldest first, the removed ids with their deletion times, the
 newest batch in it (`watermark`) and the low watermark with the batches indexed after it
@@ -24,17 +26,22 @@ from typing import overload
 from pydantic import BaseModel, ConfigDict, Field
 
 from dam_core.layout import (
-    CURRENT_INDEX_KEY,
+    INDEX_NEXT_PREFIX,
+    INDEX_PREFIX,
     INDEX_SEGMENTS_PREFIX,
-    INDEX_VERSIONS_PREFIX,
+    current_index_key,
     index_manifest_key,
     index_segment_prefix,
+    index_versions_prefix,
 )
 from dam_core.store import KeyNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 3
+SERVED = INDEX_PREFIX  # the chain the API serves
+NEXT = INDEX_NEXT_PREFIX  # the chain of a new embedding model's index, while it is built
+CHAINS = (SERVED, NEXT)
 # Segment files younger than this are never pruned unreferenced: a writer may not have published them yet.
 ORPHAN_GRACE = timedelta(minutes=30)
 _SEGMENT_TIME = "%Y%m%dT%H%M%S%fZ"
@@ -112,46 +119,61 @@ class PublishConflict(RuntimeError):
     """Another writer kept winning the next version."""
 
 
-def read_version(store: ObjectStore, seq: int) -> IndexManifest:
+def read_version(store: ObjectStore, seq: int, chain: str = SERVED) -> IndexManifest:
     """The manifest of version `seq` (KeyNotFound when it was never published or was pruned)."""
-    return IndexManifest.model_validate_json(store.get(index_manifest_key(seq)))
+    return IndexManifest.model_validate_json(store.get(index_manifest_key(seq, chain)))
 
 
-def read_head(store: ObjectStore) -> IndexManifest | None:
+def read_head(store: ObjectStore, chain: str = SERVED) -> IndexManifest | None:
     """The newest published manifest: CURRENT.json, or a newer version a writer published after it."""
     try:
-        current = IndexManifest.model_validate_json(store.get(CURRENT_INDEX_KEY))
+        current = IndexManifest.model_validate_json(store.get(current_index_key(chain)))
     except KeyNotFound:
         current = None
     newest = None
-    for key in store.list(INDEX_VERSIONS_PREFIX, start_after=index_manifest_key(current.seq if current else 0)):
+    start = index_manifest_key(current.seq if current else 0, chain)
+    for key in store.list(index_versions_prefix(chain), start_after=start):
         newest = key  # the last one listed
     if newest is not None:
         try:
             return IndexManifest.model_validate_json(store.get(newest))
         except KeyNotFound:  # pruned meanwhile: a newer one exists, look again
-            return read_head(store)
+            return read_head(store, chain)
     return current
 
 
+def clear_chain(store: ObjectStore, chain: str) -> None:
+    """Forget a chain's versions (never the served one's); segments go with the next prune unless served."""
+    assert chain != SERVED
+    store.delete(current_index_key(chain))
+    for key in list(store.list(index_versions_prefix(chain))):
+        store.delete(key)
+
+
 @overload
 def publish(
-    store: ObjectStore, change: Callable[[IndexManifest], IndexManifest], attempts: int = 100
+    store: ObjectStore, change: Callable[[IndexManifest], IndexManifest], attempts: int = 100, chain: str = SERVED
 ) -> IndexManifest: ...
 @overload
 def publish(
-    store: ObjectStore, change: Callable[[IndexManifest], IndexManifest | None], attempts: int = 100
+    store: ObjectStore,
+    change: Callable[[IndexManifest], IndexManifest | None],
+    attempts: int = 100,
+    chain: str = SERVED,
 ) -> IndexManifest | None: ...
 def publish(
-    store: ObjectStore, change: Callable[[IndexManifest], IndexManifest | None], attempts: int = 100
+    store: ObjectStore,
+    change: Callable[[IndexManifest], IndexManifest | None],
+    attempts: int = 100,
+    chain: str = SERVED,
 ) -> IndexManifest | None:
-    """Apply `change` to the newest manifest and publish the result as the next version (compare-and-swap).
+    """Apply `change` to the newest manifest of `chain` and publish the result as its next version (compare-and-swap).
 
     `change` gets the head (an empty manifest before the first) and returns the new one, or None
     to publish nothing; it is called again on the new head when another writer won the race.
     """
     for _ in range(attempts):
-        head = read_head(store)
+        head = read_head(store, chain)
         new = change(head or IndexManifest(segments=()))
         if new is None:
             return None
@@ -169,26 +191,27 @@ def publish(
             }
         )
         body = new.to_json()
-        if store.create(index_manifest_key(seq), body, content_type="application/json"):
+        if store.create(index_manifest_key(seq, chain), body, content_type="application/json"):
             # The pointer is written last: readers only ever see complete versions. A slower
             # writer may put an older pointer after a newer one: read_head looks past it.
-            store.put(CURRENT_INDEX_KEY, body, content_type="application/json")
-            _prune(store)
+            store.put(current_index_key(chain), body, content_type="application/json")
+            _prune(store, chain)
             return new
     raise PublishConflict(f"no index version published after {attempts} attempts")
 
 
-def _prune(store: ObjectStore) -> None:
-    """Drop manifests older than the last KEEP_VERSIONS and the segments none of those lists."""
+def _prune(store: ObjectStore, chain: str) -> None:
+    """Drop `chain`'s manifests older than its last KEEP_VERSIONS, and the segments that no kept
+    manifest of any chain lists (a new model's index shares the segment folder)."""
     try:
-        manifests = sorted(store.list(INDEX_VERSIONS_PREFIX))
-        referenced = {
-            s.prefix
-            for key in manifests[-KEEP_VERSIONS:]
-            for s in IndexManifest.model_validate_json(store.get(key)).segments
-        }
-        for key in manifests[:-KEEP_VERSIONS]:
-            store.delete(key)
+        kept: list[str] = []
+        for c in CHAINS:
+            manifests = sorted(store.list(index_versions_prefix(c)))
+            kept += manifests[-KEEP_VERSIONS:]
+            if c == chain:
+                for key in manifests[:-KEEP_VERSIONS]:
+                    store.delete(key)
+        referenced = {s.prefix for key in kept for s in IndexManifest.model_validate_json(store.get(key)).segments}
         now = datetime.now(UTC)
         for key in list(store.list(INDEX_SEGMENTS_PREFIX)):
             name = key[len(INDEX_SEGMENTS_PREFIX) :].split("/", 1)[0]

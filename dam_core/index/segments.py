@@ -39,6 +39,7 @@ ITEM_COLUMNS = [
     "uploaded_at",
     "processed_at",
     "batch",
+    "caption_model",
     "embedding_model",
     *EXIF_COLUMNS,
     "ocr_text",  # text search reads it from the snapshot (null in segments written before OCR)

@@ -2,8 +2,16 @@
 
 Each batch run adds one segment with its own rows (work proportional to the batch); segments are
 merged, newest first, when MERGE_FACTOR of a size pile up (LSM tiers, so a row is rewritten about
-log8(n / 64) times). A full rebuild (a model change, a repair) snapshots the whole `assets` view
-as segments of at most MAX_MERGED_ROWS; deleted ids are published as removed.
+log8(n / 64) times). A full rebuild (a repair) snapshots the whole `assets` view as segments of at
+most MAX_MERGED_ROWS; deleted ids are published as removed.
+
+One index per embedding model: vectors of two models never share one. Every index lists every
+row; a row embedded by another model is listed without a vector. When the pipeline's embedding
+model changes, the first batch embedded by the new model starts the new model's index beside the
+served one (the NEXT chain: a full build of the table, then every batch as a segment), the served
+index keeps serving (new batches listed in it without vectors), and the moment the new index has
+a vector for every row without an error it becomes the served index in one publish (`promote`).
+Deletions are published to both.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dam_core.index.manifest import IndexManifest, SegmentEntry, publish, read_head
+from dam_core.index.manifest import NEXT, SERVED, IndexManifest, SegmentEntry, clear_chain, publish, read_head
 from dam_core.index.resolve import drop_deleted, live_rows
 from dam_core.index.segments import ITEM_COLUMNS, load_segment, split_vectors, with_item_columns, write_segment
 from dam_core.index.watermark import advance_low_watermark
@@ -37,13 +45,21 @@ MAX_MERGED_ROWS = 262_144
 
 
 def build_index(
-    store: ObjectStore, con: duckdb.DuckDBPyConnection, exact_max: int, model: str | None = None
+    store: ObjectStore,
+    con: duckdb.DuckDBPyConnection,
+    exact_max: int,
+    model: str | None = None,
+    chain: str = SERVED,
 ) -> IndexManifest:
     """Snapshot the whole `assets` view of a DuckDB connection as new segments; returns the manifest.
 
-    The full rebuild (a model change, a repair). Batches indexed while it ran stay on top of it.
+    Every row is listed; the vectors are `model`'s (default: the chain's own model, else the
+    newest row's). The full rebuild (a repair, or a new model's index). Batches indexed while it
+    ran stay on top of it.
     """
-    head = read_head(store)
+    head = read_head(store, chain)
+    if model is None and head is not None:
+        model = head.model
     previous = head.low_watermark if head else None
     seen = {s.name for s in head.segments} if head else set()
     # The batches are read before the rows (a local table is globbed anew by every query): a
@@ -59,17 +75,13 @@ def build_index(
     # A table written before a column existed (EXIF) lacks it: it is added as nulls.
     present = set(con.sql("SELECT * FROM assets").columns)
     cols = ", ".join(c for c in ITEM_COLUMNS if c in present)
-    where = "" if model is None else "WHERE embedding_model = $model OR embedding IS NULL"
-    params = {} if model is None else {"model": model}
-    table: pa.Table = con.sql(
-        f"SELECT {cols}, embedding FROM assets {where} ORDER BY uploaded_at DESC, id", params=params
-    ).to_arrow_table()
+    table: pa.Table = con.sql(f"SELECT {cols}, embedding FROM assets ORDER BY uploaded_at DESC, id").to_arrow_table()
     if model is None:
         model = _newest_model(table)
-    table = _of_model(table, model)
+    table = _vectors_of(table, model)
     table = drop_deleted(table, list_tombstones(store))
     items, vectors, valid = split_vectors(table)
-    return write_index(store, items, vectors, valid, exact_max, model, in_table=in_table, _since=seen)
+    return write_index(store, items, vectors, valid, exact_max, model, in_table=in_table, _since=seen, chain=chain)
 
 
 def write_index(
@@ -83,6 +95,7 @@ def write_index(
     in_table: set[str] | None = None,
     _since: set[str] | None = None,
     max_rows: int | None = None,
+    chain: str = SERVED,
 ) -> IndexManifest:
     """Publish a version whose segments hold `items` (newest first; vectors where `valid`).
 
@@ -102,7 +115,9 @@ def write_index(
     batches = set(pc.unique(items.column("batch")).to_pylist()) - {None} if items.num_rows else set()
 
     def change(m: IndexManifest) -> IndexManifest:
-        newer = tuple(s for s in m.segments if _since is not None and s.name not in _since)
+        # Batches indexed meanwhile stay on top, when their vectors are this model's.
+        same = m.model is None or m.model == model
+        newer = tuple(s for s in m.segments if same and _since is not None and s.name not in _since)
         low: str | None = low_watermark
         pending: list[str] = []
         if in_table is not None:
@@ -118,7 +133,7 @@ def write_index(
             }
         )
 
-    return publish(store, change)
+    return publish(store, change, chain=chain)
 
 
 def _row_slices(valid: np.ndarray, rows: int, size: int) -> list[tuple[int, int, int, int]]:
@@ -135,56 +150,118 @@ def _newest_model(table: pa.Table) -> str | None:
     return with_vec.column("embedding_model")[0].as_py() if with_vec.num_rows else None
 
 
-def _of_model(table: pa.Table, model: str | None) -> pa.Table:
-    if model is None:
+def _vectors_of(table: pa.Table, model: str | None) -> pa.Table:
+    """Every row, with its embedding (and embedding_model) only where `model` made it: a row
+    embedded by another model is listed without a vector, never dropped."""
+    if model is None or not table.num_rows or "embedding_model" not in table.column_names:
         return table
-    keep = pc.or_(pc.is_null(table.column("embedding")), pc.equal(table.column("embedding_model"), model))
-    return table.filter(pc.fill_null(keep, False))
+    other = pc.fill_null(pc.not_equal(table.column("embedding_model"), model), False)
+    if not pc.any(other).as_py():
+        return table
+    for name in ("embedding", "embedding_model"):
+        col = table.column(name)
+        at = table.schema.get_field_index(name)
+        table = table.set_column(at, name, pc.if_else(other, pa.nulls(table.num_rows, col.type), col))
+    return table
 
 
 # ----------------------------------------------------------------------------- incremental
 
 
 def update_index(store: ObjectStore, con: duckdb.DuckDBPyConnection, batch: str, exact_max: int) -> IndexManifest:
-    """Add one batch's table rows to the index as a new segment (then merge if segments piled up)."""
+    """Add one batch's table rows to the index as a new segment (then merge if segments piled up);
+    returns the served index's manifest.
+
+    A batch embedded by a model other than the served index's goes to that model's index (built
+    first from the table when it is new), and to the served index as rows without vectors when the
+    served one does not list its batch yet; the new index is promoted once it covers every row.
+    """
+    rows = _batch_rows(con, batch)
+    model = _newest_model(rows.sort_by([("processed_at", "descending")])) if rows.num_rows else None
+    served = read_head(store)
+    if served is None or served.model is None or model is None or model == served.model:
+        current = add_batch(store, batch, rows, exact_max)
+        following = read_head(store, NEXT)
+        if following is not None and following.model not in (None, current.model):
+            add_batch(store, batch, rows, exact_max, chain=NEXT)  # its listing stays complete
+        return current
+    following = read_head(store, NEXT)
+    if following is None or following.model != model:
+        log.info(
+            "index: batch %s embedded with %s, served index with %s: building its index", batch, model, served.model
+        )
+        build_index(store, con, exact_max, model=model, chain=NEXT)
+    else:
+        add_batch(store, batch, rows, exact_max, chain=NEXT)
+    if not _lists_batch(served, batch):
+        add_batch(store, batch, rows, exact_max)  # listed (without vectors) until the new index is served
+    promoted = promote_when_complete(store, con, model)
+    now = read_head(store)
+    if promoted is None and now is not None and now.model == model:
+        # Promoted by another writer after this batch reached the new index: it may have copied
+        # an older version of it, so the batch goes to the served index too (a re-index is harmless).
+        add_batch(store, batch, rows, exact_max)
+    result = read_head(store)
+    assert result is not None
+    return result
+
+
+def _batch_rows(con: duckdb.DuckDBPyConnection, batch: str) -> pa.Table:
+    """The batch's own rows with their embeddings; a redelivered id twice in one batch keeps the row the view keeps."""
     present = set(con.sql("SELECT * FROM assets_all LIMIT 0").columns)
     cols = ", ".join(c for c in ITEM_COLUMNS if c in present)
-    # The batch's own rows only; a redelivered id twice in one batch keeps the row the view keeps.
-    rows = con.sql(
+    table: pa.Table = con.sql(
         f"""SELECT {cols}, embedding FROM (
               SELECT *, row_number() OVER (PARTITION BY id ORDER BY (error IS NULL) DESC, processed_at DESC) AS _r
               FROM assets_all WHERE batch = $batch
             ) WHERE _r = 1 ORDER BY uploaded_at DESC, id""",
         params={"batch": batch},
     ).to_arrow_table()
-    return add_batch(store, batch, rows, exact_max, rebuild=lambda: build_index(store, con, exact_max))
+    return table
 
 
-def add_batch(
-    store: ObjectStore, batch: str, rows: pa.Table, exact_max: int, rebuild: Callable[[], IndexManifest] | None = None
-) -> IndexManifest:
-    """Publish a version with `rows` (one batch, with `embedding`) as a new segment; returns the manifest."""
-    head = read_head(store)
-    model = head.model if head else None
+def _lists_batch(m: IndexManifest, batch: str) -> bool:
+    """Whether the index `m` already lists `batch`'s rows (indexed at or before its low watermark, or after it)."""
+    return bool(m.low_watermark and batch <= m.low_watermark) or batch in m.pending
+
+
+def add_batch(store: ObjectStore, batch: str, rows: pa.Table, exact_max: int, chain: str = SERVED) -> IndexManifest:
+    """Publish a version of `chain` with `rows` (one batch, with `embedding`) as a new segment; returns the manifest.
+
+    The vectors kept are the index's model's (the batch's own for an index without one yet);
+    rows of another model are listed without a vector.
+    """
     batch_model = _newest_model(rows.sort_by([("processed_at", "descending")])) if rows.num_rows else None
-    if model is not None and batch_model is not None and batch_model != model and rebuild is not None:
-        # Vectors of two models do not compare: the whole index follows the newest model.
-        log.info("index: batch %s embedded with %s, index with %s: full rebuild", batch, batch_model, model)
-        return rebuild()
-    rows = _of_model(rows, model or batch_model)
     gone = read_tombstones(store, rows.column("id").to_pylist())
     rows = drop_deleted(rows, gone)
-    items, vectors, valid = split_vectors(rows)
-    entry = write_segment(store, items, vectors, valid, exact_max)
+    for _ in range(10):
+        head = read_head(store, chain)
+        model = (head.model if head else None) or batch_model
+        items, vectors, valid = split_vectors(_vectors_of(rows, model))
+        entry = write_segment(store, items, vectors, valid, exact_max)
 
-    def change(m: IndexManifest) -> IndexManifest:
+        current = publish(store, _with_segment(store, batch, entry, model, gone), chain=chain)
+        if current is not None:
+            merged = merge_segments(store, exact_max, chain)
+            return merged or current
+    raise RuntimeError(f"index: batch {batch} could not be published: the index kept changing model")
+
+
+def _with_segment(
+    store: ObjectStore, batch: str, entry: SegmentEntry, model: str | None, gone: Mapping[str, datetime]
+) -> Callable[[IndexManifest], IndexManifest | None]:
+    """The change that adds one batch's segment (vectors of `model`); none when the index changed model meanwhile."""
+
+    def change(m: IndexManifest) -> IndexManifest | None:
+        if m.model is not None and m.model != model:
+            return None  # the caller writes the segment again for the index's model
         # A batch at or before the newest indexed one may be a re-run: its rows in older segments are stale.
         rerun = bool(m.watermark and batch <= m.watermark)
         low, pending = advance_low_watermark(store, m.low_watermark, set(m.pending) | {batch})
         return m.model_copy(
             update={
                 "segments": (*m.segments, entry.model_copy(update={"replaces": (batch,) if rerun else ()})),
-                "model": m.model or batch_model,
+                "model": m.model or model,
                 "removed": m.removed_with(gone),
                 "watermark": max(filter(None, [m.watermark, batch])),
                 "low_watermark": low,
@@ -192,15 +269,93 @@ def add_batch(
             }
         )
 
-    current = publish(store, change)
-    merged = merge_segments(store, exact_max)
-    return merged or current
+    return change
+
+
+def promote_when_complete(store: ObjectStore, con: duckdb.DuckDBPyConnection, model: str) -> IndexManifest | None:
+    """Serve `model`'s index once it has a vector for every row without an error; the served manifest, or None."""
+    stale = con.execute(
+        "SELECT count(*) FROM assets WHERE error IS NULL AND embedding_model IS DISTINCT FROM $m", {"m": model}
+    ).fetchone()
+    if stale is None or stale[0]:
+        return None  # the table still holds rows of another model: the re-embedding goes on
+    following = read_head(store, NEXT)
+    if following is None or following.model != model or missing_vectors(store, following):
+        return None
+    return promote(store, following)
+
+
+def missing_vectors(store: ObjectStore, m: IndexManifest) -> int:
+    """How many rows that `m` serves have no vector and no error (embedded by another model, or not yet)."""
+    segs = [load_segment(store, e) for e in m.segments]
+    missing = 0
+    for seg, keep in zip(segs, live_rows(segs, m.segments, m.removed), strict=True):
+        if not seg.items.num_rows:
+            continue
+        no_vector = seg.items.column("vector_row").to_numpy() < 0
+        no_error = np.asarray(pc.is_null(seg.items.column("error")).to_numpy(zero_copy_only=False), bool)
+        missing += int((keep & no_vector & no_error).sum())
+    return missing
+
+
+def promote(store: ObjectStore, following: IndexManifest) -> IndexManifest:
+    """Serve the NEXT chain's index (`following`, read before): one publish, then the chain is cleared.
+
+    Versions the chain gained after `following` was read are served too (their segments appended)
+    before the chain is cleared; a batch published to it later sees the new served model and is
+    indexed there as well (update_index).
+    """
+    copied = {s.name for s in following.segments}
+
+    def swap(m: IndexManifest) -> IndexManifest:
+        return m.model_copy(
+            update={
+                "segments": following.segments,
+                "model": following.model,
+                "removed": m.removed_with(following.removed),
+                "watermark": following.watermark,
+                "low_watermark": following.low_watermark,
+                "pending": following.pending,
+            }
+        )
+
+    served = publish(store, swap)
+    log.info("index: %s now served (%d rows, %d vectors)", following.model, served.rows, served.vectors)
+    while (later := read_head(store, NEXT)) is not None and later.model == following.model:
+        extra = tuple(s for s in later.segments if s.name not in copied)
+        if not extra:
+            break
+        copied |= {s.name for s in extra}
+        served = publish(store, _with_later(store, extra, later))
+    clear_chain(store, NEXT)
+    return served
+
+
+def _with_later(
+    store: ObjectStore, extra: tuple[SegmentEntry, ...], later: IndexManifest
+) -> Callable[[IndexManifest], IndexManifest]:
+    """The change that appends segments the NEXT chain (`later`) gained while it was promoted."""
+
+    def change(m: IndexManifest) -> IndexManifest:
+        low, pending = advance_low_watermark(store, m.low_watermark, set(m.pending) | set(later.pending))
+        return m.model_copy(
+            update={
+                "segments": (*m.segments, *extra),
+                "removed": m.removed_with(later.removed),
+                "watermark": max(filter(None, [m.watermark, later.watermark])),
+                "low_watermark": low,
+                "pending": tuple(pending),
+            }
+        )
+
+    return change
 
 
 def remove_from_index(store: ObjectStore, deleted: Mapping[str, datetime]) -> int:
     """Publish a version that no longer serves these ids (id -> deleted_at: uploads made up to then;
     a row uploaded after its id's deletion, the same bytes uploaded again, stays); returns how many
-    were newly removed (an id already removed at that time or later does not count)."""
+    were newly removed from the served index (an id already removed at that time or later does not
+    count). A new model's index being built gets the same removals."""
     added = 0
 
     def change(m: IndexManifest) -> IndexManifest | None:
@@ -212,7 +367,9 @@ def remove_from_index(store: ObjectStore, deleted: Mapping[str, datetime]) -> in
         return m.model_copy(update={"removed": m.removed_with(fresh)})
 
     publish(store, change)
-    return added
+    served = added
+    publish(store, change, chain=NEXT)
+    return served
 
 
 # ----------------------------------------------------------------------------- merge
@@ -236,11 +393,11 @@ def merge_run(rows: Sequence[int]) -> int:
     return MERGE_FACTOR
 
 
-def merge_segments(store: ObjectStore, exact_max: int) -> IndexManifest | None:
+def merge_segments(store: ObjectStore, exact_max: int, chain: str = SERVED) -> IndexManifest | None:
     """Merge the newest segments while MERGE_FACTOR of one tier pile up; returns the last manifest published."""
     published: IndexManifest | None = None
     while True:
-        head = read_head(store)
+        head = read_head(store, chain)
         n = merge_run([s.rows for s in head.segments]) if head else 0
         if head is None or not n:
             return published
@@ -272,7 +429,7 @@ def merge_segments(store: ObjectStore, exact_max: int) -> IndexManifest | None:
             exact_max,
         )
         entry = entry.model_copy(update={"replaces": tuple(sorted({b for s in parts for b in s.replaces}))})
-        result = publish(store, _replace_merged([s.name for s in parts], entry, removed))
+        result = publish(store, _replace_merged([s.name for s in parts], entry, removed), chain=chain)
         if result is None:  # another writer merged these meanwhile
             return published
         published = result
