@@ -39,8 +39,9 @@ FILL_IN = (
     & ~AutomationCondition.execution_failed()
 ).with_label("fill in the past")
 
+_CODE_CHANGED: AutomationCondition = AutomationCondition.code_version_changed()
 STALE = (
-    AutomationCondition.code_version_changed().since_last_handled()
+    _CODE_CHANGED.since_last_handled()
     & ~AutomationCondition.missing()
     & ~AutomationCondition.any_deps_missing()
     & ~AutomationCondition.in_progress()
