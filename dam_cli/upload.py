@@ -1,4 +1,7 @@
-"""`dam upload`: send files and folders to the API, concurrently, with a progress bar."""
+"""`dam upload`: send files and folders to the API, concurrently, with a progress bar.
+
+Only the files the API does not hold already are sent (see _held.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+from dam_cli._held import answer_detail, split_held
 
 
 def collect(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -41,39 +46,39 @@ def cmd_upload(args) -> int:
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
-    url = args.url.rstrip("/") + "/upload"
+    base_url = args.url.rstrip("/")
+    url = base_url + "/upload"
     uploaded: list[dict[str, object]] = []  # the API's answers, with the file's path
-    present: list[dict[str, object]] = []
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     with httpx.Client(headers=headers, timeout=httpx.Timeout(120, connect=5), limits=limits) as client:
+        with tqdm(total=len(files), unit="file", desc="checking", disable=args.quiet, file=sys.stderr) as bar:
+            to_send, present, unreadable = split_held(client, base_url, files, args.concurrency, bar)
+        failures += unreadable
 
-        def send(path: Path):
-            with open(path, "rb") as fh:
-                r = client.post(url, files={"file": (path.name, fh, "application/octet-stream")})
-            return path, r
+        def send(path: Path) -> tuple[Path, httpx.Response | Exception]:
+            try:
+                with open(path, "rb") as fh:
+                    return path, client.post(url, files={"file": (path.name, fh, "application/octet-stream")})
+            except (httpx.HTTPError, OSError) as err:
+                return path, err
 
         with (
             ThreadPoolExecutor(args.concurrency) as pool,
-            tqdm(total=len(files), unit="file", disable=args.quiet, file=sys.stderr) as bar,
+            tqdm(
+                total=len(to_send), unit="file", desc="uploading", disable=args.quiet or not to_send, file=sys.stderr
+            ) as bar,
         ):
-            futures = [pool.submit(send, f) for f in files]
+            futures = [pool.submit(send, f) for f in to_send]
             for fut in as_completed(futures):
-                try:
-                    path, r = fut.result()
-                except httpx.HTTPError as err:
-                    failures.append(("?", f"request failed: {err}"))
-                    bar.update(1)
-                    continue
-                if r.status_code in (200, 202):
+                path, r = fut.result()
+                if isinstance(r, Exception):
+                    failures.append((str(path), f"request failed: {r}"))
+                elif r.status_code in (200, 202):
                     body = r.json()
                     # The same bytes were uploaded before: nothing was stored or queued this time.
                     (present if body.get("duplicate") is True else uploaded).append({"path": str(path), **body})
                 else:
-                    try:
-                        detail = r.json().get("detail", r.text)
-                    except ValueError:
-                        detail = r.text
-                    failures.append((str(path), f"{r.status_code} {detail}"))
+                    failures.append((str(path), f"{r.status_code} {answer_detail(r)}"))
                 bar.update(1)
     if args.json:
         print(
@@ -97,7 +102,15 @@ def cmd_upload(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("upload", help="upload image files and folders")
+    s = sub.add_parser(
+        "upload",
+        help="upload image files and folders; files the API holds already (same bytes) are counted, not sent",
+        description=(
+            "Upload image files and folders. Each file is hashed (SHA-256) and the API asked which it holds "
+            "already: those (processed, failed or queued) are counted as already present and not sent. A file "
+            "whose asset was deleted is sent again and becomes a new asset."
+        ),
+    )
     s.add_argument("paths", nargs="+")
     s.add_argument("--url", default=os.environ.get("DAM_API_URL", "http://127.0.0.1:8000"))
     s.add_argument("--api-key", default=os.environ.get("DAM_API_KEY"))

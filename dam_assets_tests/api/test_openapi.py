@@ -27,6 +27,8 @@ ITEM = [
     "error",
     "uploaded_at",
     "processed_at",
+    "caption_model",
+    "embedding_model",
     "thumbnail_url",
     "original_url",
 ]
@@ -63,6 +65,8 @@ COMPONENTS = {
     "DeleteAnswer": ["id", "deleted_at", "original", "thumbnail", "vector", "marker", "table_rows", "index"],
     "ErrorBody": ["detail"],
     "ValidationErrorBody": ["detail", "errors"],
+    "CheckAnswer": ["items"],
+    "DigestState": ["sha256", "id", "state"],
 }
 # What a list's items are: the item component, by the component that holds the list.
 LIST_ITEMS = {
@@ -72,6 +76,7 @@ LIST_ITEMS = {
     "SearchResults": {"ScoredAsset"},
     "UploadBatch": {"UploadAnswer", "DuplicateAnswer", "RejectedFile"},
     "RejectedBatch": {"UploadAnswer", "DuplicateAnswer", "RejectedFile"},
+    "CheckAnswer": {"DigestState"},
 }
 E, V, BYTES = {"ErrorBody"}, {"ValidationErrorBody"}, "image bytes"
 REFUSED = {"ErrorBody", "RejectedBatch"}  # one file: {detail}; several, none accepted: the batch
@@ -94,6 +99,13 @@ OPERATIONS = {
     ("get", "/assets/{asset_id}/similar"): {"200": {"SimilarAssets"}, "409": E, **ASSET_ERRORS},
     ("get", "/assets/{asset_id}/duplicates"): {"200": {"NearDuplicates"}, "409": E, **ASSET_ERRORS},
     ("get", "/search"): {"200": {"SearchResults"}, "400": E, "401": E, "422": V, "503": E},
+    ("post", "/assets/check"): {
+        "200": {"CheckAnswer"},
+        "401": E,
+        "422": V,
+        "503": E,
+        **dict.fromkeys(["400", "408", "413"], E),
+    },
 }
 REF = "#/components/schemas/"
 

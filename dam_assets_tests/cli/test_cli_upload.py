@@ -8,14 +8,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from fastapi import APIRouter
 
 from dam_assets_tests.conftest import free_port, jpeg_bytes, png_bytes
+from dam_assets_tests.faults.server import serve
 from dam_assets_tests.processes import stop
 from dam_core.queue import EmbeddedQueue
 from dam_core.store import LocalStore
+from dam_ingest_api import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAM = str(Path(sys.executable).parent / "dam")
@@ -127,3 +131,76 @@ def test_dam_upload_nothing_to_upload(tmp_path):
     )
     assert proc.returncode == 1
     assert "nothing to upload" in proc.stderr
+
+
+def _requests(url: str, handler: str) -> float:
+    """POST requests the API answered on this route so far, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("http_requests_total{") and f'handler="{handler}"' in line and 'method="POST"' in line
+    )
+
+
+def _dam_upload(url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [DAM, "upload", *args, "--url", url, "--quiet"], env=_clean_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.system
+def test_a_second_upload_of_a_folder_sends_nothing_and_counts_what_is_present(api, tmp_path):
+    url, _ = api
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(80, 60, seed=20 + i))
+
+    first = _dam_upload(url, str(folder), "--json")
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert len(out["uploaded"]) == 3 and out["already_present"] == [] and out["failed"] == []
+    sent = _requests(url, "/upload")
+    assert sent == 3
+    # A copy made after the upload: the same bytes under another name are present already.
+    (folder / "copy.jpg").write_bytes((folder / "0.jpg").read_bytes())
+
+    second = _dam_upload(url, str(folder))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "uploaded 0 of 4 file(s), already present 4"
+    assert _requests(url, "/upload") == sent  # not one file sent
+    assert _requests(url, "/assets/check") == 2  # one batch of digests per run
+
+    again = json.loads(_dam_upload(url, str(folder), "--json").stdout)
+    assert again["uploaded"] == [] and again["failed"] == []
+    assert sorted(Path(p["path"]).name for p in again["already_present"]) == ["0.jpg", "1.jpg", "2.jpg", "copy.jpg"]
+    assert {p["status"] for p in again["already_present"]} == {"queued"}
+
+    # A deleted asset is sent again: uploading it after the delete makes it anew.
+    deleted = next(p for p in again["already_present"] if Path(p["path"]).name == "1.jpg")
+    assert httpx.delete(f"{url}/assets/{deleted['id']}", timeout=10).status_code == 200
+    third = _dam_upload(url, str(folder))
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() == "uploaded 1 of 4 file(s), already present 3"
+    assert _requests(url, "/upload") == sent + 1
+
+
+@pytest.mark.system
+def test_an_api_without_the_check_route_is_sent_every_file(make_settings, tmp_path, monkeypatch):
+    # The API as it was before POST /assets/check: the same app, that route's router left empty.
+    monkeypatch.setattr(main, "check", SimpleNamespace(router=APIRouter()))
+    app = main.create_app(make_settings())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(80, 60, seed=30 + i))
+    with serve(app) as url:
+        assert httpx.post(f"{url}/assets/check", json={"sha256": []}).status_code == 405
+        first = _dam_upload(url, str(folder))
+        assert first.stdout.strip() == "uploaded 2 of 2 file(s), already present 0", first.stderr
+        second = _dam_upload(url, str(folder))
+        assert second.returncode == 0, second.stderr
+        # Sent again, and answered as duplicates by the upload route itself.
+        assert second.stdout.strip() == "uploaded 0 of 2 file(s), already present 2"
+        assert "could not ask" not in second.stderr  # an older API is no error
