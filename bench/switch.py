@@ -14,6 +14,7 @@ embedding alone) and the index's own time are measured beside the total.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -104,7 +105,10 @@ class Client(threading.Thread):
             i = 0
             while not self.halt.is_set():
                 t = time.perf_counter()
-                r = c.get(f"{self.url}/search", params={"q": f"a photo {i % 50}", "mode": "meaning", "k": 20})
+                try:
+                    r = c.get(f"{self.url}/search", params={"q": f"a photo {i % 50}", "mode": "meaning", "k": 20})
+                except httpx.TransportError:  # the API stopped: the run is over
+                    return
                 took = time.perf_counter() - t
                 items = r.json().get("items", []) if r.status_code == 200 else []
                 self.answers.append(
@@ -121,6 +125,7 @@ class Client(threading.Thread):
 
 def run(quick: bool, models_dir: str | None, log=print) -> dict:
     from dam_core.index.manifest import read_head
+    from dam_core.index.snapshot import load_snapshot
     from dam_core.index.write import update_index
     from dam_core.settings import load_settings
     from dam_core.store import make_store
@@ -159,6 +164,10 @@ def run(quick: bool, models_dir: str | None, log=print) -> dict:
     for batch, first in batches:
         part = slice(first, min(n, first + BATCH))
         rows = _rows(batch, ids[part], embed_a.embed_images(images[part]), a, t0, first)
+        for r, img in zip(rows, images[part], strict=True):  # the originals, as uploads leave them
+            buf = io.BytesIO()
+            img.save(buf, "JPEG")
+            store.put(r["r2_key"], buf.getvalue(), content_type="image/jpeg")
         _manifest(store, batch, rows)
         table.write_batch(batch, rows, embed_a.dim, store)
         update_index(store, table.connect(), batch, settings.dam_exact_search_max)
@@ -219,6 +228,7 @@ def run(quick: bool, models_dir: str | None, log=print) -> dict:
         api.wait(30)
         api_log.close()
     head = read_head(store)
+    served = load_snapshot(store)
     answers = client.answers
     during = [x for x in answers if x[0] >= started]
     lat = np.array([x[2] for x in during]) * 1000
@@ -231,8 +241,8 @@ def run(quick: bool, models_dir: str | None, log=print) -> dict:
         "rows": n,
         "batches": len(batches),
         "alive_after": alive,
-        "served_rows_after": head.rows if head else 0,
-        "served_vectors_after": head.vectors if head else 0,
+        "served_rows_after": served.size if served else 0,
+        "served_vectors_after": served.vector_count if served else 0,
         "served_model_after": "B" if head and head.model == b else "A",
         "switch_s": round((served_at or time.monotonic()) - started, 2),
         "promote_after_s": round(promoted_at - started, 2) if promoted_at else None,

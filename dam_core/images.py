@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import warnings
@@ -177,11 +178,12 @@ def jpeg_min_bytes(fp: IO[bytes]) -> int | None:
     return None
 
 
-def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int, max_side: int | None = None) -> ImageInfo:
-    """Identify, bound and fully decode an image; raise ImageRejected with a clear reason.
+def inspect_header(fp: IO[bytes], max_pixels: int, max_side: int | None = None) -> ImageInfo:
+    """Identify and bound an image from its header alone; raise ImageRejected with a clear reason.
 
-    Limits: ``max_pixels`` (width x height, DAM_MAX_IMAGE_PIXELS), ``max_side`` (either side,
-    DAM_MAX_IMAGE_SIDE; checked from the header, before any decode), ``max_frames``.
+    What can be known without decoding pixels: the format (from the bytes), the size (after EXIF
+    rotation) against ``max_pixels`` and ``max_side``, and, for a JPEG, whether the file is too
+    short for its declared size. Frames are not counted (`frames` is 1): `inspect_image` does that.
     """
     fp.seek(0, 2)
     size = fp.tell()
@@ -226,30 +228,47 @@ def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int, max_side: int
                         f"data, the file has {size:,} bytes",
                     )
             try:
-                frames = getattr(img, "n_frames", 1)
-            except Exception:
-                raise ImageRejected(422, "corrupt or truncated animation") from None
-            if frames > max_frames:
-                raise ImageRejected(422, f"image has {frames} frames, over the limit of {max_frames}")
-            try:
                 orientation = img.getexif().get(_ORIENTATION_TAG, 1)
             except Exception:
                 orientation = 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    mime, ext = FORMATS[fmt]
+    return ImageInfo(fmt, mime, ext, width, height, 1)
+
+
+def inspect_image(fp: IO[bytes], max_pixels: int, max_frames: int, max_side: int | None = None) -> ImageInfo:
+    """Identify, bound and fully decode an image; raise ImageRejected with a clear reason.
+
+    Limits: ``max_pixels`` (width x height, DAM_MAX_IMAGE_PIXELS), ``max_side`` (either side,
+    DAM_MAX_IMAGE_SIDE; checked from the header, before any decode), ``max_frames``.
+    """
+    info = inspect_header(fp, max_pixels, max_side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with open_image(fp, max_pixels) as img:
+                frames = getattr(img, "n_frames", 1)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _bomb(err, max_pixels) from None
+        except Exception:
+            raise ImageRejected(422, "corrupt or truncated animation") from None
+        if frames > max_frames:
+            raise ImageRejected(422, f"image has {frames} frames, over the limit of {max_frames}")
         # verify() checks structure and checksums (PNG CRCs) without decoding pixels.
         try:
             with open_image(fp, max_pixels) as img:
                 img.verify()
             with open_image(fp, max_pixels) as img:
-                if fmt == "JPEG":
+                if info.format == "JPEG":
                     # Decoding at 1/8 scale still reads every entropy-coded byte: finds truncation cheaply.
-                    img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    # Both sides at least 1/8 of the shorter one: the same scale for a rotated image.
+                    side = max(1, min(info.width, info.height) // 8)
+                    img.draft("RGB", (side, side))
                 img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise _bomb(err, max_pixels) from None
         except Exception as err:
             reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise ImageRejected(422, f"truncated or corrupt image: {reason}") from None
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    mime, ext = FORMATS[fmt]
-    return ImageInfo(fmt, mime, ext, width, height, frames)
+    return dataclasses.replace(info, frames=frames)

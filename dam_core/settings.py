@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     dam_max_concurrent_validations: int = Field(default=4, gt=0)  # full decodes in memory at once
     dam_publish_connections: int = Field(default=16, gt=0, le=256)  # RabbitMQ publishes in flight at once
     dam_orphan_grace_seconds: float = Field(default=3600.0, ge=60)  # originals without a confirmed message
+    # Direct-to-store uploads (S3/R2, docs/http-api.md): how long a presigned URL stays valid, and the
+    # age past which an upload never completed is aborted and its staging objects removed by the sweep.
+    dam_direct_url_expiry_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    dam_direct_abandon_seconds: float = Field(default=86400.0, ge=60)
     dam_metrics: bool = True  # Prometheus metrics and GET /metrics (docs/metrics.md); 0 turns both off
 
     # Pipeline.
@@ -195,6 +199,15 @@ class Settings(BaseSettings):
                 raise ValueError("R2_BUCKET: required when R2_ENDPOINT or R2 credentials are set")
         if bool(self.r2_access_key_id) != bool(self.r2_secret_access_key):
             raise ValueError("R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _abandon_after_expiry(self) -> "Settings":
+        if self.dam_direct_abandon_seconds <= self.dam_direct_url_expiry_seconds:
+            raise ValueError(
+                "DAM_DIRECT_ABANDON_SECONDS: must be longer than DAM_DIRECT_URL_EXPIRY_SECONDS, "
+                "else the sweep may remove an upload whose URL is still valid"
+            )
         return self
 
     @property

@@ -7,12 +7,14 @@ store (the default) never loads them. botocore ships no type information: its ob
 from __future__ import annotations
 
 import abc
+import builtins
 import functools
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -32,6 +34,40 @@ class StoreError(RuntimeError):
 
 class KeyNotFound(KeyError):
     """No object under that key."""
+
+
+class ObjectChanged(RuntimeError):
+    """The object is no longer the version a conditional read or copy named (its ETag changed)."""
+
+
+class UploadNotFound(LookupError):
+    """No such multipart upload under that key: never created, completed, or aborted."""
+
+
+class PartsRejected(ValueError):
+    """The store refused to assemble a multipart upload from the parts named (missing, too small, out of order)."""
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload not yet completed or aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 def check_key(key: str) -> str:
@@ -427,6 +463,157 @@ class S3Store(ObjectStore):
     def describe(self) -> str:
         return f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
 
+    # -- direct uploads: presigned URLs and multipart uploads (SigV4 signs the key: a URL is good for
+    # its own key only, and only until it expires)
+
+    @staticmethod
+    def _code(err: Any) -> tuple[str, int | None]:
+        return err.response.get("Error", {}).get("Code", ""), err.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode"
+        )
+
+    def presign_put(self, key: str, expires: int, sha256_b64: str | None = None) -> str:
+        """A URL that PUTs one object at `key`; with `sha256_b64`, the store refuses other bytes."""
+        params = {"Bucket": self.bucket, "Key": check_key(key)}
+        if sha256_b64:
+            params["ChecksumSHA256"] = sha256_b64  # signed: the client must send x-amz-checksum-sha256
+        try:
+            url: str = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires)
+            return url
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def create_multipart(self, key: str) -> str:
+        """Start a multipart upload at `key`; returns its upload id."""
+        try:
+            upload_id: str = self.client.create_multipart_upload(Bucket=self.bucket, Key=check_key(key))["UploadId"]
+            return upload_id
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def presign_part(self, key: str, upload_id: str, part_number: int, expires: int) -> str:
+        """A URL that PUTs one part of a multipart upload."""
+        params = {"Bucket": self.bucket, "Key": check_key(key), "UploadId": upload_id, "PartNumber": part_number}
+        try:
+            url: str = self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires)
+            return url
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def list_parts(self, key: str, upload_id: str) -> builtins.list[UploadedPart]:
+        """The parts uploaded so far, by number; UploadNotFound when the upload is gone."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        parts: builtins.list[UploadedPart] = []
+        kwargs = {"Bucket": self.bucket, "Key": check_key(key), "UploadId": upload_id}
+        try:
+            for page in self.client.get_paginator("list_parts").paginate(**kwargs):
+                parts.extend(UploadedPart(p["PartNumber"], p["Size"], p["ETag"]) for p in page.get("Parts", []))
+        except ClientError as err:
+            code, status = self._code(err)
+            if code == "NoSuchUpload" or status == 404:
+                raise UploadNotFound(upload_id) from None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+        return sorted(parts, key=lambda p: p.number)
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> None:
+        """Assemble the object from (part number, ETag) pairs; PartsRejected when the store refuses them."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        body = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=check_key(key), UploadId=upload_id, MultipartUpload=body
+            )
+        except ClientError as err:
+            code, status = self._code(err)
+            if code == "NoSuchUpload" or status == 404:
+                raise UploadNotFound(upload_id) from None
+            if status == 400:  # InvalidPart, InvalidPartOrder, EntityTooSmall, MalformedXML
+                raise PartsRejected(err.response.get("Error", {}).get("Message") or code) from None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop a multipart upload and its parts; UploadNotFound when it is already gone."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=check_key(key), UploadId=upload_id)
+        except ClientError as err:
+            code, status = self._code(err)
+            if code == "NoSuchUpload" or status == 404:
+                raise UploadNotFound(upload_id) from None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def pending_uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Multipart uploads under a prefix that were neither completed nor aborted."""
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
+                for u in page.get("Uploads", []):
+                    yield PendingUpload(u["Key"], u["UploadId"], u["Initiated"].astimezone(UTC))
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def head(self, key: str) -> ObjectHead | None:
+        """Size and ETag of one object; None when absent."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        try:
+            found = self.client.head_object(Bucket=self.bucket, Key=check_key(key))
+        except ClientError as err:
+            if self._code(err)[1] == 404:
+                return None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+        return ObjectHead(found["ContentLength"], found["ETag"])
+
+    def iter_bytes(self, key: str, etag: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """The bytes of the object's version `etag`, in chunks; ObjectChanged when it was replaced."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=check_key(key), IfMatch=etag)["Body"]
+            yield from body.iter_chunks(chunk_size)
+        except ClientError as err:
+            code, status = self._code(err)
+            if code == "PreconditionFailed" or status == 412:
+                raise ObjectChanged(key) from None
+            if status == 404 or code == "NoSuchKey":
+                raise KeyNotFound(key) from None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def copy(self, source: str, dest: str, etag: str, content_type: str) -> None:
+        """Server-side copy of the source's version `etag` to `dest`; ObjectChanged when it was replaced."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=check_key(dest),
+                CopySource={"Bucket": self.bucket, "Key": check_key(source)},
+                CopySourceIfMatch=etag,
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+            )
+        except ClientError as err:
+            code, status = self._code(err)
+            if code == "PreconditionFailed" or status == 412:
+                raise ObjectChanged(source) from None
+            if status == 404 or code == "NoSuchKey":
+                raise KeyNotFound(source) from None
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+
 
 def make_store(settings: "Settings") -> ObjectStore:
     """The store the settings ask for: S3 API when R2_BUCKET is set, else a local folder."""
@@ -435,4 +622,18 @@ def make_store(settings: "Settings") -> ObjectStore:
     return LocalStore(settings.data_dir / "store")
 
 
-__all__ = ["ObjectStore", "LocalStore", "S3Store", "StoreError", "KeyNotFound", "make_store", "check_key"]
+__all__ = [
+    "KeyNotFound",
+    "LocalStore",
+    "ObjectChanged",
+    "ObjectHead",
+    "ObjectStore",
+    "PartsRejected",
+    "PendingUpload",
+    "S3Store",
+    "StoreError",
+    "UploadNotFound",
+    "UploadedPart",
+    "check_key",
+    "make_store",
+]

@@ -20,7 +20,7 @@ from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.deps import UploadSlots
 from dam_ingest_api.request_metrics import RequestMetrics
-from dam_ingest_api.routes import assets, check, health, page, search, upload
+from dam_ingest_api.routes import assets, check, direct, health, page, search, upload
 from dam_ingest_api.routes import metrics as metrics_route
 from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
 from dam_ingest_api.service import Uploader
@@ -60,7 +60,10 @@ def create_app(
     origins = [o.strip() for o in settings.dam_cors_origins.split(",") if o.strip()]
     if origins:  # CORS stays off unless configured
         app.add_middleware(
-            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["X-API-Key"]
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type"],
         )
 
     @app.exception_handler(RequestValidationError)
@@ -86,7 +89,7 @@ def create_app(
 
     # Every status a route can answer is in the schema, with its body model: clients (and the
     # fuzz test) can rely on the document. Each router declares its own.
-    for module in (health, upload, assets, check, search, page):
+    for module in (health, upload, assets, check, direct, search, page):
         app.include_router(module.router)
     if settings.dam_metrics:
         app.include_router(metrics_route.router)

@@ -6,11 +6,12 @@ import functools
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO
 
 from dam_core.dam import Dam
-from dam_core.images import inspect_image
+from dam_core.images import ImageInfo, inspect_image
 from dam_core.imaging import return_freed_memory
 from dam_core.layout import original_key
 from dam_core.markers import find_upload
@@ -73,7 +74,7 @@ class Uploader:
         """Land the markers in flight; before the store's clients go."""
         self.markers.close()
 
-    def check_image(self, fp: IO[bytes]):
+    def check_image(self, fp: IO[bytes]) -> ImageInfo:
         """inspect_image, at most DAM_MAX_CONCURRENT_VALIDATIONS at once in this process.
 
         It decodes every pixel (about 250 MB for an 8000x8000 PNG): without a cap, a burst of
@@ -111,15 +112,28 @@ class Uploader:
         removed by the periodic sweep (`dam_assets.maintenance.sweep`) once older than DAM_ORPHAN_GRACE_SECONDS;
         re-writing an existing original before publishing restarts that clock.
         """
-        store, markers = self.store, self.markers
         info = self.check_image(fp)
         sha, size = _sha256(fp)
+        message = self.message_for(sha, size, info, filename)
+
+        def create() -> bool:
+            fp.seek(0)
+            return self.store.create(message.r2_key, fp, content_type=info.mime_type)
+
+        def rewrite() -> None:
+            fp.seek(0)
+            self.store.put(message.r2_key, fp, content_type=info.mime_type)
+
+        return self.admit(message, create, rewrite)
+
+    @staticmethod
+    def message_for(sha: str, size: int, info: ImageInfo, filename: str | None) -> UploadMessage:
+        """The upload's message: its id and key derive from the bytes' SHA-256, never from the client."""
         asset_id = sha[:32]
-        key = original_key(asset_id, info.ext)
-        message = UploadMessage(
+        return UploadMessage(
             id=asset_id,
             filename=clean_filename(filename),
-            r2_key=key,
+            r2_key=original_key(asset_id, info.ext),
             mime_type=info.mime_type,
             bytes=size,
             sha256=sha,
@@ -127,10 +141,20 @@ class Uploader:
             height=info.height,
             uploaded_at=datetime.now(UTC),
         )
-        fp.seek(0)
+
+    def admit(
+        self, message: UploadMessage, create: Callable[[], bool], rewrite: Callable[[], None]
+    ) -> tuple[bool, UploadMessage]:
+        """Store the checked original and queue its message: `accept`'s guarantees, for any source of bytes.
+
+        `create` writes the original at `message.r2_key` only if the key is free (False when it was
+        taken); `rewrite` writes it again (see `accept` for when and why). Raises ServiceUnavailable.
+        """
+        store, markers = self.store, self.markers
+        asset_id = message.id
         try:
             with metrics.store_put_timer():
-                created = store.create(key, fp, content_type=info.mime_type)
+                created = create()
             # Only bytes seen before need the marker: it tells a confirmed duplicate from an
             # earlier attempt that stored the original but never got its message confirmed.
             existing = None if created else (markers.pending(asset_id) or find_upload(store, asset_id))
@@ -138,9 +162,8 @@ class Uploader:
                 # Present without a marker: an attempt whose publish failed (an orphan the sweep
                 # may be about to remove), or one still in flight. Writing the same bytes again
                 # makes the object young, so the sweep leaves it alone while this message is queued.
-                fp.seek(0)
                 with metrics.store_put_timer():
-                    store.put(key, fp, content_type=info.mime_type)
+                    rewrite()
         except StoreError as err:
             log.warning("store failed for %s: %s", asset_id, err)
             raise ServiceUnavailable("the object store is unavailable; nothing was queued, try again") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
-from dam_assets.maintenance.sweep import sweep_orphans
+from dam_assets.maintenance.sweep import sweep_orphans, sweep_staging
 from dam_assets.resources import DamResource
 
 SWEEP_INTERVAL_SECONDS = 900
@@ -17,7 +17,9 @@ SWEEP_BUDGET_SECONDS = 40  # under the daemon's 60 s limit for one sensor evalua
     description=(
         "Removes orphaned originals: objects under assets/ older than DAM_ORPHAN_GRACE_SECONDS that have "
         "no upload marker and are named by no batch manifest and no table row (an upload whose queue "
-        "message was never confirmed). Skips while the upload queue has waiting messages."
+        "message was never confirmed). Skips while the upload queue has waiting messages. On S3/R2, also "
+        "aborts direct uploads never completed and removes their staging objects under incoming/ once "
+        "older than DAM_DIRECT_ABANDON_SECONDS."
     ),
 )
 def orphan_sweep_sensor(context: SensorEvaluationContext, dam: DamResource) -> SkipReason:
@@ -34,5 +36,8 @@ def orphan_sweep_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
     )
     for key in report.deleted:
         context.log.info(f"removed orphaned original {key}")
+    staging = sweep_staging(dam.store, older_than_seconds=dam.settings.dam_direct_abandon_seconds)
+    said = [report.summary()] if report.deleted or report.skipped or report.out_of_time else []
+    said += [staging.summary()] if staging.aborted or staging.deleted else []
     # A sweep that removed nothing says nothing (the console stays quiet; the UI lists the tick).
-    return SkipReason(report.summary() if report.deleted or report.skipped or report.out_of_time else None)
+    return SkipReason("; ".join(said) or None)

@@ -5,6 +5,10 @@ one object key, and the one that fails to publish cannot know whether the other 
 answered 202 for that very object. So a failed publish leaves its original behind, and this
 sweep removes it later, once it is surely nobody's: older than the grace period, with no upload
 marker, named by no batch manifest and no table row. Dagster-free; the maintenance sensor runs it.
+
+The same sensor removes what direct-to-store uploads (S3/R2) left under incoming/: multipart
+uploads never completed are aborted (their parts cost storage until then), and staging objects
+and records older than DAM_DIRECT_ABANDON_SECONDS are deleted (`sweep_staging`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from dam_core.layout import (
+    INCOMING_PREFIX,
     MARKER_SUFFIX,
     MARKERS_PREFIX,
     ORIGINALS_PREFIX,
@@ -25,7 +30,7 @@ from dam_core.layout import (
 from dam_core.manifests import batches_after, read_manifest
 from dam_core.messages import is_asset_id
 from dam_core.queue import UploadQueue
-from dam_core.store import KeyNotFound, ObjectStore
+from dam_core.store import KeyNotFound, ObjectStore, S3Store, UploadNotFound
 
 log = logging.getLogger(__name__)
 
@@ -124,4 +129,44 @@ def sweep_orphans(
     return report
 
 
-__all__ = ["SweepReport", "sweep_orphans"]
+@dataclass
+class StagingReport:
+    aborted: list[str] = field(default_factory=list)  # staging keys of multipart uploads aborted
+    deleted: list[str] = field(default_factory=list)  # staging objects and records removed
+
+    def summary(self) -> str:
+        return (
+            f"direct uploads never completed: aborted {len(self.aborted)} multipart upload(s), "
+            f"removed {len(self.deleted)} staging object(s) and record(s)"
+        )
+
+
+def sweep_staging(
+    store: ObjectStore, *, older_than_seconds: float, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> StagingReport:
+    """Abort multipart uploads under incoming/ started before the age, and delete older staging objects.
+
+    Safe for uploads still going: DAM_DIRECT_ABANDON_SECONDS is longer than a presigned URL lives,
+    so nothing can arrive at a key this old. Only the S3 store has direct uploads.
+    """
+    report = StagingReport()
+    if not isinstance(store, S3Store):
+        return report
+    cutoff = now() - timedelta(seconds=older_than_seconds)
+    for upload in store.pending_uploads(INCOMING_PREFIX):
+        if upload.initiated >= cutoff:
+            continue
+        try:
+            store.abort_multipart(upload.key, upload.upload_id)
+        except UploadNotFound:
+            continue  # completed or aborted since the listing
+        report.aborted.append(upload.key)
+        log.info("aborted abandoned multipart upload at %s (started %s)", upload.key, upload.initiated.isoformat())
+    for key, modified in store.list_modified(INCOMING_PREFIX):
+        if modified < cutoff:
+            store.delete(key)
+            report.deleted.append(key)
+    return report
+
+
+__all__ = ["StagingReport", "SweepReport", "sweep_orphans", "sweep_staging"]

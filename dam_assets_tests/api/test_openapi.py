@@ -65,6 +65,10 @@ COMPONENTS = {
     "DeleteAnswer": ["id", "deleted_at", "original", "thumbnail", "vector", "marker", "table_rows", "index"],
     "ErrorBody": ["detail"],
     "ValidationErrorBody": ["detail", "errors"],
+    "UploadParameters": ["method", "url", "fields", "headers", "expires", "key"],
+    "MultipartStarted": ["uploadId", "key"],
+    "SignedPart": ["url", "expires"],
+    "UploadedPartInfo": ["PartNumber", "Size", "ETag"],
     "CheckAnswer": ["items"],
     "DigestState": ["sha256", "id", "state"],
 }
@@ -106,6 +110,24 @@ OPERATIONS = {
         "503": E,
         **dict.fromkeys(["400", "408", "413"], E),
     },
+}
+# Direct-to-store uploads (routes/direct.py): Uppy Companion's S3 routes; 404 also on the local store.
+_S3 = {"401": E, "404": E, "503": E}
+_S3_DONE = {
+    "202": {"UploadAnswer"},
+    "200": {"DuplicateAnswer"},
+    "422": {"ErrorBody", "ValidationErrorBody"},
+    **_S3,
+    **dict.fromkeys(["400", "409", "413", "415"], E),
+}
+OPERATIONS |= {
+    ("get", "/s3/params"): {"200": {"UploadParameters"}, "400": E, "422": V, **_S3},
+    ("post", "/s3/complete"): _S3_DONE,
+    ("post", "/s3/multipart"): {"200": {"MultipartStarted"}, "400": E, "413": E, "422": V, **_S3},
+    ("get", "/s3/multipart/{uploadId}/{partNumber}"): {"200": {"SignedPart"}, "400": E, "413": E, "422": V, **_S3},
+    ("get", "/s3/multipart/{uploadId}"): {"200": {"UploadedParts"}, "400": E, "422": V, **_S3},
+    ("delete", "/s3/multipart/{uploadId}"): {"200": {"Aborted"}, "400": E, "422": V, **_S3},
+    ("post", "/s3/multipart/{uploadId}/complete"): _S3_DONE,
 }
 REF = "#/components/schemas/"
 

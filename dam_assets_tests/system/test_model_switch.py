@@ -1,10 +1,12 @@
 """Changing the embedding model of a data folder `dam dev` filled: every batch is re-embedded by
 itself (Dagster's automation, as a backfill), while searches run all through it and never get an
 error, an empty page or vectors of two models; the new model's index is served once it covers
-every row; a delete made during the switch stays deleted; captions are not recomputed."""
+every row; a delete made during the switch stays deleted; captions are not recomputed. Then the
+caption model changes: every caption is rewritten by the new model, no embedding recomputed."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -14,6 +16,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dam_assets_tests.conftest import jpeg_bytes
+from dam_assets_tests.pipeline_harness import dam_sql
 from dam_assets_tests.system.test_ocr_upgrade import start_dev, stop_dev, table, wait_for
 
 IMAGES = 10
@@ -141,3 +144,38 @@ def test_an_embedding_model_change_re_embeds_every_batch_while_search_keeps_work
     assert all("dagster/backfill" not in tags[e.run_id] for e in captions_now if e.run_id not in caption_runs)
     assert any("dagster/backfill" in tags[e.run_id] for e in embeddings_now)
     assert backfills, "the re-embedding ran as a backfill (the UI's Backfills page shows its progress)"
+
+    # Then the caption model changes: every batch's captions are replaced by the new model's (the
+    # row says which model wrote them), no embedding is recomputed, searches answer all through it.
+    from dam_models.tiny import write_tiny_models  # torch: only here
+
+    new_blip = str(write_tiny_models(tmp_path / "models-2")[0])
+    with DagsterInstance.from_config(str(data / "dagster")) as instance:
+        embedding_runs = {e.run_id for e in instance.fetch_materializations(AssetKey("image_embeddings"), 100).records}
+    proc, port = start_dev({**env, "DAM_EMBEDDING_MODEL": tiny_siglip, "DAM_CAPTION_MODEL": new_blip}, tmp_path, log)
+    searcher = Searcher(port)
+    searcher.start()
+    try:
+
+        def recaptioned():
+            out = dam_sql("SELECT id, caption_model FROM assets", env)
+            rows = json.loads(out.stdout) if out.returncode == 0 else []
+            listed = searcher.listings[-1][1] if searcher.listings else []
+            return (
+                {r["id"] for r in rows} == alive
+                and {r["caption_model"] for r in rows} == {new_blip}
+                and {i["caption_model"] for i in listed} == {new_blip}  # GET /assets says so too
+            )
+
+        wait_for("every caption written by the new model", recaptioned, 420, log)
+    finally:
+        searcher.halt.set()
+        searcher.join(60)
+        stop_dev(proc)
+    assert searcher.answers and all(s == 200 and hits for _, s, hits in searcher.answers)
+    assert all({h["embedding_model"] for h in hits} == {tiny_siglip} for _, _, hits in searcher.answers)
+    with DagsterInstance.from_config(str(data / "dagster")) as instance:
+        embeddings_later = {
+            e.run_id for e in instance.fetch_materializations(AssetKey("image_embeddings"), 100).records
+        }
+    assert embeddings_later == embedding_runs  # no embedding recomputed for a caption model change
