@@ -93,7 +93,7 @@ def split_held(
             for path, sha in hashed:
                 state = states.get(sha)
                 if state in HELD:
-                    held.append({"path": str(path), "id": sha[:32], "sha256": sha, "status": state})
+                    held.append({"path": str(path), "id": sha[:32], "sha256": sha, "status": state, "duplicate": True})
                 else:
                     to_send.append(path)
     return to_send, held, unreadable

@@ -24,7 +24,7 @@ from dagster._core.definitions.metadata import RawMetadataValue  # what a metada
 
 from dam_assets import metrics
 from dam_assets.config import SETTINGS
-from dam_assets.enrichment.automation import CATCH_UP, FILL_IN, STALE
+from dam_assets.enrichment.automation import CATCH_UP, FILL_IN, STALE, made_by
 from dam_assets.enrichment.pipeline import Enrichment, Steps, enrich_batch
 from dam_assets.enrichment.rows import RowChecks, deleted, not_deleted, read_batch_rows
 from dam_assets.enrichment.stages.decode import decoder
@@ -150,6 +150,7 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     if work.captioner is not None:
         yield MaterializeResult(
             asset_key=CAPTIONS,
+            data_version=made_by(caption_code_version(SETTINGS)),
             metadata={
                 **common,
                 "model": work.captioner.model_id,
@@ -162,6 +163,7 @@ def image_enrichment(context: AssetExecutionContext, dam: DamResource, models: M
     if work.embedder is not None:
         yield MaterializeResult(
             asset_key=EMBEDDINGS,
+            data_version=made_by(embedding_code_version(SETTINGS)),
             metadata={
                 **common,
                 "model": work.embedder.model_id,

@@ -9,7 +9,13 @@ runs are untouched: they materialize every asset in one run, which both conditio
 
 When a model changes (DAM_EMBEDDING_MODEL, DAM_CAPTION_MODEL, or their runtime settings), the
 asset's code version changes and every batch's embeddings (or captions) are stale: STALE requests
-each batch once, the two conditions above then re-commit its rows and re-index it. The index keeps
+each such batch, the two conditions above then re-commit its rows and re-index it. Which batches
+are stale is read from the instance on every tick, not from the sensor's memory of the last code
+version (Dagster's own `code_version_changed` sees nothing when the sensor first ticks after the
+change, e.g. a `dam dev` restarted before its first tick): each materialization records the code
+version it ran with as its data version (`made_by`), and `ModelChanged` is true for every batch
+whose latest one recorded another. Materializations made before that record existed are caught
+by `code_version_changed` instead. The index keeps
 serving the old model's vectors until the new model's index covers every row
 (dam_core/index/write.py).
 
@@ -24,8 +30,47 @@ from dagster import (
     AssetSelection,
     AutomationCondition,
     AutomationConditionSensorDefinition,
+    AutomationContext,
+    AutomationResult,
+    DagsterEventType,
+    DataVersion,
     DefaultSensorStatus,
 )
+from dagster._core.definitions.data_version import DATA_VERSION_TAG  # indexed per partition by the event log
+
+_MADE_BY = "made-by:"
+
+
+def made_by(code_version: str) -> DataVersion:
+    """The data version a materialization records: the code version (model, runtime) that made it."""
+    return DataVersion(f"{_MADE_BY}{code_version}")
+
+
+class ModelChanged(AutomationCondition[AssetKey]):
+    """True for the partitions whose latest materialization was made by another code version than
+    the asset's current one (one indexed query per tick: the latest data version per partition)."""
+
+    @property
+    def name(self) -> str:
+        return "model_changed"
+
+    @property
+    def description(self) -> str:
+        return "made by another model (its code version) than the current one"
+
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
+        current = context.asset_graph.get(context.key).code_version
+        latest = context.asset_graph_view.instance.event_log_storage.get_latest_tags_by_partition(
+            context.key, DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG]
+        )
+        stale = {
+            partition
+            for partition, tags in latest.items()
+            if tags.get(DATA_VERSION_TAG, "").startswith(_MADE_BY)
+            and tags[DATA_VERSION_TAG] != made_by(current or "").value
+        }
+        return AutomationResult(context, context.candidate_subset.compute_intersection_with_partition_keys(stale))
+
 
 # Below every batch run's priority (minus its batch time in microseconds, dam_assets/ingest/sensors.py).
 BACKFILL_PRIORITY = str(-(2**62))
@@ -41,11 +86,13 @@ FILL_IN = (
 
 _CODE_CHANGED: AutomationCondition = AutomationCondition.code_version_changed()
 STALE = (
-    _CODE_CHANGED.since_last_handled()
+    (ModelChanged() | _CODE_CHANGED.since_last_handled())
     & ~AutomationCondition.missing()
     & ~AutomationCondition.any_deps_missing()
     & ~AutomationCondition.in_progress()
     & ~AutomationCondition.any_deps_in_progress()
+    # A batch whose re-run failed is left to run retries and to people: no retry loop every tick.
+    & ~AutomationCondition.execution_failed()
 ).with_label("re-compute after its model changed")
 
 CATCH_UP = (
@@ -64,6 +111,7 @@ def automation_sensor(targets: list[AssetKey]) -> AutomationConditionSensorDefin
         run_tags={"dagster/priority": BACKFILL_PRIORITY},
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
+        use_user_code_server=True,  # ModelChanged is Python of ours: evaluated in the code location
         description=(
             "Fills in an enrichment added later (OCR) and re-computes one whose model changed, for every "
             "earlier batch, after new uploads."
