@@ -45,6 +45,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _needs_services(item):
             item.add_marker(pytest.mark.system)
+    # The longest tests (those given a timeout of their own: `dam dev` restarts, recoveries) first,
+    # longest first: started last, one of them would run alone on one worker at the end of the run.
+    items.sort(key=_own_timeout, reverse=True)
+
+
+def _own_timeout(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -18,4 +18,4 @@ if [ "$fast" = 1 ]; then
   exec python -m pytest -n "${DAM_TEST_WORKERS:-2}" -m "not system and not slow" "$@"
 fi
 bash scripts/services.sh
-exec python -m pytest -n "${DAM_TEST_WORKERS:-2}" "$@"
+exec python -m pytest -n "${DAM_TEST_WORKERS:-2}" --durations=15 "$@"
