@@ -87,6 +87,15 @@ def png_bytes(width=64, height=64, mode="RGBA") -> bytes:
     return buf.getvalue()
 
 
+def noise_png(min_bytes: int) -> bytes:
+    """A PNG of random pixels (it does not compress): at least `min_bytes` long."""
+    side = int((min_bytes / 3) ** 0.5) + 16
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, "PNG", compress_level=1)
+    assert len(buf.getvalue()) >= min_bytes
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="session")
 def rabbit_url() -> str:
     """The machine's RabbitMQ; the suite fails (not skips) when it is missing."""

@@ -55,17 +55,20 @@ def ask_states(client, base_url: str, digests: list[str]) -> dict[str, str] | No
 
 
 Files = list[Path]
+ToSend = list[tuple[Path, str | None]]  # with its SHA-256 when it was hashed
 Failures = list[tuple[str, str]]
 
 
 def split_held(
     client, base_url: str, files: Files, threads: int, bar
-) -> tuple[Files, list[dict[str, object]], Failures]:
-    """(files to send, the ones the API holds already, the unreadable ones): hashed here, checked in batches.
+) -> tuple[ToSend, list[dict[str, object]], Failures]:
+    """(files to send with their digests, the ones the API holds already, the unreadable ones): hashed
+    here, checked in batches.
 
-    An API without the check route gets every file sent (it answers the held ones as duplicates).
+    An API without the check route gets every file sent (it answers the held ones as duplicates);
+    the files after the first batch are then not hashed (their digest is None).
     """
-    to_send: Files = []
+    to_send: ToSend = []
     held: list[dict[str, object]] = []
     unreadable: Failures = []
 
@@ -89,13 +92,14 @@ def split_held(
                 states = (ask_states(client, base_url, [sha for _, sha in hashed]) if hashed else None) or {}
             except RouteMissing:
                 bar.update(len(files) - start - len(batch))
-                return to_send + [path for path, _ in hashed] + files[start + len(batch) :], held, unreadable
+                rest: ToSend = [(path, None) for path in files[start + len(batch) :]]
+                return to_send + hashed + rest, held, unreadable
             for path, sha in hashed:
                 state = states.get(sha)
                 if state in HELD:
                     held.append({"path": str(path), "id": sha[:32], "sha256": sha, "status": state, "duplicate": True})
                 else:
-                    to_send.append(path)
+                    to_send.append((path, sha))
     return to_send, held, unreadable
 
 

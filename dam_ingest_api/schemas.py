@@ -252,7 +252,9 @@ class UploadParameters(Body):
 
     method: Literal["PUT"] = "PUT"
     url: str
-    fields: dict[str, str] = Field(description="always empty: a PUT, not a form POST")
+    fields: dict[str, str] = Field(
+        description="`{key}` only, the staging key again (where Uppy reads it): a PUT, not a form POST"
+    )
     headers: dict[str, str] = Field(description="headers the PUT must carry, exactly (they are signed)")
     expires: int = Field(description="seconds the URL stays valid")
     key: str = Field(description="the staging key, for POST /s3/complete?key=")

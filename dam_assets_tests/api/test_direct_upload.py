@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -18,10 +16,9 @@ import httpx
 import pytest
 from dagster import DagsterInstance
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from dam_assets.maintenance.sweep import sweep_staging
-from dam_assets_tests.conftest import jpeg_bytes, png_bytes
+from dam_assets_tests.conftest import jpeg_bytes, noise_png, png_bytes
 from dam_assets_tests.faults.strict_s3 import strict_s3
 from dam_assets_tests.pipeline_harness import run_pending
 from dam_core.layout import INCOMING_PREFIX, staging_record_key, staging_token
@@ -68,7 +65,7 @@ def put_single(client, data: bytes, filename="photo.jpg", **metadata) -> tuple[s
     r = client.get("/s3/params", params=query)
     assert r.status_code == 200, r.text
     params = r.json()
-    assert params["method"] == "PUT" and params["fields"] == {} and params["expires"] > 0
+    assert params["method"] == "PUT" and params["fields"] == {"key": params["key"]} and params["expires"] > 0
     assert staging_token(params["key"]) is not None  # only ever a staging key
     return params["key"], httpx.put(params["url"], content=data, headers=params["headers"])
 
@@ -87,15 +84,6 @@ def put_part(client, upload_id: str, key: str, number: int, data: bytes) -> str:
     answer = httpx.put(r.json()["url"], content=data)
     assert answer.status_code == 200, answer.text
     return answer.headers["etag"]
-
-
-def noise_png(min_bytes: int) -> bytes:
-    """A PNG of random pixels (it does not compress): at least `min_bytes` long."""
-    side = int((min_bytes / 3) ** 0.5) + 16
-    buf = io.BytesIO()
-    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, "PNG", compress_level=1)
-    assert len(buf.getvalue()) >= min_bytes
-    return buf.getvalue()
 
 
 def staging_left(settings) -> list[str]:

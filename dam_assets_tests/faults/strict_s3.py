@@ -4,7 +4,16 @@ moto stores whatever a presigned URL sends: it checks neither the SigV4 query si
 URL edited to name another key works) nor X-Amz-Expires (so an expired URL works). This front
 recomputes the signature of every presigned request with botocore's own SigV4 code and the
 secret, refuses a wrong one or an expired one with S3's 403, and forwards everything else to
-moto unchanged: the API's own (header-signed) calls and the good presigned PUTs.
+moto unchanged: the API's own (header-signed) calls and the good presigned PUTs. A test may pass
+a `gate`, shown each good presigned request (method, path, body) before it is forwarded: it can
+count the bytes clients send to the bucket, or drop the request (False: the connection is closed
+unanswered, as when the network fails).
+
+Given a bucket CORS rule (S3's `CORSRule` shape, as docs/http-api.md sets it on R2), it also
+answers a browser as S3 and R2 do: a preflight `OPTIONS` is allowed only for an origin, method and
+request headers the rule names, and an answer to an allowed origin carries
+`Access-Control-Allow-Origin` and the rule's exposed headers. moto's own CORS headers are dropped:
+a browser sees the rule and nothing else.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,6 +32,50 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "expect"}
+CORSRule = Mapping[str, object]  # AllowedOrigins, AllowedMethods, AllowedHeaders, ExposeHeaders, MaxAgeSeconds
+
+
+def _names(rule: CORSRule, field: str) -> list[str]:
+    value = rule.get(field) or []
+    assert isinstance(value, list), field
+    return [str(v) for v in value]
+
+
+def preflight_answer(rule: CORSRule | None, headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The headers S3 answers a preflight with under `rule`, or None when the rule does not allow it (403)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    origin, method = lower.get("origin"), lower.get("access-control-request-method", "")
+    if rule is None or origin is None or origin not in _names(rule, "AllowedOrigins"):
+        return None
+    if method.upper() not in {m.upper() for m in _names(rule, "AllowedMethods")}:
+        return None
+    asked = [h.strip().lower() for h in lower.get("access-control-request-headers", "").split(",") if h.strip()]
+    allowed = {h.lower() for h in _names(rule, "AllowedHeaders")}
+    if "*" not in allowed and any(h not in allowed for h in asked):
+        return None
+    answer = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": ", ".join(_names(rule, "AllowedMethods")),
+        "Vary": "Origin, Access-Control-Request-Headers, Access-Control-Request-Method",
+    }
+    if asked:
+        answer["Access-Control-Allow-Headers"] = ", ".join(asked)
+    if rule.get("MaxAgeSeconds") is not None:
+        answer["Access-Control-Max-Age"] = str(rule["MaxAgeSeconds"])
+    return answer
+
+
+def response_cors(rule: CORSRule | None, method: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """The CORS headers S3 adds to an actual request's answer under `rule` (none for another origin or method)."""
+    origin = {k.lower(): v for k, v in headers.items()}.get("origin")
+    if rule is None or origin is None or origin not in _names(rule, "AllowedOrigins"):
+        return {}
+    if method.upper() not in {m.upper() for m in _names(rule, "AllowedMethods")}:
+        return {}
+    answer = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if expose := _names(rule, "ExposeHeaders"):
+        answer["Access-Control-Expose-Headers"] = ", ".join(expose)
+    return answer
 
 
 def presigned_error(method: str, url: str, headers: dict[str, str], secret: str, now: datetime) -> str | None:
@@ -53,8 +106,16 @@ def presigned_error(method: str, url: str, headers: dict[str, str], secret: str,
 
 
 @contextlib.contextmanager
-def strict_s3(upstream: str, secret: str = "test") -> Iterator[str]:
-    """A front for `upstream` (moto) on a free local port; yields its URL (use it as R2_ENDPOINT)."""
+def strict_s3(
+    upstream: str,
+    secret: str = "test",
+    gate: Callable[[str, str, bytes], bool] | None = None,
+    cors: CORSRule | None = None,
+) -> Iterator[str]:
+    """A front for `upstream` (moto) on a free local port; yields its URL (use it as R2_ENDPOINT).
+
+    `cors`: the bucket's CORS rule; None answers no browser's preflight, as a bucket without one.
+    """
     client = httpx.Client(base_url=upstream, timeout=60)
 
     class Handler(BaseHTTPRequestHandler):
@@ -75,27 +136,47 @@ def strict_s3(upstream: str, secret: str = "test") -> Iterator[str]:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
 
+        def _answer(self, status: int, headers: Mapping[str, str], body: bytes = b"") -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_OPTIONS(self) -> None:  # a browser's preflight: S3 answers it from the bucket's CORS rule
+            self._body()
+            allowed = preflight_answer(cors, dict(self.headers.items()))
+            if allowed is None:
+                xml = b"<Error><Code>AccessForbidden</Code><Message>CORSResponse: not allowed</Message></Error>"
+                self._answer(403, {"Content-Type": "application/xml"}, xml)
+            else:
+                self._answer(200, allowed)
+
         def _handle(self) -> None:
             body = self._body()
             headers = {k: v for k, v in self.headers.items()}
+            allow = response_cors(cors, self.command, headers)
             if "X-Amz-Signature=" in self.path:
                 url = f"http://{self.headers['Host']}{self.path}"
                 refused = presigned_error(self.command, url, headers, secret, datetime.now(UTC))
                 if refused:
                     code, _, message = refused.partition(": ")
                     xml = f"<Error><Code>{code}</Code><Message>{message or code}</Message></Error>".encode()
-                    self.send_response(403)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(xml)))
-                    self.end_headers()
-                    self.wfile.write(xml)
+                    self._answer(403, {"Content-Type": "application/xml", **allow}, xml)
+                    return
+                if gate is not None and not gate(self.command, self.path, body):
+                    self.close_connection = True
                     return
             forward = {k: v for k, v in headers.items() if k.lower() not in _HOP}
             answer = client.request(self.command, self.path, headers=forward, content=body)
             self.send_response(answer.status_code)
             for k, v in answer.headers.multi_items():
-                if k.lower() not in _HOP and k.lower() != "content-encoding":
+                name = k.lower()
+                if name not in _HOP and name != "content-encoding" and not name.startswith("access-control-"):
                     self.send_header(k, v)
+            for k, v in allow.items():
+                self.send_header(k, v)
             data = answer.content
             length = answer.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(data))
             self.send_header("Content-Length", length)

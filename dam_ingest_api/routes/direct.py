@@ -144,7 +144,8 @@ def upload_parameters(
     metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA.match(k))}
     with _refusals():
         key, url, headers = direct.start_put(filename, metadata)
-    return UploadParameters(url=url, fields={}, headers=headers, expires=direct.expires, key=key)
+    # `fields.key` too: @uppy/aws-s3 reads the key of a single upload from there (Companion's shape), not from `key`.
+    return UploadParameters(url=url, fields={"key": key}, headers=headers, expires=direct.expires, key=key)
 
 
 @router.post(

@@ -133,44 +133,139 @@ async function openDetail(id) {
   } catch (e) { setStatus(`Could not open ${id}: ${e.message}`); }
 }
 
-function uploadFile(file) {
+// One row per file being uploaded, whichever way it goes: progress, then done or failed.
+function uploadRow(name) {
   const row = el("div", { class: "upload-row", "data-testid": "upload-row" });
   const bar = el("progress", { max: "100", value: "0" });
   const label = el("span", { text: "uploading…" });
-  row.append(el("span", { text: file.name }), bar, label);
+  row.append(el("span", { text: name }), bar, label);
   $("#uploads").append(row);
+  return {
+    progress(fraction) { bar.value = Math.round(100 * fraction); },
+    checking() { bar.value = 100; label.textContent = "checking…"; },
+    done(body) {
+      bar.value = 100;
+      label.textContent = body.duplicate ? "already here (duplicate)" : "queued";
+      row.dataset.state = "done";
+      setTimeout(() => row.remove(), 6000);
+    },
+    fail(message, status) {
+      if (status === 401) askKey("This server needs an API key.");
+      row.classList.add("failed");
+      row.dataset.state = "failed";
+      label.textContent = `failed: ${message}`;
+    },
+  };
+}
+
+// The local-folder store: the bytes go through the API, POST /upload.
+function uploadFile(file) {
+  const row = uploadRow(file.name);
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/upload");
     if (state.key) xhr.setRequestHeader("X-API-Key", state.key);
-    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = Math.round((100 * e.loaded) / e.total); };
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) row.progress(e.loaded / e.total); };
     xhr.onload = () => {
       let body = {};
       try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-      if (xhr.status === 202 || xhr.status === 200) {
-        bar.value = 100;
-        label.textContent = body.duplicate ? "already here (duplicate)" : "queued";
-        row.dataset.state = "done";
-        setTimeout(() => row.remove(), 6000);
-      } else {
-        if (xhr.status === 401) askKey("This server needs an API key.");
-        row.classList.add("failed");
-        row.dataset.state = "failed";
-        label.textContent = `failed: ${body.detail || "HTTP " + xhr.status}`;
-      }
+      if (xhr.status === 202 || xhr.status === 200) row.done(body);
+      else row.fail(body.detail || "HTTP " + xhr.status, xhr.status);
       resolve();
     };
-    xhr.onerror = () => { row.classList.add("failed"); row.dataset.state = "failed"; label.textContent = "failed: network error"; resolve(); };
+    xhr.onerror = () => { row.fail("network error"); resolve(); };
     const form = new FormData();
     form.append("file", file, file.name);
     xhr.send(form);
   });
 }
 
+// The S3/R2 store: Uppy's @uppy/aws-s3 against this API's Companion-shaped /s3 routes, the bytes PUT
+// straight to the bucket. A file of more than one S3 part (5 MiB) goes in parts, resumable part by part.
+const MULTIPART_FROM = 5 * 1024 * 1024;
+const direct = { uppy: null, loading: null, rows: new Map(), completions: new Map() };
+
+function directUploads() { return $('meta[name="dam-upload"]')?.content === "direct"; }
+
+function loadUppy() {
+  direct.loading ??= new Promise((resolve, reject) => {
+    const script = el("script", { src: "/static/vendor/uppy/uppy.min.js" });
+    script.onload = () => resolve(makeUppy());
+    script.onerror = () => { direct.loading = null; script.remove(); reject(new Error("could not load Uppy")); };
+    document.head.append(script);
+  });
+  return direct.loading;
+}
+
+function makeUppy() {
+  const { Uppy, AwsS3 } = window.Uppy;
+  const uppy = new Uppy({ autoProceed: false });
+  uppy.use(AwsS3, {
+    id: "AwsS3",
+    endpoint: location.origin,
+    headers: headers(),
+    shouldUseMultipart: (file) => file.size > MULTIPART_FROM,
+    allowedMetaFields: ["size"], // declared: the API checks what arrived against it
+  });
+  uppy.on("upload-progress", (file, p) => {
+    if (p.bytesTotal) direct.rows.get(file.id)?.progress(p.bytesUploaded / p.bytesTotal);
+  });
+  uppy.on("upload-success", (file, response) => {
+    const row = direct.rows.get(file.id);
+    const body = response.body || {};
+    // Multipart: Uppy's completion call was the API's, its answer is POST /upload's. A single PUT
+    // has no completion call in Uppy's protocol: the API's is POST /s3/complete with the staging key.
+    direct.completions.set(file.id, body.id ? Promise.resolve(row?.done(body)) : completePut(body.key, row));
+  });
+  uppy.on("upload-error", (file, err) => {
+    const status = err?.isAuthError ? 401 : undefined;
+    direct.rows.get(file.id)?.fail(err?.cause?.message || err?.message || "upload failed", status);
+  });
+  direct.uppy = uppy;
+  return uppy;
+}
+
+async function completePut(key, row) {
+  row?.checking();
+  try {
+    const r = await fetch("/s3/complete?key=" + encodeURIComponent(key || ""), { method: "POST", headers: headers() });
+    const body = await r.json().catch(() => ({}));
+    if (r.status === 202 || r.status === 200) row?.done(body);
+    else row?.fail(body.detail || "HTTP " + r.status, r.status);
+  } catch { row?.fail("network error"); }
+}
+
+async function uploadDirect(list) {
+  let uppy;
+  try { uppy = await loadUppy(); } catch (e) {
+    for (const file of list) uploadRow(file.name).fail(e.message);
+    return;
+  }
+  uppy.getPlugin("AwsS3").setOptions({ headers: headers() }); // the key may have changed
+  const ids = [];
+  for (const file of list) {
+    const row = uploadRow(file.name);
+    try {
+      const meta = file.size > 0 ? { size: String(file.size) } : {};
+      const id = uppy.addFile({ name: file.name, type: file.type, data: file, meta, source: "gallery" });
+      direct.rows.set(id, row);
+      ids.push(id);
+    } catch (e) { row.fail(e.message); }
+  }
+  if (!ids.length) return;
+  try { await uppy.upload(); } catch { /* each file's failure is on its row */ }
+  await Promise.all(ids.map((id) => direct.completions.get(id)));
+  for (const id of ids) {
+    direct.rows.delete(id); direct.completions.delete(id);
+    if (uppy.getFile(id)) uppy.removeFile(id);
+  }
+}
+
 async function uploadAll(files) {
   const list = Array.from(files);
   if (!list.length) return;
-  for (let i = 0; i < list.length; i += 4) await Promise.all(list.slice(i, i + 4).map(uploadFile));
+  if (directUploads()) await uploadDirect(list);
+  else for (let i = 0; i < list.length; i += 4) await Promise.all(list.slice(i, i + 4).map(uploadFile));
   if (state.mode === "gallery") loadGallery(false);
 }
 
