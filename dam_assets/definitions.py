@@ -37,7 +37,8 @@ def build_resources(settings: Settings, configuration_error: str | None = None) 
 OCR = [image_text] if SETTINGS.dam_ocr else []
 AUTOMATION = [
     automation_sensor(
-        [*([TEXT] if SETTINGS.dam_ocr else []), CAPTIONS, EMBEDDINGS, asset_metadata.key, search_segment.key]
+        [*([TEXT] if SETTINGS.dam_ocr else []), CAPTIONS, EMBEDDINGS, asset_metadata.key, search_segment.key],
+        SETTINGS.dam_automation_interval_seconds,
     )
 ]
 

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # at 1M in segments, ef=256; bench/NOTES.md); up to it, a float32 scan takes ~1 ms.
     dam_exact_search_max: int = Field(default=20_000, ge=0)
     dam_index_poll_seconds: float = Field(default=5.0, gt=0)
+    # How often the automation sensor looks for work (an enrichment added later, a model changed):
+    # each look evaluates every batch, and a re-computation takes three looks (its asset, the rows,
+    # the index segment).
+    dam_automation_interval_seconds: int = Field(default=30, ge=1)
 
     # The assets table (Delta Lake): how long superseded and deleted rows stay in its history.
     dam_table_retention_hours: float = Field(default=168.0, ge=0)  # compact_assets vacuums older files

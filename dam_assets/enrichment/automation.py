@@ -2,14 +2,16 @@
 
 When `image_text` (OCR) is switched on for a data folder that already holds processed batches,
 every batch lacks it. FILL_IN requests each such batch once its upload is there and nothing is
-running for it; CATCH_UP re-commits the batch's rows (`asset_metadata`) and its index segment
-(`search_segment`) after a dependency changed outside their own run (the new text), reading the
+running for it; CATCH_UP puts the batch's rows (`asset_metadata`) and its index segment
+(`search_segment`) in the same request, so they are re-committed after the new text, reading the
 stored captions and embeddings: nothing is recomputed but the new enrichment. The sensor's batch
-runs are untouched: they materialize every asset in one run, which both conditions ignore.
+runs are untouched: they materialize every asset in one run, which no condition here looks at
+(CATCH_UP follows only what this sensor requests: a trigger on "a dependency was updated" fired
+after batch runs too, when a tick fell between a batch's rows and its segment).
 
 When a model changes (DAM_EMBEDDING_MODEL, DAM_CAPTION_MODEL, or their runtime settings), the
 asset's code version changes and every batch's embeddings (or captions) are stale: STALE requests
-each such batch, the two conditions above then re-commit its rows and re-index it. Which batches
+each such batch, and CATCH_UP re-commits its rows and re-indexes it in the same backfill. Which batches
 are stale is read from the instance on every tick, not from the sensor's memory of the last code
 version (Dagster's own `code_version_changed` sees nothing when the sensor first ticks after the
 change, e.g. a `dam dev` restarted before its first tick): each materialization records the code
@@ -96,20 +98,20 @@ STALE = (
 ).with_label("re-compute after its model changed")
 
 CATCH_UP = (
-    AutomationCondition.any_deps_updated().since_last_handled()
-    & ~AutomationCondition.any_deps_missing()
-    & ~AutomationCondition.any_deps_in_progress()
+    AutomationCondition.any_deps_match(AutomationCondition.will_be_requested())
+    # A dependency missing is fine when this tick requests it (OCR's first text for a batch).
+    & ~AutomationCondition.any_deps_match(AutomationCondition.missing() & ~AutomationCondition.will_be_requested())
     & ~AutomationCondition.in_progress()
-).with_label("after a dependency changed alone")
+).with_label("with a dependency this sensor requests")
 
 
-def automation_sensor(targets: list[AssetKey]) -> AutomationConditionSensorDefinition:
+def automation_sensor(targets: list[AssetKey], interval_seconds: int = 30) -> AutomationConditionSensorDefinition:
     """The sensor that evaluates FILL_IN, STALE and CATCH_UP on `targets`."""
     return AutomationConditionSensorDefinition(
         "enrichment_automation_sensor",
         target=AssetSelection.assets(*targets),
         run_tags={"dagster/priority": BACKFILL_PRIORITY},
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         use_user_code_server=True,  # ModelChanged is Python of ours: evaluated in the code location
         description=(

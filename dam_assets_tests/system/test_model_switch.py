@@ -63,7 +63,7 @@ def test_an_embedding_model_change_re_embeds_every_batch_while_search_keeps_work
     tmp_path, tiny_models, tiny_siglip, make_settings
 ):
     data = tmp_path / "data"
-    make_settings(**tiny_models, DAM_DATA_DIR=str(data), DAM_BATCH_SIZE="4")
+    make_settings(**tiny_models, DAM_DATA_DIR=str(data), DAM_BATCH_SIZE="4", DAM_AUTOMATION_INTERVAL_SECONDS="5")
     env = dict(os.environ)
     old_model = tiny_models["DAM_EMBEDDING_MODEL"]
     log = tmp_path / "dam-dev.log"
@@ -86,6 +86,8 @@ def test_an_embedding_model_change_re_embeds_every_batch_while_search_keeps_work
     with DagsterInstance.from_config(str(data / "dagster")) as instance:
         caption_runs = {e.run_id for e in instance.fetch_materializations(AssetKey("image_captions"), 100).records}
         assert len(instance.get_dynamic_partitions("ingest_batches")) >= 3
+        # Nothing but the batch runs: the automation has nothing to do while no model changed.
+        assert {r.job_name for r in instance.get_runs()} == {"enrich_batch"} and not instance.get_backfills()
 
     # After: the same folder with a SigLIP model. Nobody asks for anything; searches run throughout.
     proc, port = start_dev({**env, "DAM_EMBEDDING_MODEL": tiny_siglip}, tmp_path, log)

@@ -76,7 +76,7 @@ def wait_for(what: str, check, deadline_s: float, log: Path):
 @pytest.mark.timeout(600)
 def test_switching_ocr_on_fills_in_every_earlier_batch_by_itself(tmp_path, tiny_models, make_settings):
     data = tmp_path / "data"
-    make_settings(**tiny_models, DAM_DATA_DIR=str(data), DAM_BATCH_SIZE="2")
+    make_settings(**tiny_models, DAM_DATA_DIR=str(data), DAM_BATCH_SIZE="2", DAM_AUTOMATION_INTERVAL_SECONDS="5")
     env = {k: v for k, v in os.environ.items() if k != "DAM_OCR"}
     log = tmp_path / "dam-dev.log"
 
