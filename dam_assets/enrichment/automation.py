@@ -27,6 +27,8 @@ runs carry the lowest priority: the queue starts every new upload's batch run be
 
 from __future__ import annotations
 
+import warnings
+
 from dagster import (
     AssetKey,
     AssetSelection,
@@ -34,6 +36,7 @@ from dagster import (
     AutomationConditionSensorDefinition,
     AutomationContext,
     AutomationResult,
+    BetaWarning,
     DagsterEventType,
     DataVersion,
     DefaultSensorStatus,
@@ -107,6 +110,13 @@ CATCH_UP = (
 
 def automation_sensor(targets: list[AssetKey], interval_seconds: int = 30) -> AutomationConditionSensorDefinition:
     """The sensor that evaluates FILL_IN, STALE and CATCH_UP on `targets`."""
+    # `use_user_code_server` is marked beta: said once here, not in every process's log that loads the code.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return _sensor(targets, interval_seconds)
+
+
+def _sensor(targets: list[AssetKey], interval_seconds: int) -> AutomationConditionSensorDefinition:
     return AutomationConditionSensorDefinition(
         "enrichment_automation_sensor",
         target=AssetSelection.assets(*targets),
