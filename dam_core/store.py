@@ -582,12 +582,7 @@ class S3Store(ObjectStore):
             body = self.client.get_object(Bucket=self.bucket, Key=check_key(key), IfMatch=etag)["Body"]
             yield from body.iter_chunks(chunk_size)
         except ClientError as err:
-            code, status = self._code(err)
-            if code == "PreconditionFailed" or status == 412:
-                raise ObjectChanged(key) from None
-            if status == 404 or code == "NoSuchKey":
-                raise KeyNotFound(key) from None
-            raise self._wrap(err) from err
+            raise self._version_error(err, key) from err
         except Exception as err:
             raise self._wrap(err) from err
 
@@ -605,14 +600,18 @@ class S3Store(ObjectStore):
                 ContentType=content_type,
             )
         except ClientError as err:
-            code, status = self._code(err)
-            if code == "PreconditionFailed" or status == 412:
-                raise ObjectChanged(source) from None
-            if status == 404 or code == "NoSuchKey":
-                raise KeyNotFound(source) from None
-            raise self._wrap(err) from err
+            raise self._version_error(err, source) from err
         except Exception as err:
             raise self._wrap(err) from err
+
+    def _version_error(self, err: Any, key: str) -> Exception:
+        """A request on one version of `key` refused: ObjectChanged (replaced), KeyNotFound, else a StoreError."""
+        code, status = self._code(err)
+        if code == "PreconditionFailed" or status == 412:
+            return ObjectChanged(key)
+        if status == 404 or code == "NoSuchKey":
+            return KeyNotFound(key)
+        return self._wrap(err)
 
 
 def make_store(settings: "Settings") -> ObjectStore:
