@@ -31,6 +31,7 @@ MIN_PART_BYTES = 5 * MiB  # S3's and R2's smallest part, the last one excepted
 S3_MAX_PARTS = 10_000
 PART_THREADS = 4  # parts of one file in flight at once
 PUT_ATTEMPTS = 3
+SNIFF_BYTES = 64 * 1024  # read to name the file's type: a supported format's header fits
 _READ = 256 * 1024
 _S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.S)
 
@@ -167,9 +168,15 @@ class DirectSender:
     # -- one PUT
 
     def _single(self, path: Path, sha: str, size: int, moved: _Moved):
+        from dam_core.images import sniff_type  # Pillow: only when a file goes this way
+
         query = {"filename": path.name, "metadata[sha256]": sha, "metadata[size]": str(size)}
+        if media_type := sniff_type(b"".join(read_range(path, 0, min(size, SNIFF_BYTES)))):
+            query["type"] = media_type  # with digest and size: the URL is for the original's own key
         params = self._call("GET", "/s3/params", params=query)
-        self._put(params["url"], params.get("headers") or {}, path, 0, size, "the file")
+        headers = params.get("headers") or {}
+        # If-None-Match: the object is there already (these bytes, the store checked): complete anyway.
+        self._put(params["url"], headers, path, 0, size, "the file", exists_ok="If-None-Match" in headers)
         moved.add(size)
         return self.api.post(self.base_url + "/s3/complete", params={"key": params["key"]})
 
@@ -265,8 +272,20 @@ class DirectSender:
 
     # -- the store's side
 
-    def _put(self, url: str, headers: dict[str, str], path: Path, offset: int, length: int, what: str):
-        """PUT `length` bytes of the file from `offset`, streamed, retrying a dropped connection or a 5xx."""
+    def _put(
+        self,
+        url: str,
+        headers: dict[str, str],
+        path: Path,
+        offset: int,
+        length: int,
+        what: str,
+        exists_ok: bool = False,
+    ):
+        """PUT `length` bytes of the file from `offset`, streamed, retrying a dropped connection or a 5xx.
+
+        `exists_ok`: a 412 (a create-only PUT found the object there) is an answer, not a refusal.
+        """
         import httpx
 
         for attempt in range(1, PUT_ATTEMPTS + 1):
@@ -284,7 +303,7 @@ class DirectSender:
                         ) from err
                     raise
             else:
-                if r.status_code == 200:
+                if r.status_code == 200 or (exists_ok and r.status_code == 412):
                     self.reached = True
                     return r
                 if r.status_code < 500 or attempt == PUT_ATTEMPTS:

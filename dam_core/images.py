@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import re
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,21 @@ FORMATS: dict[str, tuple[str, str]] = {
     "HEIF": ("image/heic", ".heic"),
 }
 UNSUPPORTED = "not a supported image: expected JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC/HEIF or AVIF bytes"
+
+
+def ext_of_type(mime: str | None) -> str | None:
+    """The originals' file suffix for a supported media type (`image/jpeg` -> `.jpg`); None otherwise."""
+    wanted = (mime or "").split(";", 1)[0].strip().lower()
+    return next((ext for m, ext in FORMATS.values() if m == wanted), None)
+
+
+def sniff_type(head: bytes) -> str | None:
+    """The media type of a supported image from its first bytes (64 KiB is plenty); None when not one."""
+    try:
+        with Image.open(io.BytesIO(head), formats=list(FORMATS)) as img:
+            return FORMATS[img.format][0] if img.format else None
+    except Exception:  # not an image, or a header longer than `head`: the server's check decides
+        return None
 
 
 @functools.cache
@@ -178,15 +194,17 @@ def jpeg_min_bytes(fp: IO[bytes]) -> int | None:
     return None
 
 
-def inspect_header(fp: IO[bytes], max_pixels: int, max_side: int | None = None) -> ImageInfo:
+def inspect_header(fp: IO[bytes], max_pixels: int, max_side: int | None = None, size: int | None = None) -> ImageInfo:
     """Identify and bound an image from its header alone; raise ImageRejected with a clear reason.
 
     What can be known without decoding pixels: the format (from the bytes), the size (after EXIF
     rotation) against ``max_pixels`` and ``max_side``, and, for a JPEG, whether the file is too
     short for its declared size. Frames are not counted (`frames` is 1): `inspect_image` does that.
+    `fp` may hold only the file's first bytes: `size` is then the whole file's size.
     """
-    fp.seek(0, 2)
-    size = fp.tell()
+    if size is None:
+        fp.seek(0, 2)
+        size = fp.tell()
     if size == 0:
         raise ImageRejected(400, "the file is empty")
     with warnings.catch_warnings():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -251,6 +252,10 @@ def decode_batch(
         except KeyNotFound:
             return Decoded(u, None, f"original not found at {u.r2_key}")
         # Any other store error propagates: the run fails loudly and a retry can succeed.
+        if (digest := hashlib.sha256(data).hexdigest()) != u.sha256:
+            # A direct upload's digest is the store's check (x-amz-checksum-sha256); a store that
+            # ignored it yields this error row, never a row describing other bytes.
+            return Decoded(u, None, f"the stored bytes' SHA-256 is {digest}, not the upload's {u.sha256}")
         try:
             image, exif = decode_with_exif(data, max_pixels=max_pixels, budget=budget, max_image_side=max_image_side)
             return Decoded(u, image, exif=exif)

@@ -28,9 +28,23 @@ OWNERS_PREFIX = "owners/"
 CURSOR_SECRET_KEY = "api/cursor-secret"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def original_key(asset_id: str, ext: str) -> str:
     """An uploaded original: `assets/{id}{ext}`."""
     return f"{ORIGINALS_PREFIX}{asset_id}{ext}"
+
+
+def original_parts(key: str) -> tuple[str, str] | None:
+    """`assets/{id}{ext}` -> (`{id}`, `{ext}`): a 32-hex id and a suffix like `.jpg`; None for any other key."""
+    rest = key.removeprefix(ORIGINALS_PREFIX)
+    asset_id, ext = rest[:32], rest[32:]
+    if rest == key or not set(asset_id) <= _HEX or len(asset_id) != 32:
+        return None
+    if not (2 <= len(ext) <= 6 and ext[0] == "." and ext[1:].isascii() and ext[1:].isalnum()):
+        return None
+    return asset_id, ext
 
 
 def asset_id_of_original(key: str) -> str:
@@ -122,7 +136,7 @@ def owner_key(asset_id: str, batch: str) -> str:
 # once checked. `incoming/{token}.json` is the API's record of that upload (who may complete it).
 INCOMING_PREFIX = "incoming/"
 STAGING_RECORD_SUFFIX = ".json"
-_TOKEN_CHARS = frozenset("0123456789abcdef")
+_TOKEN_CHARS = _HEX
 
 
 def staging_key(token: str) -> str:

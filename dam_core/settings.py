@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # age past which an upload never completed is aborted and its staging objects removed by the sweep.
     dam_direct_url_expiry_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     dam_direct_abandon_seconds: float = Field(default=86400.0, ge=60)
+    # A single PUT whose client declares SHA-256, size and type goes straight to its original's key,
+    # with the checksum signed in: the store refuses other bytes (S3 and R2 do), so the API reads only
+    # the header. 0 sends every upload through staging, where the API reads and hashes all the bytes
+    # (for a store that ignores x-amz-checksum-sha256). The pipeline checks the digest either way.
+    dam_direct_content_keys: bool = True
     dam_metrics: bool = True  # Prometheus metrics and GET /metrics (docs/metrics.md); 0 turns both off
 
     # Pipeline.

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,17 @@ class PartsRejected(ValueError):
 class ObjectHead:
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class ObjectPeek:
+    """An object's first bytes, with what the same answer tells of the whole object."""
+
+    size: int
+    etag: str
+    modified: datetime
+    metadata: dict[str, str]
+    head: bytes
 
 
 @dataclass(frozen=True)
@@ -483,6 +494,49 @@ class S3Store(ObjectStore):
         except Exception as err:
             raise self._wrap(err) from err
 
+    def presign_create(
+        self, key: str, expires: int, sha256_b64: str, metadata: Mapping[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """A URL that creates `key` once, with exactly the bytes of this SHA-256 (base64); and the headers
+        the PUT must send as they are (all signed).
+
+        S3 and R2 refuse the PUT when the object exists (`If-None-Match: *`, 412) and when the bytes do
+        not match the checksum (400 BadDigest); `metadata` travels with the object (ASCII values).
+        """
+        params = {
+            "Bucket": self.bucket,
+            "Key": check_key(key),
+            "IfNoneMatch": "*",
+            "ChecksumSHA256": sha256_b64,
+            "Metadata": dict(metadata),
+        }
+        headers = {"If-None-Match": "*", "x-amz-checksum-sha256": sha256_b64}
+        headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+        try:
+            return self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires), headers
+        except Exception as err:
+            raise self._wrap(err) from err
+
+    def peek(self, key: str, length: int) -> ObjectPeek | None:
+        """The first `length` bytes of `key` and its size, ETag, age and metadata, in one ranged GET; None when absent."""
+        from botocore.exceptions import ClientError  # S3 only: see the module docstring
+
+        try:
+            found = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{length - 1}")
+            head = found["Body"].read()
+        except ClientError as err:
+            code, status = self._code(err)
+            if status == 404 or code == "NoSuchKey":
+                return None
+            if status == 416 or code == "InvalidRange":  # an empty object has no first byte
+                return ObjectPeek(0, "", datetime.now(UTC), {}, b"")
+            raise self._wrap(err) from err
+        except Exception as err:
+            raise self._wrap(err) from err
+        content_range = found.get("ContentRange") or ""
+        size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else len(head)
+        return ObjectPeek(size, found["ETag"], found["LastModified"], dict(found.get("Metadata") or {}), head)
+
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload at `key`; returns its upload id."""
         try:
@@ -626,6 +680,7 @@ __all__ = [
     "LocalStore",
     "ObjectChanged",
     "ObjectHead",
+    "ObjectPeek",
     "ObjectStore",
     "PartsRejected",
     "PendingUpload",

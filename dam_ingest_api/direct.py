@@ -1,8 +1,9 @@
 """Direct-to-store uploads (`DirectUploads`): the client PUTs to S3/R2 itself, the API signs and checks.
 
-The protocol is Uppy's `@uppy/aws-s3` as Uppy Companion serves it (routes/direct.py). The content
-id is unknown until the bytes are, so a client uploads to a staging key `incoming/{token}` (a
-random token); the API keeps a record of each upload at `incoming/{token}.json` (the filename,
+The protocol is Uppy's `@uppy/aws-s3` as Uppy Companion serves it (routes/direct.py). A single PUT
+whose client declares its SHA-256, size and type goes straight to its original's key
+(content_puts.py). Otherwise the content id is unknown until the bytes are, so a client uploads to
+a staging key `incoming/{token}` (a random token); the API keeps a record of each upload at `incoming/{token}.json` (the filename,
 the multipart upload id, what the client declared), and signs URLs only for keys it has a record
 of. On completion it checks the object (size, SHA-256, type and size from the header), copies it
 to its original's key, removes the staging object and the record, and queues the upload through
@@ -26,8 +27,8 @@ from typing import IO, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from dam_core.images import ImageInfo, ImageRejected, inspect_header
-from dam_core.layout import staging_key, staging_record_key, staging_token
+from dam_core.images import ImageInfo, ImageRejected, ext_of_type, inspect_header
+from dam_core.layout import original_parts, staging_key, staging_record_key, staging_token
 from dam_core.messages import UploadMessage
 from dam_core.store import (
     KeyNotFound,
@@ -39,6 +40,7 @@ from dam_core.store import (
     UploadedPart,
     UploadNotFound,
 )
+from dam_ingest_api.content_puts import ContentPuts
 from dam_ingest_api.service import Uploader
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class DirectUploads:
         self.uploader = uploader
         self.settings = uploader.settings
         self.store = store
+        self.content = ContentPuts(uploader, store) if self.settings.dam_direct_content_keys else None
 
     @classmethod
     def of(cls, uploader: Uploader) -> DirectUploads | None:
@@ -131,9 +134,18 @@ class DirectUploads:
 
     # -- signing
 
-    def start_put(self, filename: str | None, metadata: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
-        """A new single-PUT upload: (staging key, presigned PUT URL, headers the PUT must carry)."""
+    def start_put(
+        self, filename: str | None, metadata: Mapping[str, Any], content_type: str | None = None
+    ) -> tuple[str, str, dict[str, str]]:
+        """A new single-PUT upload: (key, presigned PUT URL, headers the PUT must carry).
+
+        The original's own key when the client declared digest, size and a supported type (and
+        DAM_DIRECT_CONTENT_KEYS is on); a staging key otherwise.
+        """
         sha, size = declared(metadata)
+        ext = ext_of_type(content_type)
+        if self.content is not None and sha is not None and size is not None and ext is not None:
+            return self.content.start(filename, sha, size, ext, self.expires)
         record = self._new_record("put", filename, sha, size)
         headers: dict[str, str] = {}
         checksum = base64.b64encode(bytes.fromhex(sha)).decode() if sha else None
@@ -229,6 +241,8 @@ class DirectUploads:
         Raises DirectUploadError, ImageRejected (bad bytes: the staging object and record are
         removed) and ServiceUnavailable (nothing removed: complete again).
         """
+        if original_parts(key) is not None and self.content is not None:
+            return self.content.complete(key)
         record = self._record(key)
         if record.kind != "put":
             raise DirectUploadError(

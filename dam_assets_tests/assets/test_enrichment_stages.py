@@ -132,10 +132,11 @@ def test_row_checks_see_bad_vectors_blank_captions_and_duplicates():
 
 def test_one_decoded_batch_with_an_unreadable_image(store, tiny_models):
     """Caption, embed and thumbnail a real decoded batch: the bad image carries its error everywhere."""
-    good, clear, broken = upload(GOOD, ext="jpeg"), upload(LATE, ext="png"), upload(BROKEN, ext="jpeg")
-    store.put(good.r2_key, jpeg_bytes(64, 48))
-    store.put(clear.r2_key, png_bytes(40, 30))
-    store.put(broken.r2_key, jpeg_bytes(64, 48)[:200])  # truncated
+    data = {GOOD: jpeg_bytes(64, 48), LATE: png_bytes(40, 30), BROKEN: jpeg_bytes(64, 48)[:200]}  # BROKEN: truncated
+    good, clear = upload(GOOD, data[GOOD], ext="jpeg"), upload(LATE, data[LATE], ext="png")
+    broken = upload(BROKEN, data[BROKEN], ext="jpeg")
+    for u in (good, clear, broken):
+        store.put(u.r2_key, data[u.id])
     decoded = decode_batch(store, [good, broken, clear])
     assert [d.image is None for d in decoded] == [False, True, False]
 
@@ -158,9 +159,10 @@ def test_one_decoded_batch_with_an_unreadable_image(store, tiny_models):
 def _pipeline_batch(store, n: int = 7) -> list[UploadMessage]:
     uploads = []
     for i in range(n):
-        u = upload(f"{i:x}" * 32 if i < 16 else "d" * 32, ext="png" if i % 3 == 0 else "jpeg")
         data = png_bytes(40 + i, 30 + 2 * i, mode="RGB") if i % 3 == 0 else jpeg_bytes(64 + 3 * i, 48, seed=i)
-        store.put(u.r2_key, data[:150] if i == 4 else data)  # the fifth is truncated: an error row
+        data = data[:150] if i == 4 else data  # the fifth is truncated: an error row
+        u = upload(f"{i:x}" * 32 if i < 16 else "d" * 32, data, ext="png" if i % 3 == 0 else "jpeg")
+        store.put(u.r2_key, data)
         uploads.append(u)
     return uploads
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
@@ -120,7 +121,7 @@ def test_materialized_previews_of_a_batch_with_a_hostile_filename(make_settings,
                 r2_key=f"assets/{asset_id}.jpg",
                 mime_type="image/jpeg",
                 bytes=len(data),
-                sha256="0" * 64,
+                sha256=hashlib.sha256(data).hexdigest(),
                 width=64,
                 height=48,
                 uploaded_at=datetime.now(UTC),

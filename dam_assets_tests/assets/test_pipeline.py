@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -124,7 +125,8 @@ def test_corrupt_and_missing_images_give_error_rows_and_a_successful_run(env, in
     good = upload(client, jpeg_bytes(320, 240), "good.jpg")
     store, queue = make_store(env), make_queue(env)
     corrupt_id, missing_id = "c" * 32, "d" * 32
-    store.put(f"assets/{corrupt_id}.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    corrupt = b"\xff\xd8\xff\xe0 this is not really a jpeg"
+    store.put(f"assets/{corrupt_id}.jpg", corrupt)
     for asset_id in (corrupt_id, missing_id):
         queue.publish(
             UploadMessage(
@@ -133,7 +135,7 @@ def test_corrupt_and_missing_images_give_error_rows_and_a_successful_run(env, in
                 r2_key=f"assets/{asset_id}.jpg",
                 mime_type="image/jpeg",
                 bytes=10,
-                sha256="0" * 64,
+                sha256=hashlib.sha256(corrupt).hexdigest(),
                 width=10,
                 height=10,
                 uploaded_at=datetime.now(UTC),

@@ -4,7 +4,9 @@ moto stores whatever a presigned URL sends: it checks neither the SigV4 query si
 URL edited to name another key works) nor X-Amz-Expires (so an expired URL works). This front
 recomputes the signature of every presigned request with botocore's own SigV4 code and the
 secret, refuses a wrong one or an expired one with S3's 403, and forwards everything else to
-moto unchanged: the API's own (header-signed) calls and the good presigned PUTs. A test may pass
+moto unchanged: the API's own (header-signed) calls and the good presigned PUTs. Like S3 and R2
+(and unlike moto), it refuses a PUT whose body does not match its `x-amz-checksum-sha256` (400
+BadDigest). A test may pass
 a `gate`, shown each good presigned request (method, path, body) before it is forwarded: it can
 count the bytes clients send to the bucket, or drop the request (False: the connection is closed
 unanswered, as when the network fails).
@@ -18,7 +20,9 @@ a browser sees the rule and nothing else.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import hmac
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -105,6 +109,14 @@ def presigned_error(method: str, url: str, headers: dict[str, str], secret: str,
     return None if hmac.compare_digest(expected, signature) else "SignatureDoesNotMatch"
 
 
+def bad_digest(method: str, headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether S3 would refuse this PUT's body for its `x-amz-checksum-sha256` header."""
+    declared = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-sha256")
+    if method != "PUT" or declared is None:
+        return False
+    return not hmac.compare_digest(base64.b64encode(hashlib.sha256(body).digest()).decode(), declared.strip())
+
+
 @contextlib.contextmanager
 def strict_s3(
     upstream: str,
@@ -168,6 +180,10 @@ def strict_s3(
                 if gate is not None and not gate(self.command, self.path, body):
                     self.close_connection = True
                     return
+            if bad_digest(self.command, headers, body):
+                xml = b"<Error><Code>BadDigest</Code><Message>The SHA256 you specified did not match the calculated checksum.</Message></Error>"
+                self._answer(400, {"Content-Type": "application/xml", **allow}, xml)
+                return
             forward = {k: v for k, v in headers.items() if k.lower() not in _HOP}
             answer = client.request(self.command, self.path, headers=forward, content=body)
             self.send_response(answer.status_code)

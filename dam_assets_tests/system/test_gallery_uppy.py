@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from importlib.util import find_spec
 
 import httpx
@@ -39,7 +40,14 @@ def bucket_cors(origin: str) -> dict:
     return {
         "AllowedOrigins": [origin],
         "AllowedMethods": ["PUT"],
-        "AllowedHeaders": ["content-type", "x-amz-checksum-sha256"],
+        "AllowedHeaders": [
+            "content-type",
+            "x-amz-checksum-sha256",
+            "if-none-match",
+            "x-amz-meta-sha256",
+            "x-amz-meta-size",
+            "x-amz-meta-filename",
+        ],
         "ExposeHeaders": ["ETag"],
         "MaxAgeSeconds": 3600,
     }
@@ -116,12 +124,14 @@ def test_uppy_uploads_straight_to_the_bucket_and_the_rows_appear(
                     assert page.locator('[data-testid="upload-row"][data-state="done"]').count() == 2, rows
                     assert page.evaluate("typeof window.Uppy.Uppy") == "function"  # the vendored bundle did it
 
-                    # The bytes went to the bucket (one PUT, two parts), the API signed and completed.
+                    # The bytes went to the bucket, the API signed and completed: the small file (its
+                    # type and SHA-256 declared by the page) in one PUT to its original's own key, the
+                    # big one in two parts to a staging key.
                     to_bucket = [(m, u.split("?")[0]) for m, u in sent if u.startswith(front)]
                     puts = [u for m, u in to_bucket if m == "PUT"]
-                    assert len(puts) == 3 and all(
-                        u.startswith(f"{front}/{s3_env['R2_BUCKET']}/incoming/") for u in puts
-                    )
+                    bucket = f"{front}/{s3_env['R2_BUCKET']}"
+                    assert puts.count(f"{bucket}/assets/{ids['small.jpg']}.jpg") == 1, puts
+                    assert len(puts) == 3 and sum(u.startswith(f"{bucket}/incoming/") for u in puts) == 2
                     assert len(to_bucket) == 3, to_bucket  # nothing else: preflights are not requests here
                     to_api = [(m, u.removeprefix(base).split("?")[0]) for m, u in sent if u.startswith(base)]
                     assert ("POST", "/upload") not in to_api
@@ -155,6 +165,23 @@ def test_uppy_uploads_straight_to_the_bucket_and_the_rows_appear(
                     names = page.locator('[data-testid="gallery"] .card .name').all_inner_texts()
                     assert sorted(names) == ["big.png", "small.jpg"]
                     assert not errors, errors
+
+                    # The same small file again: the create-only PUT finds it stored (412), and the
+                    # completion answers it as a duplicate; nothing more is queued.
+                    (tmp_path / "again.jpg").write_bytes(small)
+                    page.set_input_files('[data-testid="file-input"]', [str(tmp_path / "again.jpg")])
+
+                    def duplicates_answered() -> float:
+                        metrics = httpx.get(f"{base}/metrics", headers={"X-API-Key": KEY}).text
+                        return requests_counted(metrics).get(("POST", "/s3/complete", "200"), 0)
+
+                    deadline = time.monotonic() + 60
+                    while duplicates_answered() < 1:
+                        assert time.monotonic() < deadline, (errors, sent[-5:])
+                        time.sleep(0.2)
+                    assert [e for e in errors if "412" not in e] == [], errors
+                    assert make_queue(settings).depth() == 0  # the pipeline drained the first two
+
                 finally:
                     browser.close()
         finally:

@@ -19,6 +19,7 @@ from dam_core.images import ImageRejected
 from dam_core.messages import UploadMessage
 from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
+from dam_ingest_api.content_puts import ContentPutError
 from dam_ingest_api.deps import ApiKey, CatalogDep, UploaderDep
 from dam_ingest_api.direct import S3_MAX_PART_NUMBER, DirectUploadError, DirectUploads
 from dam_ingest_api.schemas import (
@@ -45,6 +46,7 @@ NEEDS_S3 = (
 _METADATA = re.compile(r"^metadata\[([^\]]{1,64})\]$")
 
 StagingKey = Annotated[str, Query(max_length=200, description="the staging key the upload was started with")]
+PutKey = Annotated[str, Query(max_length=200, description="the key GET /s3/params answered")]
 UploadId = Annotated[str, Path(min_length=1, max_length=1024, description="as POST /s3/multipart answered")]
 
 
@@ -80,7 +82,7 @@ def _refusals() -> Iterator[None]:
     """The service's refusals as HTTP answers (`{detail}`); an unreachable store is main.py's 503."""
     try:
         yield
-    except DirectUploadError as err:
+    except (DirectUploadError, ContentPutError) as err:
         raise HTTPException(err.status, err.detail) from None
     except ImageRejected as err:
         metrics.file_rejected(metrics.image_reason(err), None)
@@ -138,12 +140,18 @@ def upload_parameters(
     request: Request,
     direct: DirectDep,
     filename: Annotated[str | None, Query(max_length=4096)] = None,
-    content_type: Annotated[str | None, Query(alias="type", max_length=255, description="ignored")] = None,
+    content_type: Annotated[
+        str | None, Query(alias="type", max_length=255, description="the file's media type, checked on completion")
+    ] = None,
 ) -> UploadParameters:
-    """A presigned PUT to a fresh staging key; `metadata[sha256]` makes the store refuse other bytes."""
+    """A presigned PUT; `metadata[sha256]` makes the store refuse other bytes.
+
+    With `metadata[sha256]`, `metadata[size]` and a supported `type`, the URL is for the original's
+    own key (nothing is copied later); otherwise for a fresh staging key.
+    """
     metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA.match(k))}
     with _refusals():
-        key, url, headers = direct.start_put(filename, metadata)
+        key, url, headers = direct.start_put(filename, metadata, content_type)
     # `fields.key` too: @uppy/aws-s3 reads the key of a single upload from there (Companion's shape), not from `key`.
     return UploadParameters(url=url, fields={"key": key}, headers=headers, expires=direct.expires, key=key)
 
@@ -155,7 +163,7 @@ def upload_parameters(
     response_model=None,
     responses=COMMON | COMPLETED,
 )
-def complete_put(key: StagingKey, direct: DirectDep, catalog: CatalogDep) -> JSONResponse:
+def complete_put(key: PutKey, direct: DirectDep, catalog: CatalogDep) -> JSONResponse:
     """Check the PUT object, store it as its original and queue it; answers as POST /upload does."""
     with _refusals():
         return _queued(direct.complete_put(key), catalog)
