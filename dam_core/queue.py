@@ -45,7 +45,13 @@ class Consumer(abc.ABC):
 
     @abc.abstractmethod
     def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
-        """Up to max_messages, waiting at most wait_seconds for the first."""
+        """Up to max_messages, waiting at most wait_seconds for each next one.
+
+        A burst of uploads that arrive less than wait_seconds apart is taken whole (up to
+        max_messages), not as whatever happened to be there when the call began: a sensor tick
+        that falls during a burst makes one batch of it, not one per message the API had
+        published so far (each batch is a run, and a small one wastes a model's batching).
+        """
 
     @abc.abstractmethod
     def ack(self, deliveries: list[Delivery]) -> None: ...
@@ -514,12 +520,13 @@ class _EmbeddedConsumer(Consumer):
             try:
                 row = self.q.get(block=False, raw=True)
             except Empty:
-                if out or time.monotonic() >= deadline:
+                if time.monotonic() >= deadline:
                     break
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
                 continue
             body, headers = _row_message(row["data"])
             out.append(Delivery(row["pqid"], body, headers))
+            deadline = time.monotonic() + wait_seconds  # as RabbitMQ's inactivity timeout: per message
         return out
 
     def ack(self, deliveries: list[Delivery]) -> None:

@@ -77,6 +77,25 @@ def test_take_waits_at_most_wait_seconds(queue):
         assert time.monotonic() - t0 < 3
 
 
+def test_a_burst_arriving_while_taking_is_taken_whole(queue):
+    """Messages 50 ms apart for 1 s: one take returns them all (the sensor makes one batch of a burst)."""
+    with ThreadPoolExecutor(1) as pool:
+
+        def burst() -> None:
+            for i in range(20):
+                queue.publish(_msg(i))
+                time.sleep(0.05)
+
+        with queue.consumer() as c:
+            sending = pool.submit(burst)
+            got = c.take(64, 0.5)
+            sending.result()
+            assert [d.body for d in got] == [_msg(i) for i in range(20)]
+            c.ack(got)
+            t0 = time.monotonic()
+            assert c.take(64, 0.5) == [] and time.monotonic() - t0 < 3
+
+
 def test_unacked_messages_come_back_after_close(queue):
     queue.publish(_msg(1))
     queue.publish(_msg(2))
