@@ -495,19 +495,22 @@ class S3Store(ObjectStore):
             raise self._wrap(err) from err
 
     def presign_create(
-        self, key: str, expires: int, sha256_b64: str, metadata: Mapping[str, str]
+        self, key: str, expires: int, sha256_b64: str, size: int, metadata: Mapping[str, str]
     ) -> tuple[str, dict[str, str]]:
-        """A URL that creates `key` once, with exactly the bytes of this SHA-256 (base64); and the headers
-        the PUT must send as they are (all signed).
+        """A URL that creates `key` once, with exactly `size` bytes of this SHA-256 (base64); and the
+        headers the PUT must send as they are (all signed, and `Content-Length`, which every client
+        sends by itself and a browser may not set).
 
-        S3 and R2 refuse the PUT when the object exists (`If-None-Match: *`, 412) and when the bytes do
-        not match the checksum (400 BadDigest); `metadata` travels with the object (ASCII values).
+        S3 and R2 refuse the PUT when the object exists (`If-None-Match: *`, 412), when the body is
+        not `size` bytes (403) and when the bytes do not match the checksum (400 BadDigest);
+        `metadata` travels with the object (ASCII values).
         """
         params = {
             "Bucket": self.bucket,
             "Key": check_key(key),
             "IfNoneMatch": "*",
             "ChecksumSHA256": sha256_b64,
+            "ContentLength": size,
             "Metadata": dict(metadata),
         }
         headers = {"If-None-Match": "*", "x-amz-checksum-sha256": sha256_b64}

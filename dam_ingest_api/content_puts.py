@@ -75,7 +75,7 @@ class ContentPuts:
         key = original_key(sha256[:32], ext)
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
         metadata = {"sha256": sha256, "size": str(size), "filename": filename_metadata(filename)}
-        url, headers = self.store.presign_create(key, expires, checksum, metadata)
+        url, headers = self.store.presign_create(key, expires, checksum, size, metadata)
         return key, url, headers
 
     def complete(self, key: str) -> tuple[bool, UploadMessage]:
