@@ -210,3 +210,23 @@ def test_a_store_that_ignores_the_checksum_gives_an_error_row_never_a_row_of_oth
     assert rows[first.json()["id"]][:2] == ("good.jpg", None) and rows[first.json()["id"]][2]
     filename, error, caption = rows[second.json()["id"]]
     assert filename == "lie.jpg" and "SHA-256" in error and caption is None
+
+
+def test_a_deleted_asset_put_again_is_a_new_upload(make_api):
+    client, settings = make_api()
+    data = jpeg_bytes(72, 48, seed=21)
+    params = sign(client, data, "first.jpg")
+    assert put(params, data).status_code == 200
+    first = complete(client, params["key"])
+    assert first.status_code == 202
+    store = make_store(settings)
+    wait_for(lambda: store.exists(upload_marker_key(first.json()["id"])))
+    assert client.delete(f"/assets/{first.json()['id']}").status_code == 200
+    assert not store.exists(params["key"])  # the original and the marker went with it
+
+    again = sign(client, data, "again.jpg")
+    assert again["key"] == params["key"] and put(again, data).status_code == 200
+    r = complete(client, again["key"])
+    assert r.status_code == 202 and r.json()["filename"] == "again.jpg"
+    assert client.get(f"/assets/{r.json()['id']}").json()["status"] == "queued"
+    assert queued(settings) == 2
