@@ -24,6 +24,7 @@ from dam_ingest_api.routes import assets, check, direct, health, page, search, u
 from dam_ingest_api.routes import metrics as metrics_route
 from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
 from dam_ingest_api.service import Uploader
+from dam_ingest_api.upload_id_paths import RawUploadIdPaths
 
 log = logging.getLogger("dam_ingest_api")
 
@@ -91,6 +92,7 @@ def create_app(
     # fuzz test) can rely on the document. Each router declares its own.
     for module in (health, upload, assets, check, direct, search, page):
         app.include_router(module.router)
+    app.add_middleware(RawUploadIdPaths)  # an R2 upload id's `/` stays in its path segment
     if settings.dam_metrics:
         app.include_router(metrics_route.router)
         app.add_middleware(RequestMetrics)  # outermost of ours: it times CORS and the routes

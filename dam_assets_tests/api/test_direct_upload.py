@@ -11,6 +11,7 @@ import base64
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -395,3 +396,38 @@ def test_a_direct_upload_ends_as_one_row_and_a_bad_body_as_an_error_row(make_api
     assert set(rows) == {first.json()["id"], cut.json()["id"]}
     assert rows[first.json()["id"]] == ("direct.jpg", None, 160, 120)
     assert rows[cut.json()["id"]][0] == "cut.png" and rows[cut.json()["id"]][1]  # an error row, not a failed batch
+
+
+def test_r2_upload_ids_with_a_slash_reach_every_multipart_route(
+    make_settings, s3_env, moto_endpoint, rabbit_url, queue_name
+):
+    # Cloudflare R2 makes ids like `…/…+…=`; Uppy and dam upload percent-encode them into the path.
+    with strict_s3(moto_endpoint, r2_upload_ids=True) as r2:
+        settings = make_settings(**{**s3_env, "R2_ENDPOINT": r2}, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name)
+        with TestClient(create_app(settings)) as client:
+            data = noise_png(6 * MiB)
+            upload_id, key = start_multipart(client, "r2.png")
+            assert "/" in upload_id and "+" in upload_id
+            encoded = quote(upload_id, safe="")
+            etags = []
+            for n, chunk in enumerate((data[: 5 * MiB], data[5 * MiB :]), 1):
+                r = client.get(f"/s3/multipart/{encoded}/{n}", params={"key": key})
+                assert r.status_code == 200, r.text
+                answer = httpx.put(r.json()["url"], content=chunk)
+                assert answer.status_code == 200, answer.text
+                etags.append(answer.headers["etag"])
+            listed = client.get(f"/s3/multipart/{encoded}", params={"key": key})
+            assert listed.status_code == 200 and [p["PartNumber"] for p in listed.json()] == [1, 2]
+            parts = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+            r = client.post(f"/s3/multipart/{encoded}/complete", params={"key": key}, json={"parts": parts})
+            assert r.status_code == 202, r.text
+            assert (
+                hashlib.sha256(make_store(settings).get(r.json()["r2_key"])).hexdigest()
+                == hashlib.sha256(data).hexdigest()
+            )
+
+            other_id, other_key = start_multipart(client, "gone.png")
+            gone = client.delete(f"/s3/multipart/{quote(other_id, safe='')}", params={"key": other_key})
+            assert gone.status_code == 200 and staging_left(settings) == []
+            # Unencoded, the `/` splits the path: not this upload's route.
+            assert client.get(f"/s3/multipart/{upload_id}", params={"key": key}).status_code in (404, 405, 422)

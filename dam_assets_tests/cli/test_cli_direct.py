@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -80,7 +81,7 @@ def bucket():
 def s3_api(tmp_path, moto_endpoint, s3_env, rabbit_url, queue_name, bucket, make_settings):
     """`dam api` on the S3 store (through the strict front) and RabbitMQ; (url, settings to read what it wrote)."""
     env = {**s3_env, "AMQP_URL": rabbit_url, "DAM_QUEUE": queue_name, "DAM_MAX_UPLOAD_BYTES": str(64 * MiB)}
-    with strict_s3(moto_endpoint, gate=bucket.gate) as front:
+    with strict_s3(moto_endpoint, gate=bucket.gate, r2_upload_ids=True) as front:
         proc, url, log = start_dam_api(
             _clean_env(**{**env, "R2_ENDPOINT": front}, DAM_DATA_DIR=str(tmp_path / "data")),
             tmp_path,
@@ -98,7 +99,9 @@ def stored_parts(url: str, state: dict, expected: int) -> list[dict]:
     """The parts the store lists, once the `expected` forwarded before the kill have landed."""
     deadline = time.monotonic() + 30
     while True:
-        r = httpx.get(f"{url}/s3/multipart/{state['upload_id']}", params={"key": state["key"]}, timeout=10)
+        r = httpx.get(
+            f"{url}/s3/multipart/{quote(state['upload_id'], safe='')}", params={"key": state["key"]}, timeout=10
+        )
         assert r.status_code == 200, r.text
         if len(r.json()) >= expected or time.monotonic() > deadline:
             return r.json()
@@ -228,7 +231,12 @@ def test_a_state_whose_upload_is_gone_starts_over(s3_api, bucket, tmp_path):
     (saved,) = state_dir.glob("*.json")
     state = json.loads(saved.read_text())
     # Aborted meanwhile (by the sweep, or another client): the next run cannot resume it.
-    assert httpx.delete(f"{url}/s3/multipart/{state['upload_id']}", params={"key": state["key"]}).status_code == 200
+    assert (
+        httpx.delete(
+            f"{url}/s3/multipart/{quote(state['upload_id'], safe='')}", params={"key": state["key"]}
+        ).status_code
+        == 200
+    )
 
     bucket.reset()
     again = dam_upload(url, state_dir, str(image))

@@ -24,11 +24,12 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from botocore.auth import S3SigV4QueryAuth
@@ -117,16 +118,38 @@ def bad_digest(method: str, headers: Mapping[str, str], body: bytes) -> bool:
     return not hmac.compare_digest(base64.b64encode(hashlib.sha256(body).digest()).decode(), declared.strip())
 
 
+R2_ID_SUFFIX = "/r2+="
+_UPLOAD_ID_XML = re.compile(rb"<UploadId>([^<]*)</UploadId>")
+
+
+def to_moto_query(path: str) -> str:
+    """`path` with each R2-style `uploadId` (ending in R2_ID_SUFFIX) turned back into moto's own."""
+    parts = urlsplit(path)
+    if "uploadId=" not in parts.query:
+        return path
+    query = [(k, v.removesuffix(R2_ID_SUFFIX) if k == "uploadId" else v) for k, v in parse_qsl(parts.query, True)]
+    return urlunsplit(("", "", parts.path, urlencode(query, quote_via=quote), ""))
+
+
+def to_r2_ids(body: bytes) -> bytes:
+    """moto's answer with every `<UploadId>` made R2-style: with a `/`, a `+` and a `=` in it."""
+    return _UPLOAD_ID_XML.sub(lambda m: b"<UploadId>" + m.group(1) + R2_ID_SUFFIX.encode() + b"</UploadId>", body)
+
+
 @contextlib.contextmanager
 def strict_s3(
     upstream: str,
     secret: str = "test",
     gate: Callable[[str, str, bytes], bool] | None = None,
     cors: CORSRule | None = None,
+    r2_upload_ids: bool = False,
 ) -> Iterator[str]:
     """A front for `upstream` (moto) on a free local port; yields its URL (use it as R2_ENDPOINT).
 
     `cors`: the bucket's CORS rule; None answers no browser's preflight, as a bucket without one.
+    `r2_upload_ids`: multipart upload ids as Cloudflare R2 makes them, with `/`, `+` and `=` in
+    them (moto's are plain): every answer's `<UploadId>` gets R2_ID_SUFFIX, every request's
+    `uploadId` loses it again before moto sees it (after its signature was checked as sent).
     """
     client = httpx.Client(base_url=upstream, timeout=60)
 
@@ -185,7 +208,8 @@ def strict_s3(
                 self._answer(400, {"Content-Type": "application/xml", **allow}, xml)
                 return
             forward = {k: v for k, v in headers.items() if k.lower() not in _HOP}
-            answer = client.request(self.command, self.path, headers=forward, content=body)
+            path = to_moto_query(self.path) if r2_upload_ids else self.path
+            answer = client.request(self.command, path, headers=forward, content=body)
             self.send_response(answer.status_code)
             for k, v in answer.headers.multi_items():
                 name = k.lower()
@@ -193,7 +217,7 @@ def strict_s3(
                     self.send_header(k, v)
             for k, v in allow.items():
                 self.send_header(k, v)
-            data = answer.content
+            data = to_r2_ids(answer.content) if r2_upload_ids else answer.content
             length = answer.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(data))
             self.send_header("Content-Length", length)
             self.end_headers()

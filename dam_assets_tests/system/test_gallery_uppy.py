@@ -83,7 +83,7 @@ def test_uppy_uploads_straight_to_the_bucket_and_the_rows_appear(
     (tmp_path / "big.png").write_bytes(big)
     ids = {name: hashlib.sha256(data).hexdigest()[:32] for name, data in (("small.jpg", small), ("big.png", big))}
 
-    with strict_s3(moto_endpoint, cors=bucket_cors(origin)) as front:
+    with strict_s3(moto_endpoint, cors=bucket_cors(origin), r2_upload_ids=True) as front:
         settings = make_settings(
             **{**s3_env, "R2_ENDPOINT": front},
             AMQP_URL=rabbit_url,

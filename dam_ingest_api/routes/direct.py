@@ -10,6 +10,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -47,7 +48,14 @@ _METADATA = re.compile(r"^metadata\[([^\]]{1,64})\]$")
 
 StagingKey = Annotated[str, Query(max_length=200, description="the staging key the upload was started with")]
 PutKey = Annotated[str, Query(max_length=200, description="the key GET /s3/params answered")]
-UploadId = Annotated[str, Path(min_length=1, max_length=1024, description="as POST /s3/multipart answered")]
+UploadId = Annotated[
+    str, Path(min_length=1, max_length=1024, description="as POST /s3/multipart answered, percent-encoded")
+]
+
+
+def upload_id(raw: str) -> str:
+    """The id as the store made it: the path segment arrives still percent-encoded (upload_id_paths.py)."""
+    return unquote(raw)
 
 
 def get_direct(uploader: UploaderDep) -> DirectUploads:
@@ -197,7 +205,7 @@ def sign_part(
 ) -> SignedPart:
     """A presigned PUT for one part of an upload this API started (its key and upload id together)."""
     with _refusals():
-        url = direct.sign_part(key, uploadId, partNumber)
+        url = direct.sign_part(key, upload_id(uploadId), partNumber)
     return SignedPart(url=url, expires=direct.expires)
 
 
@@ -210,7 +218,7 @@ def sign_part(
 def list_parts(uploadId: UploadId, key: StagingKey, direct: DirectDep) -> UploadedParts:
     """The parts uploaded so far: `[{PartNumber, Size, ETag}]`."""
     with _refusals():
-        parts = direct.parts(key, uploadId)
+        parts = direct.parts(key, upload_id(uploadId))
     return UploadedParts([UploadedPartInfo(PartNumber=p.number, Size=p.size, ETag=p.etag) for p in parts])
 
 
@@ -231,7 +239,7 @@ def complete_multipart(
     """Assemble the parts, check the object, store it as its original and queue it."""
     parts = [(p.PartNumber, p.ETag) for p in body.parts]
     with _refusals():
-        return _queued(direct.complete_multipart(key, uploadId, parts), catalog)
+        return _queued(direct.complete_multipart(key, upload_id(uploadId), parts), catalog)
 
 
 @router.delete(
@@ -243,7 +251,7 @@ def complete_multipart(
 def abort_multipart(uploadId: UploadId, key: StagingKey, direct: DirectDep) -> Aborted:
     """Drop the upload and its parts; another upload's id with this key is a 404."""
     with _refusals():
-        direct.abort(key, uploadId)
+        direct.abort(key, upload_id(uploadId))
     return Aborted()
 
 
