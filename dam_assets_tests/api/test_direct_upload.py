@@ -33,29 +33,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def front(moto_endpoint):
-    with strict_s3(moto_endpoint) as url:
-        yield url
-
-
-@pytest.fixture
-def make_api(make_settings, s3_env, front, rabbit_url, queue_name):
-    """An app on the S3 store (through the strict front) and RabbitMQ; returns (client, settings)."""
-    opened = []
-
-    def build(**env):
-        settings = make_settings(**{**s3_env, "R2_ENDPOINT": front}, AMQP_URL=rabbit_url, DAM_QUEUE=queue_name, **env)
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        opened.append(client)
-        return client, settings
-
-    yield build
-    for client in opened:
-        client.__exit__(None, None, None)
-
-
-@pytest.fixture
 def api(make_api):
     return make_api()
 
