@@ -136,7 +136,6 @@ def owner_key(asset_id: str, batch: str) -> str:
 # once checked. `incoming/{token}.json` is the API's record of that upload (who may complete it).
 INCOMING_PREFIX = "incoming/"
 STAGING_RECORD_SUFFIX = ".json"
-_TOKEN_CHARS = _HEX
 
 
 def staging_key(token: str) -> str:
@@ -152,6 +151,6 @@ def staging_record_key(token: str) -> str:
 def staging_token(key: str) -> str | None:
     """`incoming/{token}` -> `{token}` (32 lowercase hex); None for any other key."""
     token = key.removeprefix(INCOMING_PREFIX)
-    if token == key or len(token) != 32 or not set(token) <= _TOKEN_CHARS:
+    if token == key or len(token) != 32 or not set(token) <= _HEX:
         return None
     return token

@@ -29,21 +29,13 @@ from dam_core.layout import original_key, original_parts
 from dam_core.markers import find_upload
 from dam_core.messages import UploadMessage, clean_filename
 from dam_core.store import ObjectPeek, S3Store, StoreError
+from dam_ingest_api.direct_errors import DirectUploadError, too_large
 from dam_ingest_api.service import Uploader
 
 log = logging.getLogger(__name__)
 
 HEADER_BYTES = 64 * 1024  # every supported format's header fits, bar huge EXIF or ICC blocks (then: all bytes)
 _FILENAME_METADATA_CHARS = 1024  # S3 and R2 allow 2 KB of user metadata in all
-
-
-class ContentPutError(Exception):
-    """A completion refused; `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def filename_metadata(filename: str | None) -> str:
@@ -67,11 +59,7 @@ class ContentPuts:
     ) -> tuple[str, str, dict[str, str]]:
         """(key, presigned URL, headers the PUT must send) for a file of this digest, size and suffix."""
         if size > self.settings.dam_max_upload_bytes:
-            raise ContentPutError(
-                413,
-                f"the upload is {size:,} bytes, over the limit of {self.settings.dam_max_upload_bytes:,} "
-                "(DAM_MAX_UPLOAD_BYTES)",
-            )
+            raise DirectUploadError(413, too_large(size, self.settings.dam_max_upload_bytes))
         key = original_key(sha256[:32], ext)
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
         metadata = {"sha256": sha256, "size": str(size), "filename": filename_metadata(filename)}
@@ -81,23 +69,23 @@ class ContentPuts:
     def complete(self, key: str) -> tuple[bool, UploadMessage]:
         """Check what a PUT left at the original's `key`, then publish it as `POST /upload` does.
 
-        Raises ContentPutError and ImageRejected (the object is removed: no accepted upload can be
+        Raises DirectUploadError and ImageRejected (the object is removed: no accepted upload can be
         at a key whose bytes fail these checks), and ServiceUnavailable (nothing removed).
         """
         parts = original_parts(key)
         if parts is None:
-            raise ContentPutError(400, f"not an original's key: {key}")
+            raise DirectUploadError(400, f"not an original's key: {key}")
         asset_id, ext = parts
         peek = self.store.peek(key, HEADER_BYTES)
         if peek is None:
-            raise ContentPutError(
+            raise DirectUploadError(
                 409, f"nothing has been uploaded to {key}: the PUT failed, its URL expired, or it was sent elsewhere"
             )
         existing = self.uploader.markers.pending(asset_id) or find_upload(self.store, asset_id)
         if existing is not None:
             return False, existing  # the same bytes were accepted before: nothing more to queue
+        info = self._check(key, ext, peek)  # first: a digest of an object PUT another way reads all of it
         sha = self._digest(key, asset_id, peek)
-        info = self._check(key, ext, peek)
         message = self.uploader.message_for(sha, peek.size, info, unquote(peek.metadata.get("filename", "")))
         return self.uploader.admit(message, lambda: self._keep(key, peek, info), lambda: None)
 
@@ -108,24 +96,23 @@ class ContentPuts:
             sha = hashlib.sha256(self.store.get(key)).hexdigest()
         if not sha.startswith(asset_id):
             self._remove(key)
-            raise ContentPutError(422, f"the bytes at {key} are not those its name derives from; they were removed")
-        declared = peek.metadata.get("size")
-        if declared is not None and declared != str(peek.size):
-            self._remove(key)
-            raise ContentPutError(422, f"{peek.size:,} bytes arrived, {declared} were declared; the upload was removed")
+            raise DirectUploadError(422, f"the bytes at {key} are not those its name derives from; they were removed")
         return sha
 
     def _check(self, key: str, ext: str, peek: ObjectPeek) -> ImageInfo:
-        """Size, type and dimensions, from the header bytes (all bytes when the header is longer)."""
-        limit = self.settings.dam_max_upload_bytes
+        """Size (against the limit and the declared one), type and dimensions, from the header bytes (all
+        bytes when the header is longer)."""
         if peek.size == 0:
             self._remove(key)
-            raise ContentPutError(400, "the file is empty; it was removed")
-        if peek.size > limit:
+            raise DirectUploadError(400, "the file is empty; it was removed")
+        if peek.size > self.settings.dam_max_upload_bytes:
             self._remove(key)
-            raise ContentPutError(
-                413,
-                f"the upload is {peek.size:,} bytes, over the limit of {limit:,} (DAM_MAX_UPLOAD_BYTES); it was removed",
+            raise DirectUploadError(413, too_large(peek.size, self.settings.dam_max_upload_bytes) + "; it was removed")
+        declared = peek.metadata.get("size")
+        if declared is not None and declared != str(peek.size):
+            self._remove(key)
+            raise DirectUploadError(
+                422, f"{peek.size:,} bytes arrived, {declared} were declared; the upload was removed"
             )
         try:
             info = self._inspect(peek.head, peek.size)
@@ -140,7 +127,7 @@ class ContentPuts:
                 raise
         if info.ext != ext:
             self._remove(key)
-            raise ContentPutError(
+            raise DirectUploadError(
                 415, f"the bytes are {info.mime_type}, not the type declared for {key}; the upload was removed"
             )
         return info
@@ -164,4 +151,4 @@ class ContentPuts:
             log.warning("refused upload at %s left for the orphan sweep: %s", key, err)
 
 
-__all__ = ["HEADER_BYTES", "ContentPutError", "ContentPuts", "filename_metadata"]
+__all__ = ["HEADER_BYTES", "ContentPuts", "filename_metadata"]

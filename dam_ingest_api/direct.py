@@ -41,6 +41,7 @@ from dam_core.store import (
     UploadNotFound,
 )
 from dam_ingest_api.content_puts import ContentPuts
+from dam_ingest_api.direct_errors import DirectUploadError, too_large
 from dam_ingest_api.service import Uploader
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,6 @@ MIN_PART_BYTES = 5 * 1024 * 1024  # S3's and R2's smallest part, the last one ex
 S3_MAX_PART_NUMBER = 10_000
 _SPOOL_IN_MEMORY = 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
-
-
-class DirectUploadError(Exception):
-    """A direct upload request that cannot be honoured; `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 class StagedUpload(BaseModel):
@@ -376,7 +368,7 @@ class DirectUploads:
             log.warning("direct upload clean-up left for the sweep: %s", err)
 
     def _too_large(self, size: int) -> str:
-        return f"the upload is {size:,} bytes, over the limit of {self.settings.dam_max_upload_bytes:,} (DAM_MAX_UPLOAD_BYTES)"
+        return too_large(size, self.settings.dam_max_upload_bytes)
 
     def _too_many_parts(self, count: int) -> str:
         return (

@@ -20,7 +20,6 @@ from dam_core.images import ImageRejected
 from dam_core.messages import UploadMessage
 from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
-from dam_ingest_api.content_puts import ContentPutError
 from dam_ingest_api.deps import ApiKey, CatalogDep, UploaderDep
 from dam_ingest_api.direct import S3_MAX_PART_NUMBER, DirectUploadError, DirectUploads
 from dam_ingest_api.schemas import (
@@ -90,7 +89,7 @@ def _refusals() -> Iterator[None]:
     """The service's refusals as HTTP answers (`{detail}`); an unreachable store is main.py's 503."""
     try:
         yield
-    except (DirectUploadError, ContentPutError) as err:
+    except DirectUploadError as err:
         raise HTTPException(err.status, err.detail) from None
     except ImageRejected as err:
         metrics.file_rejected(metrics.image_reason(err), None)
