@@ -23,8 +23,14 @@ def resources() -> dict:
 
 
 def tick(instance: DagsterInstance, cursor: str | None = None):
-    """One sensor evaluation; applies its partition requests to the instance like the daemon does."""
-    ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources())
+    """One sensor evaluation; applies its partition requests to the instance like the daemon does.
+
+    Without the long poll (DAM_SENSOR_WAIT_SECONDS=0): a test ticks after it published, and a tick
+    of an empty queue would only wait. The daemon-driven tests run the default.
+    """
+    ctx = build_sensor_context(
+        instance=instance, cursor=cursor, resources=build_resources(load_settings(dam_sensor_wait_seconds=0))
+    )
     result = upload_queue_sensor(ctx)
     for req in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(batches_partitions_def.name, list(req.partition_keys))

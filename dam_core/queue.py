@@ -44,13 +44,15 @@ class Consumer(abc.ABC):
     """A session that takes messages; whatever it has not acked comes back when it closes or dies."""
 
     @abc.abstractmethod
-    def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+    def take(self, max_messages: int, wait_seconds: float, first_wait_seconds: float = 0.0) -> list[Delivery]:
         """Up to max_messages, waiting at most wait_seconds for each next one.
 
         A burst of uploads that arrive less than wait_seconds apart is taken whole (up to
         max_messages), not as whatever happened to be there when the call began: a sensor tick
         that falls during a burst makes one batch of it, not one per message the API had
         published so far (each batch is a run, and a small one wastes a model's batching).
+        The first message is waited for up to the longer of wait_seconds and first_wait_seconds
+        (a long poll: an upload arriving then is taken at once, not at the next call).
         """
 
     @abc.abstractmethod
@@ -357,7 +359,7 @@ class _RabbitConsumer(Consumer):
         self._gen: Iterator[tuple[Any, Any, Any]] | None = None
         self._wait: float | None = None
 
-    def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+    def take(self, max_messages: int, wait_seconds: float, first_wait_seconds: float = 0.0) -> list[Delivery]:
         if self._gen is None or self._prefetch != max_messages or self._wait != wait_seconds:
             if self._gen is not None:
                 self.channel.cancel()
@@ -365,8 +367,11 @@ class _RabbitConsumer(Consumer):
             self._prefetch, self._wait = max_messages, wait_seconds
             self._gen = self.channel.consume(self.queue.name, auto_ack=False, inactivity_timeout=wait_seconds)
         out: list[Delivery] = []
+        first_deadline = time.monotonic() + first_wait_seconds
         for method, props, body in self._gen:
             if method is None:  # nothing arrived within wait_seconds
+                if not out and time.monotonic() < first_deadline:
+                    continue  # the long poll: the generator yields None every wait_seconds
                 break
             out.append(Delivery(method.delivery_tag, body, dict((props.headers if props else None) or {})))
             if len(out) >= max_messages:
@@ -513,9 +518,9 @@ class _EmbeddedConsumer(Consumer):
         self.q = q
         self._dead: persistqueue.SQLiteAckQueue | None = None
 
-    def take(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+    def take(self, max_messages: int, wait_seconds: float, first_wait_seconds: float = 0.0) -> list[Delivery]:
         out: list[Delivery] = []
-        deadline = time.monotonic() + wait_seconds
+        deadline = time.monotonic() + max(wait_seconds, first_wait_seconds)
         while len(out) < max_messages:
             try:
                 row = self.q.get(block=False, raw=True)

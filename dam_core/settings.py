@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # Pipeline.
     dam_batch_size: int = Field(default=64, gt=0, le=10_000)
     dam_sensor_budget_seconds: float = Field(default=20.0, gt=0, le=50)
+    # How long a sensor tick waits on an empty queue for the first upload (a long poll): the daemon
+    # ticks the sensor about every 5 s, so an upload waited 0-5 s for the next tick, 2.5 s on average.
+    dam_sensor_wait_seconds: float = Field(default=4.0, ge=0, le=30)
     # Full-size pixels decoded at once by one run process (~4 bytes each); a larger image is an error row.
     dam_decode_pixel_budget: int = Field(default=100_000_000, gt=0)
     dam_caption_model: str = "Salesforce/blip-image-captioning-base"

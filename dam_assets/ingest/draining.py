@@ -31,8 +31,13 @@ def drain(
     max_batches: int = 50,
     wait_seconds: float = 0.25,
     floor: str | None = None,
+    first_wait_seconds: float = 0.0,
 ) -> DrainReport:
     """Drain up to max_batches batches within the time budget.
+
+    An empty queue is waited on for up to first_wait_seconds (within the budget): the long poll
+    that takes an upload when it arrives rather than at the sensor's next tick. A take that
+    returns less than a whole batch ends the drain: the queue was quiet for wait_seconds.
 
     Order per batch: take messages, dead-letter the unparseable ones, write the manifest,
     then ack. A crash before the ack redelivers the messages (at-least-once); the manifest,
@@ -46,7 +51,8 @@ def drain(
     deadline = time.monotonic() + budget_seconds
     with queue.consumer() as consumer:
         while len(report.batches) < max_batches and time.monotonic() < deadline:
-            deliveries = consumer.take(batch_size, wait_seconds)
+            first_wait = min(first_wait_seconds, deadline - time.monotonic()) if not report.messages else 0.0
+            deliveries = consumer.take(batch_size, wait_seconds, first_wait)
             if not deliveries:
                 break
             uploads: dict[str, UploadMessage] = {}
@@ -71,4 +77,6 @@ def drain(
                 floor = manifest.batch
             consumer.ack(good)
             report.messages += len(deliveries)
+            if len(deliveries) < batch_size:
+                break  # nothing arrived for wait_seconds: another take would only wait again
     return report

@@ -37,8 +37,9 @@ def batch_run_tags(batch: str) -> dict[str, str]:
     job=enrich_batch_job,
     # The daemon's sensor loop passes at most every 5 s (dagster/_daemon/sensor.py), and a pass
     # skips a sensor whose last tick started less than this ago: at 5 the ticks came on every
-    # other pass (10 s apart). Below 5 it ticks on every pass; an empty tick costs one read of the
-    # queue and one manifest listing (bench/latency.py measures it).
+    # other pass (10 s apart). Below 5 it ticks on every pass. A tick on an empty queue waits up to
+    # DAM_SENSOR_WAIT_SECONDS (4 s) for the first upload, so an upload is taken when it arrives, not
+    # at the next pass 0-5 s later; then one manifest listing (bench/latency.py measures it).
     minimum_interval_seconds=2,
     default_status=DefaultSensorStatus.RUNNING,
     description="Drains the upload queue into batch manifests, one partition and run per batch.",
@@ -52,6 +53,7 @@ def upload_queue_sensor(context: SensorEvaluationContext, dam: DamResource) -> S
         budget_seconds=dam.settings.dam_sensor_budget_seconds,
         max_batches=MAX_BATCHES_PER_TICK,
         floor=context.cursor,  # new keys sort after it even if the clock stepped back
+        first_wait_seconds=dam.settings.dam_sensor_wait_seconds,
     )
     for reason in report.dead_lettered:
         context.log.warning(f"dead-lettered: {reason}")

@@ -6,6 +6,8 @@ import hashlib
 import importlib
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -180,6 +182,21 @@ def test_manifest_without_partition_is_reconciled(env, instance):
     assert [r["id"] for r in rows("SELECT id FROM assets")] == [sent["id"]]
     # Run keys make a repeated request harmless: the daemon skips a run_key it has seen.
     assert all(r.run_key == r.partition_key for r in tick(instance, None).run_requests)
+
+
+def test_a_tick_on_an_empty_queue_takes_an_upload_that_arrives_during_its_wait(env):
+    """The sensor's long poll: drain waits on an empty queue (first_wait_seconds), so an upload that
+    arrives 1 s into the tick is in this tick's batch, and the drain ends once the queue is quiet."""
+    store, queue = make_store(env), make_queue(env)
+    client = TestClient(create_app(env))
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(lambda: (time.sleep(1.0), upload(client, jpeg_bytes(64, 64), "late.jpg"))[1])
+        started = time.monotonic()
+        report = drain(queue, store, batch_size=8, budget_seconds=10, first_wait_seconds=5)
+        took = time.monotonic() - started
+    assert [u.id for b in report.batches for u in b.uploads] == [sent.result()["id"]]
+    assert took < 4.5  # ended after the upload and a quiet wait_seconds, not at the first wait's end
+    assert queue.depth() == 0
 
 
 def test_write_manifest_never_overwrites(env):

@@ -96,6 +96,27 @@ def test_a_burst_arriving_while_taking_is_taken_whole(queue):
             assert c.take(64, 0.5) == [] and time.monotonic() - t0 < 3
 
 
+def test_the_first_message_is_waited_for_up_to_first_wait_seconds(queue):
+    """The long poll: an upload 1 s into a take with a 4 s first wait is taken when it arrives, and
+    the take then returns after wait_seconds of quiet, not at the end of the first wait."""
+    with ThreadPoolExecutor(1) as pool, queue.consumer() as c:
+        t0 = time.monotonic()
+        assert c.take(64, 0.2, first_wait_seconds=0.6) == []  # nothing came: the first wait bounds it
+        assert 0.5 < time.monotonic() - t0 < 3
+
+        def later() -> float:
+            time.sleep(1.0)
+            queue.publish(_msg(1))
+            return time.monotonic()
+
+        sent = pool.submit(later)
+        got = c.take(64, 0.2, first_wait_seconds=4.0)
+        returned = time.monotonic()
+        assert [d.body for d in got] == [_msg(1)]
+        assert returned - sent.result() < 1.5  # taken on arrival (+ wait_seconds of quiet), not after 4 s
+        c.ack(got)
+
+
 def test_unacked_messages_come_back_after_close(queue):
     queue.publish(_msg(1))
     queue.publish(_msg(2))
