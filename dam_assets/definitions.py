@@ -9,6 +9,7 @@ from dam_assets.enrichment.assets import CAPTIONS, EMBEDDINGS, TEXT, asset_metad
 from dam_assets.enrichment.automation import automation_sensor
 from dam_assets.ingest.assets import upload_batch
 from dam_assets.ingest.jobs import enrich_batch_job
+from dam_assets.ingest.retries import stranded_retry_sensor
 from dam_assets.ingest.sensors import upload_queue_sensor
 from dam_assets.maintenance.compaction import (
     compact_assets,
@@ -46,7 +47,7 @@ defs = Definitions(
     assets=[upload_batch, image_enrichment, *OCR, asset_metadata, search_segment, search_index, compact_assets],
     jobs=[enrich_batch_job, search_index_job, compact_assets_job],
     schedules=[compact_assets_schedule],
-    sensors=[upload_queue_sensor, orphan_sweep_sensor, compact_assets_sensor, *AUTOMATION],
+    sensors=[upload_queue_sensor, stranded_retry_sensor, orphan_sweep_sensor, compact_assets_sensor, *AUTOMATION],
     resources=build_resources(SETTINGS, SETTINGS_ERROR),
     # Materializations started from the UI also run in one process: models load once per run.
     executor=in_process_executor,

@@ -16,6 +16,7 @@ from dam_assets.run_queues import MODELS_QUEUE, QUEUE_TAG
 from dam_core.manifests import batch_key_time, batches_after
 
 MAX_BATCHES_PER_TICK = 50
+BATCH_TAG = "dam/batch"
 
 
 def batch_run_tags(batch: str) -> dict[str, str]:
@@ -30,7 +31,7 @@ def batch_run_tags(batch: str) -> dict[str, str]:
     t = batch_key_time(batch)
     micros = int(t.timestamp()) * 1_000_000 + t.microsecond
     # On the production instance the run goes to the model workers (dam_assets/celery_launcher.py).
-    return {"dam/batch": batch, "dagster/priority": str(-micros), QUEUE_TAG: MODELS_QUEUE}
+    return {BATCH_TAG: batch, "dagster/priority": str(-micros), QUEUE_TAG: MODELS_QUEUE}
 
 
 @sensor(
