@@ -80,6 +80,10 @@ def test_served_models_answer_what_the_same_models_answer_here(served, tmp_path,
     assert rc.caption_pixels(rc.pixel_values(images)) == lc.caption(images)
     np.testing.assert_allclose(re_.embed_pixels(re_.pixel_values(images)), le.embed_images(images), atol=1e-6)
     np.testing.assert_allclose(re_.embed_texts(["a cat", ""]), le.embed_texts(["a cat", ""]), atol=1e-6)
+    # Asked again (every run asks for the tag vocabulary), from the server's memo: the same vectors;
+    # another list of texts is its own entry.
+    np.testing.assert_array_equal(re_.embed_texts(["a cat", ""]), re_.embed_texts(["a cat", ""]))
+    np.testing.assert_allclose(re_.embed_texts(["", "a cat"]), le.embed_texts(["", "a cat"]), atol=1e-6)
     assert re_.dim == le.dim and re_.logit_scale == pytest.approx(le.logit_scale)
 
 
