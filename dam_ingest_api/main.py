@@ -6,9 +6,11 @@ import contextlib
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import dam_models
 from dam_core.dam import open_dam
@@ -75,6 +77,14 @@ def create_app(
             errors=[FieldError(loc=list(e.get("loc", ())), msg=e.get("msg", "")) for e in exc.errors()],
         )
         return JSONResponse(body.model_dump(mode="json"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException):
+        # FastAPI's own handler answers {"detail"}; ErrorBody adds `message`, which Uppy shows.
+        if not isinstance(exc.detail, str):
+            return await http_exception_handler(request, exc)
+        body = ErrorBody(detail=exc.detail).model_dump(mode="json")
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(StoreError)
     async def _store_down(request: Request, exc: StoreError):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel, WithJsonSchema, computed_field
 
 from dam_core import layout
 from dam_core.exif import EXIF_COLUMNS
@@ -309,6 +309,12 @@ class ErrorBody(Body):
     """Every error answer: a sentence for people, never a traceback."""
 
     detail: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def message(self) -> str:
+        """`detail` again, under the name Uppy's S3 plugin shows (`message:` in its error text)."""
+        return self.detail
 
 
 class FieldError(Body):

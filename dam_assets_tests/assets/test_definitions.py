@@ -24,7 +24,13 @@ ASSETS = {
     "compact_assets": "maintenance",
 }
 JOBS = {"enrich_batch", "refresh_search_index", "compact_assets_job"}
-SENSORS = {"upload_queue_sensor", "stranded_retry_sensor", "orphan_sweep_sensor", "compact_assets_sensor", "enrichment_automation_sensor"}
+SENSORS = {
+    "upload_queue_sensor",
+    "stranded_retry_sensor",
+    "orphan_sweep_sensor",
+    "compact_assets_sensor",
+    "enrichment_automation_sensor",
+}
 
 
 def test_every_asset_job_and_sensor_loads_with_a_description():
