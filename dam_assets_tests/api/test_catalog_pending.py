@@ -160,3 +160,28 @@ def test_stray_objects_under_batches_neither_stop_nor_become_the_low_watermark(t
     m4 = manifest(4)
     assert list(batches_after(store, after=m3)) == [m4]  # names that are no batch key are no manifest
     assert advance_low_watermark(store, m3, set()) == (m3, [])
+
+
+@pytest.mark.slow
+def test_an_index_swap_while_a_page_is_built_lists_no_asset_twice(env, instance):
+    """The index poller may swap in the snapshot holding a batch after the page took the queued
+    uploads (computed against the older snapshot) and before it read the indexed rows: the page
+    then had each of the batch's assets twice, queued and processed (seen once in the Uppy browser
+    test, as four cards for two files)."""
+    app = create_app(env)
+    with TestClient(app) as client:
+        ids = {upload(client, seed) for seed in (1, 2)}
+        assert listed(client) == dict.fromkeys(ids, "queued")
+        batch, _ = drain(instance, None)
+        materialize_batch(instance, batch)
+        build_index(instance)  # stored, not yet seen by the app's index
+        pending = app.state.catalog.listing.pending
+        taken = pending.list
+
+        def list_then_swap():
+            queued = taken()  # against the snapshot without the batch
+            app.state.catalog.index.refresh()  # the poller's swap, right here
+            return queued
+
+        pending.list = list_then_swap
+        assert listed(client) == dict.fromkeys(ids, "processed")

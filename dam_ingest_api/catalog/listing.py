@@ -164,10 +164,12 @@ class Listing:
         pending = [(-u.uploaded_at.timestamp(), u.id, u) for u in self.pending.list()]
         if after_key:
             pending = [p for p in pending if (p[0], p[1]) > after_key]
-        ss = self._sorted_snapshot()
+        ss = self._sorted_snapshot()  # read after the queued ones: as new as theirs, or newer
         indexed: list[tuple[float, str, dict]] = []
         if ss is not None:
             hidden = self.deleted.hidden_in(ss.snap)
+            # An index swap in between would list a batch's assets twice, queued and processed.
+            pending = [p for p in pending if p[1] not in ss.snap.by_id or p[1] in hidden]
             i = ss.position_after(after_key) if after_key else 0
             while i < len(ss.ids) and len(indexed) < limit + 1:
                 if ss.ids[i] not in hidden:
