@@ -17,9 +17,9 @@ from dam_core.settings import load_settings
 BATCH_ASSETS = [upload_batch, image_enrichment, asset_metadata]
 
 
-def resources() -> dict:
-    """The code location's resources, built from the environment as it is now."""
-    return build_resources(load_settings())
+def resources(**overrides) -> dict:
+    """The code location's resources, built from the environment as it is now (plus `overrides`)."""
+    return build_resources(load_settings(**overrides))
 
 
 def tick(instance: DagsterInstance, cursor: str | None = None):
@@ -28,9 +28,7 @@ def tick(instance: DagsterInstance, cursor: str | None = None):
     Without the long poll (DAM_SENSOR_WAIT_SECONDS=0): a test ticks after it published, and a tick
     of an empty queue would only wait. The daemon-driven tests run the default.
     """
-    ctx = build_sensor_context(
-        instance=instance, cursor=cursor, resources=build_resources(load_settings(dam_sensor_wait_seconds=0))
-    )
+    ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources(dam_sensor_wait_seconds=0))
     result = upload_queue_sensor(ctx)
     for req in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(batches_partitions_def.name, list(req.partition_keys))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from dagster import (
     DagsterInstance,
@@ -81,9 +82,7 @@ def stranded_batch_runs(
     return out
 
 
-def _utc(ts: float):
-    from datetime import UTC, datetime
-
+def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
