@@ -2,6 +2,8 @@
 
 boto3/botocore are imported inside the S3 store's methods, not at the top: a process on the local
 store (the default) never loads them. botocore ships no type information: its objects are `Any`.
+The S3 store sends single-object requests and signs URLs itself (dam_core.s3_http: an upload's
+three or four store requests at a fraction of boto3's CPU) and uses boto3 for the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
+    from dam_core.s3_http import S3Http, S3Response
     from dam_core.settings import Settings
 
 P = ParamSpec("P")
@@ -326,13 +329,34 @@ def _expect_continue_for_large_bodies(model: Any, params: dict[str, Any], **kwar
         add_expect_header(model, params, **kwargs)
 
 
+def _small_body(data: bytes | IO[bytes]) -> bytes | None:
+    """The bytes to send in one signed request (dam_core.s3_http): `data` itself, or a seekable
+    file's content under EXPECT_CONTINUE_MIN_BYTES; None for a larger file: boto3 streams it."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    try:
+        start = data.tell()
+        size = data.seek(0, os.SEEK_END) - start
+        data.seek(start)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return data.read() if size < EXPECT_CONTINUE_MIN_BYTES else None
+
+
+def _http_date(value: str | None) -> datetime:
+    from email.utils import parsedate_to_datetime
+
+    return parsedate_to_datetime(value).astimezone(UTC) if value else datetime.now(UTC)
+
+
 class S3Store(ObjectStore):
     """Objects in a bucket through the S3 API (Cloudflare R2, MinIO, AWS S3, moto)."""
 
-    def __init__(self, client: Any, bucket: str, endpoint: str | None = None):
+    def __init__(self, client: Any, http: S3Http, bucket: str, endpoint: str | None = None):
         from botocore.handlers import add_expect_header  # S3 only: see the module docstring
 
         self.client = client
+        self.http = http
         self.bucket = bucket
         self.endpoint = endpoint
         events = client.meta.events  # this client's own copy of botocore's handlers
@@ -344,16 +368,31 @@ class S3Store(ObjectStore):
         import boto3  # S3 only: see the module docstring
         from botocore.config import Config
 
+        from dam_core.s3_http import S3Http, S3Unreachable
+        from dam_core.sigv4 import Credentials, SigV4
+
         if not settings.r2_bucket:
             raise ValueError("R2_BUCKET is not set: these settings select the local store")
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.r2_endpoint,
-            region_name=settings.r2_region,
+        session = boto3.session.Session(
             aws_access_key_id=settings.r2_access_key_id.get_secret_value() if settings.r2_access_key_id else None,
             aws_secret_access_key=(
                 settings.r2_secret_access_key.get_secret_value() if settings.r2_secret_access_key else None
             ),
+            region_name=settings.r2_region,
+        )
+        found = session.get_credentials()  # the keys set, else boto3's chain (environment, profile, role)
+
+        def credentials() -> Credentials:
+            if found is None:
+                raise S3Unreachable("no credentials: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY")
+            frozen = found.get_frozen_credentials()  # refreshed here when temporary
+            return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+        endpoint = settings.r2_endpoint or f"https://s3.{settings.r2_region}.amazonaws.com"
+        http = S3Http(endpoint, settings.r2_bucket, SigV4(credentials, settings.r2_region), pool_size=32)
+        client = session.client(
+            "s3",
+            endpoint_url=settings.r2_endpoint,
             config=Config(
                 connect_timeout=3,
                 read_timeout=30,
@@ -362,19 +401,34 @@ class S3Store(ObjectStore):
                 signature_version="s3v4",
             ),
         )
-        return cls(client, settings.r2_bucket, settings.r2_endpoint)
+        return cls(client, http, settings.r2_bucket, settings.r2_endpoint)
 
     def _wrap(self, err: Exception) -> StoreError:
         return StoreError(f"object store {self.describe()} failed: {type(err).__name__}")
 
+    def _send(self, method: str, key: str, body: bytes = b"", **kwargs: Any) -> S3Response:
+        """One request through dam_core.s3_http; an unreachable store is a StoreError."""
+        from dam_core.s3_http import S3Unreachable
+
+        try:
+            return self.http.request(method, check_key(key), body, **kwargs)
+        except S3Unreachable as err:
+            raise StoreError(f"object store {self.describe()} failed: {err}") from None
+
+    def _refused(self, answer: S3Response) -> StoreError:
+        return StoreError(f"object store {self.describe()} refused: HTTP {answer.status} {answer.error_code()}")
+
     def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
         check_key(key)  # a bad key is the caller's ValueError, not a store outage
+        body = _small_body(data)
+        if body is not None:
+            answer = self._send("PUT", key, body, headers={"content-type": content_type} if content_type else None)
+            if answer.status != 200:
+                raise self._refused(answer)
+            return
         extra = {"ContentType": content_type} if content_type else {}
         try:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=bytes(data), **extra)
-            else:
-                self.client.upload_fileobj(data, self.bucket, check_key(key), ExtraArgs=extra or None)
+            self.client.upload_fileobj(data, self.bucket, check_key(key), ExtraArgs=extra or None)
         except Exception as err:  # botocore raises many unrelated types
             raise self._wrap(err) from err
 
@@ -382,8 +436,17 @@ class S3Store(ObjectStore):
         from botocore.exceptions import ClientError  # S3 only: see the module docstring
 
         check_key(key)
+        small = _small_body(data)
+        if small is not None:
+            headers = {"if-none-match": "*"} | ({"content-type": content_type} if content_type else {})
+            answer = self._send("PUT", key, small, headers=headers)
+            if answer.status in (409, 412):  # PreconditionFailed, or R2's ConditionalRequestConflict
+                return False
+            if answer.status != 200:
+                raise self._refused(answer)
+            return True
         extra = {"ContentType": content_type} if content_type else {}
-        body = data if isinstance(data, (bytes, bytearray)) else data  # a seekable file streams
+        body = data  # a seekable file streams
         try:
             # A conditional put: the store decides atomically which of two writers wins.
             self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=body, IfNoneMatch="*", **extra)
@@ -398,39 +461,23 @@ class S3Store(ObjectStore):
             raise self._wrap(err) from err
 
     def get(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError  # S3 only: see the module docstring
-
-        check_key(key)
-        try:
-            body: bytes = self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
-            return body
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise KeyNotFound(key) from None
-            raise self._wrap(err) from err
-        except Exception as err:
-            raise self._wrap(err) from err
+        answer = self._send("GET", key)
+        if answer.status == 404:
+            raise KeyNotFound(key)
+        if answer.status != 200:
+            raise self._refused(answer)
+        return answer.data
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError  # S3 only: see the module docstring
-
-        check_key(key)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=check_key(key))
-            return True
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise self._wrap(err) from err
-        except Exception as err:
-            raise self._wrap(err) from err
+        answer = self._send("HEAD", key)
+        if answer.status not in (200, 404):
+            raise self._refused(answer)
+        return answer.status == 200
 
     def delete(self, key: str) -> None:
-        check_key(key)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
-        except Exception as err:
-            raise self._wrap(err) from err
+        answer = self._send("DELETE", key)
+        if answer.status not in (200, 204, 404):
+            raise self._refused(answer)
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
@@ -452,18 +499,12 @@ class S3Store(ObjectStore):
             raise self._wrap(err) from err
 
     def modified(self, key: str) -> datetime | None:
-        from botocore.exceptions import ClientError  # S3 only: see the module docstring
-
-        check_key(key)
-        try:
-            when: datetime = self.client.head_object(Bucket=self.bucket, Key=key)["LastModified"]
-            return when.astimezone(UTC)
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return None
-            raise self._wrap(err) from err
-        except Exception as err:
-            raise self._wrap(err) from err
+        answer = self._send("HEAD", key)
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise self._refused(answer)
+        return _http_date(answer.headers.get("last-modified"))
 
     def ping(self) -> None:
         try:
@@ -483,16 +524,19 @@ class S3Store(ObjectStore):
             "HTTPStatusCode"
         )
 
+    def _presign(self, method: str, key: str, expires: int, **kwargs: Any) -> str:
+        from dam_core.s3_http import S3Unreachable
+
+        try:
+            return self.http.presign(method, check_key(key), expires, **kwargs)
+        except S3Unreachable as err:  # no credentials to sign with
+            raise StoreError(f"object store {self.describe()} failed: {err}") from None
+
     def presign_put(self, key: str, expires: int, sha256_b64: str | None = None) -> str:
         """A URL that PUTs one object at `key`; with `sha256_b64`, the store refuses other bytes."""
-        params = {"Bucket": self.bucket, "Key": check_key(key)}
-        if sha256_b64:
-            params["ChecksumSHA256"] = sha256_b64  # signed: the client must send x-amz-checksum-sha256
-        try:
-            url: str = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires)
-            return url
-        except Exception as err:
-            raise self._wrap(err) from err
+        # Signed: the client must send x-amz-checksum-sha256.
+        headers = {"x-amz-checksum-sha256": sha256_b64} if sha256_b64 else None
+        return self._presign("PUT", key, expires, headers=headers)
 
     def presign_create(
         self, key: str, expires: int, sha256_b64: str, size: int, metadata: Mapping[str, str]
@@ -505,40 +549,24 @@ class S3Store(ObjectStore):
         not `size` bytes (403) and when the bytes do not match the checksum (400 BadDigest);
         `metadata` travels with the object (ASCII values).
         """
-        params = {
-            "Bucket": self.bucket,
-            "Key": check_key(key),
-            "IfNoneMatch": "*",
-            "ChecksumSHA256": sha256_b64,
-            "ContentLength": size,
-            "Metadata": dict(metadata),
-        }
         headers = {"If-None-Match": "*", "x-amz-checksum-sha256": sha256_b64}
         headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
-        try:
-            return self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires), headers
-        except Exception as err:
-            raise self._wrap(err) from err
+        signed = headers | {"content-length": str(size)}
+        return self._presign("PUT", key, expires, headers=signed), headers
 
     def peek(self, key: str, length: int) -> ObjectPeek | None:
         """The first `length` bytes of `key` and its size, ETag, age and metadata, in one ranged GET; None when absent."""
-        from botocore.exceptions import ClientError  # S3 only: see the module docstring
-
-        try:
-            found = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{length - 1}")
-            head = found["Body"].read()
-        except ClientError as err:
-            code, status = self._code(err)
-            if status == 404 or code == "NoSuchKey":
-                return None
-            if status == 416 or code == "InvalidRange":  # an empty object has no first byte
-                return ObjectPeek(0, "", datetime.now(UTC), {}, b"")
-            raise self._wrap(err) from err
-        except Exception as err:
-            raise self._wrap(err) from err
-        content_range = found.get("ContentRange") or ""
-        size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else len(head)
-        return ObjectPeek(size, found["ETag"], found["LastModified"], dict(found.get("Metadata") or {}), head)
+        answer = self._send("GET", key, headers={"range": f"bytes=0-{length - 1}"})
+        if answer.status == 404:
+            return None
+        if answer.status == 416:  # an empty object has no first byte
+            return ObjectPeek(0, "", datetime.now(UTC), {}, b"")
+        if answer.status not in (200, 206):
+            raise self._refused(answer)
+        content_range = answer.headers.get("content-range") or ""
+        size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else len(answer.data)
+        modified = _http_date(answer.headers.get("last-modified"))
+        return ObjectPeek(size, answer.headers.get("etag", ""), modified, answer.metadata(), answer.data)
 
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload at `key`; returns its upload id."""
@@ -550,12 +578,7 @@ class S3Store(ObjectStore):
 
     def presign_part(self, key: str, upload_id: str, part_number: int, expires: int) -> str:
         """A URL that PUTs one part of a multipart upload."""
-        params = {"Bucket": self.bucket, "Key": check_key(key), "UploadId": upload_id, "PartNumber": part_number}
-        try:
-            url: str = self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires)
-            return url
-        except Exception as err:
-            raise self._wrap(err) from err
+        return self._presign("PUT", key, expires, params=[("partNumber", str(part_number)), ("uploadId", upload_id)])
 
     def list_parts(self, key: str, upload_id: str) -> builtins.list[UploadedPart]:
         """The parts uploaded so far, by number; UploadNotFound when the upload is gone."""
@@ -619,17 +642,12 @@ class S3Store(ObjectStore):
 
     def head(self, key: str) -> ObjectHead | None:
         """Size and ETag of one object; None when absent."""
-        from botocore.exceptions import ClientError  # S3 only: see the module docstring
-
-        try:
-            found = self.client.head_object(Bucket=self.bucket, Key=check_key(key))
-        except ClientError as err:
-            if self._code(err)[1] == 404:
-                return None
-            raise self._wrap(err) from err
-        except Exception as err:
-            raise self._wrap(err) from err
-        return ObjectHead(found["ContentLength"], found["ETag"])
+        answer = self._send("HEAD", key)
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise self._refused(answer)
+        return ObjectHead(int(answer.headers.get("content-length", "0")), answer.headers.get("etag", ""))
 
     def iter_bytes(self, key: str, etag: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """The bytes of the object's version `etag`, in chunks; ObjectChanged when it was replaced."""

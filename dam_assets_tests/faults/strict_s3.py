@@ -3,8 +3,9 @@
 moto stores whatever a presigned URL sends: it checks neither the SigV4 query signature (so a
 URL edited to name another key works) nor X-Amz-Expires (so an expired URL works). This front
 recomputes the signature of every presigned request with botocore's own SigV4 code and the
-secret, refuses a wrong one or an expired one with S3's 403, and forwards everything else to
-moto unchanged: the API's own (header-signed) calls and the good presigned PUTs. Like S3 and R2
+secret, refuses a wrong one or an expired one with S3's 403; it checks the API's own
+(header-signed) requests the same way, and a signed body's SHA-256; and forwards the good ones to
+moto unchanged. Like S3 and R2
 (and unlike moto), it refuses a PUT whose body does not match its `x-amz-checksum-sha256` (400
 BadDigest). A test may pass
 a `gate`, shown each good presigned request (method, path, body) before it is forwarded: it can
@@ -32,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
-from botocore.auth import S3SigV4QueryAuth
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
@@ -107,6 +108,32 @@ def presigned_error(method: str, url: str, headers: dict[str, str], secret: str,
     auth = S3SigV4QueryAuth(Credentials(access_key, secret), "s3", region, int(params["X-Amz-Expires"]))
     canonical = auth.canonical_request(request)
     expected = auth.signature(auth.string_to_sign(request, canonical), request)
+    return None if hmac.compare_digest(expected, signature) else "SignatureDoesNotMatch"
+
+
+_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^,]+), SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
+
+
+def header_signed_error(method: str, url: str, headers: dict[str, str], body: bytes, secret: str) -> str | None:
+    """Why S3 would refuse this header-signed request (`SignatureDoesNotMatch`, `XAmzContentSHA256Mismatch`),
+    or None; a request without an `Authorization` header is not judged here."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    auth = _AUTH.match(lower.get("authorization", "").strip())
+    if auth is None:
+        return None if "authorization" not in lower else "SignatureDoesNotMatch: malformed Authorization"
+    credential, signed_names, signature = auth.groups()
+    access_key, day, region, *_ = credential.split("/")
+    names = signed_names.split(";")
+    if any(n not in lower for n in names) or "x-amz-date" not in lower:
+        return "SignatureDoesNotMatch: a signed header is missing"
+    payload = lower.get("x-amz-content-sha256", "")
+    if re.fullmatch(r"[0-9a-f]{64}", payload) and hashlib.sha256(body).hexdigest() != payload:
+        return "XAmzContentSHA256Mismatch: the body is not the one signed"
+    request = AWSRequest(method=method, url=url, headers={n: lower[n] for n in names})
+    request.context["timestamp"] = lower["x-amz-date"]
+    signer = S3SigV4Auth(Credentials(access_key, secret), "s3", region)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
     return None if hmac.compare_digest(expected, signature) else "SignatureDoesNotMatch"
 
 
@@ -202,6 +229,14 @@ def strict_s3(
                     return
                 if gate is not None and not gate(self.command, self.path, body):
                     self.close_connection = True
+                    return
+            else:
+                url = f"http://{self.headers['Host']}{self.path}"
+                refused = header_signed_error(self.command, url, headers, body, secret)
+                if refused:
+                    code, _, message = refused.partition(": ")
+                    xml = f"<Error><Code>{code}</Code><Message>{message or code}</Message></Error>".encode()
+                    self._answer(403, {"Content-Type": "application/xml", **allow}, xml)
                     return
             if bad_digest(self.command, headers, body):
                 xml = b"<Error><Code>BadDigest</Code><Message>The SHA256 you specified did not match the calculated checksum.</Message></Error>"

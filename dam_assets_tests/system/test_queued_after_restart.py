@@ -162,3 +162,10 @@ def test_the_scan_reads_only_markers_the_index_lacks(tmp_path):
     assert pending.scan()
     assert [k for k in store.gets if k.startswith(MARKERS_PREFIX)] == []
     assert [u.id for u in pending.list()] and {u.id for u in pending.list()} == {f"{n:032x}" for n in (50, 51, 52)}
+    # A marker of an upload this process accepted is never read: the process holds its message.
+    write_marker(store, message(53))
+    pending.note(message(53))
+    store.gets.clear()
+    assert pending.scan()
+    assert [k for k in store.gets if k.startswith(MARKERS_PREFIX)] == []
+    assert f"{53:032x}" in {u.id for u in pending.list()}

@@ -12,7 +12,7 @@ while no manifest holds an upload yet (Dagster stopped, or before its next tick)
 the durable record of accepted uploads. Their keys are ids, not times, so a scan lists all of
 `uploads/` (one LIST request per 1,000 markers on S3); it reads only the markers of ids the
 snapshot does not hold (the queued ones) and keeps them, so a re-scan reads only markers it has
-not read yet. A background thread scans once at start, without delaying it, then again every
+not read yet, and never those of uploads this process accepted (it holds their messages). A background thread scans once at start, without delaying it, then again every
 max(DAM_INDEX_POLL_SECONDS, SCAN_COST_FACTOR x the last listing's duration): the listings take at
 most 1/SCAN_COST_FACTOR of one thread's time however many markers there are. A request never lists.
 """
@@ -100,12 +100,13 @@ class PendingUploads:
         hidden = self.deleted.hidden_in(snap)
         with self._lock:
             known = self._scanned
+            recent = dict(self._recent)  # accepted here: their markers hold these very messages
         found: dict[str, UploadMessage] = {}
         to_read: list[str] = []
         for asset_id in marker_ids(self.store):
             if snap is not None and asset_id in snap.by_id and asset_id not in hidden:
                 continue  # indexed: never read (most markers, once the pipeline keeps up)
-            upload = known.get(asset_id)
+            upload = known.get(asset_id) or recent.get(asset_id)
             # A marker read before is kept, unless a delete hides it since: then the id's marker
             # may be a newer upload's (deleted, then uploaded again), so it is read again.
             if upload is not None and not self.deleted.hides(upload.id, upload.uploaded_at):

@@ -57,7 +57,7 @@ def upload_id(raw: str) -> str:
     return unquote(raw)
 
 
-def get_direct(uploader: UploaderDep) -> DirectUploads:
+async def get_direct(uploader: UploaderDep) -> DirectUploads:
     direct = DirectUploads.of(uploader)
     if direct is None:
         raise HTTPException(404, NEEDS_S3)
