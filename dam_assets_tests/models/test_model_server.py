@@ -24,7 +24,7 @@ from dam_cli import dev
 from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
 from dam_core.store import LocalStore
-from dam_models.serving import RemoteCaptioner, ServerUnavailable, connect
+from dam_models.serving import READY_MAX, Ready, RemoteCaptioner, ServerUnavailable, connect
 
 
 def _images() -> list[Image.Image]:
@@ -85,6 +85,32 @@ def test_served_models_answer_what_the_same_models_answer_here(served, tmp_path,
     np.testing.assert_array_equal(re_.embed_texts(["a cat", ""]), re_.embed_texts(["a cat", ""]))
     np.testing.assert_allclose(re_.embed_texts(["", "a cat"]), le.embed_texts(["", "a cat"]), atol=1e-6)
     assert re_.dim == le.dim and re_.logit_scale == pytest.approx(le.logit_scale)
+
+
+@pytest.mark.system
+def test_inputs_prepared_ahead_travel_once_and_a_dropped_one_is_sent_again(served, tmp_path, tiny_models):
+    """pixel_values hands the images to the server ahead of the model call (on its own connection)
+    and gets a key; the call sends only the key. A key the server no longer holds (it keeps
+    READY_MAX inputs, oldest first) makes the client send the images with the call: same answers."""
+    sock, _, _ = served
+    rc, re_ = connect(sock)
+    local = _resource(tmp_path, tiny_models)
+    images = _images()
+    expected = local.captioner().caption(images)
+    first = rc.pixel_values(images)
+    assert isinstance(first, Ready) and first.images == images
+    flood = [rc.pixel_values(images[:1]) for _ in range(READY_MAX)]  # pushes `first` out of the server
+    assert rc.caption_pixels(first) == expected  # dropped: sent again with the call
+    assert rc.caption_pixels(flood[-1]) == expected[:1]  # held: the key alone
+    sent = []
+    original = rc._calls.call
+    rc._calls.call = lambda *request: sent.append(request) or original(*request)
+    ready = re_.pixel_values(images)
+    re_._calls.call = rc._calls.call
+    np.testing.assert_allclose(re_.embed_pixels(ready), local.embedder().embed_images(images), atol=1e-6)
+    assert sent == [("embed_images_ready", ready.key)]  # no image went with the call
+    assert rc.caption_pixels(rc.pixel_values(images)) == expected
+    assert sent[-1][0] == "caption_ready"
 
 
 @pytest.mark.system
