@@ -10,11 +10,18 @@ from datetime import datetime
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"  # a SHA-256 as the pipeline writes it: 64 lowercase hex characters
 _ID_RE = re.compile(ID_PATTERN)
+_SHA256_RE = re.compile(SHA256_PATTERN)
 
 
 def is_asset_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
+
+
+def is_sha256(value: str) -> bool:
+    """True for 64 lowercase hex characters."""
+    return bool(_SHA256_RE.fullmatch(value))
 
 
 class UploadMessage(BaseModel):
@@ -27,7 +34,7 @@ class UploadMessage(BaseModel):
     r2_key: str = Field(pattern=r"^assets/[0-9a-f]{32}\.[a-z0-9]{2,5}$")
     mime_type: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
     bytes: int = Field(ge=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     uploaded_at: AwareDatetime

@@ -5,7 +5,8 @@ and signs its presigned URLs here; listings, multipart uploads, copies and strea
 on boto3. A boto3 call costs about 1.2-1.7 ms of CPU (its event hooks, serializers, XML parsers
 and, on a 404, an exception class built per error code); the same request here costs a few tenths
 of a millisecond, and an upload makes three or four of them. Requests use path-style URLs
-(`{endpoint}/{bucket}/{key}`), which R2, MinIO, moto and S3 all serve; connection failures and
+(`{endpoint}/{bucket}/{key}`), which R2, MinIO, moto and S3 all serve, through the proxy and with the
+CA bundle the environment names for boto3 (HTTPS_PROXY/HTTP_PROXY/NO_PROXY, AWS_CA_BUNDLE); connection failures and
 5xx/429 answers are retried twice with a short jittered backoff (as boto3's standard mode does
 for these; every request here is idempotent, a conditional PUT included: a repeat of one that
 landed answers 412, which the caller already treats as "the key was taken").
@@ -14,8 +15,10 @@ landed answers 412, which the caller already treats as "the key was taken").
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -49,11 +52,20 @@ class S3Response(NamedTuple):
 
 
 def _ca_certs() -> str | None:
+    """The CA bundle boto3 would use: AWS_CA_BUNDLE when set (a private MinIO's CA), else certifi's."""
+    if bundle := os.environ.get("AWS_CA_BUNDLE"):
+        return bundle
     try:
         import certifi  # botocore's own bundle, when installed (it is with boto3)
     except ImportError:  # pragma: no cover - urllib3 then uses the system's store
         return None
     return str(certifi.where())
+
+
+def _proxy_for(scheme: str, hostname: str) -> str | None:
+    """The proxy the environment names for this endpoint (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as boto3 honours them."""
+    proxy = urllib.request.getproxies().get(scheme)
+    return proxy if proxy and not urllib.request.proxy_bypass(hostname) else None
 
 
 class S3Http:
@@ -82,12 +94,15 @@ class S3Http:
         self.bucket = bucket
         self.signer = signer
         self.attempts = max(1, attempts)
-        self.pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=pool_size,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            ca_certs=_ca_certs() if parts.scheme == "https" else None,
+        timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        ca_certs = _ca_certs() if parts.scheme == "https" else None
+        proxy = _proxy_for(parts.scheme, parts.hostname)
+        self.pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(
+                proxy, num_pools=4, maxsize=pool_size, retries=False, timeout=timeout, ca_certs=ca_certs
+            )
+            if proxy
+            else urllib3.PoolManager(num_pools=4, maxsize=pool_size, retries=False, timeout=timeout, ca_certs=ca_certs)
         )
 
     def path(self, key: str = "") -> str:

@@ -29,7 +29,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from dam_core.images import ImageInfo, ImageRejected, ext_of_type, inspect_header
 from dam_core.layout import original_parts, staging_key, staging_record_key, staging_token
-from dam_core.messages import UploadMessage
+from dam_core.messages import UploadMessage, is_sha256
 from dam_core.store import (
     KeyNotFound,
     ObjectChanged,
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3's and R2's smallest part, the last one excepted
 S3_MAX_PART_NUMBER = 10_000
 _SPOOL_IN_MEMORY = 1024 * 1024
-_HEX = frozenset("0123456789abcdef")
 
 
 class StagedUpload(BaseModel):
@@ -76,7 +75,7 @@ def declared(metadata: Mapping[str, Any]) -> tuple[str | None, int | None]:
     size = metadata.get("size")
     if sha is not None:
         sha = str(sha).strip().lower()
-        if len(sha) != 64 or not set(sha) <= _HEX:
+        if not is_sha256(sha):
             raise DirectUploadError(400, "metadata sha256: expected 64 hexadecimal characters")
     if size is not None:
         try:

@@ -98,3 +98,91 @@ def test_the_store_speaks_signed_requests_that_s3_accepts(make_settings, s3_env,
             wrong.get("assets/a.jpg")
         with pytest.raises(StoreError, match="403"):
             wrong.put("assets/b.jpg", b"x")
+
+
+def test_the_store_goes_through_the_proxy_the_environment_names(make_settings, s3_env, monkeypatch):
+    """HTTP_PROXY / NO_PROXY apply to the store's own requests as boto3 applies them to its own."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _forward(self):
+            seen.append(f"{self.command} {self.path}")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+            with httpx.Client(trust_env=False) as direct:  # not through itself
+                answer = direct.request(self.command, self.path, headers=headers, content=body)
+            self.send_response(answer.status_code)
+            for k, v in answer.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                    self.send_header(k, v)
+            data = b"" if self.command == "HEAD" else answer.content
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_HEAD = do_DELETE = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{server.server_address[1]}")
+        store = make_store(make_settings(**s3_env))
+        store.put("uploads/p.json", b"{}", "application/json")
+        assert store.get("uploads/p.json") == b"{}"
+        assert [s.split(" ")[0] for s in seen] == ["PUT", "GET"] and seen[0].endswith("/uploads/p.json")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        seen.clear()
+        assert make_store(make_settings(**s3_env)).get("uploads/p.json") == b"{}"
+        assert seen == []
+    finally:
+        server.shutdown()
+
+
+def test_busy_answers_are_retried_twice_then_reported():
+    """5xx and 429 answers (and no answer) are retried twice; a third is the caller's S3Unreachable."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dam_core.s3_http import S3Http, S3Unreachable
+
+    answers = iter([503, 429, 200, 500, 502, 503])
+    calls: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            calls.append(self.path)
+            status = next(answers)
+            body = b"ok" if status == 200 else b"<Error><Code>SlowDown</Code></Error>"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        http = S3Http(
+            f"http://127.0.0.1:{server.server_address[1]}", "bkt", SigV4(lambda: Credentials("a", "b"), "auto")
+        )
+        answer = http.request("GET", "k/x.json")
+        assert (answer.status, answer.data, len(calls)) == (200, b"ok", 3)
+        with pytest.raises(S3Unreachable, match="503"):
+            http.request("GET", "k/x.json")
+        assert len(calls) == 6 and set(calls) == {"/bkt/k/x.json"}
+    finally:
+        server.shutdown()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from dam_core.messages import SHA256_PATTERN
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.deps import ApiKey, CatalogDep, SettingsDep
 from dam_ingest_api.multipart import BodyTooLarge, ClientTooSlow, limited_stream
@@ -27,7 +28,7 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_ERRORS = 10  # a body of 256 KiB holds 100,000 bad items: the answer names the first few
 LOOKUP_THREADS = 8  # an id the index lacks costs a read of its upload marker: a round trip on S3
 
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex characters")]
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="64 lowercase hex characters")]
 CheckState = Literal["processed", "error", "queued", "deleted", "absent"]
 
 
