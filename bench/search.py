@@ -1,6 +1,6 @@
 """Search benchmark: /search, /similar and GET /assets/{id} over 100k and 1M vectors; index recall.
 
-    python -m bench.search [--quick] [--out bench/out] [--index-only update,clip]
+    python -m bench.search [--quick] [--out bench/out] [--index-only update,clip] [--encoder]
 
 For each size: write an index version of N random unit 512-d vectors into a local store,
 serve it with the real API (`dam api`, full-size CLIP text encoder with random weights), and
@@ -817,14 +817,92 @@ def verdicts(results: dict) -> list[str]:
     return out
 
 
+QUERY_WORDS = "dog cat beach mountain city night car tree flower person food red blue sunset snow river".split()
+ENCODER_RUNTIMES = (("torch", "float32"), ("torch", "bfloat16"), ("openvino", "float32"), ("openvino", "bfloat16"))
+
+
+def query_encoder_figures(reps: int = 300, models_dir: str | Path | None = None, log=print) -> dict:
+    """The `/search` query encoder alone, per runtime and dtype, and the API's own (OpenVINO, int8
+    weights: dam_models.embedder.get_query_encoder): one short text per call, as the API
+    embeds a query (1 intra-op thread: dam_models.set_query_threads, as `dam api` declares it), the
+    runtimes taking turns call by call in one process so the machine's other load falls on all alike.
+    Full-size CLIP B/32 with random weights (bench.fixtures.build_models); cosine to fp32 torch."""
+    import random
+
+    import dam_models
+    from bench.fixtures import build_models
+    from dam_models.embedder import get_embedder, get_query_encoder
+
+    dam_models.set_query_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench-encoder-") as tmp:
+        _, clip = build_models(Path(models_dir) if models_dir else Path(tmp) / "models", log=log)
+        encoders = {}
+        for runtime, dtype in ENCODER_RUNTIMES:
+            t = time.perf_counter()
+            encoders[(runtime, dtype)] = get_embedder(str(clip), "cpu", dtype, runtime, cache_dir=Path(tmp) / "cache")
+            log(f"  {runtime}/{dtype} loaded in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        encoders[("openvino", "bfloat16 int8-weights")] = get_query_encoder(
+            str(clip), "cpu", "bfloat16", "openvino", cache_dir=Path(tmp) / "cache"
+        )
+        log(f"  the API's query encoder (int8 weights) loaded in {time.perf_counter() - t:.1f} s")
+        rng = random.Random(0)
+        queries = [" ".join(rng.sample(QUERY_WORDS, 3)) for _ in range(reps)]
+        lat: dict[tuple[str, str], list[float]] = {k: [] for k in encoders}
+        cos: dict[tuple[str, str], list[float]] = {k: [] for k in encoders}
+        keys = list(encoders)
+        for i, q in enumerate([*queries[:10], *queries]):  # 10 warm-up calls each
+            vecs = {}
+            for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
+                t = time.perf_counter()
+                vecs[k] = encoders[k].embed_texts([q])[0]
+                if i >= 10:
+                    lat[k].append((time.perf_counter() - t) * 1000)
+            ref = vecs[("torch", "float32")]
+            for k, v in vecs.items():
+                cos[k].append(float(np.dot(v, ref) / (np.linalg.norm(v) * np.linalg.norm(ref))))
+    return {
+        "reps": reps,
+        "cpus": os.cpu_count(),
+        "encoders": {
+            f"{r}/{d}": {
+                "p50_ms": round(pct(lat[(r, d)], 50), 2),
+                "p99_ms": round(pct(lat[(r, d)], 99), 2),
+                "cos_min": round(min(cos[(r, d)]), 5),
+            }
+            for r, d in keys
+        },
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def encoder_markdown(res: dict) -> list[str]:
+    lines = [
+        "| query encoder (CLIP B/32 text tower, 1 thread) | p50 ms | p99 ms | cosine to torch fp32 (min) |",
+        "|---|---|---|---|",
+    ]
+    for name, f in res["encoders"].items():
+        lines.append(f"| {name} | {f['p50_ms']} | {f['p99_ms']} | {f['cos_min']} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--index-only", default="", help="only the index figures: update, clip or update,clip")
+    ap.add_argument("--encoder", action="store_true", help="only the query encoder, per runtime and dtype")
+    ap.add_argument("--models-dir", help="reuse (or create) the random full-size models here")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.encoder:
+        enc = query_encoder_figures(
+            100 if args.quick else 300, args.models_dir, log=lambda m: print(m, file=sys.stderr, flush=True)
+        )
+        (out / "search-encoder.json").write_text(json.dumps(enc, indent=1))
+        print("\n".join(encoder_markdown(enc)))
+        return 0
     if args.index_only:
         res = index_figures(
             args.quick, log=lambda m: print(m, file=sys.stderr, flush=True), parts=args.index_only.split(",")

@@ -35,12 +35,22 @@ def cmd_models_prepare(args) -> int:
     try:
         models = _resource(settings)
         captioner, embedder = models.load_captioner(), models.load_embedder()
+        from dam_models.embedder import get_query_encoder  # torch: see _resource
+
+        queries = get_query_encoder(  # the API's and `dam search`'s text queries: their own conversion
+            settings.dam_embedding_model,
+            settings.dam_device,
+            settings.dam_dtype,
+            settings.dam_runtime,
+            settings.model_cache_dir,
+        )
     except Exception as err:  # a missing model or an offline hub: say which, and fail
         print(f"dam models prepare: {type(err).__name__}: {err}"[:800], file=sys.stderr)
         return 1
     if not args.quiet:
         print(f"captions:   {captioner.model_id} ({captioner.describe()})")
         print(f"embeddings: {embedder.model_id} ({embedder.describe()})")
+        print(f"queries:    {queries.model_id} ({queries.describe()})")
         print(f"ready in {time.perf_counter() - started:.1f} s; converted models in {settings.model_cache_dir}")
     return 0
 

@@ -279,9 +279,10 @@ def _load_torch(spec: ModelSpec, family: Family) -> TorchEmbedding:
     return TorchEmbedding(model, spec.device, spec.dtype)
 
 
-def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path) -> OpenVinoEmbedding:
+def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: bool = False) -> OpenVinoEmbedding:
+    """The exported towers compiled; `query`: the text tower's weights in int8 (get_query_encoder)."""
     # Not at the top: openvino_clip imports openvino, which a process on the torch runtime (a GPU) never loads.
-    from dam_models.openvino_clip import OpenVinoClip, export_clip, is_exported
+    from dam_models.openvino_clip import TEXT, OpenVinoClip, export_clip, is_exported
 
     def build(folder: Path) -> None:
         model = family.model_class.from_pretrained(spec.model_id, dtype=torch.float32).eval()
@@ -289,6 +290,12 @@ def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path) -> OpenVin
 
     folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino")
     build_once(folder, is_exported, build)
+    if query:
+        from dam_models.openvino_quantize import compress_weights
+
+        exported = folder
+        folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino-query-int8w")
+        build_once(folder, is_exported, lambda target: compress_weights(exported, target, TEXT))
     config = _config(spec.model_id)
     init = getattr(config, "logit_scale_init_value", None)  # CLIP's config has one (default 2.6592)
     scale_init = float(init) if init is not None else family.logit_scale_init
@@ -328,6 +335,20 @@ def get_embedder(
 
     `runtime` auto picks OpenVINO on a CPU where installed, except for SigLIP 2 (PyTorch: see the module docstring).
     """
+    return _get(model_id, device, dtype, runtime, cache_dir, query=False)
+
+
+def get_query_encoder(
+    model_id: str, device: str = "auto", dtype: str = "auto", runtime: str = "auto", cache_dir: str | Path | None = None
+) -> Embedder:
+    """get_embedder for search queries: on OpenVINO, the text tower's weights in int8 (converted once, cached
+    on disk beside the export; see dam_models.openvino_quantize). A query vector then differs from the
+    full-precision one by a cosine of 0.9993 or more; image vectors and the pipeline's text vectors (the
+    tags) never come from here. On PyTorch, get_embedder's own."""
+    return _get(model_id, device, dtype, runtime, cache_dir, query=True)
+
+
+def _get(model_id: str, device: str, dtype: str, runtime: str, cache_dir: str | Path | None, query: bool) -> Embedder:
     spec = ModelSpec.resolve(model_id, device, dtype, runtime)
     family = model_family(spec.model_id)
     note = ""
@@ -339,11 +360,15 @@ def get_embedder(
         note = f"auto chose torch: {SIGLIP2_TORCH_ONLY}"
     root = Path(cache_dir) if cache_dir else model_cache_dir()
 
+    query = query and spec.runtime == "openvino"
+    if query:
+        note = "; ".join(filter(None, [note, "text tower weights in int8, for queries"]))
+
     def load_backend():
-        return _load_openvino(spec, family, root) if spec.runtime == "openvino" else _load_torch(spec, family)
+        return _load_openvino(spec, family, root, query) if spec.runtime == "openvino" else _load_torch(spec, family)
 
     def build() -> Embedder:
-        backend = cached(spec.cache_key(family.name), load_backend)
+        backend = cached((*spec.cache_key(family.name), "query" if query else "all"), load_backend)
         processor = cached((f"{family.name}-processor", spec.model_id), lambda: _load_processor(spec.model_id, family))
         text_config = _config(spec.model_id).text_config
         max_len = int(
@@ -351,4 +376,4 @@ def get_embedder(
         )
         return Embedder(backend, processor, spec, max_len, family.name, note)
 
-    return cached(("embedder", spec), build)
+    return cached(("query-encoder" if query else "embedder", spec), build)

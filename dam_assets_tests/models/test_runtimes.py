@@ -115,6 +115,33 @@ def test_embeddings_match_fp32_reference(models, cache, images, runtime, dtype):
     assert other.logit_scale == pytest.approx(ref.logit_scale, rel=1e-2)  # a bf16 parameter rounds
 
 
+@pytest.mark.slow
+def test_the_query_encoder_has_int8_text_weights_within_parity_and_converts_once(models, cache, images):
+    """The API's query encoder: OpenVINO's text tower with int8 weights, built once beside the export;
+    its query vectors meet the parity target, its image vectors are the full tower's, and the
+    pipeline's embedder (the tags' text vectors) is not it."""
+    from dam_models.embedder import get_query_encoder
+
+    ref = get_embedder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+    full = get_embedder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=cache)
+    query = get_query_encoder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=cache)
+    assert query is not full and "int8" in query.describe() and "int8" not in full.describe()
+    texts = ["a photo of a cat", "dog", "two people riding bikes on a street at sunset", ""]
+    assert _cosines(query.embed_texts(texts), ref.embed_texts(texts)).min() >= MIN_COSINE
+    assert not np.allclose(query.embed_texts(texts), full.embed_texts(texts), atol=1e-6)  # other weights
+    np.testing.assert_allclose(query.embed_images(images), full.embed_images(images), atol=1e-5)
+    (clip_dir,) = [p for p in cache.iterdir() if p.name == "clip"]
+    folders = sorted(p.name for p in clip_dir.iterdir() if not p.name.startswith("."))
+    assert len(folders) == 2 and any("query-int8w" in f for f in folders)
+    clear_cache()  # a new process: nothing is converted again
+    again = get_query_encoder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=cache)
+    assert sorted(p.name for p in clip_dir.iterdir() if not p.name.startswith(".")) == folders
+    np.testing.assert_allclose(again.embed_texts(texts), query.embed_texts(texts), atol=1e-6)
+    # PyTorch has no such conversion: the query encoder is the embedder itself.
+    torch_query = get_query_encoder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+    assert torch_query is get_embedder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
+
+
 def _converted(cache) -> list:
     return sorted(p for p in (cache / "blip").iterdir() if not p.name.startswith("."))
 
@@ -225,8 +252,10 @@ def test_dam_models_prepare_converts_once(models, tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "openvino" in first.stdout and str(tmp_path / "data" / "models" / "converted") in first.stdout
     converted = sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*"))
-    # BLIP exported, BLIP with its image side in int8 (DAM_QUANTIZE=auto), CLIP exported.
-    assert len([c for c in converted if not c.startswith(".")]) == 3, converted
+    # BLIP exported, BLIP with its image side in int8 (DAM_QUANTIZE=auto), CLIP exported, CLIP with its
+    # text tower's weights in int8 (the queries').
+    assert len([c for c in converted if not c.startswith(".")]) == 4, converted
+    assert "queries:" in first.stdout and "text tower weights in int8" in first.stdout
     assert "int8" in first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert (

@@ -107,9 +107,9 @@ class Search:
                 try:
                     # Imported here: torch and transformers (seconds, and memory) load on the first
                     # text query, not when the API starts.
-                    from dam_models.embedder import get_embedder
+                    from dam_models.embedder import get_query_encoder
 
-                    self._encoder = get_embedder(
+                    self._encoder = get_query_encoder(
                         model,
                         device=self.settings.dam_device,
                         dtype=self.settings.dam_dtype,
