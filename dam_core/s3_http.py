@@ -1,8 +1,8 @@
 """The S3 requests on an upload's path, sent directly: SigV4 (dam_core.sigv4) over a urllib3 pool.
 
 `S3Store` sends its single-object requests (GET, ranged GET, HEAD, PUT, conditional PUT, DELETE)
-and signs its presigned URLs here; listings, multipart uploads, copies and streamed bodies stay
-on boto3. A boto3 call costs about 1.2-1.7 ms of CPU (its event hooks, serializers, XML parsers
+and its listings (ListObjectsV2) and signs its presigned URLs here; multipart uploads, copies and
+streamed bodies stay on boto3. A boto3 call costs about 1.2-1.7 ms of CPU (its event hooks, serializers, XML parsers
 and, on a 404, an exception class built per error code); the same request here costs a few tenths
 of a millisecond, and an upload makes three or four of them. Requests use path-style URLs
 (`{endpoint}/{bucket}/{key}`), which R2, MinIO, moto and S3 all serve, through the proxy and with the
@@ -105,20 +105,21 @@ class S3Http:
             else urllib3.PoolManager(num_pools=4, maxsize=pool_size, retries=False, timeout=timeout, ca_certs=ca_certs)
         )
 
-    def path(self, key: str = "") -> str:
-        """The URL path of `key` in the bucket, as sent and signed."""
-        return f"{self.prefix}/{quote_key(self.bucket)}/{quote_key(key)}"
+    def path(self, key: str | None = None) -> str:
+        """The URL path of `key` in the bucket, as sent and signed; the bucket's own for None (a listing)."""
+        bucket = f"{self.prefix}/{quote_key(self.bucket)}"
+        return bucket if key is None else f"{bucket}/{quote_key(key)}"
 
     def request(
         self,
         method: str,
-        key: str,
+        key: str | None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
         payload_sha256: str | None = None,
     ) -> S3Response:
-        """One request on `key`, retried on no answer and on 5xx/429; S3Unreachable when none came.
+        """One request on `key` (None: on the bucket), retried on no answer and on 5xx/429; S3Unreachable when none came.
 
         `payload_sha256` is the body's SHA-256 (hex) when the caller knows it, else it is computed
         (signed bodies: the store refuses bytes changed on the way).

@@ -479,24 +479,49 @@ class S3Store(ObjectStore):
         if answer.status not in (200, 204, 404):
             raise self._refused(answer)
 
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+    def _listing(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, str]]:
+        """(key, LastModified as S3 writes it) under `prefix`, in key order, a page (1,000 keys) at a time.
+
+        ListObjectsV2 parsed here (ElementTree, C-accelerated): boto3 parses each entry's timestamp
+        with dateutil and built dicts for fields never read, 5-10x the CPU of the request itself.
+        """
+        from urllib.parse import unquote_plus
+        from xml.etree import ElementTree
+
+        from dam_core.s3_http import S3Unreachable
+
+        params = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
         if start_after:
-            kwargs["StartAfter"] = start_after
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"]
-        except Exception as err:
-            raise self._wrap(err) from err
+            params.append(("start-after", start_after))
+        token: str | None = None
+        while True:
+            page = params + ([("continuation-token", token)] if token else [])
+            try:
+                answer = self.http.request("GET", None, params=page)
+            except S3Unreachable as err:
+                raise StoreError(f"object store {self.describe()} failed: {err}") from None
+            if answer.status != 200:
+                raise self._refused(answer)
+            try:
+                root = ElementTree.fromstring(answer.data)
+            except ElementTree.ParseError:
+                raise StoreError(f"object store {self.describe()} answered a listing that is not XML") from None
+            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            for entry in root.iter(f"{ns}Contents"):
+                # encoding-type=url: keys arrive percent-encoded (any byte a key may hold survives XML)
+                yield unquote_plus(entry.findtext(f"{ns}Key") or ""), entry.findtext(f"{ns}LastModified") or ""
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if root.findtext(f"{ns}IsTruncated") != "true" or not token:
+                return
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        for key, _ in self._listing(prefix, start_after):
+            yield key
 
     def list_modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"], obj["LastModified"].astimezone(UTC)
-        except Exception as err:
-            raise self._wrap(err) from err
+        for key, modified in self._listing(prefix):
+            when = datetime.fromisoformat(modified) if modified else datetime.now(UTC)
+            yield key, (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
 
     def modified(self, key: str) -> datetime | None:
         answer = self._send("HEAD", key)

@@ -14,7 +14,9 @@ cosine of 0.9993 or more to fp32 (bench/NOTES.md, session 11). The API's query e
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,11 +44,14 @@ def compress_weights(source: Path, target: Path, graph: str) -> Path:
     """Copy the exported folder `source` to `target` with `graph`'s weights in int8 (symmetric, per output channel)."""
     shutil.copytree(source, target)
     model = ov.Core().read_model(source / graph)
+    # Silent: this runs on the API's (or `dam search`'s) first query, whose stdout may be the answer
+    # (`dam search` prints JSON); NNCF logs a table of layers and draws a progress bar on stdout.
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)  # its table of compressed layers: the API's first query is not the place
+    nncf_log.setLevel(logging.ERROR)
     try:
-        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
     finally:
         nncf_log.setLevel(level)
     (target / graph).unlink()

@@ -186,3 +186,23 @@ def test_busy_answers_are_retried_twice_then_reported():
         assert len(calls) == 6 and set(calls) == {"/bkt/k/x.json"}
     finally:
         server.shutdown()
+
+
+def test_listings_page_past_1000_keys_and_return_every_key_as_stored(make_settings, s3_env, moto_endpoint):
+    """The store's own ListObjectsV2: every page, `start_after`, keys other clients wrote with bytes our
+    keys never hold (spaces, `+`, `%`, non-ASCII: sent URL-encoded), and LastModified in UTC."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with strict_s3(moto_endpoint) as front:
+        store = make_store(make_settings(**{**s3_env, "R2_ENDPOINT": front}))
+        keys = [f"uploads/{i:05d}.json" for i in range(1003)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda k: store.put(k, b"{}"), keys))
+        odd = "uploads/zz other client/a+b %41 é&<x>.txt"
+        store.client.put_object(Bucket=s3_env["R2_BUCKET"], Key=odd, Body=b"x")
+        assert list(store.list("uploads/")) == [*keys, odd]
+        assert list(store.list("uploads/", start_after="uploads/01000.json")) == [*keys[1001:], odd]
+        assert list(store.list("nothing/")) == []
+        modified = dict(store.list_modified("uploads/"))
+        assert len(modified) == 1004 and all(m.tzinfo is not None for m in modified.values())
+        assert abs((modified[keys[0]] - datetime.now(UTC)).total_seconds()) < 300
