@@ -541,6 +541,29 @@ def clip_segmented_interleaved(
     } | {"load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
+def clip_segmented_api(
+    clip_dir: str | Path, store_dir: str | Path = "/tmp/hnsw-1m-store", layout: str = "batches", reps: int = 300
+) -> dict:
+    """`/search`, `/similar` and `GET /assets/{id}` through `dam api` over a clip_segmented_figures store:
+    its `layout` published again as the served version with `clip_dir` as the index's model (so the API
+    embeds text queries with that model's query encoder, as in production), the API's own defaults
+    (ef, candidates, threads), timed over HTTP from another process (api_figures)."""
+    from dam_core.store import LocalStore
+
+    root = Path(store_dir)
+    meta = json.loads((root / "layout.json").read_text())
+    store = LocalStore(root / "store")
+    versions = [v for v in meta["versions"] if v.startswith(f"{layout}@")]
+    if not versions:
+        raise ValueError(f"{root} holds no {layout!r} layout: run clip_segmented_figures first")
+    source = read_version(store, meta["versions"][versions[0]])
+    publish(store, lambda head: head.model_copy(update={"segments": source.segments, "model": str(clip_dir)}))
+    n = meta["params"]["n"]
+    return {"n": n, "layout": versions[0], "segments": len(source.segments)} | api_figures(
+        root, Path(clip_dir), n, reps
+    )
+
+
 def batch_rows_table(n: int, batch: str, model: str, seed: int, first: int) -> pa.Table:
     """A batch's rows as the table holds them (with `embedding`)."""
     t = items_table(n, model)
