@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from dam_core.index import segments, write
 from dam_core.index.holder import IndexHolder
-from dam_core.index.manifest import SegmentEntry, publish, read_version
+from dam_core.index.manifest import SegmentEntry, publish, read_head, read_version
 from dam_core.index.segments import with_item_columns, write_segment
 from dam_core.index.snapshot import load_snapshot
 from dam_core.index.write import add_batch, write_index
@@ -556,8 +556,12 @@ def clip_segmented_api(
     versions = [v for v in meta["versions"] if v.startswith(f"{layout}@")]
     if not versions:
         raise ValueError(f"{root} holds no {layout!r} layout: run clip_segmented_figures first")
-    source = read_version(store, meta["versions"][versions[0]])
-    publish(store, lambda head: head.model_copy(update={"segments": source.segments, "model": str(clip_dir)}))
+    served = read_head(store)
+    if served is not None and served.model == str(clip_dir):  # published by an earlier call: serve it again
+        source = served
+    else:
+        source = read_version(store, meta["versions"][versions[0]])
+        publish(store, lambda head: head.model_copy(update={"segments": source.segments, "model": str(clip_dir)}))
     n = meta["params"]["n"]
     return {"n": n, "layout": versions[0], "segments": len(source.segments)} | api_figures(
         root, Path(clip_dir), n, reps
