@@ -67,6 +67,26 @@ def _warm_up(models, captioner, embedder) -> None:
     embedder.embed_texts(["a photo"])
 
 
+def _convert_query_encoder(settings) -> None:
+    """The API's query encoder converted beside the models (a few seconds, once per model): under `dam dev`
+    the first search would pay it. A failure here only leaves that to the first search."""
+    from dam_models.embedder import convert_query_encoder  # torch: see _resource
+
+    try:
+        convert_query_encoder(
+            settings.dam_embedding_model,
+            settings.dam_device,
+            settings.dam_dtype,
+            settings.dam_runtime,
+            settings.model_cache_dir,
+        )
+    except Exception as err:
+        print(
+            f"dam models serve: the query encoder's conversion failed: {type(err).__name__}: {err}"[:800],
+            file=sys.stderr,
+        )
+
+
 def cmd_models_serve(args) -> int:
     """Hold the models warm and answer runs on a Unix socket (what `dam dev` starts)."""
     settings = settings_or_exit()
@@ -81,6 +101,7 @@ def cmd_models_serve(args) -> int:
     except Exception as err:
         print(f"dam models serve: {type(err).__name__}: {err}"[:800], file=sys.stderr)
         return 1
+    _convert_query_encoder(settings)
     print(
         f"dam models serve: {captioner.describe()} and {embedder.describe()} ready in "
         f"{time.perf_counter() - started:.1f} s on {socket_path}",

@@ -282,7 +282,7 @@ def _load_torch(spec: ModelSpec, family: Family) -> TorchEmbedding:
 def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: bool = False) -> OpenVinoEmbedding:
     """The exported towers compiled; `query`: the text tower's weights in int8 (get_query_encoder)."""
     # Not at the top: openvino_clip imports openvino, which a process on the torch runtime (a GPU) never loads.
-    from dam_models.openvino_clip import TEXT, OpenVinoClip, export_clip, is_exported
+    from dam_models.openvino_clip import OpenVinoClip, export_clip, is_exported
 
     def build(folder: Path) -> None:
         model = family.model_class.from_pretrained(spec.model_id, dtype=torch.float32).eval()
@@ -291,11 +291,7 @@ def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: boo
     folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino")
     build_once(folder, is_exported, build)
     if query:
-        from dam_models.openvino_quantize import compress_weights
-
-        exported = folder
-        folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino-query-int8w")
-        build_once(folder, is_exported, lambda target: compress_weights(exported, target, TEXT))
+        folder = _query_conversion(spec, family, cache_root, folder)
     config = _config(spec.model_id)
     init = getattr(config, "logit_scale_init_value", None)  # CLIP's config has one (default 2.6592)
     scale_init = float(init) if init is not None else family.logit_scale_init
@@ -304,6 +300,16 @@ def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: boo
         bias = 0.0
     compiled = OpenVinoClip(folder, spec.precision, threads=query_threads())
     return OpenVinoEmbedding(compiled, float(np.exp(scale)), bias)
+
+
+def _query_conversion(spec: ModelSpec, family: Family, cache_root: Path, exported: Path) -> Path:
+    """The export with its text tower's weights in int8 (get_query_encoder), made once beside it."""
+    from dam_models.openvino_clip import TEXT, is_exported
+    from dam_models.openvino_quantize import compress_weights
+
+    folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino-query-int8w")
+    build_once(folder, is_exported, lambda target: compress_weights(exported, target, TEXT))
+    return folder
 
 
 def _stored_scalars(model_id: str, defaults: dict[str, float]) -> tuple[float, ...]:
@@ -346,6 +352,28 @@ def get_query_encoder(
     full-precision one by a cosine of 0.9993 or more; image vectors and the pipeline's text vectors (the
     tags) never come from here. On PyTorch, get_embedder's own."""
     return _get(model_id, device, dtype, runtime, cache_dir, query=True)
+
+
+def convert_query_encoder(
+    model_id: str, device: str = "auto", dtype: str = "auto", runtime: str = "auto", cache_dir: str | Path | None = None
+) -> bool:
+    """Make get_query_encoder's conversion now, without loading it (`dam models serve` does, so the API's first
+    query does not pay it); True when one was made (False: there was one, or none on this runtime)."""
+    spec = ModelSpec.resolve(model_id, device, dtype, runtime)
+    family = model_family(spec.model_id)
+    if spec.runtime != "openvino" or not family.openvino:
+        return False
+    from dam_models.openvino_clip import export_clip, is_exported
+
+    root = Path(cache_dir) if cache_dir else model_cache_dir()
+    exported = conversion_dir(root, family.name, spec.model_id, "openvino")
+    if not is_exported(exported):
+        model = family.model_class.from_pretrained(spec.model_id, dtype=torch.float32).eval()
+        build_once(exported, is_exported, lambda folder: export_clip(model, folder, dim=feature_dim(model.config)))
+    target = conversion_dir(root, family.name, spec.model_id, "openvino-query-int8w")
+    made = not is_exported(target)
+    _query_conversion(spec, family, root, exported)
+    return made
 
 
 def _get(model_id: str, device: str, dtype: str, runtime: str, cache_dir: str | Path | None, query: bool) -> Embedder:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +86,9 @@ def test_served_models_answer_what_the_same_models_answer_here(served, tmp_path,
     np.testing.assert_array_equal(re_.embed_texts(["a cat", ""]), re_.embed_texts(["a cat", ""]))
     np.testing.assert_allclose(re_.embed_texts(["", "a cat"]), le.embed_texts(["", "a cat"]), atol=1e-6)
     assert re_.dim == le.dim and re_.logit_scale == pytest.approx(le.logit_scale)
+    # The API's query encoder was converted beside them: the first search does not pay it.
+    converted = Path(tiny_models["DAM_MODEL_CACHE_DIR"]) / "clip"
+    assert any("query-int8w" in p.name for p in converted.iterdir() if not p.name.startswith("."))
 
 
 @pytest.mark.system

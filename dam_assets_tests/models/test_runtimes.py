@@ -120,7 +120,7 @@ def test_the_query_encoder_has_int8_text_weights_within_parity_and_converts_once
     """The API's query encoder: OpenVINO's text tower with int8 weights, built once beside the export;
     its query vectors meet the parity target, its image vectors are the full tower's, and the
     pipeline's embedder (the tags' text vectors) is not it."""
-    from dam_models.embedder import get_query_encoder
+    from dam_models.embedder import convert_query_encoder, get_query_encoder
 
     ref = get_embedder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
     full = get_embedder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=cache)
@@ -137,6 +137,17 @@ def test_the_query_encoder_has_int8_text_weights_within_parity_and_converts_once
     again = get_query_encoder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=cache)
     assert sorted(p.name for p in clip_dir.iterdir() if not p.name.startswith(".")) == folders
     np.testing.assert_allclose(again.embed_texts(texts), query.embed_texts(texts), atol=1e-6)
+    # Converted ahead (what `dam models serve` does) into a fresh cache: the load then converts nothing.
+    fresh = cache.parent / f"{cache.name}-ahead"
+    assert convert_query_encoder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=fresh)
+    assert not convert_query_encoder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=fresh)
+    made = sorted(p.name for p in (fresh / "clip").iterdir() if not p.name.startswith("."))
+    assert len(made) == 2
+    clear_cache()
+    ahead = get_query_encoder(models[1], device="cpu", dtype="bfloat16", runtime="openvino", cache_dir=fresh)
+    assert sorted(p.name for p in (fresh / "clip").iterdir() if not p.name.startswith(".")) == made
+    np.testing.assert_allclose(ahead.embed_texts(texts), query.embed_texts(texts), atol=1e-6)
+    assert not convert_query_encoder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=fresh)
     # PyTorch has no such conversion: the query encoder is the embedder itself.
     torch_query = get_query_encoder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
     assert torch_query is get_embedder(models[1], device="cpu", dtype="float32", runtime="torch", cache_dir=cache)
