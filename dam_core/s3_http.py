@@ -2,14 +2,16 @@
 
 `S3Store` sends its single-object requests (GET, ranged GET, HEAD, PUT, conditional PUT, DELETE)
 and its listings (ListObjectsV2) and signs its presigned URLs here; multipart uploads, copies and
-streamed bodies stay on boto3. A boto3 call costs about 1.2-1.7 ms of CPU (its event hooks, serializers, XML parsers
-and, on a 404, an exception class built per error code); the same request here costs a few tenths
-of a millisecond, and an upload makes three or four of them. Requests use path-style URLs
-(`{endpoint}/{bucket}/{key}`), which R2, MinIO, moto and S3 all serve, through the proxy and with the
-CA bundle the environment names for boto3 (HTTPS_PROXY/HTTP_PROXY/NO_PROXY, AWS_CA_BUNDLE); connection failures and
-5xx/429 answers are retried twice with a short jittered backoff (as boto3's standard mode does
-for these; every request here is idempotent, a conditional PUT included: a repeat of one that
-landed answers 412, which the caller already treats as "the key was taken").
+streamed bodies stay on boto3. A boto3 call costs about 1.2-1.7 ms of CPU (its event hooks,
+serializers, XML parsers and, on a 404, an exception class built per error code); the same request
+here costs a few tenths of a millisecond, and an upload makes three or four of them.
+
+Requests use path-style URLs (`{endpoint}/{bucket}/{key}`), which R2, MinIO, moto and S3 all
+serve, through the proxy and with the CA bundle the environment names for boto3
+(HTTPS_PROXY/HTTP_PROXY/NO_PROXY, AWS_CA_BUNDLE). Connection failures and 5xx/429 answers are
+retried twice with a short jittered backoff (as boto3's standard mode does for these; every
+request here is idempotent, a conditional PUT included: a repeat of one that landed answers 412,
+which the caller already treats as "the key was taken").
 """
 
 from __future__ import annotations
@@ -117,17 +119,14 @@ class S3Http:
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
-        payload_sha256: str | None = None,
     ) -> S3Response:
-        """One request on `key` (None: on the bucket), retried on no answer and on 5xx/429; S3Unreachable when none came.
-
-        `payload_sha256` is the body's SHA-256 (hex) when the caller knows it, else it is computed
-        (signed bodies: the store refuses bytes changed on the way).
-        """
+        """One request on `key` (None: on the bucket), retried on no answer and on 5xx/429;
+        S3Unreachable when none came. The body's SHA-256 is signed: the store refuses bytes changed
+        on the way."""
         path = self.path(key)
         query = canonical_query(params)
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
-        digest = payload_sha256 or hashlib.sha256(body).hexdigest()
+        digest = hashlib.sha256(body).hexdigest()
         failure: str = ""
         for attempt in range(self.attempts):
             if attempt:

@@ -406,14 +406,17 @@ class S3Store(ObjectStore):
     def _wrap(self, err: Exception) -> StoreError:
         return StoreError(f"object store {self.describe()} failed: {type(err).__name__}")
 
-    def _send(self, method: str, key: str, body: bytes = b"", **kwargs: Any) -> S3Response:
-        """One request through dam_core.s3_http; an unreachable store is a StoreError."""
+    def _send(self, method: str, key: str | None, body: bytes = b"", **kwargs: Any) -> S3Response:
+        """One request through dam_core.s3_http on `key` (None: the bucket); an unreachable store is a StoreError."""
         from dam_core.s3_http import S3Unreachable
 
         try:
-            return self.http.request(method, check_key(key), body, **kwargs)
+            return self.http.request(method, None if key is None else check_key(key), body, **kwargs)
         except S3Unreachable as err:
-            raise StoreError(f"object store {self.describe()} failed: {err}") from None
+            raise self._unreachable(err) from None
+
+    def _unreachable(self, err: Exception) -> StoreError:
+        return StoreError(f"object store {self.describe()} failed: {err}")
 
     def _refused(self, answer: S3Response) -> StoreError:
         return StoreError(f"object store {self.describe()} refused: HTTP {answer.status} {answer.error_code()}")
@@ -488,18 +491,13 @@ class S3Store(ObjectStore):
         from urllib.parse import unquote_plus
         from xml.etree import ElementTree
 
-        from dam_core.s3_http import S3Unreachable
-
         params = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
         if start_after:
             params.append(("start-after", start_after))
         token: str | None = None
         while True:
             page = params + ([("continuation-token", token)] if token else [])
-            try:
-                answer = self.http.request("GET", None, params=page)
-            except S3Unreachable as err:
-                raise StoreError(f"object store {self.describe()} failed: {err}") from None
+            answer = self._send("GET", None, params=page)
             if answer.status != 200:
                 raise self._refused(answer)
             try:
@@ -555,7 +553,7 @@ class S3Store(ObjectStore):
         try:
             return self.http.presign(method, check_key(key), expires, **kwargs)
         except S3Unreachable as err:  # no credentials to sign with
-            raise StoreError(f"object store {self.describe()} failed: {err}") from None
+            raise self._unreachable(err) from None
 
     def presign_put(self, key: str, expires: int, sha256_b64: str | None = None) -> str:
         """A URL that PUTs one object at `key`; with `sha256_b64`, the store refuses other bytes."""

@@ -279,10 +279,10 @@ def _load_torch(spec: ModelSpec, family: Family) -> TorchEmbedding:
     return TorchEmbedding(model, spec.device, spec.dtype)
 
 
-def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: bool = False) -> OpenVinoEmbedding:
-    """The exported towers compiled; `query`: the text tower's weights in int8 (get_query_encoder)."""
+def _export(spec: ModelSpec, family: Family, cache_root: Path) -> Path:
+    """The two towers exported for OpenVINO, made once per model (the model is loaded only to export it)."""
     # Not at the top: openvino_clip imports openvino, which a process on the torch runtime (a GPU) never loads.
-    from dam_models.openvino_clip import OpenVinoClip, export_clip, is_exported
+    from dam_models.openvino_clip import export_clip, is_exported
 
     def build(folder: Path) -> None:
         model = family.model_class.from_pretrained(spec.model_id, dtype=torch.float32).eval()
@@ -290,8 +290,25 @@ def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: boo
 
     folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino")
     build_once(folder, is_exported, build)
-    if query:
-        folder = _query_conversion(spec, family, cache_root, folder)
+    return folder
+
+
+def _query_conversion(spec: ModelSpec, family: Family, cache_root: Path) -> tuple[Path, bool]:
+    """The export with its text tower's weights in int8 (get_query_encoder), made once beside it; and
+    whether this call made it."""
+    from dam_models.openvino_clip import TEXT, is_exported
+    from dam_models.openvino_quantize import compress_weights
+
+    exported = _export(spec, family, cache_root)
+    folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino-query-int8w")
+    return folder, build_once(folder, is_exported, lambda target: compress_weights(exported, target, TEXT))
+
+
+def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: bool = False) -> OpenVinoEmbedding:
+    """The exported towers compiled; `query`: the text tower's weights in int8 (get_query_encoder)."""
+    from dam_models.openvino_clip import OpenVinoClip  # openvino: see _export
+
+    folder = _query_conversion(spec, family, cache_root)[0] if query else _export(spec, family, cache_root)
     config = _config(spec.model_id)
     init = getattr(config, "logit_scale_init_value", None)  # CLIP's config has one (default 2.6592)
     scale_init = float(init) if init is not None else family.logit_scale_init
@@ -300,16 +317,6 @@ def _load_openvino(spec: ModelSpec, family: Family, cache_root: Path, query: boo
         bias = 0.0
     compiled = OpenVinoClip(folder, spec.precision, threads=query_threads())
     return OpenVinoEmbedding(compiled, float(np.exp(scale)), bias)
-
-
-def _query_conversion(spec: ModelSpec, family: Family, cache_root: Path, exported: Path) -> Path:
-    """The export with its text tower's weights in int8 (get_query_encoder), made once beside it."""
-    from dam_models.openvino_clip import TEXT, is_exported
-    from dam_models.openvino_quantize import compress_weights
-
-    folder = conversion_dir(cache_root, family.name, spec.model_id, "openvino-query-int8w")
-    build_once(folder, is_exported, lambda target: compress_weights(exported, target, TEXT))
-    return folder
 
 
 def _stored_scalars(model_id: str, defaults: dict[str, float]) -> tuple[float, ...]:
@@ -363,17 +370,7 @@ def convert_query_encoder(
     family = model_family(spec.model_id)
     if spec.runtime != "openvino" or not family.openvino:
         return False
-    from dam_models.openvino_clip import export_clip, is_exported
-
-    root = Path(cache_dir) if cache_dir else model_cache_dir()
-    exported = conversion_dir(root, family.name, spec.model_id, "openvino")
-    if not is_exported(exported):
-        model = family.model_class.from_pretrained(spec.model_id, dtype=torch.float32).eval()
-        build_once(exported, is_exported, lambda folder: export_clip(model, folder, dim=feature_dim(model.config)))
-    target = conversion_dir(root, family.name, spec.model_id, "openvino-query-int8w")
-    made = not is_exported(target)
-    _query_conversion(spec, family, root, exported)
-    return made
+    return _query_conversion(spec, family, Path(cache_dir) if cache_dir else model_cache_dir())[1]
 
 
 def _get(model_id: str, device: str, dtype: str, runtime: str, cache_dir: str | Path | None, query: bool) -> Embedder:

@@ -3,8 +3,12 @@ against the strict S3 front (which recomputes every signature with botocore) ove
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -18,6 +22,24 @@ from dam_core.sigv4 import Credentials, SigV4, canonical_query, quote_key
 from dam_core.store import KeyNotFound, StoreError, make_store
 
 WHEN = datetime(2026, 12, 6, 4, 30, 15, tzinfo=UTC)
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """`handler` answering on a free local port (yielded) until the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
 
 
 def _botocore_authorization(method: str, url: str, headers: dict[str, str], body: bytes, token: str | None) -> str:
@@ -102,17 +124,9 @@ def test_the_store_speaks_signed_requests_that_s3_accepts(make_settings, s3_env,
 
 def test_the_store_goes_through_the_proxy_the_environment_names(make_settings, s3_env, monkeypatch):
     """HTTP_PROXY / NO_PROXY apply to the store's own requests as boto3 applies them to its own."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     seen: list[str] = []
 
-    class Forward(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
+    class Forward(_Quiet):
         def _forward(self):
             seen.append(f"{self.command} {self.path}")
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -130,12 +144,10 @@ def test_the_store_goes_through_the_proxy_the_environment_names(make_settings, s
 
         do_GET = do_PUT = do_HEAD = do_DELETE = _forward
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _serving(Forward) as port:
         for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY"):
             monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
         store = make_store(make_settings(**s3_env))
         store.put("uploads/p.json", b"{}", "application/json")
         assert store.get("uploads/p.json") == b"{}"
@@ -144,26 +156,16 @@ def test_the_store_goes_through_the_proxy_the_environment_names(make_settings, s
         seen.clear()
         assert make_store(make_settings(**s3_env)).get("uploads/p.json") == b"{}"
         assert seen == []
-    finally:
-        server.shutdown()
 
 
 def test_busy_answers_are_retried_twice_then_reported():
     """5xx and 429 answers (and no answer) are retried twice; a third is the caller's S3Unreachable."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from dam_core.s3_http import S3Http, S3Unreachable
 
     answers = iter([503, 429, 200, 500, 502, 503])
     calls: list[str] = []
 
-    class Busy(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
+    class Busy(_Quiet):
         def do_GET(self):
             calls.append(self.path)
             status = next(answers)
@@ -173,19 +175,13 @@ def test_busy_answers_are_retried_twice_then_reported():
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        http = S3Http(
-            f"http://127.0.0.1:{server.server_address[1]}", "bkt", SigV4(lambda: Credentials("a", "b"), "auto")
-        )
+    with _serving(Busy) as port:
+        http = S3Http(f"http://127.0.0.1:{port}", "bkt", SigV4(lambda: Credentials("a", "b"), "auto"))
         answer = http.request("GET", "k/x.json")
         assert (answer.status, answer.data, len(calls)) == (200, b"ok", 3)
         with pytest.raises(S3Unreachable, match="503"):
             http.request("GET", "k/x.json")
         assert len(calls) == 6 and set(calls) == {"/bkt/k/x.json"}
-    finally:
-        server.shutdown()
 
 
 def test_listings_page_past_1000_keys_and_return_every_key_as_stored(make_settings, s3_env, moto_endpoint):

@@ -12,7 +12,8 @@ while no manifest holds an upload yet (Dagster stopped, or before its next tick)
 the durable record of accepted uploads. Their keys are ids, not times, so a scan lists all of
 `uploads/` (one LIST request per 1,000 markers on S3); it reads only the markers of ids the
 snapshot does not hold (the queued ones) and keeps them, so a re-scan reads only markers it has
-not read yet, and never those of uploads this process accepted (it holds their messages). A background thread scans once at start, without delaying it, then again every
+not read yet, and never those of uploads this process accepted (it holds their messages). A
+background thread scans once at start, without delaying it, then again every
 max(DAM_INDEX_POLL_SECONDS, SCAN_COST_FACTOR x the last listing's duration): the listings take at
 most 1/SCAN_COST_FACTOR of one thread's time however many markers there are. A request never lists.
 """
