@@ -133,10 +133,10 @@ class DirectUploads:
         The original's own key when the client declared digest, size and a supported type (and
         DAM_DIRECT_CONTENT_KEYS is on); a staging key otherwise.
         """
+        started = self.start_content_put(filename, metadata, content_type)
+        if started is not None:
+            return started
         sha, size = declared(metadata)
-        ext = ext_of_type(content_type)
-        if self.content is not None and sha is not None and size is not None and ext is not None:
-            return self.content.start(filename, sha, size, ext, self.expires)
         record = self._new_record("put", filename, sha, size)
         headers: dict[str, str] = {}
         checksum = base64.b64encode(bytes.fromhex(sha)).decode() if sha else None
@@ -145,6 +145,22 @@ class DirectUploads:
         url = self.store.presign_put(record.key, self.expires, checksum)
         self._save(record)
         return record.key, url, headers
+
+    def start_content_put(
+        self, filename: str | None, metadata: Mapping[str, Any], content_type: str | None = None
+    ) -> tuple[str, str, dict[str, str]] | None:
+        """`start_put`'s answer when the PUT goes to the original's own key (no store request); else None."""
+        if self.content is None:
+            return None
+        sha, size = declared(metadata)
+        ext = ext_of_type(content_type)
+        if sha is None or size is None or ext is None:
+            return None
+        return self.content.start(filename, sha, size, ext, self.expires)
+
+    def completes_content(self, key: str) -> bool:
+        """Whether `complete_put(key)` completes a PUT to an original's own key (`ContentPuts.complete`)."""
+        return self.content is not None and original_parts(key) is not None
 
     def start_multipart(self, filename: str | None, metadata: Mapping[str, Any]) -> tuple[str, str]:
         """A new multipart upload: (its upload id, its staging key)."""
@@ -232,7 +248,7 @@ class DirectUploads:
         Raises DirectUploadError, ImageRejected (bad bytes: the staging object and record are
         removed) and ServiceUnavailable (nothing removed: complete again).
         """
-        if original_parts(key) is not None and self.content is not None:
+        if self.content is not None and self.completes_content(key):
             return self.content.complete(key)
         record = self._record(key)
         if record.kind != "put":

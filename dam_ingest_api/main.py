@@ -21,10 +21,11 @@ from dam_core.store import ObjectStore, StoreError
 from dam_ingest_api import metrics
 from dam_ingest_api.catalog import Catalog
 from dam_ingest_api.deps import UploadSlots
+from dam_ingest_api.direct_fast_path import DirectFastPath
 from dam_ingest_api.request_metrics import RequestMetrics
 from dam_ingest_api.routes import assets, check, direct, health, page, search, upload
 from dam_ingest_api.routes import metrics as metrics_route
-from dam_ingest_api.schemas import ErrorBody, FieldError, ValidationErrorBody
+from dam_ingest_api.schemas import STORE_DOWN, ErrorBody, FieldError, ValidationErrorBody
 from dam_ingest_api.service import Uploader
 from dam_ingest_api.upload_id_paths import RawUploadIdPaths
 
@@ -60,6 +61,7 @@ def create_app(
     if settings.dam_metrics:
         app.state.catalog.index.on_swap = metrics.index_swapped
 
+    app.add_middleware(DirectFastPath)  # innermost of ours: CORS and the metrics see its answers too
     origins = [o.strip() for o in settings.dam_cors_origins.split(",") if o.strip()]
     if origins:  # CORS stays off unless configured
         app.add_middleware(
@@ -90,7 +92,7 @@ def create_app(
     async def _store_down(request: Request, exc: StoreError):
         # Any route: a store that fails (network, disk full, permissions) is an outage, not a bug.
         log.warning("object store failed on %s %s: %s", request.method, request.url.path, exc)
-        body = ErrorBody(detail="the object store is unavailable; try again")
+        body = ErrorBody(detail=STORE_DOWN)
         return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)

@@ -305,6 +305,9 @@ class Readiness(Body):
     queue: str
 
 
+STORE_DOWN = "the object store is unavailable; try again"  # any route's 503 when the store fails
+
+
 class ErrorBody(Body):
     """Every error answer: a sentence for people, never a traceback."""
 

@@ -43,10 +43,13 @@ NEEDS_S3 = (
     "direct-to-store uploads need the S3/R2 object store (set R2_BUCKET); "
     "with the local-folder store, send the file to POST /upload"
 )
-_METADATA = re.compile(r"^metadata\[([^\]]{1,64})\]$")
+METADATA_PARAM = re.compile(r"^metadata\[([^\]]{1,64})\]$")  # Uppy's `metadata[name]=value` query parameters
+MAX_KEY_CHARS = 200
+MAX_FILENAME_CHARS = 4096
+MAX_TYPE_CHARS = 255
 
-StagingKey = Annotated[str, Query(max_length=200, description="the staging key the upload was started with")]
-PutKey = Annotated[str, Query(max_length=200, description="the key GET /s3/params answered")]
+StagingKey = Annotated[str, Query(max_length=MAX_KEY_CHARS, description="the staging key the upload was started with")]
+PutKey = Annotated[str, Query(max_length=MAX_KEY_CHARS, description="the key GET /s3/params answered")]
 UploadId = Annotated[
     str, Path(min_length=1, max_length=1024, description="as POST /s3/multipart answered, percent-encoded")
 ]
@@ -84,31 +87,43 @@ class MultipartComplete(BaseModel):
     parts: list[PartRef] = Field(max_length=S3_MAX_PART_NUMBER)
 
 
+def refusal(err: DirectUploadError | ImageRejected | ServiceUnavailable) -> HTTPException:
+    """The HTTP answer (`{detail}`) to a refusal of the direct-upload service, counted in the metrics."""
+    if isinstance(err, DirectUploadError):
+        return HTTPException(err.status, err.detail)
+    if isinstance(err, ImageRejected):
+        metrics.file_rejected(metrics.image_reason(err), None)
+        return HTTPException(err.status, f"{err.message}; the upload was removed")
+    metrics.file_rejected(err.reason, None)
+    return HTTPException(503, str(err), headers={"Retry-After": "5"})
+
+
+REFUSALS = (DirectUploadError, ImageRejected, ServiceUnavailable)
+
+
 @contextlib.contextmanager
 def _refusals() -> Iterator[None]:
-    """The service's refusals as HTTP answers (`{detail}`); an unreachable store is main.py's 503."""
+    """The service's refusals as HTTP answers; an unreachable store is main.py's 503."""
     try:
         yield
-    except DirectUploadError as err:
-        raise HTTPException(err.status, err.detail) from None
-    except ImageRejected as err:
-        metrics.file_rejected(metrics.image_reason(err), None)
-        raise HTTPException(err.status, f"{err.message}; the upload was removed") from None
-    except ServiceUnavailable as err:
-        metrics.file_rejected(err.reason, None)
-        raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from None
+    except REFUSALS as err:
+        raise refusal(err) from None
 
 
-def _queued(outcome: tuple[bool, UploadMessage], catalog: Catalog) -> JSONResponse:
-    """The answer of POST /upload for one file: 202 queued, or 200 for bytes uploaded before."""
+def queued_answer(outcome: tuple[bool, UploadMessage], catalog: Catalog) -> tuple[int, UploadAnswer | DuplicateAnswer]:
+    """POST /upload's status and answer for one file: 202 queued, or 200 for bytes uploaded before."""
     is_new, upload = outcome
     if is_new:
         metrics.file_accepted(upload.bytes)
         catalog.note_upload(upload)
-        return JSONResponse(UploadAnswer.of(upload, "queued").model_dump(mode="json"), status_code=202)
+        return 202, UploadAnswer.of(upload, "queued")
     metrics.file_duplicate(upload.bytes)
-    body = DuplicateAnswer.of(upload, catalog.status(upload.id) or "queued")
-    return JSONResponse(body.model_dump(mode="json"), status_code=200)
+    return 200, DuplicateAnswer.of(upload, catalog.status(upload.id) or "queued")
+
+
+def _queued(outcome: tuple[bool, UploadMessage], catalog: Catalog) -> JSONResponse:
+    status, body = queued_answer(outcome, catalog)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
 COMMON = errors(
@@ -146,9 +161,10 @@ COMPLETED = {
 def upload_parameters(
     request: Request,
     direct: DirectDep,
-    filename: Annotated[str | None, Query(max_length=4096)] = None,
+    filename: Annotated[str | None, Query(max_length=MAX_FILENAME_CHARS)] = None,
     content_type: Annotated[
-        str | None, Query(alias="type", max_length=255, description="the file's media type, checked on completion")
+        str | None,
+        Query(alias="type", max_length=MAX_TYPE_CHARS, description="the file's media type, checked on completion"),
     ] = None,
 ) -> UploadParameters:
     """A presigned PUT; `metadata[sha256]` makes the store refuse other bytes.
@@ -156,7 +172,7 @@ def upload_parameters(
     With `metadata[sha256]`, `metadata[size]` and a supported `type`, the URL is for the original's
     own key (nothing is copied later); otherwise for a fresh staging key.
     """
-    metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA.match(k))}
+    metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := METADATA_PARAM.match(k))}
     with _refusals():
         key, url, headers = direct.start_put(filename, metadata, content_type)
     # `fields.key` too: @uppy/aws-s3 reads the key of a single upload from there (Companion's shape), not from `key`.
@@ -254,4 +270,14 @@ def abort_multipart(uploadId: UploadId, key: StagingKey, direct: DirectDep) -> A
     return Aborted()
 
 
-__all__ = ["NEEDS_S3", "router"]
+__all__ = [
+    "MAX_FILENAME_CHARS",
+    "MAX_KEY_CHARS",
+    "MAX_TYPE_CHARS",
+    "METADATA_PARAM",
+    "NEEDS_S3",
+    "REFUSALS",
+    "queued_answer",
+    "refusal",
+    "router",
+]
