@@ -17,6 +17,7 @@ from dam_models import apply_query_threads
 
 # The process-wide cache lives in dam_models.cache (torch-free); re-exported for the model classes.
 from dam_models.cache import LoadTime, cached, clear_cache, track_loads  # noqa: F401
+from dam_models.cpu import cpu_has_native_bf16
 
 apply_query_threads()  # a query server that started before torch was loaded (dam_models.set_query_threads)
 
@@ -49,22 +50,6 @@ def resolve_device(setting: str | None) -> str:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError(f"device {setting!r} was requested but MPS is not available")
     return str(dev)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (x86 AVX512-BF16 / AMX-BF16, Arm BF16)."""
-    global _CPU_BF16
-    if _CPU_BF16 is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                words = set(f.read().split())
-            _CPU_BF16 = bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
-        except OSError:
-            _CPU_BF16 = False
-    return _CPU_BF16
-
-
-_CPU_BF16: bool | None = None
 
 
 def resolve_dtype(setting: str | None, device: str | torch.device) -> torch.dtype:

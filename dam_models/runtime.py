@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import try_to_load_from_cache
 
+from dam_models.cpu import cpu_has_int8_dot
 from dam_models.quiet import quiet_conversion
 
 log = logging.getLogger("dam_models.runtime")
@@ -55,13 +56,15 @@ def resolve_runtime(setting: str | None, device: str) -> str:
     return s
 
 
-def resolve_quantize(setting: str | None, runtime: str) -> str:
-    """``auto`` -> ``int8`` on OpenVINO (measured fastest at parity), ``none`` elsewhere; int8 needs OpenVINO."""
+def resolve_quantize(setting: str | None, runtime: str, int8_dot: bool | None = None) -> str:
+    """``auto`` -> ``int8`` on OpenVINO where the CPU has int8 dot products (`int8_dot`, detected when
+    None; measured fastest at parity there), ``none`` elsewhere (AVX2 alone: no faster than float32,
+    and less exact); ``int8`` needs OpenVINO."""
     s = (setting or "auto").strip().lower()
     if s not in QUANTIZE:
         raise ValueError(f"unknown quantization {setting!r} (use auto, none or int8)")
     if s == "auto":
-        return "int8" if runtime == "openvino" else "none"
+        return "int8" if runtime == "openvino" and (cpu_has_int8_dot() if int8_dot is None else int8_dot) else "none"
     if s == "int8" and runtime != "openvino":
         raise ValueError(f"int8 quantization runs on the openvino runtime, not {runtime}")
     return s

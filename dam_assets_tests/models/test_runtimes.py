@@ -29,6 +29,7 @@ from dam_core.settings import Settings
 from dam_core.store import LocalStore
 from dam_models import openvino_blip
 from dam_models.captioner import get_captioner
+from dam_models.cpu import cpu_has_int8_dot
 from dam_models.embedder import get_embedder
 from dam_models.loading import clear_cache
 from dam_models.runtime import resolve_quantize, resolve_runtime
@@ -46,6 +47,10 @@ CANDIDATES = [
 ]
 MIN_COSINE = 0.99
 MIN_TOP1 = {("float32", "none"): 1.0, ("bfloat16", "none"): 0.9, ("bfloat16", "int8"): 0.85}
+# Without int8 dot products (AVX2 alone) OpenVINO's int8 kernels multiply u8 by s8 into int16 pairs that
+# can saturate: less exact (0.77 here on the tiny models' near-tie logits, cosine still >= 0.99), one
+# reason `DAM_QUANTIZE=auto` leaves int8 off on such a CPU (dam_models/cpu.py).
+MIN_TOP1_INT8_WITHOUT_DOT = 0.7
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,8 @@ def test_caption_logits_match_fp32_reference(models, cache, images, runtime, dty
     assert got.shape == want.shape
     assert _cosines(got, want).min() >= MIN_COSINE
     top1 = (got.argmax(-1) == want.argmax(-1)).mean()
-    assert top1 >= MIN_TOP1[dtype, quantize], top1
+    floor = MIN_TOP1[dtype, quantize]
+    assert top1 >= (floor if quantize != "int8" or cpu_has_int8_dot() else MIN_TOP1_INT8_WITHOUT_DOT), top1
 
 
 @pytest.mark.slow
@@ -227,7 +233,7 @@ def test_code_version_is_the_loaded_models_version(models, cache, tmp_path):
         dam_runtime="openvino",
     )
     captioner = get_captioner(models[0], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
-    assert captioner.spec.quantize == "int8"  # auto, on OpenVINO
+    assert captioner.spec.quantize == resolve_quantize("auto", "openvino")  # auto, as this CPU resolves it
     embedder = get_embedder(models[1], device="cpu", dtype="float32", runtime="openvino", cache_dir=cache)
     assert caption_code_version(s) == captioner.version
     assert embedding_code_version(s).startswith(embedder.version + ":tags=")
@@ -243,7 +249,12 @@ def test_runtime_setting_is_validated(tmp_path):
         resolve_runtime("openvino", "cuda")
     with pytest.raises(ValueError, match="openvino runtime"):
         resolve_quantize("int8", "torch")
-    assert resolve_quantize("auto", "torch") == "none" and resolve_quantize("auto", "openvino") == "int8"
+    assert resolve_quantize("auto", "torch") == "none" and resolve_quantize("auto", "torch", int8_dot=True) == "none"
+    # int8 where the CPU has int8 dot products (VNNI, AMX-INT8), float32/bf16 alone on AVX2.
+    assert resolve_quantize("auto", "openvino", int8_dot=True) == "int8"
+    assert resolve_quantize("auto", "openvino", int8_dot=False) == "none"
+    assert resolve_quantize("auto", "openvino") == ("int8" if cpu_has_int8_dot() else "none")
+    assert resolve_quantize("int8", "openvino", int8_dot=False) == "int8"  # asked for: honoured
 
 
 @pytest.mark.system
@@ -263,9 +274,10 @@ def test_dam_models_prepare_converts_once(models, tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "openvino" in first.stdout and str(tmp_path / "data" / "models" / "converted") in first.stdout
     converted = sorted(p.name for p in (tmp_path / "data" / "models" / "converted").glob("*/*"))
-    # BLIP exported, BLIP with its image side in int8 (DAM_QUANTIZE=auto), CLIP exported, CLIP with its
-    # text tower's weights in int8 (the queries').
-    assert len([c for c in converted if not c.startswith(".")]) == 4, converted
+    # BLIP exported, BLIP with its image side in int8 (DAM_QUANTIZE=auto, where the CPU has int8 dot
+    # products), CLIP exported, CLIP with its text tower's weights in int8 (the queries').
+    conversions = 4 if resolve_quantize("auto", "openvino") == "int8" else 3
+    assert len([c for c in converted if not c.startswith(".")]) == conversions, converted
     assert "queries:" in first.stdout and "text tower weights in int8" in first.stdout
     assert "int8" in first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
