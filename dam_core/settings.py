@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     dam_dtype: str = "auto"
     # auto: OpenVINO on a CPU where installed (fastest at parity, bench/RESULTS.md), PyTorch on a GPU.
     dam_runtime: str = "auto"
-    # auto: the captioner's image side in int8 on OpenVINO (2x the old bf16 path at parity, bench/RESULTS.md).
+    # auto: the captioner's image side in int8 on OpenVINO where the CPU has int8 dot products (VNNI, AMX-INT8;
+    # 1.1-1.4x its bf16 path at parity there, no faster than fp32 on AVX2 alone: bench/RESULTS.md).
     dam_quantize: str = "auto"
     dam_model_batch_size: int = Field(default=0, ge=0, le=4096)  # images per model call; 0: 16 on a CPU, 64 on a GPU
     dam_backfill_batches_per_run: int = Field(default=4, ge=1, le=256)  # a backfill's batches per run (BackfillPolicy)

@@ -296,6 +296,31 @@ def test_hnsw_segments_keep_the_contract(env, monkeypatch):
     assert len(snap.search(q, 10)) == 10
 
 
+def test_graphs_are_int8_and_an_older_f16_segment_still_serves(env, monkeypatch):
+    """New graphs store int8 vectors; a segment written with f16 (before) loads with its own type and
+    both serve one snapshot, every row found as its own nearest neighbour."""
+    monkeypatch.setattr(segments, "HNSW_SMALL_GRAPH", 1)
+    settings, store = env
+    batches = random_batches(2, 40)
+    new_hnsw = segments._new_hnsw
+    with monkeypatch.context() as older:
+        older.setattr(segments, "_new_hnsw", lambda dim: segments.Index(ndim=dim, metric="ip", dtype="f16"))
+        land(settings, store, *batches[0])
+        update_index(store, make_table(settings).connect(), batches[0][0], exact_max=10)
+    assert segments._new_hnsw is new_hnsw
+    land(settings, store, *batches[1])
+    update_index(store, make_table(settings).connect(), batches[1][0], exact_max=10)
+    snap = load_snapshot(store)
+    graphs = [s.hnsw for s in snap.segments if s.hnsw is not None]
+    assert sorted(str(g.dtype).rsplit(".", 1)[-1].lower() for g in graphs) == ["f16", "i8"]
+    later = {r["id"] for r in batches[1][1]}
+    checked = [r for r in batches[0][1] if r["id"] not in later] + list(batches[1][1])
+    checked = [r for r in checked if r.get("embedding") is not None]
+    assert len(checked) > 40
+    for r in checked:
+        assert snap.search(np.asarray(r["embedding"], np.float32), 1)[0][0]["id"] == r["id"]
+
+
 def test_search_expansion_by_graph_size():
     """Big graphs (the 262,144-row merged segments) are searched wide; small tier graphs at the floor."""
     assert segments.expansion_search(262_144) == segments.HNSW_EXPANSION_SEARCH == 256
