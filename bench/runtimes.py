@@ -48,7 +48,7 @@ CONFIGS_FP32 = [
 
 def configs() -> list[tuple[str, str, str]]:
     """This CPU's rows: the last is the default (`auto`), the first of its dtype on torch the old default."""
-    from dam_models.loading import cpu_has_native_bf16
+    from dam_models.cpu import cpu_has_native_bf16  # torch-free: the parent process never loads a model
 
     return CONFIGS_BF16 if cpu_has_native_bf16() else CONFIGS_FP32
 

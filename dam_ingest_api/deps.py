@@ -84,14 +84,19 @@ UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 AssetIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="32 lowercase hex characters")]
 
 
-async def require_api_key(settings: SettingsDep, supplied: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    """When DAM_API_KEY is set, every protected route needs a matching X-API-Key header."""
+def api_key_accepted(settings: Settings, supplied: str | None) -> bool:
+    """No DAM_API_KEY, or `supplied` (the X-API-Key header as Starlette reads it) matches it."""
     expected = settings.dam_api_key
     if expected is None:
-        return
-    if supplied is None or not hmac.compare_digest(
+        return True
+    return supplied is not None and hmac.compare_digest(
         supplied.encode("utf-8", "surrogateescape"), expected.get_secret_value().encode()
-    ):
+    )
+
+
+async def require_api_key(settings: SettingsDep, supplied: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """When DAM_API_KEY is set, every protected route needs a matching X-API-Key header."""
+    if not api_key_accepted(settings, supplied):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "API-Key"}
         )

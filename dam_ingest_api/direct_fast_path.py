@@ -18,7 +18,6 @@ the route it answers for is recorded in the scope like the router's.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from dam_core.store import StoreError
+from dam_ingest_api.deps import api_key_accepted
 from dam_ingest_api.direct import DirectUploads
 from dam_ingest_api.routes.direct import (
     MAX_FILENAME_CHARS,
@@ -39,7 +39,7 @@ from dam_ingest_api.routes.direct import (
     refusal,
     router,
 )
-from dam_ingest_api.schemas import STORE_DOWN, ErrorBody, UploadParameters
+from dam_ingest_api.schemas import INTERNAL_ERROR, STORE_DOWN, ErrorBody, UploadParameters
 
 log = logging.getLogger("dam_ingest_api")
 
@@ -103,9 +103,8 @@ class DirectFastPath:
 
 def _completed(direct: DirectUploads, catalog: Any, key: str, scope: dict) -> Answer:
     """`POST /s3/complete` for a PUT to an original's key, on a worker thread: the route's answers."""
-    assert direct.content is not None
     try:
-        status, body = queued_answer(direct.content.complete(key), catalog)
+        status, body = queued_answer(direct.complete_put(key), catalog)
         return status, body, []
     except REFUSALS as err:
         refused = refusal(err)
@@ -116,20 +115,13 @@ def _completed(direct: DirectUploads, catalog: Any, key: str, scope: dict) -> An
         return 503, ErrorBody(detail=STORE_DOWN), [(b"retry-after", b"5")]
     except Exception:
         log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-        return 500, ErrorBody(detail="internal error"), []
+        return 500, ErrorBody(detail=INTERNAL_ERROR), []
 
 
 def _key_accepted(fastapi_app: Any, scope: dict) -> bool:
-    """require_api_key's test: no DAM_API_KEY, or the first X-API-Key header matches it (else FastAPI's 401)."""
-    expected = fastapi_app.state.dam.settings.dam_api_key
-    if expected is None:
-        return True
-    supplied = next((v for k, v in scope["headers"] if k == b"x-api-key"), None)
-    if supplied is None:
-        return False
-    # As Starlette reads it (latin-1) and deps.require_api_key compares it.
-    as_read = supplied.decode("latin-1").encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(as_read, expected.get_secret_value().encode())
+    """require_api_key's test on the first X-API-Key header, read as Starlette reads it (else FastAPI's 401)."""
+    supplied = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-api-key"), None)
+    return api_key_accepted(fastapi_app.state.dam.settings, supplied)
 
 
 def _query(scope: dict) -> list[tuple[str, str]] | None:

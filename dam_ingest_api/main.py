@@ -25,7 +25,7 @@ from dam_ingest_api.direct_fast_path import DirectFastPath
 from dam_ingest_api.request_metrics import RequestMetrics
 from dam_ingest_api.routes import assets, check, direct, health, page, search, upload
 from dam_ingest_api.routes import metrics as metrics_route
-from dam_ingest_api.schemas import STORE_DOWN, ErrorBody, FieldError, ValidationErrorBody
+from dam_ingest_api.schemas import INTERNAL_ERROR, STORE_DOWN, ErrorBody, FieldError, ValidationErrorBody
 from dam_ingest_api.service import Uploader
 from dam_ingest_api.upload_id_paths import RawUploadIdPaths
 
@@ -98,7 +98,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(ErrorBody(detail="internal error").model_dump(mode="json"), status_code=500)
+        return JSONResponse(ErrorBody(detail=INTERNAL_ERROR).model_dump(mode="json"), status_code=500)
 
     # Every status a route can answer is in the schema, with its body model: clients (and the
     # fuzz test) can rely on the document. Each router declares its own.

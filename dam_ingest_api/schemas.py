@@ -306,6 +306,7 @@ class Readiness(Body):
 
 
 STORE_DOWN = "the object store is unavailable; try again"  # any route's 503 when the store fails
+INTERNAL_ERROR = "internal error"  # a 500's whole answer: never a traceback
 
 
 class ErrorBody(Body):
