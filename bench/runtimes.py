@@ -1,4 +1,4 @@
-"""The enrichment step on each model runtime, against the naive fp32 worker and the models alone, plus parity.
+"""The enrichment step on each model runtime, against the naive fp32 worker, the models alone and the CPU's matmul rates, plus parity.
 
     python -m bench.runtimes [--quick] [--models-dir DIR] [--out bench/out]
 
@@ -199,12 +199,58 @@ def child_parity(args) -> dict:
     return {"images": len(images), "prefix_tokens": int(prefixes.shape[1]), "configs": out}
 
 
+def child_gemm(args) -> dict:
+    """This CPU's matrix-multiply rate through OpenVINO per precision, on ViT-B's MLP shapes (a chunk of
+    16 images at BLIP's 577 tokens through 768 -> 3072 -> 768 layers): the hardware's own ceiling for
+    what a runtime or a precision can gain."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    rows, width, hidden, layers = CHUNK * 577, 768, 3072, 4
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = torch.nn.ModuleList(torch.nn.Linear(width, hidden) for _ in range(layers))
+            self.down = torch.nn.ModuleList(torch.nn.Linear(hidden, width) for _ in range(layers))
+
+        def forward(self, x):
+            for up, down in zip(self.up, self.down, strict=True):
+                x = x + down(torch.nn.functional.gelu(up(x)))
+            return x
+
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    x = torch.randn(rows, width).numpy()
+    graph = ov.convert_model(model, example_input=torch.from_numpy(x))
+    int8 = nncf.quantize(
+        graph, nncf.Dataset([x[i * 577 : (i + 1) * 577] for i in range(4)]), model_type=nncf.ModelType.TRANSFORMER
+    )
+    ops = 2 * rows * width * hidden * 2 * layers
+    core = ov.Core()
+    out = {"shape": f"{rows}x{width}x{hidden}", "gops": {}}
+    for name, g, precision in (("fp32", graph, "f32"), ("bf16", graph, "bf16"), ("int8", int8, "bf16")):
+        request = core.compile_model(g, "CPU", {"INFERENCE_PRECISION_HINT": precision}).create_infer_request()
+        request.infer({0: x})  # first call compiles kernels for the shape
+        times = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            request.infer({0: x})
+            times.append(time.perf_counter() - t)
+        out["gops"][name] = round(ops / float(np.median(times)) / 1e9, 1)
+    return out
+
+
 def child_main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.runtimes child")
-    p.add_argument("what", choices=["step", "parity"])
-    p.add_argument("--blip", required=True)
-    p.add_argument("--clip", required=True)
-    p.add_argument("--cache", required=True)
+    p.add_argument("what", choices=["step", "parity", "gemm"])
+    p.add_argument("--blip")
+    p.add_argument("--clip")
+    p.add_argument("--cache")
     p.add_argument("--store")
     p.add_argument("--uploads")
     p.add_argument("--runtime", default="torch")
@@ -213,8 +259,10 @@ def child_main(argv) -> int:
     p.add_argument("--quantize", default="none")
     p.add_argument("--ceiling", action="store_true")
     p.add_argument("--images", type=int, default=8)
+    p.add_argument("--reps", type=int, default=7)
     args = p.parse_args(argv)
-    print(json.dumps(child_step(args) if args.what == "step" else child_parity(args)))
+    child = {"step": child_step, "parity": child_parity, "gemm": child_gemm}[args.what]
+    print(json.dumps(child(args)))
     return 0
 
 
@@ -244,6 +292,8 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
         convert_s = round(time.perf_counter() - t, 1)
         log(f"runtimes: conversions and a first parity pass in {convert_s} s")
 
+        gemm = run_json_subprocess(["-m", "bench.runtimes", "gemm"], timeout=1200)
+        log(f"runtimes: this CPU's matmuls through OpenVINO, GOPS: {gemm['gops']}")
         log(f"runtimes: naive fp32 worker on {len(uploads)} images")
         naive = run_json_subprocess(
             [
@@ -336,6 +386,7 @@ def run(quick: bool, models_dir: str | None = None, log=print) -> dict:
         "old_default": old_default,
         "steps": steps,
         "sequential_default": sequential,
+        "gemm": gemm,
         "parity": parity,
         "ratios": {
             k: {
@@ -389,6 +440,8 @@ def render(r: dict) -> str:
         f"with the prefetch off, {seq['step_wall_s']} s ({seq['images_per_s']:.3f} images/s). On two cores the models "
         "already use both, so the overlap mostly hides the decode and thumbnails.\n"
     )
+    if "gemm" in r:
+        w(_ceiling(r) + "\n")
     for name, p in r["parity"].items():
         w(
             f"Parity against fp32 PyTorch, {name.replace('_', '-')} models ({p['images']} images, "
@@ -408,11 +461,31 @@ def render(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ceiling(r: dict) -> str:
+    """What this CPU allows the int8 image side to gain over the old default, from its matmul rates."""
+    gops = r["gemm"]["gops"]
+    default, old_default = r["default"], r["old_default"]
+    dtype = old_default.split("/")[1]
+    short = "bf16" if dtype == "bfloat16" else "fp32"
+    quant = gops["int8"] / gops[short]
+    same = r["ratios"].get(f"openvino/{dtype}", {}).get("vs_old_default")
+    bound = f"{quant * same:.2f}" if same else "n/a"
+    return (
+        f"The hardware's ceiling (`python -m bench.runtimes gemm`: OpenVINO matmuls of ViT-B's MLP shapes, "
+        f"{r['gemm']['shape']}): fp32 {gops['fp32']}, bf16 {gops['bf16']}, int8 {gops['int8']} GOPS on this CPU. "
+        f"int8 matmuls run {quant:.2f}x the {short} ones, and OpenVINO {dtype} ran the step {same}x eager PyTorch "
+        f"{dtype}: if int8 sped up every part of that step as much as it speeds up matmuls, the step would reach "
+        f"{bound}x the old default, its upper bound here. The default, whose decoder steps, attention and decode stay "
+        f"{dtype}, reached "
+        f"{r['ratios'][default]['vs_old_default']}x."
+    )
+
+
 def main(argv=None) -> int:
     from bench.report import standalone
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("step", "parity"):
+    if argv and argv[0] in ("step", "parity", "gemm"):
         return child_main(argv)
     return standalone(argv, "python -m bench.runtimes", __doc__, run, "runtimes", render)
 

@@ -69,9 +69,16 @@ class Rows:
         return found
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        row: dict[str, Any] = self.table.slice(int(i), 1).to_pylist()[0]
-        row.pop("_seg", None)
-        return row
+        return self.at([i])[0]
+
+    def at(self, positions: list[int]) -> list[dict[str, Any]]:
+        """These rows as dicts, in this order: one `take` (a top-k's rows one slice each cost ~3x more)."""
+        if not positions:
+            return []
+        rows: list[dict[str, Any]] = self.table.take(pa.array(positions, pa.int64())).to_pylist()
+        for row in rows:
+            row.pop("_seg", None)
+        return rows
 
 
 _search_threads: ThreadPoolExecutor | None = None
@@ -206,15 +213,16 @@ class Snapshot:
         pos = np.concatenate([p for p, _ in found])
         scores = np.concatenate([s for _, s in found]).astype(np.float32)
         order = np.lexsort((pos, -scores))  # best first; ties by listing order
-        out: list[tuple[dict[str, Any], float]] = []
+        best: list[tuple[int, float]] = []
         for j in order:
             row = int(pos[j])
             if self.items.ids[row] == exclude:
                 continue
-            out.append((self.items[row], float(scores[j])))
-            if len(out) == k:
+            best.append((row, float(scores[j])))
+            if len(best) == k:
                 break
-        return out
+        rows = self.items.at([row for row, _ in best])
+        return [(item, score) for item, (_, score) in zip(rows, best, strict=True)]
 
 
 @overload

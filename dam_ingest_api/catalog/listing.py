@@ -171,10 +171,12 @@ class Listing:
             # An index swap in between would list a batch's assets twice, queued and processed.
             pending = [p for p in pending if p[1] not in ss.snap.by_id or p[1] in hidden]
             i = ss.position_after(after_key) if after_key else 0
-            while i < len(ss.ids) and len(indexed) < limit + 1:
+            found: list[int] = []
+            while i < len(ss.ids) and len(found) < limit + 1:
                 if ss.ids[i] not in hidden:
-                    indexed.append((*ss.key(i), ss.snap.items[i]))
+                    found.append(i)
                 i += 1
+            indexed = [(*ss.key(i), row) for i, row in zip(found, ss.snap.items.at(found), strict=True)]
         # Each entry builds its item when called: only the page's are built.
         merged = sorted(
             [(k, i, partial(AssetItem.queued, u)) for k, i, u in pending]

@@ -59,7 +59,7 @@ class Search:
         hits: list[ScoredAsset] = []
         if mode in ("text", "both"):
             rows = snap.text_matches(query_words(text), k, self.deleted.hidden_in(snap))
-            hits = [ScoredAsset.hit(snap.items[r], 1.0, match="text") for r in rows]
+            hits = [ScoredAsset.hit(row, 1.0, match="text") for row in snap.items.at(rows)]
         if mode in ("meaning", "both") and len(hits) < k and snap.vector_count:
             seen = {h.id for h in hits}
             query = self._embed(snap.model or self.settings.dam_embedding_model, text)

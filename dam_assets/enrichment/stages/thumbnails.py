@@ -11,6 +11,13 @@ from dam_core.layout import thumbnail_key
 from dam_core.store import ObjectStore
 
 THUMBNAIL_LONG_EDGE = 256
+# A box reduction by an integer factor first while the rest is at least 1.5x (Pillow's reducing_gap),
+# then Lanczos; and WebP's encoder at effort 2 of 6. On an 800x600 decode (a 1600x1200 JPEG's): 8.9 ->
+# 3.9 ms per thumbnail (resize 5.6 -> 2.4, encode 3.3 -> 1.5), 47 dB PSNR against the plain Lanczos
+# resize, files 6% larger at the same quality setting. Thumbnails are made on the CPU beside the
+# models: on two cores every millisecond here is one the models do not get.
+REDUCING_GAP = 1.5
+WEBP_METHOD = 2
 
 
 def thumbnail_batch(decoded: list[Decoded]) -> dict[str, bytes]:
@@ -25,9 +32,9 @@ def thumbnail(d: Decoded) -> bytes | None:
     if d.image is None:
         return None
     thumb = d.image.copy()
-    thumb.thumbnail((THUMBNAIL_LONG_EDGE, THUMBNAIL_LONG_EDGE), Image.Resampling.LANCZOS)
+    thumb.thumbnail((THUMBNAIL_LONG_EDGE, THUMBNAIL_LONG_EDGE), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     buf = io.BytesIO()
-    thumb.save(buf, "WEBP", quality=80, method=4)
+    thumb.save(buf, "WEBP", quality=80, method=WEBP_METHOD)
     return buf.getvalue()
 
 
