@@ -318,7 +318,8 @@ def clip_segmented_figures(
     default the product's DAM_EXACT_SEARCH_MAX), a layout is published as one index version by
     dam_core.index.manifest.publish, loaded by load_snapshot and searched by Snapshot.search as the API does
     (`similar`: the indexed vector from snap.vector_of, itself excluded). Each (expansion_search,
-    HNSW_CANDIDATES) pair of `settings` is set on the loaded graphs / the module before measuring.
+    HNSW_CANDIDATES) pair of `settings` is set on the loaded graphs / the module before measuring;
+    an expansion_search of None keeps what loading set (the product's: by graph size).
 
     The store, vectors, queries and exact truth stay in `store_dir` (default /tmp/hnsw-1m-store at
     1M, /tmp/hnsw-{n//1000}k-store else) and are reused: a second call only loads and measures. A
@@ -448,7 +449,7 @@ def clip_segmented_figures(
             for ef, cand in settings:
                 segments.HNSW_CANDIDATES = cand
                 for seg in snap.segments:
-                    if seg.hnsw is not None:
+                    if seg.hnsw is not None and ef is not None:
                         seg.hnsw.expansion_search = ef
                 res = {}
                 for kind in ("search", "similar"):
@@ -481,7 +482,7 @@ def clip_segmented_figures(
                 res["search_p50_ms_in_hnsw"] = round(pct(split["hnsw"], 50), 2)
                 res["search_p50_ms_in_exact"] = round(pct(split["exact"], 50), 2)
                 res["load_avg_1min"] = round(os.getloadavg()[0], 2)  # the machine's other work while measuring
-                fig["settings"][f"ef={ef},candidates={cand}"] = res
+                fig["settings"][f"ef={ef or 'product'},candidates={cand}"] = res
                 log(f"  {name} layout ({len(plan)} segments), ef {ef}, candidates {cand}: {res}")
         finally:
             segments.HNSW_CANDIDATES = saved

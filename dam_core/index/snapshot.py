@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import pyarrow as pa
@@ -85,13 +87,63 @@ _search_threads: ThreadPoolExecutor | None = None
 _search_threads_lock = threading.Lock()
 
 
+def _search_helpers() -> int:
+    """Threads that join a query's own thread in searching its segments: one per other core, up to 3."""
+    return max(0, min(3, (os.cpu_count() or 1) - 1))
+
+
 def _search_pool() -> ThreadPoolExecutor:
-    """The process's threads for searching one query's segments side by side (one per core, up to 4)."""
+    """The process's threads that help search one query's segments side by side."""
     global _search_threads
     with _search_threads_lock:
         if _search_threads is None:
-            _search_threads = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="dam-search")
+            _search_threads = ThreadPoolExecutor(max(1, _search_helpers()), thread_name_prefix="dam-search")
         return _search_threads
+
+
+T = TypeVar("T")
+
+
+def run_shared(tasks: list[Callable[[], T]], helpers: int) -> list[T]:
+    """Every task's result, in the tasks' order: this thread and up to `helpers` pool threads take the
+    next task from one shared queue until it is empty (hand them over costliest first).
+
+    One hand-over per helper, not per task: at 1M rows (15 segments) a query handed to the pool
+    segment by segment took 9.2 ms p50, drained this way by two threads 6.7 ms (bench/NOTES.md,
+    session 13). A helper that starts late (the pool busy with other queries) finds nothing left;
+    this thread waits only for the tasks a helper took.
+    """
+    results: list[Any] = [None] * len(tasks)
+    failed: list[BaseException] = []
+    queue = iter(range(len(tasks)))
+    lock = threading.Condition()
+    left = len(tasks)
+
+    def drain() -> None:
+        nonlocal left
+        while True:
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            try:
+                results[i] = tasks[i]()
+            except BaseException as err:  # re-raised on the query's thread
+                failed.append(err)
+            with lock:
+                left -= 1
+                if not left:
+                    lock.notify_all()
+
+    for _ in range(min(helpers, len(tasks) - 1)):
+        _search_pool().submit(drain)
+    drain()
+    with lock:
+        while left:
+            lock.wait()
+    if failed:
+        raise failed[0]
+    return results
 
 
 class IdLookup:
@@ -203,13 +255,13 @@ class Snapshot:
             rows, s = seg.candidates(q, want, dead, threads)
             return item_of[rows], s
 
-        if len(work) > 1:
-            # usearch and numpy release the GIL: the segments are searched in parallel, this
-            # thread taking the first. Results keep the segments' order (ties stay deterministic).
-            later = [_search_pool().submit(one, part) for part in work[1:]]
-            found = [one(work[0])] + [f.result() for f in later]
-        else:
-            found = [one(part) for part in work]
+        # usearch and numpy release the GIL: the segments are searched in parallel, costliest first.
+        # Results keep the segments' order (ties stay deterministic).
+        costliest = sorted(range(len(work)), key=lambda i: -work[i][0].search_cost)
+        done = run_shared([functools.partial(one, work[i]) for i in costliest], _search_helpers())
+        found: list[tuple[np.ndarray, np.ndarray]] = [None] * len(work)  # type: ignore[list-item]
+        for i, result in zip(costliest, done, strict=True):
+            found[i] = result
         pos = np.concatenate([p for p, _ in found])
         scores = np.concatenate([s for _, s in found]).astype(np.float32)
         order = np.lexsort((pos, -scores))  # best first; ties by listing order
