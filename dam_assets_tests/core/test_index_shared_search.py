@@ -55,3 +55,12 @@ def test_a_busy_pool_does_not_hold_the_query(monkeypatch):
         release.set()
         for b in blockers:
             b.result()
+
+
+def test_a_pool_shut_down_at_exit_leaves_the_query_to_its_own_thread(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    gone = ThreadPoolExecutor(1)
+    gone.shutdown()
+    monkeypatch.setattr(snapshot, "_search_pool", lambda: gone)
+    assert run_shared([(lambda i=i: i + 1) for i in range(5)], 3) == [1, 2, 3, 4, 5]

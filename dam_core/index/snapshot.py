@@ -136,7 +136,10 @@ def run_shared(tasks: list[Callable[[], T]], helpers: int) -> list[T]:
                     lock.notify_all()
 
     for _ in range(min(helpers, len(tasks) - 1)):
-        _search_pool().submit(drain)
+        try:
+            _search_pool().submit(drain)
+        except RuntimeError:  # the pool is shut down (the process is exiting): this thread does it all
+            break
     drain()
     with lock:
         while left:
