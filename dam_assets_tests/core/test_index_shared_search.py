@@ -24,6 +24,8 @@ def test_every_result_comes_back_in_the_tasks_order_whatever_thread_ran_it():
 
     for helpers in (0, 1, 3):
         assert run_shared([task(i) for i in range(12)], helpers) == [i * i for i in range(12)]
+        backwards = list(range(11, -1, -1))
+        assert run_shared([task(i) for i in range(12)], helpers, backwards) == [i * i for i in range(12)]
     assert run_shared([], 2) == [] and run_shared([task(5)], 2) == [25]
     assert any(name.startswith("dam-search") for name in ran_on.values())  # helpers did take tasks
 
@@ -64,3 +66,10 @@ def test_a_pool_shut_down_at_exit_leaves_the_query_to_its_own_thread(monkeypatch
     gone.shutdown()
     monkeypatch.setattr(snapshot, "_search_pool", lambda: gone)
     assert run_shared([(lambda i=i: i + 1) for i in range(5)], 3) == [1, 2, 3, 4, 5]
+
+
+def test_tasks_are_taken_in_the_order_given():
+    taken: list[int] = []
+    tasks = [(lambda i=i: taken.append(i) or i) for i in range(5)]
+    assert run_shared(tasks, 0, [3, 0, 4, 1, 2]) == [0, 1, 2, 3, 4]
+    assert taken == [3, 0, 4, 1, 2]

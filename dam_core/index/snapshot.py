@@ -104,9 +104,10 @@ def _search_pool() -> ThreadPoolExecutor:
 T = TypeVar("T")
 
 
-def run_shared(tasks: list[Callable[[], T]], helpers: int) -> list[T]:
+def run_shared(tasks: list[Callable[[], T]], helpers: int, order: list[int] | None = None) -> list[T]:
     """Every task's result, in the tasks' order: this thread and up to `helpers` pool threads take the
-    next task from one shared queue until it is empty (hand them over costliest first).
+    next task from one shared queue until it is empty. `order`: the tasks' indices in the order they
+    are taken (put the costliest first); default as listed.
 
     One hand-over per helper, not per task: at 1M rows (15 segments) a query handed to the pool
     segment by segment took 9.2 ms p50, drained this way by two threads 6.7 ms (bench/NOTES.md,
@@ -115,7 +116,7 @@ def run_shared(tasks: list[Callable[[], T]], helpers: int) -> list[T]:
     """
     results: list[Any] = [None] * len(tasks)
     failed: list[BaseException] = []
-    queue = iter(range(len(tasks)))
+    queue = iter(range(len(tasks)) if order is None else order)
     lock = threading.Condition()
     left = len(tasks)
 
@@ -261,10 +262,7 @@ class Snapshot:
         # usearch and numpy release the GIL: the segments are searched in parallel, costliest first.
         # Results keep the segments' order (ties stay deterministic).
         costliest = sorted(range(len(work)), key=lambda i: -work[i][0].search_cost)
-        done = run_shared([functools.partial(one, work[i]) for i in costliest], _search_helpers())
-        found: list[tuple[np.ndarray, np.ndarray]] = [None] * len(work)  # type: ignore[list-item]
-        for i, result in zip(costliest, done, strict=True):
-            found[i] = result
+        found = run_shared([functools.partial(one, part) for part in work], _search_helpers(), costliest)
         pos = np.concatenate([p for p, _ in found])
         scores = np.concatenate([s for _, s in found]).astype(np.float32)
         order = np.lexsort((pos, -scores))  # best first; ties by listing order
