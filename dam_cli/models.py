@@ -108,8 +108,19 @@ def cmd_models_serve(args) -> int:
         file=sys.stderr,
         flush=True,
     )
-    serve(socket_path, captioner, embedder)
+    serve(socket_path, captioner, embedder, texts=_vocabulary_prompts(models))
     return 0
+
+
+def _vocabulary_prompts(models) -> list[list[str]]:
+    """The tag vocabulary's prompts, which every run asks the server to embed: embedded before the first run."""
+    from dam_models.tagging import label_prompts  # numpy: see cmd_models_tiny
+
+    try:
+        return [label_prompts(models.vocabulary())]
+    except (OSError, UnicodeDecodeError) as err:  # an unreadable DAM_TAGS_FILE: each run reports it itself
+        print(f"dam models serve: the tag vocabulary was not embedded ahead: {err}"[:800], file=sys.stderr)
+        return []
 
 
 def register(sub) -> None:

@@ -7,8 +7,8 @@ in `DAM_MODEL_SERVER`) sends its decoded images there and never imports torch. N
 recovery changes: the server holds no state of any run; a run that cannot reach it, or finds it
 serving other models than the run's settings name, loads the models itself as before.
 
-Each chunk's images go to the server once per model, from the step's prefetch thread, ahead of
-the model call (`pixel_values`: the server makes the model's input on the connection's thread,
+Each chunk's images go to the server once, for both models (`model_inputs`), from the step's
+prefetch thread, ahead of the model calls (the server makes the models' inputs on the connection's thread,
 while the models work on the previous chunk, and keeps it under a key); the model call itself then
 sends only that key. Before, each model call carried the chunk's decoded images (about 23 MB for
 16 photos) and the server prepared them under the models' lock: under `dagster dev` the models
@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 
 log = logging.getLogger("dam_models.serving")
 
-PROTOCOL = 2
+PROTOCOL = 3  # 3: prepare_many (one transfer of a chunk's images for both models)
 # Not a secret between users (the socket's folder permissions are the boundary): it keeps other
 # programs' stray connections from being unpickled as requests.
 AUTHKEY = b"dam-models-v1"
@@ -99,6 +100,10 @@ class _Remote:
     def _prepare(self, model: str, images) -> Ready:
         images = list(images)
         return Ready(self._prepares.call("prepare", (model, images)), images)
+
+    def _prepare_many(self, models: tuple[str, ...], images) -> list[Ready]:
+        images = list(images)
+        return [Ready(key, images) for key in self._prepares.call("prepare_many", (models, images))]
 
     def _run(self, kind: str, inputs) -> Any:
         """`kind` on a prepared input (its key; the images again when the server no longer holds it) or on images."""
@@ -177,6 +182,26 @@ class RemoteEmbedder(_Remote):
         return self._call("embed_texts", [str(t) for t in texts])
 
 
+def model_inputs(captioner, embedder, images) -> tuple[Any, Any]:
+    """The captioner's and the embedder's inputs for `images` (None for a model that is None).
+
+    Two models of one server get the images in one request, which makes both inputs: a chunk of 16
+    photos is about 23 MB pickled, and sending it twice cost the run process ~0.25 s per chunk and
+    delayed the first chunk's caption by as much (bench/NOTES.md, session 14).
+    """
+    if (
+        isinstance(captioner, RemoteCaptioner)
+        and isinstance(embedder, RemoteEmbedder)
+        and captioner.address == embedder.address
+    ):
+        caption, embed = captioner._prepare_many(("caption", "embed"), images)
+        return caption, embed
+    return (
+        captioner.pixel_values(images) if captioner is not None else None,
+        embedder.pixel_values(images) if embedder is not None else None,
+    )
+
+
 def connect(address: str | os.PathLike | None) -> tuple[RemoteCaptioner, RemoteEmbedder]:
     """Clients for the server at `address`; ServerUnavailable when none answers there."""
     if not address or not Path(address).exists():
@@ -188,8 +213,19 @@ def connect(address: str | os.PathLike | None) -> tuple[RemoteCaptioner, RemoteE
     return RemoteCaptioner(str(address), info["captioner"]), RemoteEmbedder(str(address), info["embedder"])
 
 
-def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Event | None = None) -> None:
-    """Answer requests on the Unix socket `address` until the process is stopped (one thread per connection)."""
+def serve(
+    address: str | os.PathLike,
+    captioner,
+    embedder,
+    ready: threading.Event | None = None,
+    texts: Sequence[Sequence[str]] = (),
+) -> None:
+    """Answer requests on the Unix socket `address` until the process is stopped (one thread per connection).
+
+    `texts`: lists of texts embedded before the socket opens, so that runs asking for them (the tag
+    vocabulary's prompts, which every run asks for) find them memoized: the first run after a start
+    paid 0.4-0.6 s for them on its critical path (bench/NOTES.md, session 14).
+    """
     path = Path(address)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # a socket left by a killed server
@@ -232,6 +268,21 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
                 prepared.popitem(last=False)
         return key
 
+    def embed_texts(payload) -> Any:
+        """Text embeddings, memoized per list of texts (the last TEXTS_MEMO_SIZE lists)."""
+        key = tuple(payload)
+        with memo_lock:
+            if key in texts_memo:
+                texts_memo.move_to_end(key)
+                return texts_memo[key]
+        with models_lock:
+            vectors = embedder.embed_texts(list(payload))
+        with memo_lock:
+            texts_memo[key] = vectors
+            while len(texts_memo) > TEXTS_MEMO_SIZE:
+                texts_memo.popitem(last=False)
+        return vectors
+
     def take(key: int) -> Any:
         with memo_lock:
             return prepared.pop(key, None)
@@ -241,6 +292,9 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
             return info
         if kind == "prepare":
             return prepare(*payload)
+        if kind == "prepare_many":
+            models, images = payload
+            return [prepare(model, images) for model in models]
         if kind in ("caption_ready", "embed_images_ready"):
             inputs = take(payload)
             if inputs is None:
@@ -250,23 +304,12 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
                     return True, captioner.caption_pixels(inputs)
                 return True, embedder.embed_pixels(inputs)
         if kind == "embed_texts":
-            key = tuple(payload)
-            with memo_lock:
-                if key in texts_memo:
-                    texts_memo.move_to_end(key)
-                    return texts_memo[key]
+            return embed_texts(payload)
         with models_lock:
             if kind == "caption":
                 return captioner.caption_pixels(captioner.pixel_values(payload)) if payload else []
             if kind == "embed_images":
                 return embedder.embed_images(payload)
-            if kind == "embed_texts":
-                vectors = embedder.embed_texts(payload)
-                with memo_lock:
-                    texts_memo[key] = vectors
-                    while len(texts_memo) > TEXTS_MEMO_SIZE:
-                        texts_memo.popitem(last=False)
-                return vectors
         raise ValueError(f"unknown request {kind!r}")
 
     def handle(conn: Connection) -> None:
@@ -282,6 +325,8 @@ def serve(address: str | os.PathLike, captioner, embedder, ready: threading.Even
                     log.exception("model server: %s failed", kind)
                     conn.send((False, f"{type(err).__name__}: {err}"[:1000]))
 
+    for listed in texts:
+        embed_texts([str(t) for t in listed])
     with Listener(str(path), family="AF_UNIX", authkey=AUTHKEY) as listener:
         os.chmod(path, 0o600)
         if ready is not None:

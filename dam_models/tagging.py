@@ -29,12 +29,17 @@ def load_vocabulary(path: Path | None = None) -> list[str]:
     return labels
 
 
+def label_prompts(labels: list[str]) -> list[str]:
+    """The texts whose embeddings stand for the labels (what a model server embeds ahead: dam_models.serving)."""
+    return [PROMPT.format(label) for label in labels]
+
+
 def label_embeddings(embedder, labels: list[str]) -> np.ndarray:
     """Text embeddings of the vocabulary, computed once per model and vocabulary per process."""
     key = (embedder.version, tuple(labels))
     with _lock:
         if key not in _cache:
-            _cache[key] = embedder.embed_texts([PROMPT.format(label) for label in labels])
+            _cache[key] = embedder.embed_texts(label_prompts(labels))
         return _cache[key]
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,8 @@ from dam_cli import dev
 from dam_core.messages import UploadMessage
 from dam_core.settings import Settings
 from dam_core.store import LocalStore
-from dam_models.serving import READY_MAX, Ready, RemoteCaptioner, ServerUnavailable, connect
+from dam_models.serving import READY_MAX, Ready, RemoteCaptioner, ServerUnavailable, connect, model_inputs, serve
+from dam_models.tagging import label_prompts
 
 
 def _images() -> list[Image.Image]:
@@ -91,6 +93,39 @@ def test_served_models_answer_what_the_same_models_answer_here(served, tmp_path,
     assert any("query-int8w" in p.name for p in converted.iterdir() if not p.name.startswith("."))
 
 
+class _CountingTexts:
+    """The real embedder, counting its text embeddings (how many texts per call)."""
+
+    def __init__(self, embedder):
+        self._embedder = embedder
+        self.calls: list[int] = []
+
+    def embed_texts(self, texts, *args, **kwargs):
+        self.calls.append(len(texts))
+        return self._embedder.embed_texts(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._embedder, name)
+
+
+def test_the_tag_vocabulary_is_embedded_before_the_server_answers(tmp_path, tiny_models):
+    """Every run asks for the vocabulary's text embeddings: the server has them before its socket opens,
+    so the first run after a start does not wait for them (nor does any later one)."""
+    local = _resource(tmp_path, tiny_models)
+    embedder = _CountingTexts(local.embedder())
+    prompts = label_prompts(local.vocabulary())
+    sock, ready = tmp_path / "warm.sock", threading.Event()
+    args = (sock, local.captioner(), embedder, ready, [prompts])
+    threading.Thread(target=serve, args=args, daemon=True).start()  # serves until the test process ends
+    assert ready.wait(120)
+    assert embedder.calls == [len(prompts)]
+    _, remote = connect(sock)
+    np.testing.assert_allclose(remote.embed_texts(prompts), local.embedder().embed_texts(prompts), atol=1e-6)
+    assert embedder.calls == [len(prompts)]  # answered from the memo
+    remote.embed_texts(["a cat"])
+    assert embedder.calls == [len(prompts), 1]
+
+
 @pytest.mark.system
 def test_inputs_prepared_ahead_travel_once_and_a_dropped_one_is_sent_again(served, tmp_path, tiny_models):
     """pixel_values hands the images to the server ahead of the model call (on its own connection)
@@ -115,6 +150,30 @@ def test_inputs_prepared_ahead_travel_once_and_a_dropped_one_is_sent_again(serve
     assert sent == [("embed_images_ready", ready.key)]  # no image went with the call
     assert rc.caption_pixels(rc.pixel_values(images)) == expected
     assert sent[-1][0] == "caption_ready"
+
+
+@pytest.mark.system
+def test_a_chunk_travels_once_for_both_models(served, tmp_path, tiny_models):
+    """model_inputs: both served models' inputs from one request carrying the images; local models
+    (or a single model) make theirs here, as pixel_values does."""
+    sock, _, _ = served
+    rc, re_ = connect(sock)
+    local = _resource(tmp_path, tiny_models)
+    lc, le = local.captioner(), local.embedder()
+    images = _images()
+    sent = []
+    original = rc._prepares.call
+    rc._prepares.call = lambda *request: sent.append(request[0]) or original(*request)
+    caption, embed = model_inputs(rc, re_, images)
+    assert sent == ["prepare_many"]
+    assert isinstance(caption, Ready) and isinstance(embed, Ready) and caption.key != embed.key
+    assert rc.caption_pixels(caption) == lc.caption(images)
+    np.testing.assert_allclose(re_.embed_pixels(embed), le.embed_images(images), atol=1e-6)
+    only_caption, none = model_inputs(rc, None, images)
+    assert none is None and rc.caption_pixels(only_caption) == lc.caption(images)
+    here_caption, here_embed = model_inputs(lc, le, images)
+    assert lc.caption_pixels(here_caption) == lc.caption(images)
+    np.testing.assert_allclose(le.embed_pixels(here_embed), le.embed_images(images), atol=1e-6)
 
 
 @pytest.mark.system

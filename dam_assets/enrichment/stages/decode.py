@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dam_core.imaging import Decoded, decode_batch
 from dam_core.messages import UploadMessage
 from dam_core.store import ObjectStore
+from dam_models.serving import model_inputs
 
 if TYPE_CHECKING:  # imports torch, which a run on served models never loads (dam_models/serving.py)
     from dam_models.captioner import Captioner
@@ -49,8 +50,7 @@ def prepare_chunk(
     images = [d.image for d in decoded if d.image is not None]
     prepared = Prepared(decoded)
     if images:
-        if captioner is not None:
-            prepared.caption_pixels = timed("prepare", lambda: captioner.pixel_values(images))
-        if embedder is not None:
-            prepared.embed_pixels = timed("prepare", lambda: embedder.pixel_values(images))
+        prepared.caption_pixels, prepared.embed_pixels = timed(
+            "prepare", lambda: model_inputs(captioner, embedder, images)
+        )
     return prepared
