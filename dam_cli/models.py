@@ -117,10 +117,11 @@ def _vocabulary_prompts(models) -> list[list[str]]:
     from dam_models.tagging import label_prompts  # numpy: see cmd_models_tiny
 
     try:
-        return [label_prompts(models.vocabulary())]
+        prompts = label_prompts(models.vocabulary())
     except (OSError, UnicodeDecodeError) as err:  # an unreadable DAM_TAGS_FILE: each run reports it itself
         print(f"dam models serve: the tag vocabulary was not embedded ahead: {err}"[:800], file=sys.stderr)
         return []
+    return [prompts] if prompts else []  # an empty vocabulary: runs tag nothing and ask for nothing
 
 
 def register(sub) -> None:
