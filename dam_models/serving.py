@@ -37,7 +37,7 @@ import numpy as np
 
 log = logging.getLogger("dam_models.serving")
 
-PROTOCOL = 3  # 3: prepare_many (one transfer of a chunk's images for both models)
+PROTOCOL = 3  # 3: prepare takes several models (one transfer of a chunk's images for both)
 # Not a secret between users (the socket's folder permissions are the boundary): it keeps other
 # programs' stray connections from being unpickled as requests.
 AUTHKEY = b"dam-models-v1"
@@ -97,13 +97,10 @@ class _Remote:
     def _call(self, *request) -> Any:
         return self._calls.call(*request)
 
-    def _prepare(self, model: str, images) -> Ready:
+    def _prepare(self, models: tuple[str, ...], images) -> list[Ready]:
+        """Each of `models`' input made by the server from one transfer of `images`."""
         images = list(images)
-        return Ready(self._prepares.call("prepare", (model, images)), images)
-
-    def _prepare_many(self, models: tuple[str, ...], images) -> list[Ready]:
-        images = list(images)
-        return [Ready(key, images) for key in self._prepares.call("prepare_many", (models, images))]
+        return [Ready(key, images) for key in self._prepares.call("prepare", (models, images))]
 
     def _run(self, kind: str, inputs) -> Any:
         """`kind` on a prepared input (its key; the images again when the server no longer holds it) or on images."""
@@ -134,7 +131,7 @@ class RemoteCaptioner(_Remote):
     """The Captioner interface the enrichment step uses, served by another process."""
 
     def pixel_values(self, images) -> Ready:
-        return self._prepare("caption", images)  # the images travel as decoded (reduced), once
+        return self._prepare(("caption",), images)[0]  # the images travel as decoded (reduced), once
 
     def caption_pixels(self, images) -> list[str]:
         return self._run("caption", images)
@@ -165,7 +162,7 @@ class RemoteEmbedder(_Remote):
         return str(self.info.get("family", "clip"))
 
     def pixel_values(self, images) -> Ready:
-        return self._prepare("embed", images)
+        return self._prepare(("embed",), images)[0]
 
     def embed_pixels(self, images) -> np.ndarray:
         return self._run("embed_images", images)
@@ -194,7 +191,7 @@ def model_inputs(captioner, embedder, images) -> tuple[Any, Any]:
         and isinstance(embedder, RemoteEmbedder)
         and captioner.address == embedder.address
     ):
-        caption, embed = captioner._prepare_many(("caption", "embed"), images)
+        caption, embed = captioner._prepare(("caption", "embed"), images)
         return caption, embed
     return (
         captioner.pixel_values(images) if captioner is not None else None,
@@ -291,8 +288,6 @@ def serve(
         if kind == "info":
             return info
         if kind == "prepare":
-            return prepare(*payload)
-        if kind == "prepare_many":
             models, images = payload
             return [prepare(model, images) for model in models]
         if kind in ("caption_ready", "embed_images_ready"):

@@ -165,7 +165,7 @@ def test_a_chunk_travels_once_for_both_models(served, tmp_path, tiny_models):
     original = rc._prepares.call
     rc._prepares.call = lambda *request: sent.append(request[0]) or original(*request)
     caption, embed = model_inputs(rc, re_, images)
-    assert sent == ["prepare_many"]
+    assert sent == ["prepare"]  # one request, the images once
     assert isinstance(caption, Ready) and isinstance(embed, Ready) and caption.key != embed.key
     assert rc.caption_pixels(caption) == lc.caption(images)
     np.testing.assert_allclose(re_.embed_pixels(embed), le.embed_images(images), atol=1e-6)
